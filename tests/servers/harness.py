@@ -1,0 +1,198 @@
+"""Real-server test harness: start a server subprocess on 127.0.0.1, drive load, clean up.
+
+Everything is bounded in time; every process started is killed by its process group.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+HOST = "127.0.0.1"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def bin_path(name: str) -> str:
+    """A console script installed beside the running interpreter (the test venv's)."""
+    candidate = Path(sys.executable).parent / name
+    return str(candidate) if candidate.exists() else name
+
+
+def write(path: Path, text: str) -> None:
+    """Write a file atomically-ish (write then rename), as a deploy tool would."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(textwrap.dedent(text))
+    os.replace(tmp, path)
+
+
+def get(port: int, path: str = "/", timeout: float = 10.0) -> Tuple[int, bytes]:
+    conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
+    try:
+        conn.request("GET", path, headers={"Connection": "close"})
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+@dataclass
+class Server:
+    """A server subprocess in its own session; ``stop()`` kills the whole process group."""
+
+    argv: Sequence[str]
+    cwd: Path
+    port: int
+    log_path: Path
+    env: Dict[str, str] = field(default_factory=dict)
+    proc: Optional["subprocess.Popen[bytes]"] = None
+
+    def start(self, ready_path: str = "/", timeout: float = 30.0) -> "Server":
+        env = dict(os.environ)
+        env.update(self.env)
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(self.cwd), _repo_root(), env.get("PYTHONPATH", "")) if p
+        )
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            list(self.argv),
+            cwd=str(self.cwd),
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+        self.wait_ready(ready_path, timeout)
+        return self
+
+    def wait_ready(self, path: str = "/", timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        last: object = None
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(f"server exited with {self.proc.returncode}\n{self.log()}")
+            try:
+                status, _ = get(self.port, path, timeout=2.0)
+                if status < 500:
+                    return
+                last = status
+            except OSError as exc:
+                last = exc
+            time.sleep(0.1)
+        raise AssertionError(f"server not ready after {timeout}s ({last!r})\n{self.log()}")
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        proc = self.proc
+        if proc is None:
+            return
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+        try:  # stragglers (workers of a master that is gone) share the group
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:  # pragma: no cover
+            pass
+        self._log.close()
+        self.proc = None
+
+
+@dataclass
+class LoadResult:
+    ok: int = 0
+    failed: int = 0
+    errors: List[str] = field(default_factory=list)
+    bodies: List[Tuple[float, bytes]] = field(default_factory=list)  # (monotonic time, body)
+
+    def bodies_since(self, t0: float) -> List[bytes]:
+        return [body for when, body in self.bodies if when >= t0]
+
+
+class Load:
+    """Bounded client load from threads: each thread loops GETs until stopped or deadline."""
+
+    def __init__(self, port: int, threads: int = 4, path: str = "/", max_seconds: float = 60.0,
+                 pause: float = 0.005) -> None:
+        self.port = port
+        self.path = path
+        self.pause = pause
+        self.deadline = time.monotonic() + max_seconds
+        self.result = LoadResult()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._loop, daemon=True) for _ in range(threads)]
+
+    def __enter__(self) -> "Load":
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> LoadResult:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=15)
+        return self.result
+
+    def _loop(self) -> None:
+        while not self._stop.is_set() and time.monotonic() < self.deadline:
+            try:
+                status, body = get(self.port, self.path)
+                with self._lock:
+                    if status == 200:
+                        self.result.ok += 1
+                        self.result.bodies.append((time.monotonic(), body))
+                    else:
+                        self.result.failed += 1
+                        self.result.errors.append(f"HTTP {status}: {body[:200]!r}")
+            except Exception as exc:  # a refused or reset connection is a failed request
+                with self._lock:
+                    self.result.failed += 1
+                    self.result.errors.append(repr(exc))
+            time.sleep(self.pause)
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
+
+
+def _repo_root() -> str:
+    return str(Path(__file__).resolve().parents[2])

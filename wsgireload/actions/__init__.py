@@ -1,0 +1,53 @@
+"""How to reload: one small class per way of asking a server for fresh code.
+
+An action is given a settled, validated ChangeSet after the last response in flight closed.
+``resolve()`` turns the ``action=`` option of Reloader into an Action.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Dict, Union
+
+from ..errors import ConfigurationError
+from ..policy import ChangeSet
+from .base import Action, CallbackAction, LogOnlyAction, ProcessContext
+from .auto import AutoAction, detect_server
+
+__all__ = [
+    "Action",
+    "AutoAction",
+    "CallbackAction",
+    "LogOnlyAction",
+    "ProcessContext",
+    "REGISTRY",
+    "detect_server",
+    "resolve",
+]
+
+ActionSpec = Union[str, Action, Callable[[ChangeSet], object]]
+
+# name -> factory taking no arguments. Server actions register themselves here.
+REGISTRY: Dict[str, Callable[[], Action]] = {
+    "auto": AutoAction,
+    "log-only": LogOnlyAction,
+}
+
+
+def resolve(spec: ActionSpec) -> Action:
+    """Turn an ``action=`` value into an Action, or raise ConfigurationError saying why not."""
+    if isinstance(spec, Action):
+        return spec
+    if isinstance(spec, str):
+        factory = REGISTRY.get(spec)
+        if factory is None:
+            names = ", ".join(repr(name) for name in sorted(REGISTRY))
+            raise ConfigurationError(
+                f"action={spec!r} is not a known action; use one of {names}, "
+                "or pass a callable that takes the ChangeSet"
+            )
+        return factory()
+    if callable(spec):
+        return CallbackAction(spec)
+    raise ConfigurationError(
+        f"action must be an action name, an Action or a callable, not {type(spec).__name__}"
+    )

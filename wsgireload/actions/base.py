@@ -1,0 +1,78 @@
+"""The action interface and the two actions that need no server: callback and log-only.
+
+Server actions subclass Action and register a name in ``wsgireload.actions.REGISTRY``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Mapping
+
+from ..policy import ChangeSet
+
+log = logging.getLogger("wsgireload")
+
+
+@dataclass(frozen=True)
+class ProcessContext:
+    """What a worker process knows about itself, gathered once at its first request."""
+
+    pid: int
+    created_pid: int  # the pid that created the Reloader (imported the app)
+    environ: Mapping[str, Any] = field(repr=False)  # the first request's environ
+
+    @property
+    def preloaded(self) -> bool:
+        """The app was imported before this process was forked (gunicorn ``--preload``)."""
+        return self.pid != self.created_pid
+
+
+class Action:
+    """How to reload. Called once per change set, after the last response in flight closed.
+
+    Subclasses set ``name`` and implement ``__call__``. ``setup`` runs once per process, on
+    its first request, to look at the server; keep it cheap and never let it raise.
+    """
+
+    name: ClassVar[str] = "action"
+    # True: the reloader counts every request, not only those started after a reload became
+    # due, because the action ends this process abruptly (exit, exec) with no server grace.
+    requires_drain: ClassVar[bool] = False
+
+    def setup(self, context: ProcessContext) -> None:
+        """Inspect the process and server once, at the first request in this process."""
+
+    def __call__(self, changes: ChangeSet) -> None:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        """A short phrase for the reload log line."""
+        return self.name
+
+
+class CallbackAction(Action):
+    """Call a user function with the ChangeSet: ``Reloader(app, action=my_function)``."""
+
+    name = "callback"
+
+    def __init__(self, function: Callable[[ChangeSet], object]) -> None:
+        self.function = function
+
+    def __call__(self, changes: ChangeSet) -> None:
+        self.function(changes)
+
+    def describe(self) -> str:
+        return f"callback {getattr(self.function, '__qualname__', repr(self.function))}"
+
+
+class LogOnlyAction(Action):
+    """Only log that a reload is due; restarting is someone else's job."""
+
+    name = "log-only"
+
+    def __call__(self, changes: ChangeSet) -> None:
+        log.warning(
+            "wsgireload: code changed (%s) but action='log-only': restart the server to load it",
+            changes.describe(),
+        )

@@ -1,0 +1,438 @@
+"""The Reloader WSGI middleware: runs the watcher and fires the action after the response.
+
+The request path is a flag check; scanning, validation and signals happen elsewhere and
+nothing they raise ever reaches a request.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+import time
+import traceback
+import weakref
+from types import TracebackType
+from typing import (
+    Any,
+    Callable,
+    Iterable,
+    Iterator,
+    List,
+    Optional,
+    Sequence,
+    Union,
+)
+
+from .actions import ActionSpec, ProcessContext, resolve
+from .detect import Detector
+from .errors import ConfigurationError
+from .policy import VALIDATE_CHOICES, ChangeSet, Policy
+
+log = logging.getLogger("wsgireload")
+
+StartResponse = Callable[..., Any]
+WSGIApp = Callable[[dict, StartResponse], Iterable[bytes]]
+PathSpec = Union[str, "os.PathLike[str]"]
+
+MODES = ("auto", "thread", "inline")
+_FAILURE_LOG_EVERY = 60.0  # seconds between two logged watcher failures
+
+
+class Reloader:
+    """WSGI middleware that reloads the server gracefully when the app's code changes.
+
+    ::
+
+        from wsgireload import Reloader
+        application = Reloader(app)
+
+    :param app: the WSGI application to wrap.
+    :param interval: seconds between two scans of the watched files.
+    :param settle: seconds without a further change before a change set is acted on, so a
+        half-copied deploy is never loaded.
+    :param settle_max: seconds after the first change when it is acted on even if files keep
+        changing.
+    :param extra_files: more files to watch: paths or glob patterns (``**`` recurses), for
+        templates and configuration.
+    :param exclude: ``fnmatch`` patterns of full paths never to watch.
+    :param include_stdlib: also watch the interpreter's standard library.
+    :param validate: ``"compile"`` (every changed ``.py`` must compile), ``"import"`` (also
+        import ``import_name`` in a fresh interpreter) or None.
+    :param import_name: module to import for ``validate="import"``; defaults to the module
+        that created the Reloader.
+    :param import_timeout: seconds the import check may take.
+    :param action: ``"auto"``, another action name, an Action, or a callable taking the
+        ChangeSet.
+    :param mode: ``"thread"`` (a watcher thread per worker), ``"inline"`` (scan on the request
+        path at most once per interval, for servers without threads) or ``"auto"``.
+    :param clock: monotonic clock in seconds (tests inject one).
+    """
+
+    def __init__(
+        self,
+        app: WSGIApp,
+        *,
+        interval: float = 1.0,  # seconds
+        settle: float = 1.0,  # seconds
+        settle_max: float = 30.0,  # seconds
+        extra_files: Union[PathSpec, Iterable[PathSpec]] = (),
+        exclude: Union[str, Iterable[str]] = (),
+        include_stdlib: bool = False,
+        validate: Optional[str] = "compile",
+        import_name: Optional[str] = None,
+        import_timeout: float = 30.0,  # seconds
+        action: ActionSpec = "auto",
+        mode: str = "auto",
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not callable(app):
+            raise ConfigurationError(f"app must be a WSGI callable, not {type(app).__name__}")
+        _positive("interval", interval)
+        _non_negative("settle", settle)
+        _non_negative("settle_max", settle_max)
+        _positive("import_timeout", import_timeout)
+        if settle_max < settle:
+            raise ConfigurationError(
+                f"settle_max ({settle_max}) must be at least settle ({settle}): it caps how "
+                "long a change set may keep growing"
+            )
+        if validate not in VALIDATE_CHOICES:
+            raise ConfigurationError(
+                f"validate={validate!r} is not allowed; use 'compile', 'import' or None"
+            )
+        if mode not in MODES:
+            raise ConfigurationError(f"mode={mode!r} is not allowed; use 'auto', 'thread' or 'inline'")
+        if validate == "import" and import_name is None:
+            import_name = _caller_module()
+            if import_name is None:
+                raise ConfigurationError(
+                    "validate='import' needs import_name='your.wsgi.module' when the Reloader "
+                    "is not created at the top level of an importable module"
+                )
+        self.app = app
+        self.interval = float(interval)
+        self.mode = mode
+        self.clock = clock
+        self.action = resolve(action)
+        self.detector = Detector(
+            extra_files=_as_list("extra_files", extra_files),
+            exclude=[os.fspath(p) for p in _as_list("exclude", exclude)],
+            include_stdlib=include_stdlib,
+        )
+        self.policy = Policy(
+            settle=float(settle),
+            settle_max=float(settle_max),
+            validate=validate,
+            import_name=import_name,
+            import_timeout=float(import_timeout),
+        )
+        # The baseline is what this process imported; forked workers inherit it, so a change
+        # made between a worker's start and its first request is still seen.
+        self.detector.scan()
+        self._created_pid = os.getpid()
+        self._reset_process_state()
+        self._closed = False
+        self._next_failure_log = 0.0
+        _track_forks(self)
+
+    # -- the request path ---------------------------------------------------------------
+    def __call__(self, environ: dict, start_response: StartResponse) -> Iterable[bytes]:
+        if self._steady:
+            try:
+                return self.app(environ, start_response)
+            except (ImportError, SyntaxError) as exc:
+                self._note_import_failure(exc)
+                raise
+        return self._call_tracked(environ, start_response)
+
+    def _call_tracked(self, environ: dict, start_response: StartResponse) -> Iterable[bytes]:
+        if self._closed:
+            return self.app(environ, start_response)
+        try:
+            if self._pid != os.getpid():
+                self._start_process(environ)
+            if self._inline:
+                now = self.clock()
+                if now >= self._next_scan:
+                    self._next_scan = now + self.interval
+                    self.run_step(now)
+            track = self._due is not None or self.action.requires_drain
+            if track:
+                with self._lock:
+                    self._inflight += 1
+        except Exception as exc:  # never let the watcher fail a request
+            self._log_failure(exc)
+            track = False
+        if not track:
+            try:
+                return self.app(environ, start_response)
+            except (ImportError, SyntaxError) as exc:
+                self._note_import_failure(exc)
+                raise
+        try:
+            result = self.app(environ, start_response)
+        except BaseException as exc:
+            if isinstance(exc, (ImportError, SyntaxError)):
+                self._note_import_failure(exc)
+            self._response_closed()
+            raise
+        return _ClosingIterator(result, self._response_closed)
+
+    # -- process and thread -------------------------------------------------------------
+    def _reset_process_state(self) -> None:
+        """State that belongs to one process: rebuilt in a forked child."""
+        self._lock = threading.Lock()
+        self._pid: Optional[int] = None
+        self._steady = False  # True: nothing to do on the request path
+        self._inline = False
+        self._next_scan = 0.0
+        self._inflight = 0
+        self._due: Optional[ChangeSet] = None
+        self._firing = False
+        self._thread: Optional[threading.Thread] = None
+        self._stop = threading.Event()
+        self._import_failures: List[str] = []
+
+    def _after_fork(self) -> None:
+        self._reset_process_state()
+
+    def _start_process(self, environ: dict) -> None:
+        with self._lock:
+            pid = os.getpid()
+            if self._pid == pid:
+                return
+            self._pid = pid
+            self._stop = threading.Event()
+            try:
+                self.action.setup(ProcessContext(pid, self._created_pid, environ))
+            except Exception as exc:
+                self._log_failure(exc)
+            self._inline = self.mode == "inline" or (
+                self.mode == "auto" and not _threads_available(environ)
+            )
+            if self._inline:
+                self._next_scan = self.clock() + self.interval
+                return
+            thread = threading.Thread(
+                target=self._run, args=(self._stop,), name="wsgireload-watcher", daemon=True
+            )
+            thread.start()
+            self._thread = thread
+            self._steady = self._due is None and not self.action.requires_drain
+
+    def _run(self, stop: threading.Event) -> None:
+        try:
+            while not stop.wait(self.interval):
+                if self._closed:
+                    return
+                self.run_step(self.clock())
+        except BaseException:  # pragma: no cover - interpreter shutdown tears modules down
+            if not sys.is_finalizing():
+                raise
+
+    def run_step(self, now: float) -> Optional[ChangeSet]:
+        """One watcher tick: scan, let the policy decide, mark a reload due. Never raises."""
+        try:
+            failures, self._import_failures = self._import_failures, []
+            if failures:
+                self.detector.add(failures)
+            changed = self.detector.scan()
+            if changed:
+                log.debug("wsgireload: changed: %s", ", ".join(changed))
+                self.policy.observe(changed, now)
+            if self._due is not None:
+                return None
+            changes = self.policy.due(now, self.detector.baseline)
+            if changes is not None:
+                with self._lock:
+                    self._due = changes
+                    self._steady = False
+                log.debug("wsgireload: reload due after the next response: %s", changes.describe())
+            return changes
+        except Exception as exc:
+            self._log_failure(exc)
+            return None
+
+    # -- firing -------------------------------------------------------------------------
+    def _response_closed(self) -> None:
+        with self._lock:
+            self._inflight -= 1
+            if self._inflight > 0 or self._due is None or self._firing:
+                return
+            changes = self._due
+            self._firing = True
+        try:
+            self._fire(changes)
+        finally:
+            with self._lock:
+                self._due = None
+                self._firing = False
+                self._steady = (
+                    self._thread is not None and not self._inline and not self.action.requires_drain
+                )
+
+    def _fire(self, changes: ChangeSet) -> None:
+        try:
+            log.info(
+                "wsgireload: %d file%s changed (%s); reloading with %s",
+                len(changes.files),
+                "" if len(changes.files) == 1 else "s",
+                changes.describe(),
+                self.action.describe(),
+            )
+            self.action(changes)
+        except Exception as exc:
+            log.error("wsgireload: the reload action %s failed: %r", self.action.describe(), exc)
+
+    # -- failures -----------------------------------------------------------------------
+    def _note_import_failure(self, exc: BaseException) -> None:
+        """Keep watching the files of a failed import: the fix will touch one of them."""
+        try:
+            files = []
+            filename = getattr(exc, "filename", None)
+            if isinstance(filename, str) and os.path.isabs(filename):
+                files.append(filename)
+            for frame, _ in traceback.walk_tb(exc.__traceback__):
+                name = frame.f_code.co_filename
+                if os.path.isabs(name):
+                    files.append(name)
+            self._import_failures.extend(files)
+        except Exception:  # pragma: no cover - defensive: we are on an error path already
+            pass
+
+    def _log_failure(self, exc: BaseException) -> None:
+        now = time.monotonic()
+        if now < self._next_failure_log:
+            return
+        self._next_failure_log = now + _FAILURE_LOG_EVERY
+        log.error("wsgireload: the watcher failed (requests are unaffected): %r", exc, exc_info=exc)
+
+    # -- lifecycle ----------------------------------------------------------------------
+    def close(self) -> None:
+        """Stop the watcher thread of this process (for tests and embedding). Idempotent."""
+        self._closed = True
+        self._steady = False
+        self._stop.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=max(5.0, self.interval * 2))
+        self._thread = None
+
+    @property
+    def reload_due(self) -> Optional[ChangeSet]:
+        """The change set waiting for the last response in flight to close, if any."""
+        return self._due
+
+    def __repr__(self) -> str:
+        return f"<Reloader {self.app!r} action={self.action.describe()!r}>"
+
+
+class _ClosingIterator:
+    """Passes the app's chunks through unbuffered and runs a hook once, after ``close()``."""
+
+    __slots__ = ("_iterable", "_iterator", "_hook")
+
+    def __init__(self, iterable: Iterable[bytes], hook: Callable[[], None]) -> None:
+        self._iterable = iterable
+        self._iterator: Optional[Iterator[bytes]] = None
+        self._hook: Optional[Callable[[], None]] = hook
+
+    def __iter__(self) -> "_ClosingIterator":
+        return self
+
+    def __next__(self) -> bytes:
+        if self._iterator is None:
+            self._iterator = iter(self._iterable)
+        return next(self._iterator)
+
+    def close(self) -> None:
+        hook, self._hook = self._hook, None
+        if hook is None:
+            return
+        try:
+            close = getattr(self._iterable, "close", None)
+            if close is not None:
+                close()
+        finally:
+            hook()
+
+
+def _threads_available(environ: dict) -> bool:
+    """uWSGI before 2.0.27 runs no Python threads unless started with --enable-threads."""
+    version = environ.get("uwsgi.version")
+    if version is None:
+        return True
+    try:
+        import uwsgi  # type: ignore[import-not-found]
+
+        if uwsgi.opt.get("enable-threads") or uwsgi.opt.get("threads"):
+            return True
+    except Exception:
+        pass
+    if isinstance(version, bytes):
+        version = version.decode("ascii", "replace")
+    try:
+        parts = tuple(int(p) for p in str(version).split("-")[0].split(".")[:3])
+    except ValueError:
+        return True
+    return parts >= (2, 0, 27)
+
+
+def _positive(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ConfigurationError(
+            f"{name} must be a number of seconds greater than 0 (got {value!r}); "
+            "0 would make the watcher spin"
+        )
+
+
+def _non_negative(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        raise ConfigurationError(f"{name} must be a number of seconds, 0 or more (got {value!r})")
+
+
+def _as_list(name: str, value: Any) -> List[Any]:
+    if isinstance(value, (str, os.PathLike)):
+        return [value]
+    try:
+        items = list(value)
+    except TypeError:
+        raise ConfigurationError(
+            f"{name} must be a path or pattern, or a list of them (got {type(value).__name__})"
+        ) from None
+    for item in items:
+        if not isinstance(item, (str, os.PathLike)):
+            raise ConfigurationError(
+                f"{name} entries must be paths or patterns (got {type(item).__name__}: {item!r})"
+            )
+    return items
+
+
+def _caller_module() -> Optional[str]:
+    """Name of the module creating the Reloader (skipping wsgireload's own frames)."""
+    frame = sys._getframe(1)
+    while frame is not None and frame.f_globals.get("__name__", "").startswith("wsgireload"):
+        frame = frame.f_back  # type: ignore[assignment]
+    name = frame.f_globals.get("__name__") if frame is not None else None
+    if not name or name == "__main__" or frame.f_code.co_name != "<module>":
+        return None
+    return str(name)
+
+
+# Forked children rebuild their per-process state; weak references let Reloaders be freed.
+_reloaders: "weakref.WeakSet[Reloader]" = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for reloader in list(_reloaders):
+        reloader._after_fork()
+
+
+def _track_forks(reloader: Reloader) -> None:
+    _reloaders.add(reloader)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -1,0 +1,216 @@
+"""When to act: turn reported changes into one validated, settled change set.
+
+No threads and no signals here: the caller passes the time in, so tests need no sleeps.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+
+from .detect import Snapshot, fingerprint
+
+log = logging.getLogger("wsgireload")
+
+VALIDATE_CHOICES = ("compile", "import", None)
+
+
+@dataclass(frozen=True)
+class ChangeSet:
+    """Files that changed together, settled and validated: one reload's worth."""
+
+    files: Tuple[str, ...]
+    fingerprint: str  # equal for equal content on disk: lets workers agree on one reload
+    first_seen: float  # policy clock, seconds
+    last_seen: float
+
+    def describe(self, limit: int = 3) -> str:
+        """``a.py, b.py and 3 more`` for log lines."""
+        text = ", ".join(_short(path) for path in self.files[:limit])
+        if len(self.files) > limit:
+            text += f" and {len(self.files) - limit} more"
+        return text
+
+
+def _short(path: str) -> str:
+    try:
+        rel = os.path.relpath(path)
+    except ValueError:  # another drive on Windows
+        return path
+    return path if rel.startswith("..") else rel
+
+
+@dataclass
+class _Problem:
+    path: str
+    line: Optional[int]
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line or 0}: {self.message}"
+
+
+def compile_errors(paths: Iterable[str]) -> List[_Problem]:
+    """Compile every existing ``.py`` among ``paths``; return the ones that do not compile."""
+    problems: List[_Problem] = []
+    for path in paths:
+        if not path.endswith(".py"):
+            continue
+        try:
+            with open(path, "rb") as handle:
+                source = handle.read()
+        except FileNotFoundError:
+            continue  # a deleted module is a change, not an error
+        except OSError as exc:
+            problems.append(_Problem(path, None, f"cannot read: {exc.strerror or exc}"))
+            continue
+        try:
+            compile(source, path, "exec", dont_inherit=True)
+        except SyntaxError as exc:
+            problems.append(_Problem(path, exc.lineno, exc.msg or "invalid syntax"))
+        except (ValueError, TypeError) as exc:  # NUL bytes and the like
+            problems.append(_Problem(path, None, str(exc)))
+    return problems
+
+
+_IMPORT_SCRIPT = (
+    "import importlib, json, sys\n"
+    "sys.path[:] = json.loads(sys.argv[1])\n"
+    "importlib.import_module(sys.argv[2])\n"
+)
+
+
+def import_error(module: str, *, timeout: float, path: Sequence[str]) -> Optional[str]:
+    """Import ``module`` in a fresh interpreter with ``path`` as sys.path; None if it worked."""
+    env = dict(os.environ, WSGIRELOAD_VALIDATING="1")
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", _IMPORT_SCRIPT, json.dumps(list(path)), module],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            timeout=timeout,
+            env=env,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        return f"importing {module} took longer than {timeout:g}s"
+    except OSError as exc:
+        return f"cannot start {sys.executable}: {exc}"
+    if proc.returncode == 0:
+        return None
+    lines = proc.stderr.decode("utf-8", "replace").strip().splitlines()
+    return lines[-1] if lines else f"exit status {proc.returncode}"
+
+
+def remove_stale_bytecode(paths: Iterable[str]) -> List[str]:
+    """Delete cached bytecode of each changed ``.py`` and return what was removed.
+
+    CPython trusts a ``.pyc`` whose recorded whole-second mtime and size match the source, so
+    a same-size edit within one second would otherwise load the old code in the new process.
+    """
+    removed: List[str] = []
+    for path in paths:
+        if not path.endswith(".py"):
+            continue
+        for level in ("", 1, 2):
+            try:
+                cached = importlib.util.cache_from_source(path, optimization=level)
+            except (ValueError, NotImplementedError):
+                break
+            try:
+                os.unlink(cached)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:  # read-only deploy: python cannot write there either
+                log.debug("wsgireload: cannot remove %s: %s", cached, exc)
+                continue
+            removed.append(cached)
+    return removed
+
+
+@dataclass
+class Policy:
+    """Accumulates changes; hands out a change set once it settled and validated.
+
+    :param settle: seconds without a new change before a change set is acted on.
+    :param settle_max: seconds after the first change when it is acted on anyway, so that a
+        file rewritten every second still reloads.
+    :param validate: ``"compile"``, ``"import"`` or None.
+    :param import_name: the module imported in a subprocess when ``validate="import"``.
+    """
+
+    settle: float = 1.0
+    settle_max: float = 30.0
+    validate: Optional[str] = "compile"
+    import_name: Optional[str] = None
+    import_timeout: float = 30.0
+    import_path: Callable[[], Sequence[str]] = lambda: list(sys.path)
+    _pending: Dict[str, None] = field(default_factory=dict)
+    _first: float = 0.0
+    _last: float = 0.0
+    _version: int = 0
+    _rejected_version: int = -1
+
+    @property
+    def pending(self) -> Tuple[str, ...]:
+        return tuple(self._pending)
+
+    def observe(self, changed: Iterable[str], now: float) -> None:
+        """Record files reported changed at time ``now``."""
+        new = False
+        for path in changed:
+            if not self._pending:
+                self._first = now
+            self._pending[path] = None
+            new = True
+        if new:
+            self._last = now
+            self._version += 1
+
+    def settled(self, now: float) -> bool:
+        if not self._pending:
+            return False
+        return now - self._last >= self.settle or now - self._first >= self.settle_max
+
+    def due(self, now: float, snapshot: Snapshot) -> Optional[ChangeSet]:
+        """The change set to act on now, or None (nothing pending, unsettled, or invalid)."""
+        if not self.settled(now):
+            return None
+        if self._rejected_version == self._version:
+            return None  # still broken; wait for the next change before trying again
+        files = tuple(self._pending)
+        problem = self._validate(files)
+        if problem is not None:
+            self._rejected_version = self._version
+            log.error(
+                "wsgireload: not reloading, the new code is broken (keeping the old code "
+                "running; fix the file and the reload will follow): %s",
+                problem,
+            )
+            return None
+        remove_stale_bytecode(files)
+        changes = ChangeSet(files, fingerprint(snapshot, files), self._first, self._last)
+        self._pending.clear()
+        return changes
+
+    def _validate(self, files: Sequence[str]) -> Optional[str]:
+        if self.validate is None:
+            return None
+        problems = compile_errors(files)
+        if problems:
+            extra = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+            return f"{problems[0]}{extra}"
+        if self.validate == "import" and self.import_name:
+            error = import_error(
+                self.import_name, timeout=self.import_timeout, path=self.import_path()
+            )
+            if error is not None:
+                return f"importing {self.import_name} failed: {error}"
+        return None
