@@ -1,0 +1,82 @@
+"""Bad configuration fails at construction with a message that says what to do."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from wsgireload import ConfigurationError, Reloader, WsgiReloadError
+from wsgireload.actions import CallbackAction, LogOnlyAction
+
+
+def app(environ: dict, start_response: Any) -> list:
+    start_response("200 OK", [])
+    return [b""]
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"interval": 0}, "interval must be a number of seconds greater than 0"),
+        ({"interval": -1}, "greater than 0"),
+        ({"interval": "1"}, "interval must be a number"),
+        ({"interval": True}, "interval must be a number"),
+        ({"settle": -0.5}, "settle must be a number of seconds, 0 or more"),
+        ({"settle": 5, "settle_max": 2}, "settle_max (2) must be at least settle (5)"),
+        ({"import_timeout": 0}, "import_timeout must be"),
+        ({"validate": "lint"}, "validate='lint' is not allowed; use 'compile', 'import' or None"),
+        ({"mode": "fork"}, "mode='fork' is not allowed; use 'auto', 'thread' or 'inline'"),
+        ({"action": "reboot"}, "action='reboot' is not a known action; use one of"),
+        ({"action": 42}, "action must be an action name, an Action or a callable, not int"),
+        ({"extra_files": 3}, "extra_files must be a path or pattern, or a list of them"),
+        ({"extra_files": ["a", 3]}, "extra_files entries must be paths or patterns"),
+        ({"exclude": [None]}, "exclude entries must be paths or patterns"),
+    ],
+)
+def test_bad_configuration(kwargs: dict, message: str) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        Reloader(app, **kwargs)
+    assert message in str(info.value)
+    assert isinstance(info.value, ValueError) and isinstance(info.value, WsgiReloadError)
+
+
+def test_app_must_be_callable() -> None:
+    with pytest.raises(ConfigurationError, match="app must be a WSGI callable"):
+        Reloader("not an app")  # type: ignore[arg-type]
+
+
+def test_import_validation_needs_a_module_outside_module_level() -> None:
+    with pytest.raises(ConfigurationError, match="validate='import' needs import_name"):
+        Reloader(app, validate="import")  # created inside a function, not a module's top level
+
+
+def test_import_validation_defaults_to_the_creating_module(tmp_path: Any, monkeypatch: Any) -> None:
+    (tmp_path / "wr_wsgi_mod.py").write_text(
+        "from wsgireload import Reloader\n"
+        "def app(e, s):\n    return []\n"
+        "application = Reloader(app, validate='import')\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import importlib
+    import sys
+
+    try:
+        mod = importlib.import_module("wr_wsgi_mod")
+        assert mod.application.policy.import_name == "wr_wsgi_mod"
+    finally:
+        sys.modules.pop("wr_wsgi_mod", None)
+
+
+def test_single_string_extra_files_is_one_pattern(tmp_path: Any) -> None:
+    f = tmp_path / "x.cfg"
+    f.write_text("")
+    reloader = Reloader(app, extra_files=str(f), exclude="*.log")
+    assert str(f) in reloader.detector.watched()
+
+
+def test_actions_resolve() -> None:
+    assert isinstance(Reloader(app, action="log-only").action, LogOnlyAction)
+    assert isinstance(Reloader(app, action=print).action, CallbackAction)
+    custom = LogOnlyAction()
+    assert Reloader(app, action=custom).action is custom

@@ -1,0 +1,268 @@
+"""Detection: which files are watched and which changes are reported."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from wsgireload.detect import Detector, identity, module_file, stdlib_dirs
+
+from .conftest import bump
+
+
+def extra_detector(*paths: Path, **kw: object) -> Detector:
+    det = Detector(extra_files=[str(p) for p in paths], modules=False, **kw)  # type: ignore[arg-type]
+    det.scan()
+    return det
+
+
+def test_modify_is_a_change(tmp_path: Path) -> None:
+    f = tmp_path / "a.txt"
+    f.write_text("one")
+    det = extra_detector(f)
+    assert det.scan() == []
+    bump(f)
+    assert det.scan() == [str(f)]
+    assert det.scan() == []  # adopted: reported once
+
+
+def test_replace_by_rename_is_a_change_even_with_same_mtime_and_size(tmp_path: Path) -> None:
+    f = tmp_path / "a.txt"
+    f.write_text("one")
+    det = extra_detector(f)
+    st = f.stat()
+    new = tmp_path / "a.txt.new"
+    new.write_text("two")  # same size
+    os.utime(new, ns=(st.st_atime_ns, st.st_mtime_ns))  # same mtime (rsync -t)
+    os.replace(new, f)
+    assert det.scan() == [str(f)]  # the inode differs
+
+
+def test_delete_is_a_change_and_reappearing_too(tmp_path: Path) -> None:
+    f = tmp_path / "a.txt"
+    f.write_text("one")
+    det = extra_detector(f)
+    f.unlink()
+    assert det.scan() == [str(f)]
+    assert det.scan() == []
+    f.write_text("back")
+    assert det.scan() == [str(f)]
+
+
+def test_mtime_moved_backwards_is_a_change(tmp_path: Path) -> None:
+    f = tmp_path / "a.txt"
+    f.write_text("one")
+    det = extra_detector(f)
+    bump(f, seconds=-3600)
+    assert det.scan() == [str(f)]
+
+
+def test_same_second_same_size_edit_is_a_change(tmp_path: Path) -> None:
+    f = tmp_path / "a.txt"
+    f.write_text("one")
+    det = extra_detector(f)
+    st = f.stat()
+    f.write_text("two")
+    # Same whole second, same size: only the nanoseconds differ (what .pyc checks miss).
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 1))
+    assert det.scan() == [str(f)]
+
+
+def test_new_file_matching_a_glob_is_a_change(tmp_path: Path) -> None:
+    (tmp_path / "templates" / "sub").mkdir(parents=True)
+    (tmp_path / "templates" / "a.html").write_text("a")
+    det = Detector(extra_files=[str(tmp_path / "templates" / "**" / "*.html")], modules=False)
+    assert det.scan() == []  # first scan is the baseline
+    new = tmp_path / "templates" / "sub" / "b.html"
+    new.write_text("b")
+    assert det.scan() == [str(new)]
+    (tmp_path / "templates" / "ignored.txt").write_text("x")
+    assert det.scan() == []
+
+
+def test_extra_file_that_appears_is_a_change(tmp_path: Path) -> None:
+    f = tmp_path / "settings.ini"
+    det = extra_detector(f)
+    f.write_text("x=1")
+    assert det.scan() == [str(f)]
+
+
+def test_exclude_patterns(tmp_path: Path) -> None:
+    (tmp_path / "a.html").write_text("a")
+    (tmp_path / "a.log").write_text("a")
+    det = Detector(extra_files=[str(tmp_path / "*")], exclude=["*.log"], modules=False)
+    det.scan()
+    assert det.watched() == [str(tmp_path / "a.html")]
+    bump(tmp_path / "a.log")
+    assert det.scan() == []
+
+
+def test_pycache_is_never_watched(tmp_path: Path) -> None:
+    (tmp_path / "__pycache__").mkdir()
+    (tmp_path / "__pycache__" / "x.cpython-311.pyc").write_bytes(b"x")
+    det = Detector(extra_files=[str(tmp_path / "**" / "*")], modules=False)
+    det.scan()
+    assert det.watched() == []
+
+
+def test_imported_module_is_watched_and_edits_detected(pkg) -> None:  # type: ignore[no-untyped-def]
+    path = pkg("wr_mod_a")
+    importlib.import_module("wr_mod_a")
+    det = Detector()
+    det.scan()
+    assert str(path) in det.watched()
+    bump(path)
+    assert det.scan() == [str(path)]
+
+
+def test_module_imported_after_baseline_is_baselined_not_reported(pkg) -> None:  # type: ignore[no-untyped-def]
+    det = Detector()
+    det.scan()
+    path = pkg("wr_mod_late")
+    importlib.import_module("wr_mod_late")
+    assert det.scan() == []  # first seen: baseline
+    bump(path)
+    assert det.scan() == [str(path)]
+
+
+def test_module_whose_reimport_failed_stays_watched(pkg) -> None:  # type: ignore[no-untyped-def]
+    path = pkg("wr_mod_broken")
+    importlib.import_module("wr_mod_broken")
+    det = Detector()
+    det.scan()
+    path.write_text("def broken(:\n")
+    bump(path)
+    del sys.modules["wr_mod_broken"]
+    with pytest.raises(SyntaxError):
+        importlib.import_module("wr_mod_broken")
+    assert "wr_mod_broken" not in sys.modules
+    assert det.scan() == [str(path)]
+    assert str(path) in det.watched()
+    path.write_text("VALUE = 2\n")
+    bump(path, 10)
+    assert det.scan() == [str(path)]  # the fix is seen
+
+
+def test_add_watches_a_file_from_a_failed_import(tmp_path: Path) -> None:
+    f = tmp_path / "never_imported.py"
+    f.write_text("def x(:\n")
+    det = Detector(modules=False)
+    det.scan()
+    det.add([str(f)])
+    f.write_text("x = 1\n")
+    bump(f)
+    assert det.scan() == [str(f)]
+
+
+def test_stdlib_excluded_by_default_and_included_on_request() -> None:
+    stdlib_file = module_file(sys.modules["json"])
+    assert stdlib_file is not None
+    assert stdlib_file not in Detector().watched()
+    assert stdlib_file in Detector(include_stdlib=True).watched()
+
+
+def test_site_packages_are_watched_by_default() -> None:
+    import pytest as pytest_module
+
+    path = module_file(pytest_module)
+    assert path is not None and "site-packages" in path
+    assert path in Detector().watched()
+
+
+def test_stdlib_dirs_nonempty() -> None:
+    assert stdlib_dirs()
+
+
+def test_module_file_maps_bytecode_to_source(tmp_path: Path) -> None:
+    import types
+
+    src = tmp_path / "m.py"
+    src.write_text("")
+    cache = tmp_path / "__pycache__" / f"m.{sys.implementation.cache_tag}.pyc"
+    mod = types.ModuleType("m")
+    mod.__file__ = str(cache)
+    assert module_file(mod) == str(src)
+    legacy = types.ModuleType("m2")
+    legacy.__file__ = str(tmp_path / "m.pyc")
+    assert module_file(legacy) == str(src)
+    sourceless = types.ModuleType("m3")
+    sourceless.__file__ = str(tmp_path / "only.pyc")
+    assert module_file(sourceless) == str(tmp_path / "only.pyc")
+
+
+def test_builtin_and_frozen_modules_are_skipped() -> None:
+    assert module_file(sys.modules["sys"]) is None
+    assert module_file(sys.modules["builtins"]) is None
+
+
+def test_zip_import_maps_to_archive(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    archive = tmp_path / "bundle.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("wr_zipped.py", "VALUE = 1\n")
+    monkeypatch.syspath_prepend(str(archive))
+    try:
+        mod = importlib.import_module("wr_zipped")
+        assert module_file(mod) == str(archive)
+        det = Detector()
+        det.scan()
+        assert str(archive) in det.watched()
+        bump(archive)
+        assert str(archive) in det.scan()
+    finally:
+        sys.modules.pop("wr_zipped", None)
+
+
+def test_symlink_swap_deploy_is_a_change(tmp_path: Path) -> None:
+    for release in ("r1", "r2"):
+        (tmp_path / release).mkdir()
+        (tmp_path / release / "app.py").write_text("VALUE = 1\n")  # identical content
+    current = tmp_path / "current"
+    current.symlink_to(tmp_path / "r1")
+    watched = current / "app.py"  # the path as the app imported it
+    det = extra_detector(watched)
+    tmp_link = tmp_path / "current.tmp"
+    tmp_link.symlink_to(tmp_path / "r2")
+    os.replace(tmp_link, current)  # atomic swap, as deploy tools do
+    assert det.scan() == [str(watched)]
+
+
+def test_unreadable_paths_never_raise(tmp_path: Path) -> None:
+    det = Detector(
+        extra_files=[str(tmp_path / "missing" / "x.py"), "bad\0name", str(tmp_path / "f" / "**")],
+        modules=False,
+    )
+    det.scan()
+    assert det.scan() == []
+    assert identity("bad\0name") is None
+
+
+def test_dangling_symlink_in_glob(tmp_path: Path) -> None:
+    (tmp_path / "dangling.html").symlink_to(tmp_path / "nowhere")
+    det = Detector(extra_files=[str(tmp_path / "*.html")], modules=False)
+    det.scan()
+    assert det.scan() == []
+    (tmp_path / "nowhere").write_text("now it exists")
+    assert det.scan() == [str(tmp_path / "dangling.html")]
+
+
+def test_file_leaving_a_glob_is_still_watched(tmp_path: Path) -> None:
+    f = tmp_path / "a.html"
+    f.write_text("a")
+    det = Detector(extra_files=[str(tmp_path / "*.html")], modules=False)
+    det.scan()
+    f.unlink()
+    assert det.scan() == [str(f)]  # a deleted watched file is a change
+
+
+def test_module_list_is_cached_until_sys_modules_changes(pkg) -> None:  # type: ignore[no-untyped-def]
+    det = Detector()
+    first = det.module_paths()
+    assert det.module_paths() is first  # same size: no rebuild
+    pkg("wr_mod_cache")
+    importlib.import_module("wr_mod_cache")
+    assert det.module_paths() is not first
