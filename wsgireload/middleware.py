@@ -13,15 +13,14 @@ import threading
 import time
 import traceback
 import weakref
-from types import TracebackType
 from typing import (
     Any,
     Callable,
+    Dict,
     Iterable,
     Iterator,
     List,
     Optional,
-    Sequence,
     Union,
 )
 
@@ -32,8 +31,9 @@ from .policy import VALIDATE_CHOICES, ChangeSet, Policy
 
 log = logging.getLogger("wsgireload")
 
+Environ = Dict[str, Any]
 StartResponse = Callable[..., Any]
-WSGIApp = Callable[[dict, StartResponse], Iterable[bytes]]
+WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
 PathSpec = Union[str, "os.PathLike[str]"]
 
 MODES = ("auto", "thread", "inline")
@@ -70,6 +70,18 @@ class Reloader:
     :param clock: monotonic clock in seconds (tests inject one).
     """
 
+    _lock: threading.Lock
+    _pid: Optional[int]
+    _steady: bool
+    _inline: bool
+    _next_scan: float
+    _inflight: int
+    _due: Optional[ChangeSet]
+    _firing: bool
+    _thread: Optional[threading.Thread]
+    _stop: threading.Event
+    _import_failures: List[str]
+
     def __init__(
         self,
         app: WSGIApp,
@@ -103,7 +115,9 @@ class Reloader:
                 f"validate={validate!r} is not allowed; use 'compile', 'import' or None"
             )
         if mode not in MODES:
-            raise ConfigurationError(f"mode={mode!r} is not allowed; use 'auto', 'thread' or 'inline'")
+            raise ConfigurationError(
+                f"mode={mode!r} is not allowed; use 'auto', 'thread' or 'inline'"
+            )
         if validate == "import" and import_name is None:
             import_name = _caller_module()
             if import_name is None:
@@ -138,7 +152,7 @@ class Reloader:
         _track_forks(self)
 
     # -- the request path ---------------------------------------------------------------
-    def __call__(self, environ: dict, start_response: StartResponse) -> Iterable[bytes]:
+    def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         if self._steady:
             try:
                 return self.app(environ, start_response)
@@ -147,7 +161,7 @@ class Reloader:
                 raise
         return self._call_tracked(environ, start_response)
 
-    def _call_tracked(self, environ: dict, start_response: StartResponse) -> Iterable[bytes]:
+    def _call_tracked(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         if self._closed:
             return self.app(environ, start_response)
         try:
@@ -184,21 +198,21 @@ class Reloader:
     def _reset_process_state(self) -> None:
         """State that belongs to one process: rebuilt in a forked child."""
         self._lock = threading.Lock()
-        self._pid: Optional[int] = None
+        self._pid = None
         self._steady = False  # True: nothing to do on the request path
         self._inline = False
         self._next_scan = 0.0
         self._inflight = 0
-        self._due: Optional[ChangeSet] = None
+        self._due = None
         self._firing = False
-        self._thread: Optional[threading.Thread] = None
+        self._thread = None
         self._stop = threading.Event()
         self._import_failures: List[str] = []
 
     def _after_fork(self) -> None:
         self._reset_process_state()
 
-    def _start_process(self, environ: dict) -> None:
+    def _start_process(self, environ: Environ) -> None:
         with self._lock:
             pid = os.getpid()
             if self._pid == pid:
@@ -359,13 +373,13 @@ class _ClosingIterator:
             hook()
 
 
-def _threads_available(environ: dict) -> bool:
+def _threads_available(environ: Environ) -> bool:
     """uWSGI before 2.0.27 runs no Python threads unless started with --enable-threads."""
     version = environ.get("uwsgi.version")
     if version is None:
         return True
     try:
-        import uwsgi  # type: ignore[import-not-found]
+        import uwsgi  # type: ignore[import-not-found,import-untyped,unused-ignore]
 
         if uwsgi.opt.get("enable-threads") or uwsgi.opt.get("threads"):
             return True
