@@ -39,10 +39,6 @@ def _timer(delay: float, function: Callable[[], None]) -> None:
     timer.start()
 
 
-def _alive(pid: int) -> bool:
-    return _process.read_process(pid) is not None
-
-
 class GunicornAction(Action):
     """SIGHUP to this worker's gunicorn master: a graceful reload of every worker.
 
@@ -111,10 +107,15 @@ class GunicornAction(Action):
         if self.disabled is not None:
             log.debug("wsgireload: not reloading (%s): %s", self.disabled, changes.describe())
             return
+        if self._retry_pending:
+            return  # the scheduled retry will reload for this change set too
+        self._attempt()
+
+    def _retry(self) -> None:
+        self._retry_pending = False
         self._attempt()
 
     def _attempt(self) -> None:
-        self._retry_pending = False
         if not _process.verify_master(
             self.master, self.server_names, getppid=self.getppid, read=self.read_process
         ):
@@ -136,7 +137,7 @@ class GunicornAction(Action):
             )
             if not self._retry_pending:
                 self._retry_pending = True
-                self.schedule(claim.wait, self._attempt)
+                self.schedule(claim.wait, self._retry)
         elif claim.outcome is Outcome.REFUSED:
             log.warning(
                 "wsgireload: not reloading: no safe place to coordinate workers (%s); "
@@ -146,7 +147,7 @@ class GunicornAction(Action):
         else:
             log.info("wsgireload: sending SIGHUP to gunicorn master %d", self.master.pid)
             self.kill(self.master.pid, signal.SIGHUP)
-            self.ledger.forget_dead(_alive)
+            self.ledger.forget_dead(lambda pid: self.read_process(pid) is not None)
 
     def describe(self) -> str:
         if self.disabled is not None:
