@@ -162,3 +162,70 @@ def test_inherited_sockets_adopts_the_fds_once(monkeypatch: pytest.MonkeyPatch) 
         assert inherited_sockets() == []
     finally:
         sock.close()
+
+
+class FakeListener:
+    def __init__(self) -> None:
+        self.accepting = True
+        self.pulled = 0
+
+    def accept_connections(self) -> None:  # marks a waitress listener
+        pass
+
+    def pull_trigger(self) -> None:
+        self.pulled += 1
+
+
+class FakeChannel:
+    def __init__(self, requests: List[object], outbuf: int = 0, age: float = 60.0) -> None:
+        import time as _time
+
+        self.requests = requests
+        self.request = None
+        self.total_outbufs_len = outbuf
+        self.creation_time = _time.time() - age
+        self.socket = None
+        self.server = type("Server", (), {"_map": {}})()
+
+    def check_client_disconnected(self) -> bool:
+        return False
+
+
+def test_waitress_quiesce_stops_accepting_and_counts_busy_connections() -> None:
+    listener = FakeListener()
+    socket_map = {
+        3: listener,
+        4: FakeChannel(requests=["in the app"]),
+        5: FakeChannel(requests=[], outbuf=120),  # response not flushed yet
+        6: FakeChannel(requests=[], age=0.0),  # just accepted: its request may be on the wire
+        7: FakeChannel(requests=[]),  # idle keep-alive connection
+    }
+    assert standalone._waitress_quiesce(socket_map, timeout=0.0) == 3
+    assert listener.accepting is False and listener.pulled == 1
+
+
+def test_waitress_quiesce_returns_once_all_connections_are_idle() -> None:
+    assert standalone._waitress_quiesce({3: FakeListener(), 7: FakeChannel(requests=[])}, 0.0) == 0
+
+
+def test_the_waitress_map_is_found_from_the_environ_only_under_waitress() -> None:
+    channel = FakeChannel(requests=[])
+    environ = {"waitress.client_disconnected": channel.check_client_disconnected}
+    assert standalone._waitress_map(environ) is channel.server._map
+    assert standalone._waitress_map({}) is None
+
+
+def test_under_waitress_exit_waits_in_a_thread_then_exits() -> None:
+    import threading
+
+    done = threading.Event()
+    codes: List[int] = []
+    action = ExitAction(exit=lambda code: (codes.append(code), done.set()))
+    listener = FakeListener()
+    channel = FakeChannel(requests=[])
+    channel.server._map.update({3: listener, 7: channel})
+    action.setup(standalone.ProcessContext(1, 1, {"waitress.client_disconnected": channel.check_client_disconnected}))
+    action(CHANGES)
+    action(CHANGES)  # a second change set while ending: ignored
+    assert done.wait(5)
+    assert codes == [3] and listener.accepting is False

@@ -11,7 +11,9 @@ import os
 import socket
 import stat
 import sys
-from typing import Callable, List, Optional, Sequence
+import threading
+import time
+from typing import Any, Callable, List, Mapping, Optional, Sequence
 
 from ..policy import ChangeSet
 from .base import Action, ProcessContext
@@ -40,6 +42,111 @@ def _flush_logs() -> None:
             pass
 
 
+def _waitress_map(environ: Mapping[str, Any]) -> Optional[Any]:
+    """waitress's socket map (its listeners and connections), if this is waitress."""
+    check = environ.get("waitress.client_disconnected")
+    channel = getattr(check, "__self__", None)
+    server = getattr(channel, "server", None)
+    socket_map = getattr(server, "_map", None)
+    return socket_map if isinstance(socket_map, dict) else None
+
+
+def _waitress_quiesce(socket_map: Any, timeout: float) -> int:
+    """Stop waitress accepting and wait until every connection is idle or closed.
+
+    New connections wait in the kernel's backlog meanwhile. Returns how many connections
+    were still busy when ``timeout`` seconds ran out (0: nothing in progress is lost).
+    """
+    busy = 0
+    for dispatcher in list(socket_map.values()):
+        if hasattr(dispatcher, "accept_connections"):  # a listener (one per --listen)
+            dispatcher.accepting = False
+            pull = getattr(dispatcher, "pull_trigger", None)
+            if pull is not None:
+                pull()  # wake the main loop so it stops polling the listener now
+    deadline = time.monotonic() + timeout
+    while True:
+        busy = sum(
+            1 for dispatcher in list(socket_map.values())
+            if hasattr(dispatcher, "requests") and _waitress_busy(dispatcher)
+        )
+        if busy == 0 or time.monotonic() >= deadline:
+            return busy
+        time.sleep(0.005)
+
+
+_JUST_ACCEPTED = 0.1  # seconds: a connection this young may have its request on the wire
+
+
+def _waitress_busy(channel: Any) -> bool:
+    """A waitress connection that has a request in progress, output unsent or unread input."""
+    if channel.requests or getattr(channel, "request", None) is not None:
+        return True
+    if getattr(channel, "total_outbufs_len", 0):
+        return True
+    if time.time() - getattr(channel, "creation_time", 0.0) < _JUST_ACCEPTED:
+        return True  # accepted in the main loop's last round, before it stopped accepting
+    sock = getattr(channel, "socket", None)
+    if sock is None:
+        return False
+    try:
+        return bool(sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+    except (BlockingIOError, InterruptedError):
+        return False  # nothing unread: idle
+    except OSError:
+        return False  # closed or reset: nothing to answer
+
+
+class _Restart(Action):
+    """Shared by exit and exec: end this process once nothing in it is in progress.
+
+    The middleware calls the action once no request is in the app (``requires_drain``).
+    Under waitress, responses may still sit in its output buffers and connections it
+    accepted may not have reached the app yet, so in a separate thread (the caller is a
+    request's ``close()``, which must return for its own response to be flushed) waitress is
+    told to stop accepting and waited for, then the process ends.
+    """
+
+    requires_drain = True
+
+    def __init__(self, drain_timeout: float) -> None:
+        self.drain_timeout = drain_timeout
+        self.socket_map: Optional[Any] = None
+        self._started = False
+
+    def setup(self, context: ProcessContext) -> None:
+        try:
+            self.socket_map = _waitress_map(context.environ)
+        except Exception:  # an unknown waitress version: end at once, as elsewhere
+            self.socket_map = None
+
+    def __call__(self, changes: ChangeSet) -> None:
+        if self._started:
+            return
+        self._started = True
+        if self.socket_map is None:
+            self.finish()
+            return
+        thread = threading.Thread(target=self._quiesce_then_finish, name="wsgireload-restart")
+        thread.daemon = True
+        thread.start()
+
+    def _quiesce_then_finish(self) -> None:
+        try:
+            busy = _waitress_quiesce(self.socket_map, self.drain_timeout)
+            if busy:
+                log.warning(
+                    "wsgireload: %d connection%s still busy after %gs; restarting anyway",
+                    busy, "" if busy == 1 else "s", self.drain_timeout,
+                )
+        except Exception as exc:
+            log.warning("wsgireload: could not wait for waitress's connections: %r", exc)
+        self.finish()
+
+    def finish(self) -> None:
+        raise NotImplementedError
+
+
 class StandaloneAction(Action):
     """No safe reload without a master: log a WARNING once, then only DEBUG lines."""
 
@@ -64,7 +171,7 @@ class StandaloneAction(Action):
         return "standalone: nothing (restart the server yourself)"
 
 
-class ExitAction(Action):
+class ExitAction(_Restart):
     """Exit once no request is in flight, so a supervisor (systemd, Docker) starts fresh code.
 
     ``os._exit`` after flushing logs: it works from any thread (``sys.exit`` in a server's
@@ -72,16 +179,23 @@ class ExitAction(Action):
     status makes ``Restart=on-failure`` restart too (systemd counts SIGTERM as a clean exit).
 
     :param exit_code: the process's exit status.
+    :param drain_timeout: seconds to wait for waitress's connections to finish.
     """
 
     name = "exit"
-    requires_drain = True
 
-    def __init__(self, *, exit_code: int = 3, exit: Callable[[int], object] = os._exit) -> None:
+    def __init__(
+        self,
+        *,
+        exit_code: int = 3,
+        drain_timeout: float = 10.0,  # seconds
+        exit: Callable[[int], object] = os._exit,
+    ) -> None:
+        super().__init__(drain_timeout)
         self.exit_code = exit_code
         self.exit = exit
 
-    def __call__(self, changes: ChangeSet) -> None:
+    def finish(self) -> None:
         log.warning(
             "wsgireload: exiting with status %d to load new code; the supervisor must restart "
             "this process",
@@ -162,7 +276,7 @@ def reexec_argv() -> List[str]:
     return [sys.executable] + sys.argv
 
 
-class ExecAction(Action):
+class ExecAction(_Restart):
     """Re-run the same command line in this process once no request is in flight.
 
     If the launcher serves on ``inherited_sockets()``, the listening sockets are kept open
@@ -172,29 +286,27 @@ class ExecAction(Action):
 
     :param pass_sockets: None (pass them if the launcher called ``inherited_sockets()``),
         True or False.
+    :param drain_timeout: seconds to wait for waitress's connections to finish.
     """
 
     name = "exec"
-    requires_drain = True
 
     def __init__(
         self,
         *,
         pass_sockets: Optional[bool] = None,
+        drain_timeout: float = 10.0,  # seconds
         execv: Callable[[str, List[str]], object] = os.execv,
         argv: Optional[Callable[[], List[str]]] = None,
         find_sockets: Callable[[], List[int]] = listening_sockets,
     ) -> None:
+        super().__init__(drain_timeout)
         self.pass_sockets = pass_sockets
         self.execv = execv
         self.argv = argv or reexec_argv
         self.find_sockets = find_sockets
-        self.pid: Optional[int] = None
 
-    def setup(self, context: ProcessContext) -> None:
-        self.pid = context.pid
-
-    def __call__(self, changes: ChangeSet) -> None:
+    def finish(self) -> None:
         argv = self.argv()
         passing = _launcher_takes_sockets if self.pass_sockets is None else self.pass_sockets
         if passing:
