@@ -173,6 +173,23 @@ def test_one_edit_under_load_reloads_each_worker_once(
     assert server.log().count("sending SIGHUP to gunicorn master") == 1
 
 
+def test_restart_worker_replaces_each_worker_once(tmp_path: Path, servers: List[Server]) -> None:
+    make_app(tmp_path, action="'restart-worker'")
+    port = free_port()
+    server = gunicorn(tmp_path, port)
+    servers.append(server.start())
+    with Load(port, threads=4) as load:
+        assert wait_for(lambda: len(pids_serving(load.result.bodies_since(0.0), "v1")) == 3, 10)
+        t0 = time.monotonic()
+        write(tmp_path / "mod.py", "VALUE = 'v2'\n")
+        took = wait_all_workers_serve(load, t0, "v2", 3)
+        assert_stays(6, lambda: boots(server), 1.0)
+    result = load.stop()
+    print(f"\nrestart-worker: new code on every worker after {took:.2f}s; {result.ok} ok")
+    assert result.failed == 0, result.errors[:5]
+    assert "Hang up" not in server.log()  # the master was never signalled
+
+
 def test_a_deploy_of_100_modules_over_2s_reloads_each_worker_once(
     tmp_path: Path, servers: List[Server]
 ) -> None:
