@@ -40,7 +40,9 @@ class World:
         self.clock = Clock(100.0)
         self.rundir = rundir
 
-    def worker(self, booted: float = 10.0, pid: int = 5000, created_pid: Optional[int] = None) -> GunicornAction:
+    def worker(
+        self, booted: float = 10.0, pid: int = 5000, created_pid: Optional[int] = None
+    ) -> GunicornAction:
         action = GunicornAction(
             runtime_dir=self.rundir,
             kill=lambda p, s: self.killed.append((p, s)),
@@ -96,7 +98,9 @@ def test_a_reload_too_soon_after_the_last_is_retried_later(world: World) -> None
 
 
 @pytest.mark.parametrize("parent", [1, 777])
-def test_an_orphaned_worker_signals_nobody(world: World, parent: int, caplog: pytest.LogCaptureFixture) -> None:
+def test_an_orphaned_worker_signals_nobody(
+    world: World, parent: int, caplog: pytest.LogCaptureFixture
+) -> None:
     action = world.worker()
     world.parent = parent  # master died: reparented to init or a subreaper
     with caplog.at_level(logging.WARNING, logger="wsgireload"):
@@ -123,7 +127,9 @@ def test_a_master_that_is_not_gunicorn_is_warned_about_at_setup(
     assert "will be refused" in caplog.text and "server_names" in caplog.text
 
 
-def test_an_unsafe_runtime_dir_refuses_to_signal(world: World, caplog: pytest.LogCaptureFixture) -> None:
+def test_an_unsafe_runtime_dir_refuses_to_signal(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
     Path(world.rundir).mkdir(mode=0o777)
     Path(world.rundir).chmod(0o777)
     with caplog.at_level(logging.WARNING, logger="wsgireload"):
@@ -154,10 +160,14 @@ def test_restart_worker_terminates_itself_only() -> None:
     assert killed == [(5000, signal.SIGTERM)]
 
 
-def test_restart_worker_does_nothing_under_preload(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_restart_worker_does_nothing_under_preload(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     killed: List[Tuple[int, int]] = []
     action = RestartWorkerAction(
-        runtime_dir=str(tmp_path / "run"), kill=lambda p, s: killed.append((p, s)), getpid=lambda: 5000
+        runtime_dir=str(tmp_path / "run"),
+        kill=lambda p, s: killed.append((p, s)),
+        getpid=lambda: 5000,
     )
     with caplog.at_level(logging.ERROR, logger="wsgireload"):
         action.setup(ProcessContext(5000, 4242, GUNICORN_ENV))
@@ -186,7 +196,9 @@ def test_auto_picks_gunicorn_under_gunicorn() -> None:
     assert not auto.requires_drain
 
 
-def test_auto_picks_the_warning_standalone_action_elsewhere(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_auto_picks_the_warning_standalone_action_elsewhere(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     import sys
 
     monkeypatch.delitem(sys.modules, "gunicorn.workers.base", raising=False)

@@ -72,10 +72,18 @@ def test_exit_waits_for_the_last_response_in_flight() -> None:
     try:
         client = webtest.TestApp(webtest.lint.middleware(reloader))
         environ = {
-            "REQUEST_METHOD": "GET", "PATH_INFO": "/", "SERVER_NAME": "x", "SERVER_PORT": "80",
-            "wsgi.url_scheme": "http", "wsgi.input": sys.stdin, "wsgi.errors": sys.stderr,
-            "wsgi.version": (1, 0), "wsgi.multithread": False, "wsgi.multiprocess": False,
-            "wsgi.run_once": False, "SERVER_PROTOCOL": "HTTP/1.0",
+            "REQUEST_METHOD": "GET",
+            "PATH_INFO": "/",
+            "SERVER_NAME": "x",
+            "SERVER_PORT": "80",
+            "wsgi.url_scheme": "http",
+            "wsgi.input": sys.stdin,
+            "wsgi.errors": sys.stderr,
+            "wsgi.version": (1, 0),
+            "wsgi.multithread": False,
+            "wsgi.multiprocess": False,
+            "wsgi.run_once": False,
+            "SERVER_PROTOCOL": "HTTP/1.0",
         }
         client.get("/")  # first request: the process starts
         in_flight = reloader(dict(environ), lambda *a: None)
@@ -103,8 +111,11 @@ def test_exec_runs_the_same_command_line_without_passing_sockets_by_default(
     monkeypatch.setattr(standalone, "_launcher_takes_sockets", False)
     monkeypatch.delenv(LISTEN_FDS_ENV, raising=False)
     calls: List[List[str]] = []
-    action = ExecAction(execv=lambda path, argv: calls.append([path] + argv),
-                        argv=lambda: ["/usr/bin/python3", "serve.py"], find_sockets=lambda: [99])
+    action = ExecAction(
+        execv=lambda path, argv: calls.append([path] + argv),
+        argv=lambda: ["/usr/bin/python3", "serve.py"],
+        find_sockets=lambda: [99],
+    )
     assert action.requires_drain
     action(CHANGES)
     assert calls == [["/usr/bin/python3", "/usr/bin/python3", "serve.py"]]
@@ -122,8 +133,11 @@ def test_exec_hands_listening_sockets_to_a_launcher_that_takes_them(
     listener.listen()
     try:
         assert not listener.get_inheritable()
-        action = ExecAction(execv=lambda path, argv: None, argv=lambda: ["python3"],
-                            find_sockets=lambda: [listener.fileno()])
+        action = ExecAction(
+            execv=lambda path, argv: None,
+            argv=lambda: ["python3"],
+            find_sockets=lambda: [listener.fileno()],
+        )
         action(CHANGES)
         assert listener.get_inheritable()
         assert os.environ[LISTEN_FDS_ENV] == str(listener.fileno())
@@ -224,7 +238,11 @@ def test_under_waitress_exit_waits_in_a_thread_then_exits() -> None:
     listener = FakeListener()
     channel = FakeChannel(requests=[])
     channel.server._map.update({3: listener, 7: channel})
-    action.setup(standalone.ProcessContext(1, 1, {"waitress.client_disconnected": channel.check_client_disconnected}))
+    action.setup(
+        standalone.ProcessContext(
+            1, 1, {"waitress.client_disconnected": channel.check_client_disconnected}
+        )
+    )
     action(CHANGES)
     action(CHANGES)  # a second change set while ending: ignored
     assert done.wait(5)

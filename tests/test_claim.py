@@ -140,7 +140,9 @@ def test_a_garbled_record_counts_as_no_reload(rundir: str) -> None:
     assert ReloadLedger(rundir).claim("gunicorn-42-7", booted=0.0).outcome is Outcome.CLAIMED
 
 
-def test_xdg_runtime_dir_is_used_only_when_private(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_xdg_runtime_dir_is_used_only_when_private(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     xdg = tmp_path / "xdg"
     xdg.mkdir(mode=0o700)
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(xdg))

@@ -12,7 +12,9 @@ import pytest
 from wsgireload.actions import _process
 from wsgireload.actions._process import ProcessInfo, master_problem, read_process, verify_master
 
-MASTER = ProcessInfo(pid=4242, start_time="1000", uid=1001, cmdline="/usr/bin/python3 gunicorn app:app")
+MASTER = ProcessInfo(
+    pid=4242, start_time="1000", uid=1001, cmdline="/usr/bin/python3 gunicorn app:app"
+)
 
 
 def fake_proc(table: Dict[int, ProcessInfo]):  # type: ignore[no-untyped-def]
@@ -23,7 +25,10 @@ def fake_proc(table: Dict[int, ProcessInfo]):  # type: ignore[no-untyped-def]
 
 
 def test_same_master_is_safe() -> None:
-    assert master_problem(MASTER, "gunicorn", getppid=lambda: 4242, read=fake_proc({4242: MASTER})) is None
+    assert (
+        master_problem(MASTER, "gunicorn", getppid=lambda: 4242, read=fake_proc({4242: MASTER}))
+        is None
+    )
 
 
 @pytest.mark.parametrize(
@@ -40,20 +45,27 @@ def test_same_master_is_safe() -> None:
     ],
 )
 def test_unsafe_master_is_refused_with_a_reason(
-    recorded: Optional[ProcessInfo], parent: int, now: Optional[ProcessInfo], reason: str,
+    recorded: Optional[ProcessInfo],
+    parent: int,
+    now: Optional[ProcessInfo],
+    reason: str,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     table = {now.pid: now} if now is not None else {}
     problem = master_problem(recorded, "gunicorn", getppid=lambda: parent, read=fake_proc(table))
     assert problem is not None and reason in problem
     with caplog.at_level(logging.WARNING, logger="wsgireload"):
-        assert not verify_master(recorded, "gunicorn", getppid=lambda: parent, read=fake_proc(table))
+        assert not verify_master(
+            recorded, "gunicorn", getppid=lambda: parent, read=fake_proc(table)
+        )
     assert reason in caplog.text
 
 
 def test_without_proc_only_pid_and_parent_are_checked() -> None:
     bare = ProcessInfo(4242, None, None, None)
-    assert master_problem(bare, "gunicorn", getppid=lambda: 4242, read=fake_proc({4242: bare})) is None
+    assert (
+        master_problem(bare, "gunicorn", getppid=lambda: 4242, read=fake_proc({4242: bare})) is None
+    )
 
 
 def test_any_of_several_server_names_matches() -> None:

@@ -57,20 +57,36 @@ def make_app(
     write(directory / "mod.py", f"VALUE = {value!r}\n")
     write(
         directory / "wsgi.py",
-        APP.format(modules=modules, value_expr=value_expr, extra=extra, settle=SETTLE_OPTS,
-                   action=action),
+        APP.format(
+            modules=modules, value_expr=value_expr, extra=extra, settle=SETTLE_OPTS, action=action
+        ),
     )
 
 
 def gunicorn(
-    tmp_path: Path, port: int, *, workers: int = 3, extra: Sequence[str] = (),
-    chdir: Optional[Path] = None, name: str = "gunicorn",
+    tmp_path: Path,
+    port: int,
+    *,
+    workers: int = 3,
+    extra: Sequence[str] = (),
+    chdir: Optional[Path] = None,
+    name: str = "gunicorn",
 ) -> Server:
     argv = [
-        sys.executable, "-m", "gunicorn", "--no-control-socket",
-        "-w", str(workers), "-b", f"127.0.0.1:{port}",
-        "--graceful-timeout", "15", "--timeout", "30",
-        *extra, "wsgi:application",
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "--no-control-socket",
+        "-w",
+        str(workers),
+        "-b",
+        f"127.0.0.1:{port}",
+        "--graceful-timeout",
+        "15",
+        "--timeout",
+        "30",
+        *extra,
+        "wsgi:application",
     ]
     if chdir is not None:
         argv[3:3] = ["--chdir", str(chdir)]
@@ -88,12 +104,18 @@ def pids_serving(bodies: List[bytes], value: str) -> Set[str]:
     return {body.split()[0].decode() for body in bodies if body.endswith(f"value={value}".encode())}
 
 
-def wait_all_workers_serve(load: Load, since: float, value: str, workers: int, timeout: float = 5.0) -> float:
+def wait_all_workers_serve(
+    load: Load, since: float, value: str, workers: int, timeout: float = 5.0
+) -> float:
     """Seconds until every one of ``workers`` new workers served ``value`` and none the old."""
+
     def done() -> bool:
         recent = load.result.bodies_since(time.monotonic() - 0.3)
-        return (len(pids_serving(load.result.bodies_since(since), value)) >= workers
-                and bool(recent) and all(b.endswith(f"value={value}".encode()) for b in recent))
+        return (
+            len(pids_serving(load.result.bodies_since(since), value)) >= workers
+            and bool(recent)
+            and all(b.endswith(f"value={value}".encode()) for b in recent)
+        )
 
     assert wait_for(done, timeout), (
         f"new code {value!r} not served by {workers} workers within {timeout}s: "
@@ -137,7 +159,9 @@ def test_callback_runs_in_each_worker_after_the_response_in_flight(
         time.sleep(0.3)  # let /slow start streaming before the change lands
         write(tmp_path / "mod.py", "VALUE = 'v2'\n")
         slow_thread.join(15)
-        assert wait_for(lambda: callback_log.exists() and len(callback_log.read_text().split("\n")) > 2, 10)
+        assert wait_for(
+            lambda: callback_log.exists() and len(callback_log.read_text().split("\n")) > 2, 10
+        )
     result = load.stop()
     assert result.failed == 0, result.errors[:5]
     lines = [line.split() for line in callback_log.read_text().splitlines()]
@@ -151,7 +175,9 @@ def test_callback_runs_in_each_worker_after_the_response_in_flight(
 
 
 # -- issue 3: one graceful reload per deploy ---------------------------------------------------
-@pytest.mark.parametrize("worker_args", [[], ["-k", "gthread", "--threads", "4"]], ids=["sync", "gthread"])
+@pytest.mark.parametrize(
+    "worker_args", [[], ["-k", "gthread", "--threads", "4"]], ids=["sync", "gthread"]
+)
 def test_one_edit_under_load_reloads_each_worker_once(
     tmp_path: Path, servers: List[Server], worker_args: List[str]
 ) -> None:
@@ -167,8 +193,10 @@ def test_one_edit_under_load_reloads_each_worker_once(
         took = wait_all_workers_serve(load, t0, "v2", 3)
         assert_stays(6, lambda: boots(server), 1.5)  # 3 new workers, never 9
     result = load.stop()
-    print(f"\n{worker_args or 'sync'}: new code on every worker after {took:.2f}s; "
-          f"{result.ok} ok, {result.failed} failed")
+    print(
+        f"\n{worker_args or 'sync'}: new code on every worker after {took:.2f}s; "
+        f"{result.ok} ok, {result.failed} failed"
+    )
     assert result.failed == 0, result.errors[:5]
     assert server.log().count("sending SIGHUP to gunicorn master") == 1
 
@@ -218,7 +246,9 @@ def test_a_deploy_of_100_modules_over_2s_reloads_each_worker_once(
     assert not any(b.endswith(b"v1-v2") for b in result.bodies_since(t0)[-50:])
 
 
-def test_a_symlink_swap_deploy_serves_the_new_release(tmp_path: Path, servers: List[Server]) -> None:
+def test_a_symlink_swap_deploy_serves_the_new_release(
+    tmp_path: Path, servers: List[Server]
+) -> None:
     releases = tmp_path / "releases"
     make_app(releases / "1", value="r1")
     make_app(releases / "2", value="r2")
@@ -239,7 +269,9 @@ def test_a_symlink_swap_deploy_serves_the_new_release(tmp_path: Path, servers: L
     assert result.failed == 0, result.errors[:5]
 
 
-def test_a_syntax_error_never_reloads_and_the_fix_does(tmp_path: Path, servers: List[Server]) -> None:
+def test_a_syntax_error_never_reloads_and_the_fix_does(
+    tmp_path: Path, servers: List[Server]
+) -> None:
     make_app(tmp_path)
     port = free_port()
     server = gunicorn(tmp_path, port)
@@ -271,7 +303,9 @@ def test_preload_never_storms_and_says_why_once(tmp_path: Path, servers: List[Se
         t0 = time.monotonic()
         write(tmp_path / "mod.py", "VALUE = 'v2'\n")
         # every worker reaches the point where it would reload, and does nothing
-        assert wait_for(lambda: server.log().count("reloading with auto: gunicorn: nothing") >= 3, 10)
+        assert wait_for(
+            lambda: server.log().count("reloading with auto: gunicorn: nothing") >= 3, 10
+        )
         assert_stays(3, lambda: boots(server), 2.0)
     result = load.stop()
     assert result.failed == 0, result.errors[:5]
@@ -324,7 +358,9 @@ def test_an_orphaned_worker_signals_nobody_real_processes(tmp_path: Path) -> Non
     script = tmp_path / "orphan.py"
     script.write_text(ORPHAN_SCRIPT)
     out = tmp_path / "hups"
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]), TMPDIR=str(tmp_path))
+    env = dict(
+        os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]), TMPDIR=str(tmp_path)
+    )
     subprocess.run([sys.executable, str(script), str(out)], env=env, timeout=30, check=True)
     assert out.read_text() == "0"
     log = Path(str(out) + ".log").read_text()

@@ -80,8 +80,14 @@ while True:
 
 
 def waitress_argv(port: int) -> List[str]:
-    return [sys.executable, "-m", "waitress", f"--listen=127.0.0.1:{port}", "--threads=4",
-            "wsgi:application"]
+    return [
+        sys.executable,
+        "-m",
+        "waitress",
+        f"--listen=127.0.0.1:{port}",
+        "--threads=4",
+        "wsgi:application",
+    ]
 
 
 def make_app(directory: Path, action: str) -> None:
@@ -93,8 +99,13 @@ def make_app(directory: Path, action: str) -> None:
 
 
 def start(tmp_path: Path, servers: List[Server], argv: Sequence[str], port: int) -> Server:
-    server = Server(argv, cwd=tmp_path, port=port, log_path=tmp_path / "server.log",
-                    env={"TMPDIR": str(tmp_path)})
+    server = Server(
+        argv,
+        cwd=tmp_path,
+        port=port,
+        log_path=tmp_path / "server.log",
+        env={"TMPDIR": str(tmp_path)},
+    )
     servers.append(server.start())
     return server
 
@@ -111,7 +122,8 @@ def classify(result: LoadResult) -> Tuple[int, int, int]:
 def longest_gap(result: LoadResult, since: float) -> float:
     """Longest pause between two successful responses after ``since`` (seconds)."""
     times = [when for when, _ in result.bodies if when >= since]
-    return max((b - a for a, b in zip(times, times[1:])), default=0.0)
+    gaps = [later - earlier for earlier, later in zip(times, times[1:])]  # noqa: B905
+    return max(gaps, default=0.0)
 
 
 @pytest.mark.parametrize("kind", ["waitress", "wsgiref"])
@@ -120,10 +132,15 @@ def test_plain_server_default_warns_once_keeps_serving_and_never_hups_the_parent
 ) -> None:
     make_app(tmp_path, "'auto'")
     port = free_port()
-    child = waitress_argv(port) if kind == "waitress" else [
-        sys.executable, str(tmp_path / "wsgiref_serve.py"), str(port)]
+    child = (
+        waitress_argv(port)
+        if kind == "waitress"
+        else [sys.executable, str(tmp_path / "wsgiref_serve.py"), str(port)]
+    )
     count = tmp_path / "hups"
-    server = start(tmp_path, servers, [sys.executable, str(tmp_path / "parent.py"), str(count), *child], port)
+    server = start(
+        tmp_path, servers, [sys.executable, str(tmp_path / "parent.py"), str(count), *child], port
+    )
     with Load(port, threads=2 if kind == "wsgiref" else 4) as load:
         write(tmp_path / "mod.py", "VALUE = 'v2'\n")
         assert wait_for(lambda: "has no master to reload it" in server.log(), 10)
@@ -136,13 +153,19 @@ def test_plain_server_default_warns_once_keeps_serving_and_never_hups_the_parent
     assert result.bodies[-1][1].endswith(b"value=v1")  # keeps serving what it loaded
 
 
-def test_the_hup_counter_would_see_the_classic_recipe(tmp_path: Path, servers: List[Server]) -> None:
+def test_the_hup_counter_would_see_the_classic_recipe(
+    tmp_path: Path, servers: List[Server]
+) -> None:
     """Control: the same parent does count a worker's HUP to its parent (the classic bug)."""
     make_app(tmp_path, "hup_parent")
     port = free_port()
     count = tmp_path / "hups"
-    start(tmp_path, servers, [sys.executable, str(tmp_path / "parent.py"), str(count),
-                              *waitress_argv(port)], port)
+    start(
+        tmp_path,
+        servers,
+        [sys.executable, str(tmp_path / "parent.py"), str(count), *waitress_argv(port)],
+        port,
+    )
     with Load(port, threads=2):
         write(tmp_path / "mod.py", "VALUE = 'v2'\n")
         assert wait_for(lambda: count.read_text() == "1", 10)
@@ -154,21 +177,28 @@ def test_waitress_exec_serves_new_code_and_counts_refused_connections(
 ) -> None:
     make_app(tmp_path, "'exec'")
     port = free_port()
-    argv = waitress_argv(port) if launcher == "waitress-cli" else [
-        sys.executable, str(tmp_path / "keep_socket_serve.py"), str(port)]
+    argv = (
+        waitress_argv(port)
+        if launcher == "waitress-cli"
+        else [sys.executable, str(tmp_path / "keep_socket_serve.py"), str(port)]
+    )
     server = start(tmp_path, servers, argv, port)
     with Load(port, threads=4) as load:
         assert wait_for(lambda: bool(load.result.bodies), 10)
         t0 = time.monotonic()
         write(tmp_path / "mod.py", "VALUE = 'v2'\n")
-        assert wait_for(lambda: any(b.endswith(b"value=v2") for b in load.result.bodies_since(t0)), 5)
+        assert wait_for(
+            lambda: any(b.endswith(b"value=v2") for b in load.result.bodies_since(t0)), 5
+        )
         took = time.monotonic() - t0
         assert wait_for(lambda: len(load.result.bodies_since(time.monotonic() - 0.2)) > 5, 5)
     result = load.stop()
     refused, reset, other = classify(result)
-    print(f"\nexec via {launcher}: new code after {took:.2f}s; {result.ok} ok, {refused} refused, "
-          f"{reset} reset in backlog, {other} other failures; longest pause "
-          f"{longest_gap(result, t0) * 1000:.0f} ms")
+    print(
+        f"\nexec via {launcher}: new code after {took:.2f}s; {result.ok} ok, {refused} refused, "
+        f"{reset} reset in backlog, {other} other failures; longest pause "
+        f"{longest_gap(result, t0) * 1000:.0f} ms"
+    )
     assert server.log().count("re-executing") == 1
     assert other == 0, result.errors[:5]  # every connection waitress accepted was answered
     if launcher == "keep-socket":
