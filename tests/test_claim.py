@@ -61,6 +61,15 @@ def test_the_rate_floor_defers_a_second_reload(rundir: str) -> None:
     assert ledger.claim("gunicorn-42-7", booted=100.5).outcome is Outcome.CLAIMED
 
 
+def test_a_record_from_before_a_reboot_is_ignored(rundir: str) -> None:
+    clock = Clock(5000.0)
+    ReloadLedger(rundir, clock=clock).claim("gunicorn-42-na", booted=10.0)
+    clock.now = 50.0  # the monotonic clock restarted; pid 42 is a new master without /proc
+    assert ReloadLedger(rundir, clock=clock).claim("gunicorn-42-na", booted=20.0).outcome is (
+        Outcome.CLAIMED
+    )
+
+
 def test_masters_are_independent(rundir: str) -> None:
     ledger = ReloadLedger(rundir, clock=Clock(100.0))
     assert ledger.claim("gunicorn-42-7", booted=10.0).outcome is Outcome.CLAIMED

@@ -293,8 +293,14 @@ def test_a_syntax_error_never_reloads_and_the_fix_does(
     assert "mod.py:1:" in server.log()
 
 
-def test_preload_never_storms_and_says_why_once(tmp_path: Path, servers: List[Server]) -> None:
-    make_app(tmp_path)
+@pytest.mark.parametrize(
+    "action, phrase",
+    [("auto", "auto: gunicorn: nothing"), ("restart-worker", "restart-worker: nothing")],
+)
+def test_preload_never_storms_and_says_why_once(
+    tmp_path: Path, servers: List[Server], action: str, phrase: str
+) -> None:
+    make_app(tmp_path, action=repr(action))
     port = free_port()
     server = gunicorn(tmp_path, port, extra=["--preload"])
     servers.append(server.start())
@@ -304,7 +310,7 @@ def test_preload_never_storms_and_says_why_once(tmp_path: Path, servers: List[Se
         write(tmp_path / "mod.py", "VALUE = 'v2'\n")
         # every worker reaches the point where it would reload, and does nothing
         assert wait_for(
-            lambda: server.log().count("reloading with auto: gunicorn: nothing") >= 3, 10
+            lambda: server.log().count(f"reloading with {phrase}") >= 3, 10
         )
         assert_stays(3, lambda: boots(server), 2.0)
     result = load.stop()

@@ -118,6 +118,8 @@ class ReloadLedger:
             fcntl.flock(fd, fcntl.LOCK_EX)  # held for microseconds: read, compare, write
             last = _read_time(fd)
             now = self.clock()
+            if last is not None and last > now:
+                last = None  # written before this machine booted (the clock restarted)
             if last is not None and last >= booted:
                 return Claim(Outcome.COVERED)
             if last is not None and now - last < self.min_interval:
