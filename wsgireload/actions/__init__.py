@@ -12,14 +12,21 @@ from ..errors import ConfigurationError
 from ..policy import ChangeSet
 from .auto import AutoAction, detect_server
 from .base import Action, CallbackAction, LogOnlyAction, ProcessContext
+from .gunicorn import GunicornAction, RestartWorkerAction
+from .standalone import ExecAction, ExitAction, StandaloneAction
 
 __all__ = [
     "Action",
     "AutoAction",
     "CallbackAction",
+    "ExecAction",
+    "ExitAction",
+    "GunicornAction",
     "LogOnlyAction",
     "ProcessContext",
     "REGISTRY",
+    "RestartWorkerAction",
+    "StandaloneAction",
     "detect_server",
     "resolve",
 ]
@@ -30,6 +37,11 @@ ActionSpec = Union[str, Action, Callable[[ChangeSet], object]]
 REGISTRY: Dict[str, Callable[[], Action]] = {
     "auto": AutoAction,
     "log-only": LogOnlyAction,
+    "gunicorn": GunicornAction,
+    "restart-worker": RestartWorkerAction,
+    "standalone": StandaloneAction,
+    "exit": ExitAction,
+    "exec": ExecAction,
 }
 
 

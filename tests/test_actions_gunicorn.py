@@ -1,0 +1,208 @@
+"""gunicorn actions with injected kill/getppid//proc: one HUP per deploy, never to a stranger."""
+
+from __future__ import annotations
+
+import logging
+import signal
+from pathlib import Path
+from typing import Callable, List, Optional, Tuple
+
+import pytest
+
+from wsgireload.actions import REGISTRY, AutoAction, ProcessContext, resolve
+from wsgireload.actions._claim import ReloadLedger
+from wsgireload.actions._process import ProcessInfo
+from wsgireload.actions.gunicorn import GunicornAction, RestartWorkerAction
+from wsgireload.actions.standalone import StandaloneAction
+from wsgireload.policy import ChangeSet
+
+MASTER = ProcessInfo(4242, "1000", 1001, "/usr/bin/python3 /usr/local/bin/gunicorn app:app")
+CHANGES = ChangeSet(("/srv/app/views.py",), "abc", 1.0, 1.0)
+GUNICORN_ENV = {"gunicorn.socket": object(), "SERVER_SOFTWARE": "gunicorn/27.0.1"}
+
+
+class Clock:
+    def __init__(self, now: float = 100.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class World:
+    """The injected process world: who our parent is, what /proc says, who got signalled."""
+
+    def __init__(self, rundir: str) -> None:
+        self.parent = MASTER.pid
+        self.procs = {MASTER.pid: MASTER}
+        self.killed: List[Tuple[int, int]] = []
+        self.scheduled: List[Tuple[float, Callable[[], None]]] = []
+        self.clock = Clock(100.0)
+        self.rundir = rundir
+
+    def worker(
+        self, booted: float = 10.0, pid: int = 5000, created_pid: Optional[int] = None
+    ) -> GunicornAction:
+        action = GunicornAction(
+            runtime_dir=self.rundir,
+            kill=lambda p, s: self.killed.append((p, s)),
+            getppid=lambda: self.parent,
+            read_process=self.procs.get,
+            boot_time=lambda: booted,
+            master_pid=lambda: MASTER.pid,
+            ledger=ReloadLedger(self.rundir, min_interval=3.0, clock=self.clock),
+            schedule=lambda delay, fn: self.scheduled.append((delay, fn)),
+        )
+        action.setup(ProcessContext(pid, pid if created_pid is None else created_pid, GUNICORN_ENV))
+        return action
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> World:
+    return World(str(tmp_path / "run"))
+
+
+def test_a_worker_hups_its_verified_master(world: World) -> None:
+    world.worker()(CHANGES)
+    assert world.killed == [(MASTER.pid, signal.SIGHUP)]
+
+
+def test_three_workers_seeing_one_deploy_send_one_hup(world: World) -> None:
+    workers = [world.worker(pid=5000 + n) for n in range(3)]
+    for n, worker in enumerate(workers):
+        world.clock.now = 100.0 + 0.2 * n  # each settles at its own moment, own change set
+        worker(ChangeSet(("/srv/app/views.py",), f"fingerprint-{n}", 1.0, 1.0))
+    assert world.killed == [(MASTER.pid, signal.SIGHUP)]
+
+
+def test_a_new_worker_seeing_a_later_deploy_hups_again(world: World) -> None:
+    world.worker(booted=10.0)(CHANGES)
+    world.clock.now = 200.0
+    world.worker(booted=100.05)(CHANGES)  # booted by that reload, then saw a new change
+    assert world.killed == [(MASTER.pid, signal.SIGHUP)] * 2
+
+
+def test_a_reload_too_soon_after_the_last_is_retried_later(world: World) -> None:
+    world.worker(booted=10.0)(CHANGES)
+    world.clock.now = 101.0
+    late = world.worker(booted=100.05)
+    late(CHANGES)
+    assert len(world.killed) == 1
+    [(delay, retry)] = world.scheduled
+    assert delay == pytest.approx(2.0)
+    late(CHANGES)  # another change set while waiting: still one retry scheduled
+    assert len(world.scheduled) == 1
+    world.clock.now = 103.0
+    retry()
+    assert world.killed == [(MASTER.pid, signal.SIGHUP)] * 2
+
+
+@pytest.mark.parametrize("parent", [1, 777])
+def test_an_orphaned_worker_signals_nobody(
+    world: World, parent: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    action = world.worker()
+    world.parent = parent  # master died: reparented to init or a subreaper
+    with caplog.at_level(logging.WARNING, logger="wsgireload"):
+        action(CHANGES)
+    assert world.killed == []
+    assert "no longer this worker's parent" in caplog.text
+
+
+def test_a_reused_master_pid_is_not_signalled(world: World) -> None:
+    action = world.worker()
+    world.procs[MASTER.pid] = ProcessInfo(MASTER.pid, "5555", MASTER.uid, MASTER.cmdline)
+    action(CHANGES)
+    assert world.killed == []
+
+
+def test_a_master_that_is_not_gunicorn_is_warned_about_at_setup(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    world.procs[MASTER.pid] = ProcessInfo(MASTER.pid, "1000", 1001, "-bash")
+    with caplog.at_level(logging.WARNING, logger="wsgireload"):
+        action = world.worker()
+        action(CHANGES)
+    assert world.killed == []
+    assert "will be refused" in caplog.text and "server_names" in caplog.text
+
+
+def test_an_unsafe_runtime_dir_refuses_to_signal(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    Path(world.rundir).mkdir(mode=0o777)
+    Path(world.rundir).chmod(0o777)
+    with caplog.at_level(logging.WARNING, logger="wsgireload"):
+        world.worker()(CHANGES)
+    assert world.killed == []
+    assert "no safe place to coordinate" in caplog.text
+
+
+def test_preload_logs_one_error_per_master_and_never_signals(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.ERROR, logger="wsgireload"):
+        workers = [world.worker(pid=5000 + n, created_pid=4242) for n in range(3)]
+        for worker in workers:
+            worker(CHANGES)
+    assert world.killed == []
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1 and "--preload" in errors[0].getMessage()
+    assert "kill -USR2" in errors[0].getMessage()
+    assert "--preload" in workers[0].describe()
+
+
+def test_restart_worker_terminates_itself_only() -> None:
+    killed: List[Tuple[int, int]] = []
+    action = RestartWorkerAction(kill=lambda p, s: killed.append((p, s)), getpid=lambda: 5000)
+    action.setup(ProcessContext(5000, 5000, GUNICORN_ENV))
+    action(CHANGES)
+    assert killed == [(5000, signal.SIGTERM)]
+
+
+def test_restart_worker_does_nothing_under_preload(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    killed: List[Tuple[int, int]] = []
+    action = RestartWorkerAction(
+        runtime_dir=str(tmp_path / "run"),
+        kill=lambda p, s: killed.append((p, s)),
+        getpid=lambda: 5000,
+    )
+    with caplog.at_level(logging.ERROR, logger="wsgireload"):
+        action.setup(ProcessContext(5000, 4242, GUNICORN_ENV))
+    action(CHANGES)
+    assert killed == []
+    assert "--preload" in caplog.text
+
+
+def test_restart_worker_never_terminates_init() -> None:
+    killed: List[Tuple[int, int]] = []
+    action = RestartWorkerAction(kill=lambda p, s: killed.append((p, s)), getpid=lambda: 1)
+    action(CHANGES)
+    assert killed == []
+
+
+def test_names_are_registered() -> None:
+    assert REGISTRY["gunicorn"] is GunicornAction
+    assert REGISTRY["restart-worker"] is RestartWorkerAction
+    assert isinstance(resolve("restart-worker"), RestartWorkerAction)
+
+
+def test_auto_picks_gunicorn_under_gunicorn() -> None:
+    auto = AutoAction()
+    auto.setup(ProcessContext(5000, 5000, GUNICORN_ENV))
+    assert isinstance(auto.delegate, GunicornAction)
+    assert not auto.requires_drain
+
+
+def test_auto_picks_the_warning_standalone_action_elsewhere(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import sys
+
+    monkeypatch.delitem(sys.modules, "gunicorn.workers.base", raising=False)
+    auto = AutoAction()
+    auto.setup(ProcessContext(5000, 5000, {"SERVER_SOFTWARE": "waitress"}))
+    assert isinstance(auto.delegate, StandaloneAction)
+    assert not auto.requires_drain
