@@ -12,8 +12,7 @@ import pytest
 import webtest
 
 from wsgireload import Reloader
-from wsgireload.actions import REGISTRY
-from wsgireload.actions import standalone
+from wsgireload.actions import REGISTRY, standalone
 from wsgireload.actions.standalone import (
     LISTEN_FDS_ENV,
     ExecAction,
