@@ -12,14 +12,18 @@ from ..errors import ConfigurationError
 from ..policy import ChangeSet
 from .base import Action, CallbackAction, LogOnlyAction, ProcessContext
 from .auto import AutoAction, detect_server
+from .mod_wsgi import ModWsgiAction
+from .uwsgi import UwsgiAction
 
 __all__ = [
     "Action",
     "AutoAction",
     "CallbackAction",
     "LogOnlyAction",
+    "ModWsgiAction",
     "ProcessContext",
     "REGISTRY",
+    "UwsgiAction",
     "detect_server",
     "resolve",
 ]
@@ -30,6 +34,8 @@ ActionSpec = Union[str, Action, Callable[[ChangeSet], object]]
 REGISTRY: Dict[str, Callable[[], Action]] = {
     "auto": AutoAction,
     "log-only": LogOnlyAction,
+    "mod_wsgi": ModWsgiAction,
+    "uwsgi": UwsgiAction,
 }
 
 
