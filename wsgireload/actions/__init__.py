@@ -10,8 +10,8 @@ from typing import Callable, Dict, Union
 
 from ..errors import ConfigurationError
 from ..policy import ChangeSet
-from .base import Action, CallbackAction, LogOnlyAction, ProcessContext
 from .auto import AutoAction, detect_server
+from .base import Action, CallbackAction, LogOnlyAction, ProcessContext
 from .mod_wsgi import ModWsgiAction
 from .uwsgi import UwsgiAction
 
