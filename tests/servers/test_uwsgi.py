@@ -9,6 +9,7 @@ import http.client
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -83,6 +84,21 @@ class TimedLoad(Load):
             time.sleep(self.pause)
 
 
+class UwsgiServer(Server):
+    """Stopped with SIGINT to the master: uWSGI's immediate shutdown. The harness's SIGTERM to
+    the whole group made workers wait out the reload mercy (5-7 s per test here)."""
+
+    def stop(self) -> None:
+        proc = self.proc
+        if proc is not None and proc.poll() is None:
+            try:
+                os.kill(proc.pid, signal.SIGINT)
+                proc.wait(timeout=5)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                pass
+        super().stop()
+
+
 def make_app(root: Path) -> Path:
     app_dir = root / "app"
     write(app_dir / "wsgi.py", WSGI)
@@ -110,7 +126,7 @@ def start_uwsgi(
         "--disable-logging",  # no request lines: the log holds boots and wsgireload lines
         *extra,
     ]
-    server = Server(argv, cwd=app_dir, port=port, log_path=app_dir.parent / "uwsgi.log")
+    server = UwsgiServer(argv, cwd=app_dir, port=port, log_path=app_dir.parent / "uwsgi.log")
     servers.append(server)
     server.start()
     # Every worker must have served (and so started its watcher) before the edit.
