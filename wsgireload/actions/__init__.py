@@ -13,7 +13,9 @@ from ..policy import ChangeSet
 from .auto import AutoAction, detect_server
 from .base import Action, CallbackAction, LogOnlyAction, ProcessContext
 from .gunicorn import GunicornAction, RestartWorkerAction
+from .mod_wsgi import ModWsgiAction
 from .standalone import ExecAction, ExitAction, StandaloneAction
+from .uwsgi import UwsgiAction
 
 __all__ = [
     "Action",
@@ -23,10 +25,12 @@ __all__ = [
     "ExitAction",
     "GunicornAction",
     "LogOnlyAction",
+    "ModWsgiAction",
     "ProcessContext",
     "REGISTRY",
     "RestartWorkerAction",
     "StandaloneAction",
+    "UwsgiAction",
     "detect_server",
     "resolve",
 ]
@@ -42,6 +46,8 @@ REGISTRY: Dict[str, Callable[[], Action]] = {
     "standalone": StandaloneAction,
     "exit": ExitAction,
     "exec": ExecAction,
+    "mod_wsgi": ModWsgiAction,
+    "uwsgi": UwsgiAction,
 }
 
 

@@ -1,0 +1,313 @@
+"""What the uWSGI action needs to know about processes: options, the master, the FIFO, a record.
+
+Small helpers with an injectable /proc root and functions: unit-tested without uWSGI.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import stat
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Tuple, Union
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows has no uWSGI either
+    fcntl = None  # type: ignore[assignment]
+
+log = logging.getLogger("wsgireload")
+
+PROC_ROOT = "/proc"
+_FALSE_WORDS = frozenset({b"", b"0", b"false", b"no", b"off"})
+
+
+# -- uwsgi.opt --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class UwsgiOptions:
+    """The few uWSGI options that decide how to reload."""
+
+    lazy_apps: bool = False  # --lazy-apps or --lazy: each worker imports the app itself
+    master_fifos: Tuple[str, ...] = ()  # --master-fifo paths; uWSGI reads the first one
+    binary_path: Optional[str] = None  # --binary-path: what a full reload re-executes
+    master: bool = False
+    processes: int = 1  # --processes / --workers
+
+    @classmethod
+    def parse(cls, opt: Mapping[Any, Any]) -> "UwsgiOptions":
+        """Read ``uwsgi.opt``: keys are str or bytes, values bytes, True, or lists of those."""
+        values: Dict[str, Any] = {}
+        for key, value in opt.items():
+            name = key.decode("utf-8", "replace") if isinstance(key, bytes) else str(key)
+            values[name] = value
+        return cls(
+            lazy_apps=_flag(values.get("lazy-apps")) or _flag(values.get("lazy")),
+            master_fifos=tuple(_strings(values.get("master-fifo"))),
+            binary_path=next(iter(_strings(values.get("binary-path"))), None),
+            master=_flag(values.get("master")),
+            processes=_number(values.get("processes", values.get("workers"))),
+        )
+
+
+def _flag(value: Any) -> bool:
+    if isinstance(value, list):
+        return any(_flag(item) for item in value)
+    if value is None or value is False:
+        return False
+    if value is True:
+        return True
+    if isinstance(value, str):
+        value = value.encode("utf-8", "replace")
+    if isinstance(value, bytes):
+        return value.strip().lower() not in _FALSE_WORDS
+    return bool(value)
+
+
+def _number(value: Any) -> int:
+    for text in _strings(value):
+        try:
+            return int(text)
+        except ValueError:
+            continue
+    return 1
+
+
+def _strings(value: Any) -> Iterator[str]:
+    items = value if isinstance(value, list) else [value]
+    for item in items:
+        if isinstance(item, bytes):
+            item = os.fsdecode(item)
+        if isinstance(item, str) and item:
+            yield item
+
+
+# -- the master process -----------------------------------------------------------------
+@dataclass(frozen=True)
+class MasterRecord:
+    """The master as this worker saw it at its first request."""
+
+    pid: int
+    start_time: Optional[str]  # /proc/<pid>/stat field 22; None without /proc
+    uid: Optional[int]
+
+
+@dataclass
+class MasterCheck:
+    """Checks that a pid is still this worker's own uWSGI master before it is signalled.
+
+    :param proc_root: where procfs is mounted; a missing directory disables the /proc checks.
+    """
+
+    proc_root: str = PROC_ROOT
+    getppid: Callable[[], int] = os.getppid
+    getuid: Callable[[], int] = os.getuid
+    self_pid: Callable[[], int] = os.getpid
+
+    def has_proc(self) -> bool:
+        return os.path.isdir(os.path.join(self.proc_root, "self"))
+
+    def record(self, pid: int) -> MasterRecord:
+        return MasterRecord(pid, self.start_time(pid), self.owner(pid))
+
+    def start_time(self, pid: Union[int, str]) -> Optional[str]:
+        """Start time in clock ticks since boot: a recycled pid has a different one."""
+        try:
+            with open(os.path.join(self.proc_root, str(pid), "stat"), "rb") as handle:
+                data = handle.read().decode("ascii", "replace")
+        except OSError:
+            return None
+        # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
+        fields = data[data.rfind(")") + 2 :].split()
+        return fields[19] if len(fields) > 19 else None
+
+    def owner(self, pid: int) -> Optional[int]:
+        try:
+            return os.stat(os.path.join(self.proc_root, str(pid))).st_uid
+        except OSError:
+            return None
+
+    def cmdline(self, pid: int) -> Optional[Tuple[str, ...]]:
+        try:
+            with open(os.path.join(self.proc_root, str(pid), "cmdline"), "rb") as handle:
+                raw = handle.read()
+        except OSError:
+            return None
+        return tuple(os.fsdecode(part) for part in raw.split(b"\0") if part)
+
+    def exe(self, pid: Union[int, str]) -> Optional[str]:
+        try:
+            return os.readlink(os.path.join(self.proc_root, str(pid), "exe"))
+        except OSError:
+            return None
+
+    def problem(self, recorded: MasterRecord, pid_now: int) -> Optional[str]:
+        """Why ``pid_now`` must not be signalled, or None if it is still our master."""
+        if pid_now <= 1:
+            return f"uwsgi.masterpid() is {pid_now}: no master to ask (start uWSGI with --master)"
+        if pid_now != recorded.pid:
+            return f"the master pid changed from {recorded.pid} to {pid_now}"
+        parent = self.getppid()
+        if parent != pid_now:
+            return f"the master {pid_now} is no longer this worker's parent (parent is {parent})"
+        if not self.has_proc():
+            return None  # no procfs (macOS, BSD): pid, parentage and uWSGI's word must do
+        start = self.start_time(pid_now)
+        if start is None:
+            return f"the master {pid_now} is gone"
+        if recorded.start_time is not None and start != recorded.start_time:
+            return f"pid {pid_now} is a different process from the master recorded at start"
+        uid = self.owner(pid_now)
+        if uid != self.getuid():
+            return f"the master {pid_now} runs as uid {uid}, this worker as uid {self.getuid()}"
+        cmdline = self.cmdline(pid_now)
+        if not cmdline or not self._looks_like_uwsgi(pid_now, cmdline):
+            return f"pid {pid_now} does not look like a uWSGI master: {' '.join(cmdline or ())!r}"
+        return None
+
+    def _looks_like_uwsgi(self, pid: int, cmdline: Tuple[str, ...]) -> bool:
+        # A worker is a fork of its master: the same executable is the strongest evidence,
+        # and it survives --procname-master renaming the command line.
+        exe = self.exe(pid)
+        if exe is not None and exe == self.exe(self.self_pid()):
+            return True
+        head = " ".join(os.path.basename(part) for part in cmdline[:2]).lower()
+        return "uwsgi" in " ".join(cmdline).lower() or "python" in head
+
+
+def process_start(proc_root: str = PROC_ROOT, pid: str = "self") -> Optional[float]:
+    """When this process started, on the ``time.monotonic()`` clock; None without /proc."""
+    clock_boottime = getattr(time, "CLOCK_BOOTTIME", None)
+    if clock_boottime is None:
+        return None
+    start = MasterCheck(proc_root=proc_root).start_time(pid)
+    if start is None:
+        return None
+    try:
+        ticks = os.sysconf("SC_CLK_TCK")
+        age = time.clock_gettime(clock_boottime) - int(start) / ticks
+    except (ValueError, OSError):
+        return None
+    return time.monotonic() - age
+
+
+# -- the master FIFO --------------------------------------------------------------------
+def write_fifo(path: str, command: bytes) -> None:
+    """Write a command to a uWSGI master FIFO; raise OSError saying why it was not possible.
+
+    Non-blocking: with nobody reading (the master is gone), opening fails with ENXIO at once
+    instead of hanging the worker.
+    """
+    flags = os.O_WRONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+    fd = os.open(path, flags)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISFIFO(info.st_mode):
+            raise OSError(errno.EINVAL, f"{path} is not a FIFO")
+        if info.st_uid != os.getuid():
+            raise OSError(errno.EPERM, f"{path} belongs to uid {info.st_uid}")
+        os.write(fd, command)
+    finally:
+        os.close(fd)
+
+
+def first_fifo(paths: Tuple[str, ...]) -> Optional[str]:
+    """The configured FIFO that exists. uWSGI creates only the active (first) one, and
+    ``uwsgi.opt`` keeps only the last of repeated options, so check rather than trust."""
+    for path in paths:
+        try:
+            if stat.S_ISFIFO(os.stat(path).st_mode):
+                return path
+        except OSError:
+            continue
+    return None
+
+
+# -- the per-master record shared by workers --------------------------------------------
+def runtime_dir() -> str:
+    """``$XDG_RUNTIME_DIR/wsgireload`` when that is set, else ``<tmp>/wsgireload-<uid>``."""
+    xdg = os.environ.get("XDG_RUNTIME_DIR")
+    if xdg and os.path.isabs(xdg) and os.path.isdir(xdg):
+        return os.path.join(xdg, "wsgireload")
+    return os.path.join(tempfile.gettempdir(), f"wsgireload-{os.getuid()}")
+
+
+def private_dir_problem(path: str) -> Optional[str]:
+    """Create ``path`` 0700 if missing; say why it is unsafe, or None if it is ours alone."""
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        return f"cannot create {path}: {exc.strerror or exc}"
+    try:
+        info = os.lstat(path)  # lstat: a symlink planted by someone else is refused
+    except OSError as exc:
+        return f"cannot inspect {path}: {exc.strerror or exc}"
+    if not stat.S_ISDIR(info.st_mode):
+        return f"{path} is not a directory"
+    if info.st_uid != os.getuid():
+        return f"{path} belongs to uid {info.st_uid}"
+    if info.st_mode & 0o077:
+        return f"{path} is open to other users (mode {stat.S_IMODE(info.st_mode):o})"
+    return None
+
+
+class MasterLedger:
+    """A small JSON record per master, read and written under ``flock`` by its workers.
+
+    It holds the time of the master's last reload request (``time.monotonic()``, one clock
+    for the whole machine) and the fingerprints already reported, so that N workers seeing
+    one deploy produce one reload and one log line.
+    """
+
+    def __init__(self, directory: Optional[str] = None) -> None:
+        self.directory = directory
+
+    def update(
+        self, key: str, decide: Callable[[Dict[str, Any]], Optional[Dict[str, Any]]]
+    ) -> Tuple[Optional[Dict[str, Any]], Optional[str]]:
+        """Run ``decide(record)`` under the lock; store what it returns (None: no change).
+
+        Returns (the record as decide saw it, None) or (None, why the record is unusable).
+        """
+        if fcntl is None:  # pragma: no cover
+            return None, "file locks are not available here"
+        directory = self.directory or runtime_dir()
+        problem = private_dir_problem(directory)
+        if problem is not None:
+            return None, problem
+        path = os.path.join(directory, f"{key}.json")
+        flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+        try:
+            fd = os.open(path, flags, 0o600)
+        except OSError as exc:
+            return None, f"cannot open {path}: {exc.strerror or exc}"
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # held for microseconds: read, decide, write
+            raw = b""
+            while True:
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    break
+                raw += chunk
+            try:
+                record = json.loads(raw.decode("utf-8")) if raw else {}
+            except ValueError:
+                record = {}  # a torn or foreign record: start afresh rather than stop reloading
+            if not isinstance(record, dict):
+                record = {}
+            new = decide(dict(record))
+            if new is not None:
+                data = json.dumps(new).encode("utf-8")
+                os.lseek(fd, 0, os.SEEK_SET)
+                os.ftruncate(fd, 0)
+                os.write(fd, data)
+            return record, None
+        except OSError as exc:
+            return None, f"cannot use {path}: {exc.strerror or exc}"
+        finally:
+            os.close(fd)

@@ -1,0 +1,271 @@
+"""uWSGI: ask this worker's verified master for one graceful reload per change set.
+
+Chain reload through the master FIFO with --lazy-apps, else ``uwsgi.reload()``; never a reload
+that would kill the server (pyuwsgi in a virtualenv without --binary-path).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+import time
+from typing import Any, Callable, Dict, Optional
+
+from ..policy import ChangeSet
+from ._uwsgi_support import (
+    MasterCheck,
+    MasterLedger,
+    MasterRecord,
+    UwsgiOptions,
+    first_fifo,
+    process_start,
+    write_fifo,
+)
+from .base import Action, ProcessContext
+
+log = logging.getLogger("wsgireload")
+
+CHAIN = "chain"
+RELOAD = "reload"
+_REFUSALS_KEPT = 20  # fingerprints remembered per master, to log each refusal once
+# uWSGI's master advances a chain reload only when its event loop wakes up, once a second when
+# idle: two wake-ups per worker (reap the old one, see the new one accepting), so 3 workers
+# took ~5 s here. A newline written to the master FIFO is ignored by uWSGI but wakes the
+# loop; workers write one every WAKE_EVERY seconds for a bounded time after a chain starts.
+WAKE_EVERY = 0.1  # seconds
+WAKE_FOR = 10.0  # seconds after the chain started, plus WAKE_PER_WORKER per worker
+WAKE_PER_WORKER = 2.0  # seconds
+
+
+class UwsgiAction(Action):
+    """Reload uWSGI gracefully: a chain reload (workers replaced one by one) when the app is
+    loaded per worker (``--lazy-apps``) and a ``--master-fifo`` exists, else ``uwsgi.reload()``
+    (the master re-executes itself and its workers).
+
+    Only the master recorded at this worker's first request is asked, after checking it is
+    still our parent, the same process, the same user and a uWSGI. Workers share a record per
+    master: a worker started before the latest reload request is replaced by that reload, so
+    it does not ask again; N workers seeing one deploy make one request.
+
+    :param uwsgi_module: the ``uwsgi`` module (tests pass a fake); imported at setup if None.
+    :param check: verifies the master before it is asked.
+    :param ledger: the per-master record shared by workers.
+    :param fifo_writer: writes a command to the master FIFO.
+    :param booted: when this worker started, on the ``clock``; read from /proc if None.
+    :param pyuwsgi: running from the pyuwsgi wheel; detected from ``sys.modules`` if None.
+    :param virtualenv: running in a virtualenv; detected from ``sys.prefix`` if None.
+    :param waker: ``waker(fifo, until)`` wakes the master until the clock reads ``until``;
+        None starts a daemon thread writing newlines to the FIFO.
+    """
+
+    name = "uwsgi"
+
+    def __init__(
+        self,
+        *,
+        uwsgi_module: Any = None,
+        check: Optional[MasterCheck] = None,
+        ledger: Optional[MasterLedger] = None,
+        fifo_writer: Callable[[str, bytes], None] = write_fifo,
+        clock: Callable[[], float] = time.monotonic,
+        booted: Optional[float] = None,
+        pyuwsgi: Optional[bool] = None,
+        virtualenv: Optional[bool] = None,
+        waker: Optional[Callable[[str, float], None]] = None,
+    ) -> None:
+        self.uwsgi = uwsgi_module
+        self.check = check or MasterCheck()
+        self.ledger = ledger or MasterLedger()
+        self.fifo_writer = fifo_writer
+        self.clock = clock
+        self.booted = booted
+        self.pyuwsgi = pyuwsgi
+        self.virtualenv = virtualenv
+        self.options = UwsgiOptions()
+        self.method: Optional[str] = None  # CHAIN or RELOAD; None: cannot reload (see why)
+        self.why_not = "setup has not run"
+        self.fifo: Optional[str] = None
+        self.master: Optional[MasterRecord] = None
+        self.refusal: Optional[str] = None  # set when a full reload would kill the server
+        self.waker = waker or self._wake_in_thread
+        self.workers = 1
+
+    # -- once per process ---------------------------------------------------------------
+    def setup(self, context: ProcessContext) -> None:
+        if self.uwsgi is None:
+            try:
+                import uwsgi  # type: ignore[import-not-found,import-untyped,unused-ignore]
+            except ImportError:
+                self.why_not = "the uwsgi module cannot be imported (not running under uWSGI?)"
+                return
+            self.uwsgi = uwsgi
+        self.options = UwsgiOptions.parse(getattr(self.uwsgi, "opt", {}) or {})
+        pid = int(self.uwsgi.masterpid())
+        if pid <= 1:
+            self.why_not = "uWSGI runs without a master process: start it with --master"
+            return
+        self.master = self.check.record(pid)
+        if self.booted is None:
+            started = process_start(self.check.proc_root)
+            self.booted = started if started is not None else self.clock()
+        if self.pyuwsgi is None:
+            self.pyuwsgi = "pyuwsgi" in sys.modules
+        if self.virtualenv is None:
+            self.virtualenv = sys.prefix != getattr(sys, "base_prefix", sys.prefix)
+        if self.options.lazy_apps and self.options.master_fifos:
+            self.fifo = first_fifo(self.options.master_fifos)
+            if self.fifo is None:
+                log.warning(
+                    "wsgireload: --master-fifo %s is not a FIFO; code changes will use a full "
+                    "uwsgi.reload() instead of a chain reload",
+                    ", ".join(self.options.master_fifos),
+                )
+        self.method = CHAIN if self.fifo is not None else RELOAD
+        if self.pyuwsgi and self.virtualenv and not self.options.binary_path:
+            self.refusal = self._refusal_text()
+        self.workers = max(1, self.options.processes)
+        if self.method == CHAIN:
+            self._help_chain()  # a worker born in a chain reload helps it go on
+
+    def _refusal_text(self) -> str:
+        python = os.path.join(sys.prefix, "bin", "python")
+        return (
+            "this uWSGI is the pyuwsgi wheel inside the virtualenv "
+            f"{sys.prefix}: a full reload would re-execute "
+            f"{getattr(sys, '_base_executable', 'the base Python')} without it and kill the "
+            f"server. Fix: start uWSGI with --binary-path {python} (or install the compiled "
+            "'uwsgi' package instead of 'pyuwsgi'; or use --lazy-apps with --master-fifo for "
+            "chain reloads). Restart the server yourself to load this change"
+        )
+
+    # -- once per change set ------------------------------------------------------------
+    def __call__(self, changes: ChangeSet) -> None:
+        if self.method is None or self.master is None or self.uwsgi is None:
+            log.warning("wsgireload: not reloading uWSGI: %s", self.why_not)
+            return
+        if self.method == RELOAD and self.refusal is not None:
+            self._refuse(changes)
+            return
+        problem = self.check.problem(self.master, int(self.uwsgi.masterpid()))
+        if problem is not None:
+            log.warning("wsgireload: not reloading uWSGI: %s", problem)
+            return
+        if not self._claim():
+            return
+        if self.method == CHAIN and self.fifo is not None:
+            try:
+                self.fifo_writer(self.fifo, b"c")
+            except OSError as exc:
+                if self.refusal is not None:
+                    log.error(
+                        "wsgireload: cannot write to the master FIFO %s (%s), and %s",
+                        self.fifo,
+                        exc.strerror or exc,
+                        self.refusal,
+                    )
+                    return
+                log.warning(
+                    "wsgireload: cannot write to the master FIFO %s (%s); using uwsgi.reload()",
+                    self.fifo,
+                    exc.strerror or exc,
+                )
+            else:
+                self.waker(self.fifo, self.clock() + self._wake_window())
+                return
+        if not self.uwsgi.reload():
+            log.error("wsgireload: uwsgi.reload() failed: the master %d was not signalled",
+                      self.master.pid)
+
+    def _key(self) -> str:
+        assert self.master is not None
+        return f"uwsgi-{self.master.pid}-{self.master.start_time or 'unknown'}"
+
+    def _claim(self) -> bool:
+        """Record this reload request for the master, unless one since our start covers us."""
+        booted = self.booted if self.booted is not None else self.clock()
+        now = self.clock()
+        covered_by: Dict[str, float] = {}
+
+        def decide(record: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+            last = record.get("reload")
+            if isinstance(last, (int, float)) and last >= booted:
+                covered_by["at"] = float(last)
+                return None
+            record["reload"] = now
+            if self.method == CHAIN:
+                record["chain"] = now
+            return record
+
+        _, problem = self.ledger.update(self._key(), decide)
+        if problem is not None:
+            # uWSGI itself ignores reload requests that arrive during a reload (measured), so
+            # going ahead without the record is still safe, only less tidy.
+            log.warning("wsgireload: no shared reload record (%s); asking uWSGI anyway", problem)
+            return True
+        if covered_by:
+            if self.method == CHAIN:
+                self._help_chain()
+            log.info(
+                "wsgireload: another worker asked uWSGI to reload %.1fs ago, after this worker "
+                "started; that reload replaces this worker",
+                max(0.0, now - covered_by["at"]),
+            )
+            return False
+        return True
+
+    def _wake_window(self) -> float:
+        return WAKE_FOR + WAKE_PER_WORKER * self.workers
+
+    def _help_chain(self) -> None:
+        """Wake the master until the chain reload recorded for it has had time to finish."""
+        if self.fifo is None or self.master is None:
+            return
+        record, problem = self.ledger.update(self._key(), lambda record: None)
+        started = record.get("chain") if record else None
+        if problem is not None or not isinstance(started, (int, float)):
+            return
+        until = float(started) + self._wake_window()
+        if until > self.clock():
+            self.waker(self.fifo, until)
+
+    def _wake_in_thread(self, fifo: str, until: float) -> None:
+        def wake() -> None:
+            while self.clock() < until:
+                try:
+                    self.fifo_writer(fifo, b"\n")
+                except OSError:
+                    return  # the master is gone or reloading: nothing to wake
+                time.sleep(WAKE_EVERY)
+
+        threading.Thread(target=wake, name="wsgireload-uwsgi-chain", daemon=True).start()
+
+    def _refuse(self, changes: ChangeSet) -> None:
+        """Log the refusal once per change set across the master's workers."""
+        first: Dict[str, bool] = {}
+
+        def decide(record: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+            kept = record.get("refused")
+            seen = [i for i in kept if isinstance(i, str)] if isinstance(kept, list) else []
+            if changes.fingerprint in seen:
+                return None
+            first["yes"] = True
+            record["refused"] = (seen + [changes.fingerprint])[-_REFUSALS_KEPT:]
+            return record
+
+        _, problem = self.ledger.update(self._key(), decide)
+        if problem is not None or first:
+            log.error("wsgireload: not reloading (%s): %s", changes.describe(), self.refusal)
+        else:
+            log.debug("wsgireload: not reloading (%s): refused, logged by another worker",
+                      changes.describe())
+
+    def describe(self) -> str:
+        if self.method == CHAIN:
+            return f"uWSGI chain reload (master FIFO {self.fifo})"
+        if self.method == RELOAD and self.refusal is not None:
+            return "uWSGI: none (a full reload would kill this pyuwsgi server)"
+        if self.method == RELOAD:
+            return "uWSGI graceful reload (uwsgi.reload())"
+        return "uWSGI: none"
