@@ -175,6 +175,23 @@ def test_symlink_loop_as_watched_file(tmp_path: Path) -> None:
     assert d.baseline[str(a)] is None
 
 
+def test_symlink_loops_under_recursive_glob_are_bounded(tmp_path: Path) -> None:
+    """Two directory loops under ``**`` made glob walk 2**40 aliases: the watcher hung."""
+    tree = tmp_path / "tree"
+    (tree / "sub").mkdir(parents=True)
+    (tree / "a.txt").write_text("a")
+    (tree / "sub" / "b.txt").write_text("b")
+    (tree / "sub" / "up1").symlink_to("..")
+    (tree / "sub" / "up2").symlink_to("..")
+    (tree / "self").symlink_to(".")
+    d = bounded(lambda: detector(tree / "**" / "*.txt"), 10.0)
+    watched = d.watched()
+    # Each real file once (aliases through the loops would report one change many times).
+    assert sorted(watched) == [str(tree / "a.txt"), str(tree / "sub" / "b.txt")]
+    bump(tree / "a.txt")
+    assert bounded(d.scan, 10.0) == [str(tree / "a.txt")]
+
+
 def test_recursive_glob_still_follows_a_symlinked_directory(tmp_path: Path) -> None:
     """Deploys often symlink shared templates in: those stay watched (once)."""
     shared = tmp_path / "shared"

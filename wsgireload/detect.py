@@ -171,7 +171,7 @@ class Detector:
         found: Set[str] = set()
         for pattern in self._extra_globs:
             try:
-                matches = glob.glob(pattern, recursive=True)
+                matches = _glob(pattern)
             except (OSError, RecursionError):  # symlink loops, vanished directories
                 continue
             for path in matches:
@@ -252,6 +252,35 @@ class Detector:
     def baseline(self) -> Snapshot:
         """The identity of every watched file as last scanned (read it, do not change it)."""
         return self._baseline
+
+
+def _glob(pattern: str) -> List[str]:
+    """``glob.glob(pattern, recursive=True)``, except that ``**`` enters each directory once.
+
+    glob follows directory symlinks under ``**`` without noticing loops: two links to ``..``
+    made it walk 2**40 aliases and hang the watcher. Symlinked directories are still followed.
+    """
+    parts = pattern.split(os.sep)
+    if "**" not in parts:
+        return glob.glob(pattern)
+    i = parts.index("**")
+    head, tail = os.sep.join(parts[:i]) or os.sep, parts[i + 1 :]
+    found: List[str] = []
+    for top in glob.glob(head) if _MAGIC_GLOB & set(head) else [head]:
+        seen: Set[Tuple[int, int]] = set()
+        for dirpath, dirnames, _ in os.walk(top, followlinks=True):
+            try:
+                st = os.stat(dirpath)
+            except (OSError, ValueError):
+                dirnames[:] = []
+                continue
+            if (st.st_dev, st.st_ino) in seen:
+                dirnames[:] = []  # a loop or a second alias: its files are listed already
+                continue
+            seen.add((st.st_dev, st.st_ino))
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]  # as glob's ``**``
+            found.extend(_glob(os.path.join(glob.escape(dirpath), *(tail or ["*"]))))
+    return found
 
 
 class _Unseen:
