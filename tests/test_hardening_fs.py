@@ -154,6 +154,14 @@ def test_unreadable_changed_module_is_reported_not_raised(tmp_path: Path) -> Non
     assert "cannot read" in problems[0].message or "not a regular file" in problems[0].message
 
 
+def test_fifo_named_py_does_not_wedge_validation(tmp_path: Path) -> None:
+    """Opening a FIFO for reading blocks until a writer comes: validation must not wait."""
+    fifo = tmp_path / "trap.py"
+    os.mkfifo(fifo)
+    problems = bounded(lambda: compile_errors([str(fifo)]), 5.0)
+    assert len(problems) == 1 and "not a regular file" in problems[0].message
+
+
 # -- symlinks --------------------------------------------------------------------------------
 
 
