@@ -304,3 +304,30 @@ def test_mtime_in_the_future_and_the_past(tmp_path: Path) -> None:
 # -- the clock -----------------------------------------------------------------------------------
 
 
+def test_policy_clock_stepping_back_neither_fires_early_nor_wedges() -> None:
+    policy = Policy(settle=2.0, settle_max=30.0, validate=None)
+    policy.observe(["/x.py"], now=1000.0)
+    assert policy.due(1001.0, {}) is None
+    # The clock steps back an hour: the quiet period restarts, it does not last an hour.
+    assert policy.due(-2600.0, {}) is None
+    assert policy.due(-2599.0, {}) is None  # one second of quiet: not yet
+    changes = policy.due(-2598.0, {})  # settle seconds after the step: due
+    assert changes is not None and changes.files == ("/x.py",)
+
+
+def test_policy_clock_stepping_back_still_honours_settle_max() -> None:
+    policy = Policy(settle=2.0, settle_max=5.0, validate=None)
+    now = 100.0
+    policy.observe(["/a.py"], now)
+    now = 50.0  # back by 50 s, then the file keeps changing every second
+    fired = None
+    for step in range(20):
+        policy.observe([f"/f{step}.py"], now)
+        fired = policy.due(now, {})
+        if fired is not None:
+            break
+        now += 1.0
+    assert fired is not None, "a file rewritten every second must still reload after settle_max"
+    assert now - 50.0 <= 5.0
+
+

@@ -184,6 +184,9 @@ class Policy:
     def settled(self, now: float) -> bool:
         if not self._pending:
             return False
+        # A clock that stepped back restarts both periods from now instead of wedging them.
+        self._last = min(self._last, now)
+        self._first = min(self._first, now)
         return now - self._last >= self.settle or now - self._first >= self.settle_max
 
     def due(self, now: float, snapshot: Snapshot) -> Optional[ChangeSet]:
