@@ -331,3 +331,26 @@ def test_policy_clock_stepping_back_still_honours_settle_max() -> None:
     assert now - 50.0 <= 5.0
 
 
+def test_inline_scans_resume_after_the_clock_steps_back(tmp_path: Path) -> None:
+    watched = tmp_path / "w.cfg"
+    watched.write_text("1")
+    clock = FakeClock(10_000.0)
+    recorder = Recorder()
+
+    def app(env: Any, start_response: Any) -> List[bytes]:
+        start_response("200 OK", [])
+        return [b"ok"]
+
+    reloader = Reloader(app, extra_files=[str(watched)], settle=0, settle_max=0,
+                        action=recorder, clock=clock, interval=1.0, mode="inline",
+                        validate=None)
+    try:
+        serve(reloader, environ())
+        clock.now = 100.0  # stepped back almost three hours
+        bump(watched)
+        for _ in range(4):
+            clock.now += 1.0
+            serve(reloader, environ())
+        assert recorder.count == 1, "inline scanning stopped after the clock stepped back"
+    finally:
+        reloader.close()

@@ -155,7 +155,8 @@ class Reloader:
                 self._start_process(environ)
             if self._inline:
                 now = self.clock()
-                if now >= self._next_scan:
+                # The second test: a clock that stepped back must not stop the scans.
+                if now >= self._next_scan or now < self._next_scan - self.interval:
                     self._next_scan = now + self.interval
                     self.run_step(now)
             track = self._due is not None or self.action.requires_drain
