@@ -372,11 +372,11 @@ def _threads_available(environ: dict) -> bool:
             return True
     except Exception:
         pass
-    if isinstance(version, bytes):
-        version = version.decode("ascii", "replace")
     try:
+        if isinstance(version, bytes):
+            version = version.decode("ascii", "replace")
         parts = tuple(int(p) for p in str(version).split("-")[0].split(".")[:3])
-    except ValueError:
+    except Exception:  # an odd value must not leave this process without a watcher
         return True
     return parts >= (2, 0, 27)
 
