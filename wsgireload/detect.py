@@ -202,8 +202,19 @@ class Detector:
         baseline too (a module imported late), except a new file matching an ``extra_files``
         pattern, or a listed extra file that appears: a deploy added it.
         """
-        baseline = self._baseline
         changed: List[str] = []
+        try:
+            self._scan(changed)
+        except BaseException:
+            # Interrupted (a signal handler raised in the main thread): the changes this scan
+            # already adopted would be lost, so make the next scan report them again.
+            for path in changed:
+                self._baseline[path] = _FORGOTTEN
+            raise
+        return changed
+
+    def _scan(self, changed: List[str]) -> None:
+        baseline = self._baseline
         stat = os.stat
         first = not self._scanned
         for path in self.module_paths():
@@ -246,7 +257,6 @@ class Detector:
                 baseline[path] = ident
                 changed.append(path)
         self._scanned = True
-        return changed
 
     @property
     def baseline(self) -> Snapshot:
@@ -288,6 +298,7 @@ class _Unseen:
 
 
 _UNSEEN: object = _Unseen()
+_FORGOTTEN: Identity = (-1, -1, -1)  # equals no file's identity: reported at the next scan
 
 
 def fingerprint(snapshot: Snapshot, paths: Sequence[str]) -> str:
