@@ -216,6 +216,8 @@ class Reloader:
             if self._inline:
                 self._next_scan = self.clock() + self.interval
                 return
+            if self._closed:  # close() ran meanwhile: it saw no thread, so start none
+                return
             thread = threading.Thread(
                 target=self._run, args=(self._stop,), name="wsgireload-watcher", daemon=True
             )
