@@ -83,6 +83,19 @@ def test_close_docstring_says_what_it_does() -> None:
     assert "Idempotent" in doc and "thread" in doc
 
 
+def test_no_action_after_close(watched: Path) -> None:
+    """A closed Reloader never acts, even for a reload that was due while responses ran."""
+    recorder = Recorder()
+    reloader, clock = make_reloader(ok_app, watched, recorder)
+    serve(reloader, environ())
+    force_due(reloader, watched, clock)
+    result = reloader(environ(), lambda *a: None)  # a response in flight
+    reloader.close()
+    list(result)
+    result.close()  # type: ignore[attr-defined]
+    assert recorder.count == 0
+
+
 class CloseFirst:
     """A lock stand-in that lets another thread call close() before it is first taken."""
 

@@ -262,8 +262,8 @@ class Reloader:
     def _response_closed(self) -> None:
         with self._lock:
             self._inflight -= 1
-            if self._inflight > 0 or self._due is None or self._firing:
-                return
+            if self._inflight > 0 or self._due is None or self._firing or self._closed:
+                return  # a closed Reloader is being discarded: it must not act any more
             changes = self._due
             self._firing = True
         try:
