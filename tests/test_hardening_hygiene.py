@@ -139,6 +139,21 @@ def test_close_racing_the_first_request_leaves_no_thread(watched: Path, where: s
     assert not watcher_threads(), "a watcher started after close()"
 
 
+def test_discarded_reloader_stops_its_thread_and_is_freed(watched: Path) -> None:
+    """Dropping the last reference without close() ends the watcher (no leak per Reloader)."""
+    reloader, _ = make_reloader(ok_app, watched, Recorder())
+    serve(reloader, environ())
+    (thread,) = watcher_threads()
+    import weakref
+
+    ref = weakref.ref(reloader)
+    del reloader
+    gc.collect()
+    thread.join(timeout=5)
+    assert not thread.is_alive(), "the watcher of a discarded Reloader kept running"
+    assert ref() is None, "the watcher kept the discarded Reloader alive"
+
+
 def test_no_file_descriptor_or_temp_file_left(watched: Path, tmp_path: Path, monkeypatch: Any) -> None:
     private_tmp = tmp_path / "tmp"
     private_tmp.mkdir()

@@ -219,21 +219,16 @@ class Reloader:
             if self._closed:  # close() ran meanwhile: it saw no thread, so start none
                 return
             thread = threading.Thread(
-                target=self._run, args=(self._stop,), name="wsgireload-watcher", daemon=True
+                target=_watch,
+                args=(weakref.ref(self), self._stop),
+                name="wsgireload-watcher",
+                daemon=True,
             )
             thread.start()
+            # A Reloader dropped without close() wakes its thread, which then finds it gone.
+            weakref.finalize(self, self._stop.set)
             self._thread = thread
             self._steady = self._due is None and not self.action.requires_drain
-
-    def _run(self, stop: threading.Event) -> None:
-        try:
-            while not stop.wait(self.interval):
-                if self._closed:
-                    return
-                self.run_step(self.clock())
-        except BaseException:  # pragma: no cover - interpreter shutdown tears modules down
-            if not sys.is_finalizing():
-                raise
 
     def run_step(self, now: float) -> Optional[ChangeSet]:
         """One watcher tick: scan, let the policy decide, mark a reload due. Never raises."""
@@ -360,6 +355,27 @@ class _ClosingIterator:
                 close()
         finally:
             hook()
+
+
+def _watch(ref: "weakref.ReferenceType[Reloader]", stop: threading.Event) -> None:
+    """The watcher thread's loop. It holds the Reloader weakly so that it can be freed."""
+    try:
+        while True:
+            reloader = ref()
+            if reloader is None or reloader._closed:
+                return
+            interval = reloader.interval
+            del reloader
+            if stop.wait(interval):
+                return
+            reloader = ref()
+            if reloader is None or reloader._closed:
+                return
+            reloader.run_step(reloader.clock())
+            del reloader
+    except BaseException:  # pragma: no cover - interpreter shutdown tears modules down
+        if not sys.is_finalizing():
+            raise
 
 
 def _threads_available(environ: dict) -> bool:
