@@ -173,3 +173,58 @@ def test_32_threads_while_files_change_one_action_per_settled_change_set(
     assert "reload action" not in caplog.text
     assert elapsed < 45
     print(f"\n{result.ok} requests, 0 failed, 2 bursts -> 2 actions in {elapsed:.1f}s")
+
+
+def test_inline_mode_on_a_threaded_server_reports_each_change_once(
+    tmp_path: Path, caplog: Any
+) -> None:
+    """mode='inline' under 16 request threads: scans must not overlap.
+
+    Two overlapping scans both saw the same new file; the second reported it again after the
+    first change set had fired, so one change caused two actions.
+    """
+    from hardening_support import environ, serve
+
+    root = tmp_path / "conf"
+    root.mkdir()
+    for i in range(200):
+        (root / f"f{i}.cfg").write_text("x")
+    recorder = Recorder()
+    reloader = Reloader(body, extra_files=[str(root / "*.cfg")], interval=0.0005, settle=0,
+                        settle_max=0, action=recorder, mode="inline", validate=None)
+    caplog.set_level(logging.ERROR, logger="wsgireload")
+    stop = time.monotonic() + 2.0
+    failures: List[Any] = []
+
+    def requests() -> None:
+        while time.monotonic() < stop:
+            got, errors = serve(reloader, environ())
+            if errors:
+                failures.append(errors)
+
+    def writer() -> None:
+        n = 0
+        while time.monotonic() < stop:
+            n += 1
+            (root / f"new{n}.cfg").write_text("n")
+            time.sleep(0.002)
+
+    threads = [threading.Thread(target=requests) for _ in range(16)]
+    threads.append(threading.Thread(target=writer))
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=20)
+        assert not thread.is_alive(), "deadlock"
+    try:
+        for _ in range(3):  # let the last writes be seen and fired
+            time.sleep(0.01)
+            serve(reloader, environ())
+    finally:
+        reloader.close()
+    reported = [f for changes in recorder.calls for f in changes.files]
+    duplicates = sorted({f for f in reported if reported.count(f) > 1})
+    assert failures == []
+    assert duplicates == [], f"{len(duplicates)} files reported in more than one change set"
+    assert {str(p) for p in root.glob("new*.cfg")} == set(reported)
+    assert "watcher failed" not in caplog.text

@@ -185,6 +185,7 @@ class Reloader:
     def _reset_process_state(self) -> None:
         """State that belongs to one process: rebuilt in a forked child."""
         self._lock = threading.Lock()
+        self._stepping = threading.Lock()  # per process: a fork may copy it held
         self._pid: Optional[int] = None
         self._steady = False  # True: nothing to do on the request path
         self._inline = False
@@ -232,6 +233,16 @@ class Reloader:
 
     def run_step(self, now: float) -> Optional[ChangeSet]:
         """One watcher tick: scan, let the policy decide, mark a reload due. Never raises."""
+        # Inline mode on a threaded server: overlapping scans both saw the same change and
+        # reported it twice (two actions for one change). One tick at a time; others skip.
+        if not self._stepping.acquire(blocking=False):
+            return None
+        try:
+            return self._step(now)
+        finally:
+            self._stepping.release()
+
+    def _step(self, now: float) -> Optional[ChangeSet]:
         try:
             failures, self._import_failures = self._import_failures, []
             if failures:
