@@ -125,7 +125,9 @@ def environ(**extra: Any) -> Dict[str, Any]:
 
 
 def serve(
-    app: Callable[..., Iterable[bytes]], env: Dict[str, Any], before_close: Optional[Callable[[], None]] = None
+    app: Callable[..., Iterable[bytes]],
+    env: Dict[str, Any],
+    before_close: Optional[Callable[[], None]] = None,
 ) -> Tuple[List[bytes], List[Tuple[str, BaseException]]]:
     """What a PEP 3333 server does with one request: call, iterate, always close.
 

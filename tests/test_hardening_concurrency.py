@@ -16,9 +16,9 @@ from typing import Any, Iterator, List, Optional, Set
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import pytest
-
 from hardening_support import Recorder
 from servers.harness import Load, wait_for
+
 from wsgireload import Reloader
 from wsgireload.policy import ChangeSet
 
@@ -132,11 +132,13 @@ def test_32_threads_while_files_change_one_action_per_settled_change_set(
     reloader.run_step = recording_run_step  # type: ignore[method-assign]
     guard = Guard(reloader)
     caplog.set_level(logging.WARNING, logger="wsgireload")
-    server = make_server("127.0.0.1", 0, guard, server_class=ThreadingWSGIServer,
-                         handler_class=QuietHandler)
+    server = make_server(
+        "127.0.0.1", 0, guard, server_class=ThreadingWSGIServer, handler_class=QuietHandler
+    )
     port = server.server_address[1]
-    serving = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                               daemon=True)
+    serving = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+    )
     serving.start()
     t_start = time.monotonic()
     try:
@@ -190,8 +192,16 @@ def test_inline_mode_on_a_threaded_server_reports_each_change_once(
     for i in range(200):
         (root / f"f{i}.cfg").write_text("x")
     recorder = Recorder()
-    reloader = Reloader(body, extra_files=[str(root / "*.cfg")], interval=0.0005, settle=0,
-                        settle_max=0, action=recorder, mode="inline", validate=None)
+    reloader = Reloader(
+        body,
+        extra_files=[str(root / "*.cfg")],
+        interval=0.0005,
+        settle=0,
+        settle_max=0,
+        action=recorder,
+        mode="inline",
+        validate=None,
+    )
     caplog.set_level(logging.ERROR, logger="wsgireload")
     stop = time.monotonic() + 2.0
     failures: List[Any] = []

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any, Callable, List
 
 import pytest
-
 from hardening_support import FakeClock, Recorder, environ, serve
+
 from wsgireload import Reloader
 from wsgireload.detect import Detector, fingerprint
 from wsgireload.policy import Policy, compile_errors
@@ -127,7 +127,9 @@ def test_very_long_paths(tmp_path: Path) -> None:
     """ENAMETOOLONG in a name and in a whole path: watched as missing, never raised."""
     long_name = tmp_path / ("n" * 300)
     long_path = tmp_path.joinpath(*(["d" * 200] * 30), "x.cfg")
-    d = detector(long_name, long_path, str(long_path.parent) + "/*.cfg", tmp_path / ("g" * 300) / "**" / "*")
+    d = detector(
+        long_name, long_path, str(long_path.parent) + "/*.cfg", tmp_path / ("g" * 300) / "**" / "*"
+    )
     assert d.scan() == []
     assert d.baseline[str(long_name)] is None
 
@@ -220,13 +222,29 @@ def test_recursive_glob_still_follows_a_symlinked_directory(tmp_path: Path) -> N
 
 def test_recursive_glob_matches_like_glob_on_a_plain_tree(tmp_path: Path) -> None:
     """Without symlinks the recursive pattern finds exactly what glob.glob finds."""
-    for rel in ("a.txt", "x/b.txt", "x/y/c.txt", "x/y/z/d.txt", ".hidden/e.txt", "x/.f.txt",
-                "x/y/g.cfg", "top.txt"):
+    for rel in (
+        "a.txt",
+        "x/b.txt",
+        "x/y/c.txt",
+        "x/y/z/d.txt",
+        ".hidden/e.txt",
+        "x/.f.txt",
+        "x/y/g.cfg",
+        "top.txt",
+    ):
         path = tmp_path / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(rel)
-    for pattern in ("**/*.txt", "x/**/*.txt", "**/y/*.txt", "**", "x/**", "*/**/c.txt",
-                    "**/z/**/*.txt", "x/**/*"):
+    for pattern in (
+        "**/*.txt",
+        "x/**/*.txt",
+        "**/y/*.txt",
+        "**",
+        "x/**",
+        "*/**/c.txt",
+        "**/z/**/*.txt",
+        "x/**/*",
+    ):
         full = str(tmp_path / pattern)
         expected = sorted(p for p in glob_module.glob(full, recursive=True) if not os.path.isdir(p))
         assert detector(full).watched() == expected, pattern
@@ -247,8 +265,16 @@ def test_non_utf8_file_names(tmp_path: Path, caplog: Any) -> None:
         start_response("200 OK", [])
         return [b"ok"]
 
-    reloader = Reloader(app, extra_files=[str(tmp_path / "*.py")], settle=0, settle_max=0,
-                        action=recorder, clock=clock, interval=3600, mode="thread")
+    reloader = Reloader(
+        app,
+        extra_files=[str(tmp_path / "*.py")],
+        settle=0,
+        settle_max=0,
+        action=recorder,
+        clock=clock,
+        interval=3600,
+        mode="thread",
+    )
     try:
         serve(reloader, environ())
         os.utime(raw, ns=(1, 2_000_000_000_000_000_000))
@@ -285,7 +311,8 @@ def test_ten_thousand_files(tmp_path: Path) -> None:
     (root / "d050" / "new.tpl").write_bytes(b"")
     changed = d.scan()
     assert sorted(changed) == sorted(
-        [str(v) for v in victims] + [str(root / "d050" / "f000.tpl"), str(root / "d050" / "new.tpl")]
+        [str(v) for v in victims]
+        + [str(root / "d050" / "f000.tpl"), str(root / "d050" / "new.tpl")]
     )
     assert first < 10.0 and steady < 10.0, (first, steady)
     print(f"\n10,000 files: first scan {first * 1000:.0f} ms, steady scan {steady * 1000:.0f} ms")
@@ -341,9 +368,17 @@ def test_inline_scans_resume_after_the_clock_steps_back(tmp_path: Path) -> None:
         start_response("200 OK", [])
         return [b"ok"]
 
-    reloader = Reloader(app, extra_files=[str(watched)], settle=0, settle_max=0,
-                        action=recorder, clock=clock, interval=1.0, mode="inline",
-                        validate=None)
+    reloader = Reloader(
+        app,
+        extra_files=[str(watched)],
+        settle=0,
+        settle_max=0,
+        action=recorder,
+        clock=clock,
+        interval=1.0,
+        mode="inline",
+        validate=None,
+    )
     try:
         serve(reloader, environ())
         clock.now = 100.0  # stepped back almost three hours

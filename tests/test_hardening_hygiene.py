@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any, List
 
 import pytest
-
 from hardening_support import Recorder, environ, force_due, make_reloader, serve
+
 from wsgireload import Reloader
 
 
@@ -154,7 +154,9 @@ def test_discarded_reloader_stops_its_thread_and_is_freed(watched: Path) -> None
     assert ref() is None, "the watcher kept the discarded Reloader alive"
 
 
-def test_no_file_descriptor_or_temp_file_left(watched: Path, tmp_path: Path, monkeypatch: Any) -> None:
+def test_no_file_descriptor_or_temp_file_left(
+    watched: Path, tmp_path: Path, monkeypatch: Any
+) -> None:
     private_tmp = tmp_path / "tmp"
     private_tmp.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(private_tmp))

@@ -13,10 +13,9 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List
 
 import pytest
+from hardening_support import Recorder, environ, force_due, make_reloader, serve
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from hardening_support import Recorder, environ, force_due, make_reloader, serve
 
 SETTINGS = settings(
     max_examples=40,
@@ -160,7 +159,9 @@ def test_hostile_requests_neither_delay_nor_suppress_a_due_reload(
         reloader.close()
 
 
-def test_inline_mode_scans_by_the_clock_not_by_the_requests(watched: Path, monkeypatch: Any) -> None:
+def test_inline_mode_scans_by_the_clock_not_by_the_requests(
+    watched: Path, monkeypatch: Any
+) -> None:
     """In inline mode the request path stats files once per interval, however many requests."""
     app = EchoApp()
     recorder = Recorder()
@@ -193,8 +194,13 @@ class BadStr:
 ODD_ENVIRONS: Dict[str, Callable[[], Any]] = {
     "empty": lambda: {},
     "no-wsgi-errors": lambda: {k: v for k, v in environ().items() if k != "wsgi.errors"},
-    "non-str-values": lambda: environ(PATH_INFO=b"/bytes", QUERY_STRING=None, SERVER_PORT=80,
-                                      HTTP_HOST=["a", "b"], REQUEST_METHOD=7),
+    "non-str-values": lambda: environ(
+        PATH_INFO=b"/bytes",
+        QUERY_STRING=None,
+        SERVER_PORT=80,
+        HTTP_HOST=["a", "b"],
+        REQUEST_METHOD=7,
+    ),
     "non-str-keys": lambda: {**environ(), 1: "one", None: None, b"k": b"v"},
     "uwsgi-version-bytes": lambda: environ(**{"uwsgi.version": b"\xff\xfe"}),
     "uwsgi-version-int": lambda: environ(**{"uwsgi.version": 2}),

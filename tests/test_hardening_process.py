@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 import pytest
-
 from hardening_support import FakeClock, Recorder, environ, force_due, make_reloader, serve
+
 from wsgireload import Reloader
 
 REPO = str(Path(__file__).resolve().parents[1])
@@ -112,7 +112,9 @@ def test_fork_after_the_watcher_started(watched: Path) -> None:
         def child() -> Dict[str, Any]:
             before = {
                 "thread": reloader._thread is not None,  # noqa: SLF001
-                "watchers": [t.name for t in threading.enumerate() if t.name == "wsgireload-watcher"],
+                "watchers": [
+                    t.name for t in threading.enumerate() if t.name == "wsgireload-watcher"
+                ],
                 "steady": reloader._steady,  # noqa: SLF001
             }
             got, errors = serve(reloader, environ())
@@ -126,8 +128,12 @@ def test_fork_after_the_watcher_started(watched: Path) -> None:
             force_due(reloader, watched, clock)
             serve(reloader, environ())
             reloader.close()
-            return {"before": before, "after": after, "child_calls": len(child_calls),
-                    "alive_after_close": thread is not None and thread.is_alive()}
+            return {
+                "before": before,
+                "after": after,
+                "child_calls": len(child_calls),
+                "alive_after_close": thread is not None and thread.is_alive(),
+            }
 
         result = run_in_child(child)
         assert result["before"] == {"thread": False, "watchers": [], "steady": False}, result
@@ -233,9 +239,17 @@ def test_signal_during_a_scan_loses_no_change(tmp_path: Path, handler_raises: bo
             path.write_bytes(b"")
             files.append(path)
     clock = FakeClock()
-    reloader = Reloader(ok_app, extra_files=[str(root / "**" / "*.tpl")], settle=0, settle_max=0,
-                        action=Recorder(), clock=clock, interval=3600, mode="inline",
-                        validate=None)
+    reloader = Reloader(
+        ok_app,
+        extra_files=[str(root / "**" / "*.tpl")],
+        settle=0,
+        settle_max=0,
+        action=Recorder(),
+        clock=clock,
+        interval=3600,
+        mode="inline",
+        validate=None,
+    )
     for n, path in enumerate(files):
         os.utime(path, ns=(1, 10**18 + n))
 
@@ -252,8 +266,10 @@ def test_signal_during_a_scan_loses_no_change(tmp_path: Path, handler_raises: bo
         hits[0] += 1
         # Raise once, in the middle of the stat loop: the first file already compared, the
         # last one not yet.
-        mid_scan = baseline[first] != (0, 0, 0) and baseline[first][0] == 10**18 and (
-            baseline[last] is None or baseline[last][0] != 10**18 + len(files) - 1
+        mid_scan = (
+            baseline[first] != (0, 0, 0)
+            and baseline[first][0] == 10**18
+            and (baseline[last] is None or baseline[last][0] != 10**18 + len(files) - 1)
         )
         if handler_raises and not raised_in and mid_scan:
             raised_in.append(frame.f_code.co_name if frame is not None else "?")
@@ -315,9 +331,13 @@ time.sleep({linger})
 
 
 @pytest.mark.parametrize(
-    "exit_how", ["return", "sys.exit(0)", "raise SystemExit(0)"], ids=["fall-off", "sys-exit", "raise"]
+    "exit_how",
+    ["return", "sys.exit(0)", "raise SystemExit(0)"],
+    ids=["fall-off", "sys-exit", "raise"],
 )
-def test_interpreter_shutdown_while_the_watcher_runs_is_silent(tmp_path: Path, exit_how: str) -> None:
+def test_interpreter_shutdown_while_the_watcher_runs_is_silent(
+    tmp_path: Path, exit_how: str
+) -> None:
     root = tmp_path / "code"
     root.mkdir()
     for n in range(300):
@@ -349,7 +369,8 @@ def test_interpreter_shutdown_while_the_watcher_runs_is_silent(tmp_path: Path, e
 def test_exit_from_a_request_thread_while_the_watcher_scans(tmp_path: Path) -> None:
     """os._exit is not needed: a plain exit with the daemon watcher mid-scan prints nothing."""
     script = tmp_path / "app.py"
-    script.write_text(textwrap.dedent(f"""
+    script.write_text(
+        textwrap.dedent(f"""
         import sys, threading
         sys.path.insert(0, {REPO!r})
         from wsgireload import Reloader
@@ -358,7 +379,9 @@ def test_exit_from_a_request_thread_while_the_watcher_scans(tmp_path: Path) -> N
         reloader({{}}, lambda *a: None)
         t = threading.Thread(target=sys.exit, args=(0,))
         t.start(); t.join()
-    """))
-    proc = subprocess.run([sys.executable, "-X", "dev", str(script)], capture_output=True,
-                          timeout=60)
+    """)
+    )
+    proc = subprocess.run(
+        [sys.executable, "-X", "dev", str(script)], capture_output=True, timeout=60
+    )
     assert proc.returncode == 0 and proc.stderr == b"", proc.stderr.decode(errors="replace")

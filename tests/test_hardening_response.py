@@ -11,14 +11,11 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional
+from wsgiref.util import FileWrapper
 
 import pytest
 import webtest
 import webtest.lint
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-from wsgiref.util import FileWrapper
-
 from hardening_support import (
     DrainingRecorder,
     Recorder,
@@ -27,6 +24,8 @@ from hardening_support import (
     make_reloader,
     serve,
 )
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 SETTINGS = settings(
     max_examples=60,
@@ -322,7 +321,7 @@ def test_concurrent_responses_fire_once_after_the_last_close(
             env = environ(**{"test.index": i, "wsgi.file_wrapper": FileWrapper})
             begun[i] = True
             try:
-                results[i] = reloader(env, lambda *a: (lambda s: None))
+                results[i] = reloader(env, lambda *a: lambda s: None)
             except Boom:
                 pass  # the app raised: nothing left to close
             started.append(i)
@@ -374,7 +373,11 @@ def test_concurrent_responses_fire_once_after_the_last_close(
         assert all(snapshot[i] for i in counted), "fired while a counted response was open"
         for i in counted:
             b = bs[i]
-            if b.has_close and b.kind != "generator" and b.fault not in ("before_start", "after_start"):
+            if (
+                b.has_close
+                and b.kind != "generator"
+                and b.fault not in ("before_start", "after_start")
+            ):
                 assert inner_closed_at_fire[0][i] == 1, "fired before the inner close() ran"
         for i, b in enumerate(bs):
             if b.has_close and b.kind != "generator" and i in results:
@@ -402,7 +405,7 @@ def test_file_wrapper_passes_through_untouched_when_no_reload_is_due(watched: Pa
 
 
 def test_no_unraisable_exceptions_from_wrapper(watched: Path) -> None:
-    """A wrapper dropped after close() leaves nothing for the garbage collector to complain about."""
+    """A wrapper dropped after close() leaves nothing for the garbage collector to report."""
     unraisable: List[Any] = []
     old = sys.unraisablehook
     sys.unraisablehook = unraisable.append
@@ -427,3 +430,33 @@ def test_no_unraisable_exceptions_from_wrapper(watched: Path) -> None:
         sys.unraisablehook = old
     assert not unraisable
     assert recorder.count == 1
+
+
+def test_action_that_serves_a_request_itself_neither_deadlocks_nor_fires_twice(
+    watched: Path,
+) -> None:
+    """The action runs outside the Reloader's lock: re-entering the app from it is safe."""
+    recorder = Recorder()
+    nested: List[Any] = []
+
+    def ok(env: Dict[str, Any], start_response: Callable[..., Any]) -> List[bytes]:
+        start_response("200 OK", [])
+        return [b"ok"]
+
+    def action(changes: Any) -> None:
+        nested.append(serve(reloader, environ()))
+        recorder(changes)
+
+    reloader, clock = make_reloader(ok, watched, action)
+    try:
+        serve(reloader, environ())
+        force_due(reloader, watched, clock)
+        worker = threading.Thread(target=serve, args=(reloader, environ()), daemon=True)
+        worker.start()
+        worker.join(timeout=10)
+        assert not worker.is_alive(), "deadlock: the action re-entered the Reloader"
+        assert recorder.count == 1 and nested == [([b"ok"], [])]
+        serve(reloader, environ())
+        assert recorder.count == 1
+    finally:
+        reloader.close()
