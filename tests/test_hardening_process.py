@@ -385,3 +385,27 @@ def test_exit_from_a_request_thread_while_the_watcher_scans(tmp_path: Path) -> N
         [sys.executable, "-X", "dev", str(script)], capture_output=True, timeout=60
     )
     assert proc.returncode == 0 and proc.stderr == b"", proc.stderr.decode(errors="replace")
+
+
+def test_code_changed_after_a_fork_while_another_thread_held_its_lock() -> None:
+    """A gunicorn hook thread may be inside code_changed() when the master forks a worker."""
+    from wsgireload import classic
+
+    classic.code_changed()
+    inside = threading.Event()
+    release = threading.Event()
+
+    def hold() -> None:
+        with classic._lock:  # noqa: SLF001 - what a concurrent scan looks like
+            inside.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold, daemon=True)
+    holder.start()
+    assert inside.wait(5)
+    try:
+        result = run_in_child(lambda: {"changed": classic.code_changed()}, timeout=10)
+    finally:
+        release.set()
+        holder.join(5)
+    assert result == {"changed": False}
