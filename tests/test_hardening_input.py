@@ -237,3 +237,41 @@ def test_odd_environ_passes_through_and_the_watcher_survives(
         assert (thread is not None and thread.is_alive()) or reloader._inline  # noqa: SLF001
     finally:
         reloader.close()
+
+
+@pytest.mark.parametrize("draining", [False, True], ids=["callback", "requires_drain"])
+def test_overlapping_slow_responses_cannot_postpone_a_reload_for_ever(
+    watched: Path, draining: bool
+) -> None:
+    """A client (or plain heavy load) keeping one response always open in this process.
+
+    Waiting for "no response in flight" then never ends. A server-graceful action fires at a
+    response close once the reload has waited ``drain_timeout`` seconds; an action that
+    ends the process abruptly (requires_drain) must keep waiting: killing the open response
+    would be worse.
+    """
+    from hardening_support import DrainingRecorder
+
+    app = EchoApp()
+    recorder = Recorder()
+    action: Any = DrainingRecorder(recorder) if draining else recorder
+    reloader, clock = make_reloader(app, watched, action)
+    try:
+        serve(reloader, environ())
+        force_due(reloader, watched, clock)
+        held = reloader(environ(), lambda *a: None)
+        for _ in range(100):  # ten minutes of overlapping slow responses
+            clock.now += 6.0
+            newer = reloader(environ(), lambda *a: None)
+            list(held)
+            getattr(held, "close", lambda: None)()  # once fired, responses are not wrapped
+            held = newer
+        expected = 0 if draining else 1
+        assert recorder.count == expected
+        list(held)
+        getattr(held, "close", lambda: None)()
+        assert recorder.count == 1
+        serve(reloader, environ())
+        assert recorder.count == 1
+    finally:
+        reloader.close()

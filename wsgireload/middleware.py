@@ -37,6 +37,10 @@ WSGIApp = Callable[[dict, StartResponse], Iterable[bytes]]
 PathSpec = Union[str, "os.PathLike[str]"]
 
 MODES = ("auto", "thread", "inline")
+# Seconds a due reload waits for a moment with no response in flight. Under steady load (or a
+# client keeping slow responses overlapping) that moment may never come; server-graceful
+# actions then fire at the next response close. Instances may override it.
+DRAIN_TIMEOUT = 60.0
 _FAILURE_LOG_EVERY = 60.0  # seconds between two logged watcher failures
 
 
@@ -69,6 +73,8 @@ class Reloader:
         path at most once per interval, for servers without threads) or ``"auto"``.
     :param clock: monotonic clock in seconds (tests inject one).
     """
+
+    drain_timeout = DRAIN_TIMEOUT  # seconds
 
     def __init__(
         self,
@@ -192,6 +198,7 @@ class Reloader:
         self._next_scan = 0.0
         self._inflight = 0
         self._due: Optional[ChangeSet] = None
+        self._due_at = 0.0  # policy clock
         self._firing = False
         self._thread: Optional[threading.Thread] = None
         self._stop = threading.Event()
@@ -257,6 +264,7 @@ class Reloader:
             if changes is not None:
                 with self._lock:
                     self._due = changes
+                    self._due_at = now
                     self._steady = False
                 log.debug("wsgireload: reload due after the next response: %s", changes.describe())
             return changes
@@ -268,8 +276,10 @@ class Reloader:
     def _response_closed(self) -> None:
         with self._lock:
             self._inflight -= 1
-            if self._inflight > 0 or self._due is None or self._firing or self._closed:
+            if self._due is None or self._firing or self._closed:
                 return  # a closed Reloader is being discarded: it must not act any more
+            if self._inflight > 0 and not self._overdue():
+                return
             changes = self._due
             self._firing = True
         try:
@@ -281,6 +291,13 @@ class Reloader:
                 self._steady = (
                     self._thread is not None and not self._inline and not self.action.requires_drain
                 )
+
+    def _overdue(self) -> bool:
+        """Responses kept overlapping for drain_timeout: fire anyway, unless that would cut
+        them off (an action that ends the process needs a real drain)."""
+        if self.action.requires_drain:
+            return False
+        return self.clock() - self._due_at >= self.drain_timeout
 
     def _fire(self, changes: ChangeSet) -> None:
         try:
