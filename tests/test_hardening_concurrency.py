@@ -7,6 +7,7 @@ action's calls can be counted directly: exactly one per settled change set, no f
 from __future__ import annotations
 
 import logging
+import os
 import random
 import threading
 import time
@@ -216,7 +217,11 @@ def test_inline_mode_on_a_threaded_server_reports_each_change_once(
         n = 0
         while time.monotonic() < stop:
             n += 1
-            (root / f"new{n}.cfg").write_text("n")
+            # Atomically, as a deploy does: a file seen half-written and then complete is
+            # legitimately two changes.
+            tmp = root / f"new{n}.cfg.tmp"
+            tmp.write_text("n")
+            os.replace(tmp, root / f"new{n}.cfg")
             time.sleep(0.002)
 
     threads = [threading.Thread(target=requests) for _ in range(16)]
@@ -238,3 +243,60 @@ def test_inline_mode_on_a_threaded_server_reports_each_change_once(
     assert duplicates == [], f"{len(duplicates)} files reported in more than one change set"
     assert {str(p) for p in root.glob("new*.cfg")} == set(reported)
     assert "watcher failed" not in caplog.text
+
+
+def test_overlapping_ticks_during_a_slow_validation_fire_once(tmp_path: Path) -> None:
+    """Inline mode on a threaded server with a slow validate (an import check takes seconds).
+
+    While one request thread validated a change set, the next one past the throttle
+    validated the same pending files again; both became due one after the other, so one
+    change fired the action twice.
+    """
+    from hardening_support import FakeClock, environ, serve
+
+    watched = tmp_path / "w.cfg"
+    watched.write_text("1")
+    clock = FakeClock()
+    recorder = Recorder()
+    reloader = Reloader(
+        body,
+        extra_files=[str(watched)],
+        interval=1.0,
+        settle=0,
+        settle_max=0,
+        action=recorder,
+        clock=clock,
+        mode="inline",
+        validate=None,
+    )
+    entered, release = threading.Event(), threading.Event()
+    real_validate = reloader.policy._validate  # noqa: SLF001
+    calls = [0]
+
+    def slow_validate(files: Any) -> Optional[str]:
+        calls[0] += 1
+        if calls[0] == 1:  # the first validation is slow, like an import check
+            entered.set()
+            release.wait(10)
+        return real_validate(files)
+
+    reloader.policy._validate = slow_validate  # type: ignore[method-assign]  # noqa: SLF001
+    try:
+        serve(reloader, environ())
+        os.utime(watched, ns=(1, 2_000_000_000_000_000_000))
+        clock.now += 1.0
+        slow = threading.Thread(target=reloader.run_step, args=(clock.now,))
+        slow.start()
+        assert entered.wait(10)
+        clock.now += 1.0
+        reloader.run_step(clock.now)  # a second tick while the first still validates
+        serve(reloader, environ())
+        release.set()
+        slow.join(10)
+        assert not slow.is_alive()
+        for _ in range(3):
+            serve(reloader, environ())
+        assert recorder.count == 1, f"one change fired the action {recorder.count} times"
+    finally:
+        release.set()
+        reloader.close()
