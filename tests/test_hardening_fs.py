@@ -9,15 +9,17 @@ from __future__ import annotations
 import glob as glob_module
 import logging
 import os
+import shutil
 import sys
+import tempfile
 import threading
 import time
 import types
 from pathlib import Path
-from typing import Any, Callable, List
+from typing import Any, Callable, Dict, List
 
 import pytest
-from hardening_support import FakeClock, Recorder, environ, serve
+from hardening_support import FakeClock, Recorder, environ, run_in_child, serve
 
 from wsgireload import Reloader
 from wsgireload.detect import Detector, fingerprint
@@ -145,6 +147,48 @@ def test_permission_denied_directory(tmp_path: Path) -> None:  # pragma: no cove
         assert d.scan() == [str(locked / "a.cfg")]
     finally:
         locked.chmod(0o700)
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="drops root privileges in a forked child")
+def test_permission_denied_as_an_unprivileged_child() -> None:
+    """Root-proof permission faults: the baseline is taken as root, then a forked child drops
+    to uid/gid 65534 and scans a locked directory and validates an unreadable module."""
+    root = Path(tempfile.mkdtemp(prefix="wsgireload-perm-"))
+    try:
+        root.chmod(0o755)
+        locked = root / "locked"
+        locked.mkdir()
+        (locked / "a.cfg").write_text("a")
+        secret = root / "secret.py"
+        secret.write_text("x = 1\n")
+        d = detector(locked / "a.cfg", locked / "*.cfg", root / "*.py")
+        assert str(locked / "a.cfg") in d.baseline and d.baseline[str(locked / "a.cfg")]
+        locked.chmod(0)
+        secret.chmod(0)
+        os.utime(secret, ns=(1, 2_000_000_000_000_000_000))
+
+        def child() -> Dict[str, Any]:
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            changed = d.scan()
+            policy = Policy(settle=0, validate="compile")
+            policy.observe(changed, 1.0)
+            return {
+                "changed": sorted(changed),
+                "problems": [p.message for p in compile_errors([str(secret)])],
+                "due": policy.due(2.0, d.baseline) is not None,
+            }
+
+        result = run_in_child(child)
+    finally:
+        for path in (root / "locked", root / "secret.py"):
+            path.chmod(0o700)
+        shutil.rmtree(root)
+    # Unreadable means missing for the Detector: a change, never an exception.
+    assert result["changed"] == sorted([str(locked / "a.cfg"), str(secret)])
+    assert result["problems"] == ["cannot read: Permission denied"]
+    assert result["due"] is False  # validation refuses what it cannot read
 
 
 def test_unreadable_changed_module_is_reported_not_raised(tmp_path: Path) -> None:

@@ -5,7 +5,6 @@ Forked children report through a pipe and leave with os._exit; every wait is bou
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
@@ -13,12 +12,19 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 from pathlib import Path
 from typing import Any, Dict, List
 
 import pytest
-from hardening_support import FakeClock, Recorder, environ, force_due, make_reloader, serve
+from hardening_support import (
+    FakeClock,
+    Recorder,
+    environ,
+    force_due,
+    make_reloader,
+    run_in_child,
+    serve,
+)
 
 from wsgireload import Reloader
 
@@ -28,59 +34,6 @@ REPO = str(Path(__file__).resolve().parents[1])
 def ok_app(env: Any, start_response: Any) -> List[bytes]:
     start_response("200 OK", [("Content-Type", "text/plain")])
     return [b"ok"]
-
-
-def run_in_child(body: Any, timeout: float = 20.0) -> Dict[str, Any]:
-    """Fork; run ``body()`` in the child, which returns a JSON-able dict; return that dict."""
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - runs in the child
-        code = 0
-        try:
-            os.close(read_fd)
-            result = body()
-        except BaseException as exc:
-            result = {"error": repr(exc)}
-            code = 1
-        try:
-            os.write(write_fd, json.dumps(result).encode())
-        finally:
-            os._exit(code)
-    os.close(write_fd)
-    chunks: List[bytes] = []
-    deadline = time.monotonic() + timeout
-    try:
-        while True:
-            assert time.monotonic() < deadline, "the forked child hung"
-            done, status = os.waitpid(pid, os.WNOHANG)
-            chunk = _read_nonblocking(read_fd)
-            if chunk:
-                chunks.append(chunk)
-            if done:
-                while True:
-                    chunk = _read_nonblocking(read_fd)
-                    if not chunk:
-                        break
-                    chunks.append(chunk)
-                break
-            time.sleep(0.01)
-    except BaseException:
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-        raise
-    finally:
-        os.close(read_fd)
-    result = json.loads(b"".join(chunks) or b"{}")
-    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, result
-    return result
-
-
-def _read_nonblocking(fd: int) -> bytes:
-    os.set_blocking(fd, False)
-    try:
-        return os.read(fd, 65536)
-    except BlockingIOError:
-        return b""
 
 
 @pytest.fixture
