@@ -337,7 +337,11 @@ class Reloader:
 
     # -- lifecycle ----------------------------------------------------------------------
     def close(self) -> None:
-        """Stop the watcher thread of this process (for tests and embedding). Idempotent."""
+        """Stop the watcher thread of this process (for tests and embedding). Idempotent.
+
+        Afterwards requests pass straight through and the action never runs, not even for a
+        reload that was already due. A Reloader dropped without close() stops its thread too.
+        """
         self._closed = True
         self._steady = False
         self._stop.set()
