@@ -460,3 +460,57 @@ def test_action_that_serves_a_request_itself_neither_deadlocks_nor_fires_twice(
         assert recorder.count == 1
     finally:
         reloader.close()
+
+
+@given(
+    bs=st.lists(behaviours().filter(lambda b: b.fault == "none"), min_size=2, max_size=8),
+    due_after=st.integers(0, 8),
+)
+@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+def test_linted_concurrent_requests_through_webtest(
+    watched: Path, bs: List[Behaviour], due_after: int
+) -> None:
+    """Threads hammering WebTest (lint inside and outside) while a reload becomes due."""
+    traces = [Trace() for _ in bs]
+    apps = [webtest.lint.middleware(make_app(b, t)) for b, t in zip(bs, traces)]
+
+    def router(env: Dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        return apps[int(env["PATH_INFO"].strip("/"))](env, start_response)
+
+    recorder = Recorder()
+    reloader, clock = make_reloader(router, watched, recorder)
+    app = webtest.TestApp(reloader, extra_environ={"wsgi.file_wrapper": FileWrapper})
+    bodies: Dict[int, bytes] = {}
+    failures: List[BaseException] = []
+    barrier = threading.Barrier(len(bs))
+
+    def hit(i: int) -> None:
+        try:
+            barrier.wait(timeout=10)
+            bodies[i] = app.get(f"/{i}").body
+        except BaseException as exc:  # pragma: no cover - reported below
+            failures.append(exc)
+
+    try:
+        app.get("/0")  # starts the watcher
+        for t in traces:
+            t.__init__()  # type: ignore[misc]
+        threads = [threading.Thread(target=hit, args=(i,)) for i in range(len(bs))]
+        for n, thread in enumerate(threads):
+            if n == min(due_after, len(bs) - 1):
+                force_due(reloader, watched, clock)
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=10)
+            assert not thread.is_alive()
+        assert failures == []
+        for i, b in enumerate(bs):
+            expected = (
+                b"".join(c for c in b.chunks)
+                if b.kind != "file_wrapper"
+                else b"".join(expected_file_chunks(b))
+            )
+            assert bodies[i] == expected
+        assert recorder.count == 1
+    finally:
+        reloader.close()
