@@ -5,6 +5,7 @@ Forked children report through a pipe and leave with os._exit; every wait is bou
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -12,6 +13,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from pathlib import Path
 from typing import Any, Dict, List
 
@@ -362,3 +364,73 @@ def test_code_changed_after_a_fork_while_another_thread_held_its_lock() -> None:
         release.set()
         holder.join(5)
     assert result == {"changed": False}
+
+
+ORPHAN = """
+import io, json, os, sys, time
+sys.path.insert(0, {repo!r})
+sys.path.insert(0, {tests!r})
+from hardening_support import FakeClock, force_due, environ, serve
+from pathlib import Path
+from wsgireload import Reloader
+
+sent = []
+real_kill, real_killpg = os.kill, os.killpg
+os.kill = lambda pid, sig: sent.append(("kill", pid, sig)) if sig else real_kill(pid, sig)
+os.killpg = lambda pid, sig: sent.append(("killpg", pid, sig)) if sig else real_killpg(pid, sig)
+
+def app(env, start_response):
+    start_response("200 OK", [])
+    return [b"ok"]
+
+watched = Path({watched!r})
+clock = FakeClock()
+reloader = Reloader(app, extra_files=[str(watched)], settle=0, settle_max=0, interval=3600,
+                    validate=None, clock=clock, action="auto")
+parent = int(sys.argv[1])  # the master's pid (it may be gone already)
+first = serve(reloader, environ(**{{"gunicorn.socket": object(), "SERVER_SOFTWARE": "gunicorn"}}))
+deadline = time.monotonic() + 20
+while os.getppid() == parent and time.monotonic() < deadline:  # wait to be orphaned
+    time.sleep(0.01)
+force_due(reloader, watched, clock)
+second = serve(reloader, environ(**{{"gunicorn.socket": object(), "SERVER_SOFTWARE": "gunicorn"}}))
+reloader.close()
+with open({result!r} + ".tmp", "w") as f:
+    json.dump({{"sent": sent, "orphaned": os.getppid() != parent, "ok": [first[0], second[0]] ==
+               [[b"ok"], [b"ok"]]}}, f)
+os.replace({result!r} + ".tmp", {result!r})
+"""
+
+
+def test_orphaned_worker_whose_master_died_signals_nobody(tmp_path: Path) -> None:
+    """A 'master' starts a worker and dies; the orphan then sees a change: no signal at all."""
+    watched = tmp_path / "w.cfg"
+    watched.write_text("1")
+    result = tmp_path / "result.json"
+    worker = tmp_path / "worker.py"
+    worker.write_text(
+        ORPHAN.format(
+            repo=REPO,
+            tests=str(Path(__file__).parent),
+            watched=str(watched),
+            result=str(result),
+        )
+    )
+    master = (
+        "import subprocess, sys\n"
+        "import os\n"
+        f"subprocess.Popen([sys.executable, {str(worker)!r}, str(os.getpid())],\n"
+        "                 start_new_session=True,\n"
+        "                 stdout=subprocess.DEVNULL, stderr=open({log!r}, 'wb'))\n".replace(
+            "{log!r}", repr(str(tmp_path / "worker.log"))
+        )
+    )  # the master exits at once, without waiting: its worker is orphaned
+    proc = subprocess.run([sys.executable, "-c", master], timeout=30, capture_output=True)
+    assert proc.returncode == 0, proc.stderr
+    deadline = time.monotonic() + 30
+    while not result.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    log = (tmp_path / "worker.log").read_text(errors="replace")
+    assert result.exists(), f"the orphaned worker did not report\n{log}"
+    report = json.loads(result.read_text())
+    assert report == {"sent": [], "orphaned": True, "ok": True}
