@@ -123,3 +123,26 @@ def test_boot_time_and_parent_are_taken_again_in_a_forked_child() -> None:
     os.waitpid(pid, 0)
     assert float(child_boot) > before
     assert int(child_ppid) == os.getpid()
+
+
+@pytest.mark.parametrize(
+    "cmdline, expected",
+    [
+        ("/venv/bin/gunicorn app:app", True),
+        ("/usr/bin/python3 /usr/local/bin/gunicorn -w 3 app:app", True),
+        ("python3 -X dev -m gunicorn app:app", True),
+        ("gunicorn: master [app:application]", True),
+        ("gunicorn3 app:app", True),
+        # The server's name among the arguments is not the server (this test runner's own
+        # parent was once "timeout 900 python3 -m pytest -k gunicorn").
+        ("timeout 900 python3 -m pytest -k gunicorn", False),
+        ("python3 -m pytest tests/test_gunicorn.py", False),
+        ("bash -c gunicorn", False),
+        ("python3 -c import gunicorn", False),
+        ("", False),
+    ],
+)
+def test_only_the_program_names_the_server(cmdline: str, expected: bool) -> None:
+    from wsgireload.actions._process import names_program
+
+    assert names_program(cmdline, ("gunicorn",)) is expected

@@ -171,7 +171,7 @@ class Detector:
         found: Set[str] = set()
         for pattern in self._extra_globs:
             try:
-                matches = glob.glob(pattern, recursive=True)
+                matches = _glob(pattern)
             except (OSError, RecursionError):  # symlink loops, vanished directories
                 continue
             for path in matches:
@@ -202,8 +202,19 @@ class Detector:
         baseline too (a module imported late), except a new file matching an ``extra_files``
         pattern, or a listed extra file that appears: a deploy added it.
         """
-        baseline = self._baseline
         changed: List[str] = []
+        try:
+            self._scan(changed)
+        except BaseException:
+            # Interrupted (a signal handler raised in the main thread): the changes this scan
+            # already adopted would be lost, so make the next scan report them again.
+            for path in changed:
+                self._baseline[path] = _FORGOTTEN
+            raise
+        return changed
+
+    def _scan(self, changed: List[str]) -> None:
+        baseline = self._baseline
         stat = os.stat
         first = not self._scanned
         for path in self.module_paths():
@@ -246,7 +257,6 @@ class Detector:
                 baseline[path] = ident
                 changed.append(path)
         self._scanned = True
-        return changed
 
     @property
     def baseline(self) -> Snapshot:
@@ -254,11 +264,41 @@ class Detector:
         return self._baseline
 
 
+def _glob(pattern: str) -> List[str]:
+    """``glob.glob(pattern, recursive=True)``, except that ``**`` enters each directory once.
+
+    glob follows directory symlinks under ``**`` without noticing loops: two links to ``..``
+    made it walk 2**40 aliases and hang the watcher. Symlinked directories are still followed.
+    """
+    parts = pattern.split(os.sep)
+    if "**" not in parts:
+        return glob.glob(pattern)
+    i = parts.index("**")
+    head, tail = os.sep.join(parts[:i]) or os.sep, parts[i + 1 :]
+    found: List[str] = []
+    for top in glob.glob(head) if _MAGIC_GLOB & set(head) else [head]:
+        seen: Set[Tuple[int, int]] = set()
+        for dirpath, dirnames, _ in os.walk(top, followlinks=True):
+            try:
+                st = os.stat(dirpath)
+            except (OSError, ValueError):
+                dirnames[:] = []
+                continue
+            if (st.st_dev, st.st_ino) in seen:
+                dirnames[:] = []  # a loop or a second alias: its files are listed already
+                continue
+            seen.add((st.st_dev, st.st_ino))
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]  # as glob's ``**``
+            found.extend(_glob(os.path.join(glob.escape(dirpath), *(tail or ["*"]))))
+    return found
+
+
 class _Unseen:
     __slots__ = ()
 
 
 _UNSEEN: object = _Unseen()
+_FORGOTTEN: Identity = (-1, -1, -1)  # equals no file's identity: reported at the next scan
 
 
 def fingerprint(snapshot: Snapshot, paths: Sequence[str]) -> str:

@@ -37,6 +37,10 @@ WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
 PathSpec = Union[str, "os.PathLike[str]"]
 
 MODES = ("auto", "thread", "inline")
+# Seconds a due reload waits for a moment with no response in flight. Under steady load (or a
+# client keeping slow responses overlapping) that moment may never come; server-graceful
+# actions then fire at the next response close. Instances may override it.
+DRAIN_TIMEOUT = 60.0
 _FAILURE_LOG_EVERY = 60.0  # seconds between two logged watcher failures
 
 
@@ -70,13 +74,16 @@ class Reloader:
     :param clock: monotonic clock in seconds (tests inject one).
     """
 
+    drain_timeout = DRAIN_TIMEOUT  # seconds
     _lock: threading.Lock
+    _stepping: threading.Lock
     _pid: Optional[int]
     _steady: bool
     _inline: bool
     _next_scan: float
     _inflight: int
     _due: Optional[ChangeSet]
+    _due_at: float
     _firing: bool
     _thread: Optional[threading.Thread]
     _stop: threading.Event
@@ -169,7 +176,8 @@ class Reloader:
                 self._start_process(environ)
             if self._inline:
                 now = self.clock()
-                if now >= self._next_scan:
+                # The second test: a clock that stepped back must not stop the scans.
+                if now >= self._next_scan or now < self._next_scan - self.interval:
                     self._next_scan = now + self.interval
                     self.run_step(now)
             track = self._due is not None or self.action.requires_drain
@@ -198,16 +206,18 @@ class Reloader:
     def _reset_process_state(self) -> None:
         """State that belongs to one process: rebuilt in a forked child."""
         self._lock = threading.Lock()
+        self._stepping = threading.Lock()  # per process: a fork may copy it held
         self._pid = None
         self._steady = False  # True: nothing to do on the request path
         self._inline = False
         self._next_scan = 0.0
         self._inflight = 0
         self._due = None
+        self._due_at = 0.0  # policy clock
         self._firing = False
         self._thread = None
         self._stop = threading.Event()
-        self._import_failures: List[str] = []
+        self._import_failures = []
 
     def _after_fork(self) -> None:
         self._reset_process_state()
@@ -229,25 +239,32 @@ class Reloader:
             if self._inline:
                 self._next_scan = self.clock() + self.interval
                 return
+            if self._closed:  # close() ran meanwhile: it saw no thread, so start none
+                return
             thread = threading.Thread(
-                target=self._run, args=(self._stop,), name="wsgireload-watcher", daemon=True
+                target=_watch,
+                args=(weakref.ref(self), self._stop),
+                name="wsgireload-watcher",
+                daemon=True,
             )
             thread.start()
+            # A Reloader dropped without close() wakes its thread, which then finds it gone.
+            weakref.finalize(self, self._stop.set)
             self._thread = thread
             self._steady = self._due is None and not self.action.requires_drain
 
-    def _run(self, stop: threading.Event) -> None:
-        try:
-            while not stop.wait(self.interval):
-                if self._closed:
-                    return
-                self.run_step(self.clock())
-        except BaseException:  # pragma: no cover - interpreter shutdown tears modules down
-            if not sys.is_finalizing():
-                raise
-
     def run_step(self, now: float) -> Optional[ChangeSet]:
         """One watcher tick: scan, let the policy decide, mark a reload due. Never raises."""
+        # Inline mode on a threaded server: overlapping scans both saw the same change and
+        # reported it twice (two actions for one change). One tick at a time; others skip.
+        if not self._stepping.acquire(blocking=False):
+            return None
+        try:
+            return self._step(now)
+        finally:
+            self._stepping.release()
+
+    def _step(self, now: float) -> Optional[ChangeSet]:
         try:
             failures, self._import_failures = self._import_failures, []
             if failures:
@@ -262,6 +279,7 @@ class Reloader:
             if changes is not None:
                 with self._lock:
                     self._due = changes
+                    self._due_at = now
                     self._steady = False
                 log.debug("wsgireload: reload due after the next response: %s", changes.describe())
             return changes
@@ -273,7 +291,9 @@ class Reloader:
     def _response_closed(self) -> None:
         with self._lock:
             self._inflight -= 1
-            if self._inflight > 0 or self._due is None or self._firing:
+            if self._due is None or self._firing or self._closed:
+                return  # a closed Reloader is being discarded: it must not act any more
+            if self._inflight > 0 and not self._overdue():
                 return
             changes = self._due
             self._firing = True
@@ -286,6 +306,13 @@ class Reloader:
                 self._steady = (
                     self._thread is not None and not self._inline and not self.action.requires_drain
                 )
+
+    def _overdue(self) -> bool:
+        """Responses kept overlapping for drain_timeout: fire anyway, unless that would cut
+        them off (an action that ends the process needs a real drain)."""
+        if self.action.requires_drain:
+            return False
+        return self.clock() - self._due_at >= self.drain_timeout
 
     def _fire(self, changes: ChangeSet) -> None:
         try:
@@ -325,7 +352,11 @@ class Reloader:
 
     # -- lifecycle ----------------------------------------------------------------------
     def close(self) -> None:
-        """Stop the watcher thread of this process (for tests and embedding). Idempotent."""
+        """Stop the watcher thread of this process (for tests and embedding). Idempotent.
+
+        Afterwards requests pass straight through and the action never runs, not even for a
+        reload that was already due. A Reloader dropped without close() stops its thread too.
+        """
         self._closed = True
         self._steady = False
         self._stop.set()
@@ -373,6 +404,27 @@ class _ClosingIterator:
             hook()
 
 
+def _watch(ref: "weakref.ReferenceType[Reloader]", stop: threading.Event) -> None:
+    """The watcher thread's loop. It holds the Reloader weakly so that it can be freed."""
+    try:
+        while True:
+            reloader = ref()
+            if reloader is None or reloader._closed:
+                return
+            interval = reloader.interval
+            del reloader
+            if stop.wait(interval):
+                return
+            reloader = ref()
+            if reloader is None or reloader._closed:
+                return
+            reloader.run_step(reloader.clock())
+            del reloader
+    except BaseException:  # pragma: no cover - interpreter shutdown tears modules down
+        if not sys.is_finalizing():
+            raise
+
+
 def _threads_available(environ: Environ) -> bool:
     """uWSGI before 2.0.27 runs no Python threads unless started with --enable-threads."""
     version = environ.get("uwsgi.version")
@@ -385,11 +437,11 @@ def _threads_available(environ: Environ) -> bool:
             return True
     except Exception:
         pass
-    if isinstance(version, bytes):
-        version = version.decode("ascii", "replace")
     try:
+        if isinstance(version, bytes):
+            version = version.decode("ascii", "replace")
         parts = tuple(int(p) for p in str(version).split("-")[0].split(".")[:3])
-    except ValueError:
+    except Exception:  # an odd value must not leave this process without a watcher
         return True
     return parts >= (2, 0, 27)
 

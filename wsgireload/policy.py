@@ -9,6 +9,7 @@ import importlib.util
 import json
 import logging
 import os
+import stat
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -63,7 +64,13 @@ def compile_errors(paths: Iterable[str]) -> List[_Problem]:
         if not path.endswith(".py"):
             continue
         try:
-            with open(path, "rb") as handle:
+            # O_NONBLOCK: opening a FIFO named like a module would otherwise wait for a writer
+            # and wedge the watcher for good.
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+            with open(fd, "rb") as handle:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    problems.append(_Problem(path, None, "not a regular file"))
+                    continue
                 source = handle.read()
         except FileNotFoundError:
             continue  # a deleted module is a change, not an error
@@ -177,6 +184,9 @@ class Policy:
     def settled(self, now: float) -> bool:
         if not self._pending:
             return False
+        # A clock that stepped back restarts both periods from now instead of wedging them.
+        self._last = min(self._last, now)
+        self._first = min(self._first, now)
         return now - self._last >= self.settle or now - self._first >= self.settle_max
 
     def due(self, now: float, snapshot: Snapshot) -> Optional[ChangeSet]:

@@ -157,12 +157,47 @@ def master_problem(
         return f"pid {pid} was reused: its start time changed since this worker started"
     if recorded.uid is not None and now.uid != recorded.uid:
         return f"the master {pid} changed uid ({recorded.uid} -> {now.uid})"
-    if now.cmdline is not None and not any(name in now.cmdline for name in names):
+    if now.cmdline is not None and not names_program(now.cmdline, names):
         return (
             f"the master {pid} does not look like {' or '.join(names)} "
             f"(command line {now.cmdline[:120]!r})"
         )
     return None
+
+
+def program_name(cmdline: str) -> str:
+    """The program a command line runs: ``gunicorn`` for ``/venv/bin/gunicorn app:app``,
+    ``python3 /venv/bin/gunicorn app:app``, ``python -m gunicorn app:app`` or gunicorn's
+    process title ``gunicorn: master [app:app]``.
+
+    Only the program counts, never its arguments: ``timeout 60 pytest -k gunicorn`` is
+    ``timeout``, not gunicorn.
+    """
+    tokens = cmdline.split()
+    if not tokens:
+        return ""
+    program = os.path.basename(tokens[0]).rstrip(":")
+    if not program.startswith("python"):
+        return program
+    args = iter(tokens[1:])
+    for token in args:
+        if token == "-m":
+            return next(args, "").split(".")[0]
+        if token in ("-W", "-X", "-c"):
+            if token == "-c":
+                return program  # inline code: the interpreter is the program
+            next(args, None)  # the option's value
+            continue
+        if token.startswith("-"):
+            continue
+        return os.path.basename(token)
+    return program
+
+
+def names_program(cmdline: str, names: Sequence[str]) -> bool:
+    """True if the program ``cmdline`` runs is one of ``names`` (``gunicorn3`` counts too)."""
+    program = program_name(cmdline)
+    return any(program.startswith(name) for name in names)
 
 
 def verify_master(
