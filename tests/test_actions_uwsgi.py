@@ -418,7 +418,7 @@ def test_unsafe_runtime_dir_still_reloads_once_per_worker_and_says_why(
     with caplog.at_level(logging.WARNING, "wsgireload"):
         world.worker()(changes())
     assert world.uwsgi.reloads == 1  # uWSGI ignores requests during a reload (measured)
-    assert "open to other users" in caplog.text
+    assert "accessible to other users" in caplog.text
     assert not list(shared.iterdir())  # nothing written where others could meddle
 
 

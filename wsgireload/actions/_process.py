@@ -50,18 +50,16 @@ def read_process(pid: int, root: str = PROC_ROOT) -> Optional[ProcessInfo]:
     if not os.path.isdir(root):
         return ProcessInfo(pid, None, None, None) if _exists(pid) else None
     base = os.path.join(root, str(pid))
+    start_time = proc_start_time(pid, root)
+    if start_time is None:
+        return None
     try:
-        with open(os.path.join(base, "stat"), "rb") as handle:
-            stat = handle.read().decode("utf-8", "replace")
         with open(os.path.join(base, "cmdline"), "rb") as handle:
             raw = handle.read()
         with open(os.path.join(base, "status"), "rb") as handle:
             status = handle.read().decode("utf-8", "replace")
     except OSError:  # gone, or a pid that was never there
         return None
-    # The command name in field 2 may hold spaces and parentheses: split after the last ')'.
-    fields = stat[stat.rfind(")") + 2 :].split()
-    start_time = fields[19] if len(fields) > 19 else None  # field 22 overall
     uid: Optional[int] = None
     for line in status.splitlines():
         if line.startswith("Uid:"):
@@ -71,6 +69,19 @@ def read_process(pid: int, root: str = PROC_ROOT) -> Optional[ProcessInfo]:
             break
     cmdline = raw.rstrip(b"\0").replace(b"\0", b" ").decode("utf-8", "replace")
     return ProcessInfo(pid, start_time, uid, cmdline)
+
+
+def proc_start_time(pid: Union[int, str], root: str = PROC_ROOT) -> Optional[str]:
+    """Field 22 of ``<root>/<pid>/stat``: start time in clock ticks since boot, which tells a
+    recycled pid from the process recorded earlier. None if unreadable."""
+    try:
+        with open(os.path.join(root, str(pid), "stat"), "rb") as handle:
+            data = handle.read().decode("utf-8", "replace")
+    except OSError:
+        return None
+    # The command name in field 2 may hold spaces and parentheses: split after the last ')'.
+    fields = data[data.rfind(")") + 2 :].split()
+    return fields[19] if len(fields) > 19 else None
 
 
 def _exists(pid: int) -> bool:

@@ -10,7 +10,6 @@ import json
 import logging
 import os
 import stat
-import tempfile
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Tuple, Union
@@ -19,6 +18,9 @@ try:
     import fcntl
 except ImportError:  # pragma: no cover - Windows has no uWSGI either
     fcntl = None  # type: ignore[assignment]
+
+from ._claim import default_runtime_dir, ensure_private_dir
+from ._process import proc_start_time
 
 log = logging.getLogger("wsgireload")
 
@@ -115,14 +117,7 @@ class MasterCheck:
 
     def start_time(self, pid: Union[int, str]) -> Optional[str]:
         """Start time in clock ticks since boot: a recycled pid has a different one."""
-        try:
-            with open(os.path.join(self.proc_root, str(pid), "stat"), "rb") as handle:
-                data = handle.read().decode("ascii", "replace")
-        except OSError:
-            return None
-        # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
-        fields = data[data.rfind(")") + 2 :].split()
-        return fields[19] if len(fields) > 19 else None
+        return proc_start_time(pid, self.proc_root)
 
     def owner(self, pid: int) -> Optional[int]:
         try:
@@ -227,35 +222,6 @@ def first_fifo(paths: Tuple[str, ...]) -> Optional[str]:
 
 
 # -- the per-master record shared by workers --------------------------------------------
-def runtime_dir() -> str:
-    """``$XDG_RUNTIME_DIR/wsgireload`` when that is set, else ``<tmp>/wsgireload-<uid>``."""
-    xdg = os.environ.get("XDG_RUNTIME_DIR")
-    if xdg and os.path.isabs(xdg) and os.path.isdir(xdg):
-        return os.path.join(xdg, "wsgireload")
-    return os.path.join(tempfile.gettempdir(), f"wsgireload-{os.getuid()}")
-
-
-def private_dir_problem(path: str) -> Optional[str]:
-    """Create ``path`` 0700 if missing; say why it is unsafe, or None if it is ours alone."""
-    try:
-        os.mkdir(path, 0o700)
-    except FileExistsError:
-        pass
-    except OSError as exc:
-        return f"cannot create {path}: {exc.strerror or exc}"
-    try:
-        info = os.lstat(path)  # lstat: a symlink planted by someone else is refused
-    except OSError as exc:
-        return f"cannot inspect {path}: {exc.strerror or exc}"
-    if not stat.S_ISDIR(info.st_mode):
-        return f"{path} is not a directory"
-    if info.st_uid != os.getuid():
-        return f"{path} belongs to uid {info.st_uid}"
-    if info.st_mode & 0o077:
-        return f"{path} is open to other users (mode {stat.S_IMODE(info.st_mode):o})"
-    return None
-
-
 class MasterLedger:
     """A small JSON record per master, read and written under ``flock`` by its workers.
 
@@ -276,8 +242,8 @@ class MasterLedger:
         """
         if fcntl is None:  # pragma: no cover
             return None, "file locks are not available here"
-        directory = self.directory or runtime_dir()
-        problem = private_dir_problem(directory)
+        directory = self.directory or default_runtime_dir()
+        problem = ensure_private_dir(directory)
         if problem is not None:
             return None, problem
         path = os.path.join(directory, f"{key}.json")
