@@ -153,7 +153,7 @@ def test_32_threads_while_files_change_one_action_per_settled_change_set(
                 writer.thread.join(timeout=seconds + 10)
                 assert not writer.thread.is_alive()
                 bursts.append(writer.touched)
-                assert wait_for(lambda: recorder.count >= n + 1, 15), (
+                assert wait_for(lambda n=n: recorder.count >= n + 1, 15), (
                     f"burst {n}: no action within 15 s (due: {len(due)})"
                 )
                 # Quiet for a while: nothing more may fire for this burst.

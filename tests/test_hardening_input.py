@@ -150,7 +150,7 @@ def test_hostile_requests_neither_delay_nor_suppress_a_due_reload(
     try:
         serve(reloader, environ())
         force_due(reloader, watched, clock)
-        for i, req in enumerate(reqs):
+        for req in reqs:
             env = build_environ(req)
             serve(reloader, env)
             assert app.seen[-1] is env

@@ -337,7 +337,7 @@ def test_concurrent_responses_fire_once_after_the_last_close(
             result = results[i]
             try:
                 try:
-                    for chunk in result:
+                    for _chunk in result:
                         pass
                 except Boom:
                     pass
