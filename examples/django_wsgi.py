@@ -1,0 +1,20 @@
+"""The WSGI entry point of the minimal Django example, wrapped for production-safe reloading.
+
+Run it from the repository root (``pip install django gunicorn``)::
+
+    gunicorn --workers 2 --bind 127.0.0.1:8000 examples.django_wsgi:application
+    uwsgi --master --workers 2 --http 127.0.0.1:8000 --module examples.django_wsgi:application
+
+DjangoReloader also watches the template and locale directories, because production Django
+caches compiled templates and translations.
+"""
+
+import os
+
+from django.core.wsgi import get_wsgi_application
+
+from wsgireload.contrib.django import DjangoReloader
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "examples.django_project.settings")
+
+application = DjangoReloader(get_wsgi_application())
