@@ -97,19 +97,23 @@ def find_reloader(app: Any, depth: int = 4) -> Tuple[Optional[Reloader], str]:
 
 
 # -- check ---------------------------------------------------------------------------------
-def _group(path: str, cwd: str, sites: Sequence[str]) -> str:
-    """The 'top directory' a watched file is counted under."""
+def _group(path: str, cwd: str, sites: Sequence[str]) -> Tuple[int, str]:
+    """The 'top directory' a watched file is counted under, and its rank (cwd first)."""
     norm = os.path.normcase(path)
-    if norm.startswith(os.path.join(os.path.normcase(cwd), "")):
-        rel = os.path.relpath(path, cwd)
-        head = rel.split(os.sep, 1)
-        return head[0] + ("/" if len(head) > 1 else "")
-    for site in sites:
-        if norm.startswith(site):
-            rel = path[len(site):]
-            head = rel.split(os.sep, 1)
-            return f"{head[0]}{'/' if len(head) > 1 else ''} (site-packages)"
-    return os.path.dirname(path) + "/"
+    roots: List[Tuple[str, int, str]] = [(os.path.join(os.path.normcase(cwd), ""), 0, "")]
+    roots += [(site, 2, " (site-packages)") for site in sites]
+    for entry in sys.path:
+        if entry:
+            roots.append((os.path.join(os.path.normcase(os.path.abspath(entry)), ""), 1,
+                          f" (in {entry})"))
+    best: Optional[Tuple[str, int, str]] = None
+    for root in roots:
+        if norm.startswith(root[0]) and (best is None or len(root[0]) > len(best[0])):
+            best = root
+    if best is None:
+        return 3, os.path.dirname(path) + "/"
+    head = path[len(best[0]):].split(os.sep, 1)
+    return best[1], head[0] + ("/" if len(head) > 1 else "") + best[2]
 
 
 def _server_lines(environ: Dict[str, Any]) -> List[str]:
@@ -157,14 +161,14 @@ def cmd_check(args: argparse.Namespace, out: TextIO) -> int:
     files = detector.watched()
     cwd = os.getcwd()
     sites = site_dirs()
-    groups: Dict[str, int] = {}
+    groups: Dict[Tuple[int, str], int] = {}
     for path in files:
-        key = _group(path, cwd, sites)
-        groups[key] = groups.get(key, 0) + 1
-    print(f"watching:  {len(files)} files", file=out)
-    ranked = sorted(groups.items(), key=lambda item: (-item[1], item[0]))
+        group = _group(path, cwd, sites)
+        groups[group] = groups.get(group, 0) + 1
+    print(f"watching:  {len(files)} files (this directory first)", file=out)
+    ranked = sorted(groups.items(), key=lambda item: (item[0][0], -item[1], item[0][1]))
     shown = ranked if args.verbose else ranked[:15]
-    for key, count in shown:
+    for (_, key), count in shown:
         print(f"  {count:6d}  {key}", file=out)
     if len(ranked) > len(shown):
         rest = sum(count for _, count in ranked[len(shown):])
@@ -380,4 +384,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 0
-
+    except BrokenPipeError:  # `wsgireload check app:app | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
