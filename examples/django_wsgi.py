@@ -12,9 +12,16 @@ caches compiled templates and translations.
 import os
 
 from django.core.wsgi import get_wsgi_application
+from django.urls import get_resolver
 
 from wsgireload.contrib.django import DjangoReloader
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "examples.django_project.settings")
 
-application = DjangoReloader(get_wsgi_application())
+django_app = get_wsgi_application()
+# Django imports the URLconf, and so the views, at the first request. Import them now so they
+# are part of what the Reloader records at startup: a view edited between a worker's start
+# and its first request is then still seen as a change.
+get_resolver().url_patterns
+
+application = DjangoReloader(django_app)
