@@ -254,7 +254,7 @@ def test_watch_pidfile_signals_once_per_change_set(
              "--settle", "1", "."], capsys
         )
         assert code == 0, err
-        assert "target    python" in out
+        assert f"target    python pid {server.pid}" in out
         assert out.count("sent SIGUSR1") == 1
         assert server.stdout.readline() == b"usr1\n"
         assert f"changed   {workdir / 'server.pid'}" not in out  # the pidfile is not a change

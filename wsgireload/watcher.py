@@ -11,7 +11,7 @@ import os
 import sys
 import threading
 import time
-from typing import Any, Callable, Iterable, Mapping, Optional, Union
+from typing import Any, Callable, Iterable, List, Mapping, Optional, Union
 
 from .actions import ActionSpec, ProcessContext, resolve
 from .detect import Detector
@@ -51,6 +51,10 @@ class Watcher:
         hook in a preforked worker passes its master's pid so actions can see ``--preload``.
     :param detector: use this Detector (and its baseline) instead of building one from the
         options above (the CLI reuses the one of a Reloader it found in the app).
+    :param changed_since: wall-clock time (``time.time()``) before this process imported its
+        code, such as its fork: a watched file modified after it may be newer than what was
+        imported, so it counts as changed at once (at worst one extra reload, never a missed
+        one).
     :param on_event: called with ``(kind, detail)`` as things happen (the CLI prints them).
     :param clock: monotonic clock in seconds (tests inject one).
     """
@@ -71,6 +75,7 @@ class Watcher:
         action: ActionSpec = "auto",
         created_pid: Optional[int] = None,
         detector: Optional[Detector] = None,
+        changed_since: Optional[float] = None,
         on_event: Optional[EventHook] = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -111,6 +116,7 @@ class Watcher:
             import_timeout=float(import_timeout),
         )
         self._created_pid = os.getpid() if created_pid is None else created_pid
+        self._changed_since = changed_since
         self._setup_pid: Optional[int] = None
         self._reported_version = -1
         self._thread: Optional[threading.Thread] = None
@@ -130,6 +136,9 @@ class Watcher:
             if now is None:
                 now = self.clock()
             changed = self.detector.scan()
+            if self._changed_since is not None:
+                changed = sorted(set(changed).union(self._modified_since(self._changed_since)))
+                self._changed_since = None
             if changed:
                 for path in changed:
                     self._event("changed", path)
@@ -149,6 +158,14 @@ class Watcher:
         except Exception as exc:
             self._log_failure(exc)
             return None
+
+    def _modified_since(self, wall_time: float) -> List[str]:
+        limit = int(wall_time * 1e9)
+        return [
+            path
+            for path, ident in self.detector.baseline.items()
+            if ident is not None and ident[0] > limit
+        ]
 
     def _act(self, changes: ChangeSet) -> None:
         log.info(

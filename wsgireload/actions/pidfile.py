@@ -102,7 +102,8 @@ class PidfileAction(Action):
         argv = self._cmdline(pid, proc if have_proc else None)
         if argv is None:
             return None, f"cannot read the command line of pid {pid}"
-        if not self._names_server(argv):
+        matched = self._names_server(argv)
+        if matched is None:
             shown = " ".join(argv)[:80]
             names = " or ".join(self.expect)
             return None, (
@@ -122,7 +123,7 @@ class PidfileAction(Action):
         if known is not None and known[0] == pid and known[1] != start:
             return None, f"pid {pid} was recycled (its start time changed); refusing to signal"
         self._known = (pid, start)
-        return pid, f"{os.path.basename(argv[0]) if argv else '?'} pid {pid}"
+        return pid, f"{matched} pid {pid}"
 
     def _cmdline(self, pid: int, proc: Optional[str]) -> Optional[Sequence[str]]:
         if proc is not None:
@@ -142,11 +143,17 @@ class PidfileAction(Action):
         text = out.decode("utf-8", "replace").strip()
         return text.split() if text else None
 
-    def _names_server(self, argv: Sequence[str]) -> bool:
-        # The program, or the script python runs (gunicorn's console script, python -m
-        # gunicorn), or a process title such as "gunicorn: master [app]" / "uWSGI master".
+    def _names_server(self, argv: Sequence[str]) -> Optional[str]:
+        """The expected name the command line shows, or None.
+
+        Looks at the program, or the script python runs (gunicorn's console script, python
+        -m gunicorn), or a process title such as "gunicorn: master [app]" / "uWSGI master".
+        """
         head = " ".join(os.path.basename(arg) for arg in argv[:3]).lower()
-        return any(name in head for name in self.expect)
+        for name in self.expect:
+            if name in head:
+                return name
+        return None
 
     def _start_ticks(self, proc: str) -> Optional[int]:
         try:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from typing import Any, Callable, Optional
 
 from ..watcher import Watcher
@@ -30,6 +31,7 @@ def start_watcher(worker: Any, **options: Any) -> Watcher:
         # With --preload the master imported the app: tell the action, which must not
         # expect a HUP to load new code there.
         created_pid = getattr(worker, "ppid", None)
+    options.setdefault("changed_since", _forked_at)
     watcher = Watcher(created_pid=created_pid, **options)
     watcher.start()
     log.debug("wsgireload: watcher started in gunicorn worker %d", os.getpid())
@@ -53,3 +55,17 @@ def make_post_worker_init(**options: Any) -> Callable[[Any], None]:
 
 
 post_worker_init = make_post_worker_init()
+
+# The worker imports the app before post_worker_init runs: a file edited in between would be
+# recorded as it is now, while the worker runs the older code. The fork time bounds that
+# window (gunicorn loads this config module in the master, before forking workers).
+_forked_at: Optional[float] = None
+
+
+def _record_fork() -> None:
+    global _forked_at
+    _forked_at = time.time()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_record_fork)
