@@ -1,6 +1,6 @@
 """A small Flask app with production-safe reloading: edit greeting.py or the template, reload.
 
-Run it from the repository root (``pip install -e '.[examples]'`` or ``pip install flask gunicorn``)::
+Run it from the repository root, after ``pip install -e . flask gunicorn``::
 
     gunicorn --workers 2 --bind 127.0.0.1:8000 examples.flask_app:app
     uwsgi --master --workers 2 --http 127.0.0.1:8000 --module examples.flask_app:app

@@ -163,3 +163,23 @@ def test_thread_runs_steps(project: Path) -> None:
 def test_bad_configuration(kw: Any, message: str) -> None:
     with pytest.raises(ConfigurationError, match=message):
         Watcher(modules=False, **kw)
+
+
+def test_changed_since_flags_files_edited_after_the_fork(project: Path) -> None:
+    """A file edited between a worker's fork and its baseline may be newer than its code."""
+    old = 1_000_000_000 * 1_000_000_000  # year 2001, in ns
+    new = old + 60 * 1_000_000_000
+    os.utime(project / "mod.py", ns=(new, new))
+    os.utime(project / "page.html", ns=(old, old))
+    watcher, acted, events = make(project, changed_since=(old + new) / 2 / 1e9)
+    watcher.step(10.0)
+    assert ("changed", str(project / "mod.py")) in events
+    changes = watcher.step(11.0)
+    assert changes is not None and changes.files == (str(project / "mod.py"),)
+    assert watcher.step(20.0) is None  # looked at once, at the first step
+
+
+def test_without_changed_since_a_late_edit_is_baseline(project: Path) -> None:
+    watcher, acted, _ = make(project)
+    watcher.step(10.0)
+    assert watcher.step(11.0) is None and acted == []
