@@ -22,6 +22,6 @@ django_app = get_wsgi_application()
 # Django imports the URLconf, and so the views, at the first request. Import them now so they
 # are part of what the Reloader records at startup: a view edited between a worker's start
 # and its first request is then still seen as a change.
-get_resolver().url_patterns
+_ = get_resolver().url_patterns
 
 application = DjangoReloader(django_app)

@@ -53,7 +53,9 @@ def run(argv: List[str], capsys: pytest.CaptureFixture[str]) -> "tuple[int, str,
     return code, captured.out, captured.err
 
 
-def test_check_reports_files_scan_compile_and_action(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_check_reports_files_scan_compile_and_action(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     (workdir / "templates").mkdir()
     (workdir / "templates" / "index.html").write_text("<p>hi</p>")
     name = module(workdir, APP)
@@ -122,7 +124,9 @@ def test_check_problems_are_one_plain_line(
     assert err.startswith("wsgireload: ") and err.count("\n") == 1 and "Traceback" not in err
 
 
-def test_check_verbose_shows_the_traceback(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_check_verbose_shows_the_traceback(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     name = module(workdir, "raise RuntimeError('boom')\n")
     code, _, err = run(["check", "--verbose", f"{name}:app"], capsys)
     assert code == 1 and "Traceback" in err and "RuntimeError: boom" in err
@@ -223,7 +227,9 @@ def test_watch_missing_path(workdir: Path, capsys: pytest.CaptureFixture[str]) -
     assert code == 1 and "nowhere: no such file or directory" in err
 
 
-def test_watch_refuses_a_bad_pidfile_up_front(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_watch_refuses_a_bad_pidfile_up_front(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     (workdir / "server.pid").write_text("1\n")
     code, _, err = run(["watch", "--pidfile", "server.pid", "."], capsys)
     assert code == 1 and "refusing to signal it" in err and "Traceback" not in err

@@ -1,4 +1,4 @@
-"""PidfileAction: signal the server in a pidfile only after it checks out (real /proc, fake kill)."""
+"""PidfileAction: signal the server in a pidfile if it checks out (real /proc, fake kill)."""
 
 from __future__ import annotations
 
@@ -69,7 +69,9 @@ def test_refuses_a_process_that_is_not_the_server(
 
 
 @needs_proc
-def test_refuses_a_pid_younger_than_its_pidfile(child: Tuple[subprocess.Popen[bytes], Path]) -> None:
+def test_refuses_a_pid_younger_than_its_pidfile(
+    child: Tuple[subprocess.Popen[bytes], Path]
+) -> None:
     _, pidfile = child
     an_hour_ago = time.time() - 3600
     os.utime(pidfile, (an_hour_ago, an_hour_ago))  # the server that wrote it is long gone
@@ -123,7 +125,9 @@ def test_missing_pidfile(tmp_path: Path) -> None:
     assert pid is None and "cannot read pidfile" in why
 
 
-def test_without_procfs_uses_ps(child: Tuple[subprocess.Popen[bytes], Path], tmp_path: Path) -> None:
+def test_without_procfs_uses_ps(
+    child: Tuple[subprocess.Popen[bytes], Path], tmp_path: Path
+) -> None:
     proc, pidfile = child
     action = PidfileAction(str(pidfile), expect=["python"], proc_root=str(tmp_path / "noproc"),
                            kill=Kill())

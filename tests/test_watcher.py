@@ -80,7 +80,9 @@ def test_syntax_error_blocks_then_fix_acts(project: Path, caplog: pytest.LogCapt
     assert watcher.step(15.0) is not None and len(acted) == 1
 
 
-def test_failing_action_is_logged_not_raised(project: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_failing_action_is_logged_not_raised(
+    project: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     def boom(changes: ChangeSet) -> None:
         raise RuntimeError("nope")
 

@@ -23,7 +23,8 @@ import signal
 def hup(changes):
     claims = os.environ["WR_TEST_CLAIMS"]
     try:
-        fd = os.open(os.path.join(claims, changes.fingerprint), os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        claim = os.path.join(claims, changes.fingerprint)
+        fd = os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
     except FileExistsError:
         return  # another worker already asked for this change set
     os.close(fd)

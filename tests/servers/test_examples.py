@@ -36,8 +36,10 @@ def body(port: int) -> str:
     return data.decode()
 
 
-def edit_and_see(server: Server, path: Path, old: str, new: str, expect: str, reloads: int) -> None:
-    """Edit ``path``; wait for reload number ``reloads`` and for every worker to serve ``expect``."""
+def edit_and_see(
+    server: Server, path: Path, old: str, new: str, expect: str, reloads: int
+) -> None:
+    """Edit; wait for reload number ``reloads``, then for every worker to serve ``expect``."""
     text = path.read_text()
     assert old in text
     write(path, text.replace(old, new))
@@ -47,8 +49,9 @@ def edit_and_see(server: Server, path: Path, old: str, new: str, expect: str, re
         f"no reload after editing {path.name}\n{server.log()}"
     )
     # Sync workers answer one at a time: several answers in a row means both workers agree.
-    assert wait_for(lambda: all(expect in body(server.port) for _ in range(6)), timeout=30,
-                    interval=0.1), f"{expect!r} never served after editing {path.name}\n{server.log()}"
+    served = wait_for(lambda: all(expect in body(server.port) for _ in range(6)), timeout=30,
+                      interval=0.1)
+    assert served, f"{expect!r} not served after editing {path.name}\n{server.log()}"
 
 
 def test_flask_example_reloads_template_and_code(tmp_path: Path, servers: List[Server]) -> None:
