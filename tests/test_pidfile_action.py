@@ -35,7 +35,11 @@ class Kill:
 
 @pytest.fixture
 def child(tmp_path: Path) -> Iterator[Tuple[subprocess.Popen[bytes], Path]]:
-    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    proc = subprocess.Popen([sys.executable, "-c", "print('ready', flush=True)\n"
+                             "import time; time.sleep(60)"], stdout=subprocess.PIPE)
+    # Written once the process runs, as a server does (Popen returns mid-exec, when
+    # /proc/<pid>/cmdline can still be empty).
+    assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
     pidfile = tmp_path / "server.pid"
     pidfile.write_text(f"{proc.pid}\n")
     try:

@@ -87,13 +87,21 @@ def test_gunicorn_hook_reloads_with_one_hup(tmp_path: Path, servers: List[Server
     make_app(tmp_path)
     claims = install_hup_action(tmp_path)
     # TEST-ONLY action; with the gunicorn action merged this is make_post_worker_init().
+    booted = tmp_path / "booted.txt"
     server = gunicorn(tmp_path, """
+        import os
         from wsgireload.contrib.gunicorn import make_post_worker_init
         from wr_test_hup import hup
 
-        post_worker_init = make_post_worker_init(interval=0.25, settle=0.5, action=hup)
-    """, {"WR_TEST_CLAIMS": str(claims)})
+        start = make_post_worker_init(interval=0.25, settle=0.5, action=hup)
+
+        def post_worker_init(worker):
+            start(worker)
+            with open(os.environ["WR_BOOTED"], "a") as out:
+                out.write(f"{os.getpid()}\\n")
+    """, {"WR_TEST_CLAIMS": str(claims), "WR_BOOTED": str(booted)})
     servers.append(server.start())
+    assert wait_for(lambda: len(acted(booted)) == 2, timeout=30), server.log()
     assert get(server.port)[1] == b"v1"
     with Load(server.port, threads=2, pause=0.02) as load:
         write(tmp_path / "mod.py", 'VERSION = "v2"\n')
