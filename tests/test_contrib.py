@@ -185,3 +185,26 @@ def test_django_extra_files_lists_templates_and_locales() -> None:
     assert str(project / "templates" / "**" / "*") in patterns
     assert str(project / "locale" / "**" / "*.mo") in patterns
     assert not any("site-packages/django" in p for p in patterns)  # Django's own: skipped
+
+
+def test_django_reloader_in_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """DjangoReloader adds Django's patterns to the user's (Django is set up once per process)."""
+    pytest.importorskip("django")
+    import django
+    from django.conf import settings
+
+    wanted = "examples.django_project.settings"
+    if settings.configured and getattr(settings, "SETTINGS_MODULE", None) != wanted:
+        pytest.skip("Django already set up with other settings in this process")
+    monkeypatch.syspath_prepend(str(REPO))
+    monkeypatch.setenv("DJANGO_SETTINGS_MODULE", wanted)
+    django.setup()
+    from wsgireload.contrib.django import DjangoReloader
+
+    def app(environ: Dict[str, Any], start_response: Any) -> List[bytes]:
+        return []
+
+    reloader = DjangoReloader(app, extra_files=[str(REPO / "pyproject.toml")], action="log-only")
+    watched = reloader.detector.watched()
+    assert str(REPO / "examples" / "django_project" / "templates" / "hello.html") in watched
+    assert str(REPO / "pyproject.toml") in watched
