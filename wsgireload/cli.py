@@ -15,7 +15,7 @@ import traceback
 from typing import Any, Callable, Dict, List, Optional, Sequence, TextIO, Tuple
 
 from . import __version__
-from .actions import REGISTRY, AutoAction, detect_server
+from .actions import REGISTRY, Action, AutoAction, detect_server
 from .actions.pidfile import DEFAULT_EXPECT, PidfileAction, parse_signal
 from .detect import Detector, site_dirs
 from .errors import ConfigurationError, WsgiReloadError
@@ -231,6 +231,21 @@ class _Printer:
             self.line(f"failed    {detail!r}")
 
 
+class _ReportOnly(Action):
+    """``watch`` without ``--pidfile``: say that a reload is due, signal nobody."""
+
+    name = "report-only"
+
+    def __init__(self, printer: _Printer) -> None:
+        self.printer = printer
+
+    def __call__(self, changes: ChangeSet) -> None:
+        self.printer.line("reload    due now (no --pidfile: nothing signalled)")
+
+    def describe(self) -> str:
+        return "nothing (watch without --pidfile)"
+
+
 class _LogToOut(logging.Handler):
     def __init__(self, printer: _Printer) -> None:
         super().__init__()
@@ -293,8 +308,7 @@ def cmd_watch(args: argparse.Namespace, out: TextIO) -> int:
             raise AppError(about)
         printer.line(f"target    {about} (from {action.pidfile}); checked again before each signal")
     else:
-        def action(changes: ChangeSet) -> None:
-            printer.line("reload    due now (no --pidfile: nothing signalled)")
+        action = _ReportOnly(printer)
     watcher = Watcher(
         interval=args.interval if args.interval is not None else defaults["interval"],
         settle=args.settle if args.settle is not None else defaults["settle"],
