@@ -1,0 +1,106 @@
+"""The examples under a real gunicorn: edit a template and the code, see the new page served.
+
+Each test runs on a copy of examples/ in a temp dir, so the repository is never edited.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import List
+
+import pytest
+
+from .harness import Load, Server, bin_path, free_port, get, wait_for, write
+from .reloadhelp import boots, copy_examples, hups, install_hup_action, patch
+
+pytestmark = pytest.mark.server
+
+# The one line that goes when the gunicorn action lands (then action="auto" does the HUP).
+TEST_ACTION = 'action=__import__("wr_test_hup").hup, interval=0.25, settle=0.5,  # TEST-ONLY\n'
+
+
+def gunicorn(tmp_path: Path, target: str, claims: Path) -> Server:
+    port = free_port()
+    return Server(
+        [bin_path("gunicorn"), "--workers", "2", "--bind", f"127.0.0.1:{port}",
+         "--no-control-socket", "--graceful-timeout", "10", target],
+        cwd=tmp_path, port=port, log_path=tmp_path / "gunicorn.log",
+        env={"WR_TEST_CLAIMS": str(claims)},
+    )
+
+
+def body(port: int) -> str:
+    status, data = get(port)
+    assert status == 200, data[:300]
+    return data.decode()
+
+
+def edit_and_see(
+    server: Server, path: Path, old: str, new: str, expect: str, reloads: int
+) -> None:
+    """Edit; wait for reload number ``reloads``, then for every worker to serve ``expect``."""
+    text = path.read_text()
+    assert old in text
+    write(path, text.replace(old, new))
+    # The Reloader acts after a response, so keep requesting while waiting for the reload.
+    assert wait_for(lambda: bool(body(server.port)) and hups(server.log()) >= reloads,
+                    timeout=30, interval=0.1), (
+        f"no reload after editing {path.name}\n{server.log()}"
+    )
+    # Sync workers answer one at a time: several answers in a row means both workers agree.
+    served = wait_for(lambda: all(expect in body(server.port) for _ in range(6)), timeout=30,
+                      interval=0.1)
+    assert served, f"{expect!r} not served after editing {path.name}\n{server.log()}"
+
+
+def test_flask_example_reloads_template_and_code(tmp_path: Path, servers: List[Server]) -> None:
+    pytest.importorskip("flask")
+    examples = copy_examples(tmp_path)
+    claims = install_hup_action(tmp_path)
+    patch(examples / "flask_app.py", "    app.wsgi_app,\n", "    app.wsgi_app,\n    " + TEST_ACTION)
+    server = gunicorn(tmp_path, "examples.flask_app:app", claims)
+    servers.append(server.start())
+    assert "Hello, world!" in body(server.port)
+    with Load(server.port, threads=2, pause=0.02) as load:
+        edit_and_see(server, examples / "templates" / "index.html", "<h1>", "<h1>Edited: ",
+                     "Edited: Hello, world!", reloads=1)
+        edit_and_see(server, examples / "greeting.py", 'f"Hello, {name}!"', 'f"Howdy, {name}!"',
+                     "Edited: Howdy, world!", reloads=2)
+    result = load.stop()
+    assert result.failed == 0, result.errors[:5]
+    assert result.ok > 0
+    log = server.log()
+    assert hups(log) == 2, log  # one reload per edit, not one per worker
+    assert boots(log) == 6, log
+
+
+def test_django_example_reloads_template_and_code(tmp_path: Path, servers: List[Server]) -> None:
+    pytest.importorskip("django")
+    examples = copy_examples(tmp_path)
+    claims = install_hup_action(tmp_path)
+    patch(examples / "django_wsgi.py", "DjangoReloader(django_app)",
+          "DjangoReloader(django_app, " + TEST_ACTION.split("  #")[0] + ")")
+    server = gunicorn(tmp_path, "examples.django_wsgi:application", claims)
+    servers.append(server.start())
+    assert "Hello from Django" in body(server.port)
+    project = examples / "django_project"
+    edit_and_see(server, project / "templates" / "hello.html", "<h1>", "<h1>Edited: ",
+                 "Edited: Hello from Django", reloads=1)
+    edit_and_see(server, project / "views.py", '"Hello from Django"', '"Bonjour from Django"',
+                 "Edited: Bonjour from Django", reloads=2)
+    assert hups(server.log()) == 2, server.log()
+
+
+def test_check_command_on_the_examples(tmp_path: Path) -> None:
+    """`wsgireload check` on both examples, from the repository root, as the README shows."""
+    import subprocess
+
+    from .harness import _repo_root
+
+    for target, expect in [("examples.flask_app:app", "reloader:  app.wsgi_app"),
+                           ("examples.django_wsgi:application", "reloader:  app ")]:
+        proc = subprocess.run([sys.executable, "-m", "wsgireload", "check", target],
+                              cwd=_repo_root(), capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        assert expect in proc.stdout and "examples/" in proc.stdout

@@ -1,0 +1,148 @@
+"""PidfileAction: signal the server in a pidfile if it checks out (real /proc, fake kill)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Iterator, List, Tuple
+
+import pytest
+
+from wsgireload.actions.pidfile import PidfileAction, parse_signal
+from wsgireload.errors import ConfigurationError
+from wsgireload.policy import ChangeSet
+
+CHANGES = ChangeSet(("a.py",), "f" * 16, 0.0, 0.0)
+needs_proc = pytest.mark.skipif(not os.path.isfile("/proc/stat"), reason="needs procfs")
+
+
+class Kill:
+    """Records signals; signal 0 (the liveness probe) goes to the real os.kill."""
+
+    def __init__(self) -> None:
+        self.sent: List[Tuple[int, int]] = []
+
+    def __call__(self, pid: int, sig: int) -> None:
+        if sig == 0:
+            os.kill(pid, 0)
+        else:
+            self.sent.append((pid, sig))
+
+
+@pytest.fixture
+def child(tmp_path: Path) -> Iterator[Tuple[subprocess.Popen[bytes], Path]]:
+    proc = subprocess.Popen([sys.executable, "-c", "print('ready', flush=True)\n"
+                             "import time; time.sleep(60)"], stdout=subprocess.PIPE)
+    # Written once the process runs, as a server does (Popen returns mid-exec, when
+    # /proc/<pid>/cmdline can still be empty).
+    assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
+    pidfile = tmp_path / "server.pid"
+    pidfile.write_text(f"{proc.pid}\n")
+    try:
+        yield proc, pidfile
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@needs_proc
+def test_signals_a_verified_process(child: Tuple[subprocess.Popen[bytes], Path]) -> None:
+    proc, pidfile = child
+    kill = Kill()
+    action = PidfileAction(str(pidfile), expect=["python"], kill=kill)
+    pid, about = action.target()
+    assert pid == proc.pid, about
+    action(CHANGES)
+    assert kill.sent == [(proc.pid, signal.SIGHUP)] and action.sent == 1
+
+
+@needs_proc
+def test_refuses_a_process_that_is_not_the_server(
+    child: Tuple[subprocess.Popen[bytes], Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    _, pidfile = child
+    kill = Kill()
+    action = PidfileAction(str(pidfile), kill=kill)  # expects gunicorn or uwsgi
+    action(CHANGES)
+    assert kill.sent == []
+    assert "not gunicorn or uwsgi" in caplog.text
+
+
+@needs_proc
+def test_refuses_a_pid_younger_than_its_pidfile(
+    child: Tuple[subprocess.Popen[bytes], Path]
+) -> None:
+    _, pidfile = child
+    an_hour_ago = time.time() - 3600
+    os.utime(pidfile, (an_hour_ago, an_hour_ago))  # the server that wrote it is long gone
+    pid, reason = PidfileAction(str(pidfile), expect=["python"], kill=Kill()).target()
+    assert pid is None and "stale" in reason
+
+
+@needs_proc
+def test_refuses_a_recycled_pid(child: Tuple[subprocess.Popen[bytes], Path]) -> None:
+    proc, pidfile = child
+    action = PidfileAction(str(pidfile), expect=["python"], kill=Kill())
+    assert action.target()[0] == proc.pid
+    action._known = (proc.pid, -1)  # as if another process had held this pid at first read
+    pid, reason = action.target()
+    assert pid is None and "recycled" in reason
+
+
+def test_refuses_a_dead_pid(tmp_path: Path) -> None:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    pidfile = tmp_path / "server.pid"
+    pidfile.write_text(str(proc.pid))
+    pid, reason = PidfileAction(str(pidfile), kill=Kill()).target()
+    assert pid is None and "not running" in reason
+
+
+@pytest.mark.parametrize(
+    "content, reason",
+    [
+        ("1\n", "pid 1"),
+        ("0", "pid 0"),
+        ("", "does not hold a pid"),
+        ("abc", "does not hold a pid"),
+        (str(os.getpid()), "this watcher or its parent"),
+        (str(os.getppid()), "this watcher or its parent"),
+    ],
+)
+def test_refuses_bad_pidfiles(tmp_path: Path, content: str, reason: str) -> None:
+    pidfile = tmp_path / "server.pid"
+    pidfile.write_text(content)
+    kill = Kill()
+    action = PidfileAction(str(pidfile), kill=kill)
+    pid, why = action.target()
+    assert pid is None and reason in why
+    action(CHANGES)
+    assert kill.sent == []
+
+
+def test_missing_pidfile(tmp_path: Path) -> None:
+    pid, why = PidfileAction(str(tmp_path / "none.pid"), kill=Kill()).target()
+    assert pid is None and "cannot read pidfile" in why
+
+
+def test_without_procfs_uses_ps(
+    child: Tuple[subprocess.Popen[bytes], Path], tmp_path: Path
+) -> None:
+    proc, pidfile = child
+    action = PidfileAction(str(pidfile), expect=["python"], proc_root=str(tmp_path / "noproc"),
+                           kill=Kill())
+    assert action.target()[0] == proc.pid
+
+
+def test_parse_signal() -> None:
+    assert parse_signal("HUP") is signal.SIGHUP
+    assert parse_signal("sigusr2") is signal.SIGUSR2
+    assert parse_signal("15") is signal.SIGTERM
+    with pytest.raises(ConfigurationError, match="not a signal"):
+        parse_signal("NOPE")
+    with pytest.raises(ConfigurationError, match="--expect"):
+        PidfileAction("x.pid", expect=[])

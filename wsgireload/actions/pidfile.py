@@ -1,0 +1,189 @@
+"""Signal the server named in a pidfile, from outside it, after checking it is that server.
+
+The safe successor of ``kill -HUP $(cat pidfile)``: never pid 1, never a stale pidfile's pid.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal as _signal
+import subprocess
+from typing import Callable, Optional, Sequence, Tuple
+
+from ..errors import ConfigurationError
+from ..policy import ChangeSet
+from .base import Action
+
+log = logging.getLogger("wsgireload")
+
+DEFAULT_EXPECT = ("gunicorn", "uwsgi")
+# A server writes its pidfile after it started; /proc start times have whole-second boot time
+# and clock-tick precision, so allow this much before calling a process younger than its file.
+_START_SLACK = 2.0  # seconds
+
+
+def parse_signal(name: str) -> _signal.Signals:
+    """``HUP``, ``SIGHUP`` or ``1`` -> signal.SIGHUP; ConfigurationError if unknown."""
+    text = name.strip().upper()
+    try:
+        if text.isdigit():
+            return _signal.Signals(int(text))
+        return _signal.Signals[text if text.startswith("SIG") else "SIG" + text]
+    except (KeyError, ValueError):
+        raise ConfigurationError(f"--signal {name!r} is not a signal name such as HUP") from None
+
+
+class PidfileAction(Action):
+    """Send ``signal`` to the process in ``pidfile`` once per change set, if it checks out.
+
+    Checks, each time: the pidfile holds a pid > 1 that is neither this process nor its
+    parent; the process is alive and ours (same uid, or we are root); its command line names
+    one of ``expect``; it started before the pidfile was written (else the pid was recycled
+    after the server died); and, for a pid seen before, its start time is unchanged.
+
+    :param proc_root: where procfs lives (tests point it at a fake tree); without procfs the
+        command line comes from ``ps`` and the start-time checks are skipped.
+    :param kill: ``os.kill`` (tests inject a recorder).
+    """
+
+    name = "pidfile"
+
+    def __init__(
+        self,
+        pidfile: str,
+        *,
+        signal: _signal.Signals = _signal.SIGHUP,
+        expect: Sequence[str] = DEFAULT_EXPECT,
+        proc_root: str = "/proc",
+        kill: Callable[[int, int], None] = os.kill,
+    ) -> None:
+        self.pidfile = os.path.abspath(pidfile)
+        self.signal = signal
+        self.expect = tuple(name.lower() for name in expect if name)
+        if not self.expect:
+            raise ConfigurationError("--expect needs at least one server name, e.g. gunicorn")
+        self.proc_root = proc_root
+        self.kill = kill
+        self._known: Optional[Tuple[int, Optional[int]]] = None  # (pid, start ticks)
+        self.sent = 0
+
+    # -- the checks -----------------------------------------------------------------------
+    def target(self) -> Tuple[Optional[int], str]:
+        """The pid to signal and a description, or None and the reason not to."""
+        try:
+            with open(self.pidfile, encoding="ascii", errors="replace") as handle:
+                text = handle.read().strip()
+            mtime = os.stat(self.pidfile).st_mtime
+        except OSError as exc:
+            return None, f"cannot read pidfile {self.pidfile}: {exc.strerror or exc}"
+        if not text.isdigit():
+            return None, f"pidfile {self.pidfile} does not hold a pid ({text[:20]!r})"
+        pid = int(text)
+        if pid <= 1:
+            return None, f"pidfile {self.pidfile} names pid {pid}: refusing to signal it"
+        if pid in (os.getpid(), os.getppid()):
+            return None, f"pidfile {self.pidfile} names this watcher or its parent ({pid})"
+        try:
+            self.kill(pid, 0)
+        except ProcessLookupError:
+            return None, f"pid {pid} from {self.pidfile} is not running (stale pidfile)"
+        except PermissionError:
+            return None, f"pid {pid} from {self.pidfile} belongs to another user"
+        proc = os.path.join(self.proc_root, str(pid))
+        have_proc = os.path.isfile(os.path.join(self.proc_root, "stat"))
+        if have_proc:
+            try:
+                uid = os.stat(proc).st_uid
+            except OSError:
+                return None, f"pid {pid} vanished while being checked"
+            if uid != os.getuid() and os.getuid() != 0:
+                return None, f"pid {pid} runs as uid {uid}, not as this watcher ({os.getuid()})"
+        argv = self._cmdline(pid, proc if have_proc else None)
+        if argv is None:
+            return None, f"cannot read the command line of pid {pid}"
+        matched = self._names_server(argv)
+        if matched is None:
+            shown = " ".join(argv)[:80]
+            names = " or ".join(self.expect)
+            return None, (
+                f"pid {pid} from {self.pidfile} is {shown!r}, not {names}: refusing to signal "
+                "(a stale pidfile whose pid was reused? pass --expect NAME if the server is "
+                "another one)"
+            )
+        start = self._start_ticks(proc) if have_proc else None
+        if start is not None:
+            started_at = self._boot_time() + start / os.sysconf("SC_CLK_TCK")
+            if started_at > mtime + _START_SLACK:
+                return None, (
+                    f"pid {pid} started after {self.pidfile} was written: the pidfile is stale "
+                    "and its pid was reused; refusing to signal"
+                )
+        known = self._known
+        if known is not None and known[0] == pid and known[1] != start:
+            return None, f"pid {pid} was recycled (its start time changed); refusing to signal"
+        self._known = (pid, start)
+        return pid, f"{matched} pid {pid}"
+
+    def _cmdline(self, pid: int, proc: Optional[str]) -> Optional[Sequence[str]]:
+        if proc is not None:
+            try:
+                with open(os.path.join(proc, "cmdline"), "rb") as handle:
+                    raw = handle.read()
+            except OSError:
+                return None
+            return [part.decode("utf-8", "replace") for part in raw.split(b"\0") if part]
+        try:  # macOS and the BSDs: no procfs
+            out = subprocess.run(
+                ["ps", "-p", str(pid), "-o", "command="],
+                capture_output=True, timeout=5, check=False,
+            ).stdout
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        text = out.decode("utf-8", "replace").strip()
+        return text.split() if text else None
+
+    def _names_server(self, argv: Sequence[str]) -> Optional[str]:
+        """The expected name the command line shows, or None.
+
+        Looks at the program, or the script python runs (gunicorn's console script, python
+        -m gunicorn), or a process title such as "gunicorn: master [app]" / "uWSGI master".
+        """
+        head = " ".join(os.path.basename(arg) for arg in argv[:3]).lower()
+        for name in self.expect:
+            if name in head:
+                return name
+        return None
+
+    def _start_ticks(self, proc: str) -> Optional[int]:
+        try:
+            with open(os.path.join(proc, "stat"), "rb") as handle:
+                raw = handle.read().decode("ascii", "replace")
+            # Field 22 (starttime), counted after the ")" that ends the command name, which
+            # may itself hold spaces and parentheses.
+            return int(raw[raw.rindex(")") + 2 :].split()[19])
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def _boot_time(self) -> float:
+        try:
+            with open(os.path.join(self.proc_root, "stat"), encoding="ascii") as handle:
+                for line in handle:
+                    if line.startswith("btime "):
+                        return float(line.split()[1])
+        except (OSError, ValueError):
+            pass
+        return 0.0
+
+    # -- the action -----------------------------------------------------------------------
+    def __call__(self, changes: ChangeSet) -> None:
+        pid, about = self.target()
+        if pid is None:
+            log.error("wsgireload: not signalling: %s", about)
+            return
+        self.kill(pid, int(self.signal))
+        self.sent += 1
+        log.info("wsgireload: sent %s to %s", self.signal.name, about)
+
+    def describe(self) -> str:
+        return f"{self.signal.name} to the pid in {self.pidfile}"

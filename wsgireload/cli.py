@@ -1,0 +1,403 @@
+"""The ``wsgireload`` command: see what an app would watch, or watch files and report decisions.
+
+``check MODULE:APP`` explains; ``watch MODULE:APP|PATH...`` shows, and with ``--pidfile`` acts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+import time
+import traceback
+from typing import Any, Callable, Dict, List, Optional, Sequence, TextIO, Tuple
+
+from . import __version__
+from .actions import REGISTRY, Action, AutoAction, detect_server
+from .actions.pidfile import DEFAULT_EXPECT, PidfileAction, parse_signal
+from .detect import Detector, site_dirs
+from .errors import ConfigurationError, WsgiReloadError
+from .middleware import Reloader
+from .policy import ChangeSet, compile_errors
+from .watcher import Watcher
+
+log = logging.getLogger("wsgireload")
+
+# Files an editor, a VCS or Python itself writes beside the sources: never a deploy.
+DIR_EXCLUDES = ("*/.git/*", "*/.hg/*", "*/.svn/*", "*.pyc", "*.swp", "*.swx", "*~", "*/.#*")
+
+# Indirections: tests replace them to drive the watch loop without waiting.
+_sleep: Callable[[float], None] = time.sleep
+_clock: Callable[[], float] = time.monotonic
+
+
+class AppError(WsgiReloadError):
+    """The app named on the command line cannot be loaded; the message is one plain line."""
+
+
+# -- loading the app as a server would ------------------------------------------------------
+def load_app(target: str) -> Tuple[Any, str]:
+    """Import ``MODULE:APP`` (``APP`` defaults to ``application``) with the cwd on sys.path."""
+    module_name, _, attrs = target.partition(":")
+    attrs = attrs or "application"
+    if not module_name or not all(part.isidentifier() for part in module_name.split(".")):
+        raise AppError(f"{target!r} is not MODULE:APP (for example myproject.wsgi:application)")
+    if not all(part.isidentifier() for part in attrs.split(".")):
+        raise AppError(f"{attrs!r} in {target!r} is not an attribute name")
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)  # gunicorn and uwsgi import from the current directory
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        missing = exc.name or ""
+        if module_name == missing or module_name.startswith(missing + "."):
+            raise AppError(
+                f"no module named {missing!r} (looked in {cwd} and sys.path; run this where "
+                "the server runs)"
+            ) from exc
+        raise AppError(f"importing {module_name} failed: {exc}") from exc
+    except SyntaxError as exc:
+        raise AppError(
+            f"{exc.filename}:{exc.lineno}: {exc.msg} (importing {module_name})"
+        ) from exc
+    except (Exception, SystemExit) as exc:
+        raise AppError(f"importing {module_name} failed: {type(exc).__name__}: {exc}") from exc
+    app: Any = module
+    for attr in attrs.split("."):
+        try:
+            app = getattr(app, attr)
+        except AttributeError:
+            raise AppError(f"module {module_name!r} has no attribute {attrs!r}") from None
+    if not callable(app):
+        raise AppError(f"{target} is a {type(app).__name__}, not a WSGI application")
+    return app, f"{module_name}:{attrs}"
+
+
+def find_reloader(app: Any, depth: int = 4) -> Tuple[Optional[Reloader], str]:
+    """The Reloader in ``app`` or in what it wraps (Flask's ``wsgi_app``, ``.app``...)."""
+    queue: List[Tuple[Any, str, int]] = [(app, "app", 0)]
+    seen = set()
+    while queue:
+        obj, where, level = queue.pop(0)
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, Reloader):
+            return obj, where
+        if level >= depth:
+            continue
+        for attr in ("wsgi_app", "app", "application", "wrapped"):
+            inner = getattr(obj, attr, None)
+            if inner is not None and callable(inner):
+                queue.append((inner, f"{where}.{attr}", level + 1))
+    return None, ""
+
+
+# -- check ---------------------------------------------------------------------------------
+def _group(path: str, cwd: str, sites: Sequence[str]) -> Tuple[int, str]:
+    """The 'top directory' a watched file is counted under, and its rank (cwd first)."""
+    norm = os.path.normcase(path)
+    roots: List[Tuple[str, int, str]] = [(os.path.join(os.path.normcase(cwd), ""), 0, "")]
+    roots += [(site, 2, " (site-packages)") for site in sites]
+    for entry in sys.path:
+        if entry:
+            roots.append((os.path.join(os.path.normcase(os.path.abspath(entry)), ""), 1,
+                          f" (in {entry})"))
+    best: Optional[Tuple[str, int, str]] = None
+    for root in roots:
+        if norm.startswith(root[0]) and (best is None or len(root[0]) > len(best[0])):
+            best = root
+    if best is None:
+        return 3, os.path.dirname(path) + "/"
+    head = path[len(best[0]):].split(os.sep, 1)
+    return best[1], head[0] + ("/" if len(head) > 1 else "") + best[2]
+
+
+def _server_lines(environ: Dict[str, Any]) -> List[str]:
+    here = detect_server(environ)
+    if here == "gunicorn":
+        why = "gunicorn's worker module is loaded in this process"
+    else:
+        why = "no server module loaded; in a worker the first request's environ tells"
+    lines = [f"here: {here} ({why})"]
+    for server in ("gunicorn", "uwsgi", "mod_wsgi", "standalone"):
+        factory = REGISTRY.get(server)
+        if factory is not None:
+            try:
+                what = factory().describe()
+            except Exception as exc:  # a broken action must not break the report
+                what = f"{server} action (cannot describe: {exc!r})"
+        else:
+            what = "nothing yet: warns once and does not reload"
+        lines.append(f"under {server}: auto would use {what}")
+    return lines
+
+
+def cmd_check(args: argparse.Namespace, out: TextIO) -> int:
+    app, name = load_app(args.target)
+    reloader, where = find_reloader(app)
+    print(f"app:       {name} ({type(app).__name__})", file=out)
+    if reloader is not None:
+        action = reloader.action
+        named = "auto" if isinstance(action, AutoAction) else action.describe()
+        print(
+            f"reloader:  {where} (action {named}, interval {reloader.interval:g}s, "
+            f"settle {reloader.policy.settle:g}s, validate {reloader.policy.validate})",
+            file=out,
+        )
+        detector = reloader.detector
+    else:
+        print(
+            "reloader:  none found in the app; showing what Reloader(app) would watch (or the "
+            "gunicorn hook, or `wsgireload watch --pidfile`)",
+            file=out,
+        )
+        action = AutoAction()
+        detector = Detector()
+        detector.scan()
+    files = detector.watched()
+    cwd = os.getcwd()
+    sites = site_dirs()
+    groups: Dict[Tuple[int, str], int] = {}
+    for path in files:
+        group = _group(path, cwd, sites)
+        groups[group] = groups.get(group, 0) + 1
+    print(f"watching:  {len(files)} files (this directory first)", file=out)
+    ranked = sorted(groups.items(), key=lambda item: (item[0][0], -item[1], item[0][1]))
+    shown = ranked if args.verbose else ranked[:15]
+    for (_, key), count in shown:
+        print(f"  {count:6d}  {key}", file=out)
+    if len(ranked) > len(shown):
+        rest = sum(count for _, count in ranked[len(shown):])
+        print(f"  {rest:6d}  ... in {len(ranked) - len(shown)} more directories", file=out)
+    if args.verbose:
+        for path in files:
+            print(f"    {path}", file=out)
+    started = time.perf_counter()
+    detector.scan()
+    scan_ms = (time.perf_counter() - started) * 1000
+    print(f"one scan:  {scan_ms:.2f} ms for {len(files)} files", file=out)
+    sources = [path for path in files if path.endswith(".py")]
+    started = time.perf_counter()
+    problems = compile_errors(sources)
+    compile_s = time.perf_counter() - started
+    print(
+        f"compile:   {len(sources) - len(problems)} of {len(sources)} .py files compile "
+        f"({compile_s:.2f} s)",
+        file=out,
+    )
+    describe = action.describe() if not isinstance(action, AutoAction) else "auto"
+    print(f"action:    {describe}", file=out)
+    for line in _server_lines({}):
+        print(f"  {line}", file=out)
+    if problems:
+        for problem in problems[: None if args.verbose else 5]:
+            print(f"  {problem}", file=out)
+        first = problems[0]
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise AppError(f"{first}{more}: a reload would be refused until it compiles")
+    return 0
+
+
+# -- watch ---------------------------------------------------------------------------------
+class _Printer:
+    """Turns watcher events into one line each, with the time."""
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+
+    def line(self, text: str) -> None:
+        print(f"{time.strftime('%H:%M:%S')} {text}", file=self.out, flush=True)
+
+    def __call__(self, kind: str, detail: Any) -> None:
+        if kind == "changed":
+            self.line(f"changed   {detail}")
+        elif kind == "settling":
+            self.line(f"settling  waiting for {detail:g}s without a further change")
+        elif kind == "rejected":
+            self.line(f"refused   {len(detail)} file(s) do not validate; waiting for a fix")
+        elif kind == "due":
+            assert isinstance(detail, ChangeSet)
+            self.line(
+                f"settled   {len(detail.files)} file(s) validated, change set "
+                f"{detail.fingerprint}"
+            )
+        elif kind == "acted":
+            self.line("acted")
+        elif kind == "failed":
+            self.line(f"failed    {detail!r}")
+
+
+class _ReportOnly(Action):
+    """``watch`` without ``--pidfile``: say that a reload is due, signal nobody."""
+
+    name = "report-only"
+
+    def __init__(self, printer: _Printer) -> None:
+        self.printer = printer
+
+    def __call__(self, changes: ChangeSet) -> None:
+        self.printer.line("reload    due now (no --pidfile: nothing signalled)")
+
+    def describe(self) -> str:
+        return "nothing (watch without --pidfile)"
+
+
+class _LogToOut(logging.Handler):
+    def __init__(self, printer: _Printer) -> None:
+        super().__init__()
+        self.printer = printer
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if message.startswith("wsgireload: "):
+            message = message[len("wsgireload: "):]
+        self.printer.line(f"{record.levelname.lower():9s} {message}")
+
+
+def _path_patterns(paths: Sequence[str]) -> List[str]:
+    patterns = []
+    for path in paths:
+        if os.path.isdir(path):
+            patterns.append(os.path.join(os.path.abspath(path), "**", "*"))
+        elif os.path.exists(path) or any(ch in path for ch in "*?["):
+            patterns.append(os.path.abspath(path))
+        else:
+            raise AppError(f"{path}: no such file or directory")
+    return patterns
+
+
+def cmd_watch(args: argparse.Namespace, out: TextIO) -> int:
+    printer = _Printer(out)
+    targets: List[str] = args.targets
+    is_app = len(targets) == 1 and ":" in targets[0] and not os.path.exists(targets[0])
+    detector: Optional[Detector] = None
+    defaults = {"interval": 1.0, "settle": 1.0, "settle_max": 30.0}
+    if is_app:
+        app, name = load_app(targets[0])
+        reloader, where = find_reloader(app)
+        if reloader is not None:
+            detector = reloader.detector
+            defaults = {
+                "interval": reloader.interval,
+                "settle": reloader.policy.settle,
+                "settle_max": reloader.policy.settle_max,
+            }
+        else:
+            detector = Detector(exclude=args.exclude)
+            detector.scan()
+        what = f"{name} ({len(detector.watched())} files)"
+    else:
+        patterns = _path_patterns(targets)
+        excludes = list(DIR_EXCLUDES) + list(args.exclude)
+        if args.pidfile:
+            excludes.append(os.path.abspath(args.pidfile))  # servers rewrite it on reload
+        detector = Detector(extra_files=patterns, exclude=excludes, modules=False)
+        detector.scan()
+        what = f"{', '.join(targets)} ({len(detector.watched())} files)"
+    action: Any
+    if args.pidfile:
+        action = PidfileAction(
+            args.pidfile, signal=parse_signal(args.signal), expect=args.expect or DEFAULT_EXPECT
+        )
+        pid, about = action.target()
+        if pid is None:
+            raise AppError(about)
+        printer.line(f"target    {about} (from {action.pidfile}); checked again before each signal")
+    else:
+        action = _ReportOnly(printer)
+    watcher = Watcher(
+        interval=args.interval if args.interval is not None else defaults["interval"],
+        settle=args.settle if args.settle is not None else defaults["settle"],
+        settle_max=max(
+            args.settle_max if args.settle_max is not None else defaults["settle_max"],
+            args.settle if args.settle is not None else defaults["settle"],
+        ),
+        validate=None if args.no_validate else "compile",
+        action=action,
+        detector=detector,
+        on_event=printer,
+    )
+    handler = _LogToOut(printer)
+    handler.setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    log.addHandler(handler)
+    old_level = log.level
+    if log.getEffectiveLevel() > handler.level:
+        log.setLevel(handler.level)
+    printer.line(f"watching  {what}; Ctrl-C to stop")
+    try:
+        while True:
+            watcher.step(_clock())
+            _sleep(watcher.interval)
+    except KeyboardInterrupt:
+        printer.line("stopped")
+        return 0
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(old_level)
+
+
+# -- entry point ---------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="wsgireload",
+        description="Production-safe code reloading for WSGI apps: diagnostics and watcher.",
+    )
+    parser.add_argument("--version", action="version", version=f"wsgireload {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    check = sub.add_parser(
+        "check",
+        help="import an app as the server would and report what would be watched",
+        description="Import MODULE:APP as the server would and report what wsgireload would "
+        "watch, how long a scan takes, whether every watched .py compiles, and what "
+        "action='auto' would do.",
+    )
+    check.add_argument("target", metavar="MODULE:APP")
+    check.add_argument("-v", "--verbose", action="store_true", help="list every file; tracebacks")
+
+    watch = sub.add_parser(
+        "watch",
+        help="print changes as detected, with settle and validation decisions",
+        description="Watch an app's files (MODULE:APP) or PATHs (directories recurse) and print "
+        "each change, settle and validation decision. With --pidfile, signal the server named "
+        "in it once per settled, compiling change set.",
+    )
+    watch.add_argument("targets", nargs="+", metavar="MODULE:APP|PATH")
+    watch.add_argument("--interval", type=float, help="seconds between scans (default 1)")
+    watch.add_argument("--settle", type=float, help="seconds of quiet before acting (default 1)")
+    watch.add_argument("--settle-max", type=float, help="act after this long anyway (default 30)")
+    watch.add_argument("--no-validate", action="store_true", help="do not compile-check .py files")
+    watch.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
+                       help="fnmatch pattern of full paths to ignore (repeatable)")
+    watch.add_argument("--pidfile", metavar="PATH", help="signal the process in this pidfile")
+    watch.add_argument("--signal", default="HUP", help="signal to send (default HUP)")
+    watch.add_argument("--expect", action="append", metavar="NAME",
+                       help="the signalled process's command line must name this (repeatable; "
+                       "default gunicorn or uwsgi)")
+    watch.add_argument("-v", "--verbose", action="store_true", help="debug log lines; tracebacks")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the command line; return the exit status (0 fine, 1 a problem, 2 bad usage)."""
+    args = build_parser().parse_args(argv)
+    out = sys.stdout
+    try:
+        if args.command == "check":
+            return cmd_check(args, out)
+        return cmd_watch(args, out)
+    except (AppError, ConfigurationError) as exc:
+        if args.verbose:
+            traceback.print_exception(type(exc), exc, exc.__traceback__)
+        print(f"wsgireload: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    except BrokenPipeError:  # `wsgireload check app:app | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1

@@ -1,0 +1,71 @@
+"""gunicorn config hooks: a watcher thread in every worker, for apps you cannot wrap.
+
+In ``gunicorn.conf.py``: ``from wsgireload.contrib.gunicorn import post_worker_init``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any, Callable, Optional
+
+from ..watcher import Watcher
+
+log = logging.getLogger("wsgireload")
+
+__all__ = ["post_worker_init", "make_post_worker_init", "start_watcher"]
+
+
+def start_watcher(worker: Any, **options: Any) -> Watcher:
+    """Start a :class:`~wsgireload.watcher.Watcher` thread in this gunicorn worker.
+
+    Call it from your own ``post_worker_init(worker)`` hook; ``options`` are the Watcher's
+    (``extra_files``, ``settle``, ``action``...). The worker has loaded the app by then, so its
+    modules are the baseline. Acting right away is safe: gunicorn's reload (SIGHUP to the
+    master) lets in-flight requests finish.
+    """
+    cfg = getattr(worker, "cfg", None)
+    created_pid: Optional[int] = None
+    if cfg is not None and getattr(cfg, "preload_app", False):
+        # With --preload the master imported the app: tell the action, which must not
+        # expect a HUP to load new code there.
+        created_pid = getattr(worker, "ppid", None)
+    options.setdefault("changed_since", _forked_at)
+    watcher = Watcher(created_pid=created_pid, **options)
+    watcher.start()
+    log.debug("wsgireload: watcher started in gunicorn worker %d", os.getpid())
+    return watcher
+
+
+def make_post_worker_init(**options: Any) -> Callable[[Any], None]:
+    """A ``post_worker_init`` hook that starts a watcher with ``options`` in every worker::
+
+        # gunicorn.conf.py
+        from wsgireload.contrib.gunicorn import make_post_worker_init
+        post_worker_init = make_post_worker_init(extra_files=["templates/**/*.html"])
+    """
+    # Fail in the master at config load, not silently in every worker.
+    Watcher(**{**options, "modules": False})
+
+    def post_worker_init(worker: Any) -> None:
+        worker.wsgireload_watcher = start_watcher(worker, **options)
+
+    return post_worker_init
+
+
+post_worker_init = make_post_worker_init()
+
+# The worker imports the app before post_worker_init runs: a file edited in between would be
+# recorded as it is now, while the worker runs the older code. The fork time bounds that
+# window (gunicorn loads this config module in the master, before forking workers).
+_forked_at: Optional[float] = None
+
+
+def _record_fork() -> None:
+    global _forked_at
+    _forked_at = time.time()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_record_fork)
