@@ -13,7 +13,7 @@ from typing import Dict, List
 import pytest
 
 from .harness import Load, Server, bin_path, free_port, get, wait_for, write
-from .reloadhelp import boots, hups, install_hup_action
+from .reloadhelp import boots, hups
 
 pytestmark = pytest.mark.server
 
@@ -85,21 +85,18 @@ def test_gunicorn_hook_notices_an_edit_without_any_request(
 
 def test_gunicorn_hook_reloads_with_one_hup(tmp_path: Path, servers: List[Server]) -> None:
     make_app(tmp_path)
-    claims = install_hup_action(tmp_path)
-    # TEST-ONLY action; with the gunicorn action merged this is make_post_worker_init().
     booted = tmp_path / "booted.txt"
     server = gunicorn(tmp_path, """
         import os
         from wsgireload.contrib.gunicorn import make_post_worker_init
-        from wr_test_hup import hup
 
-        start = make_post_worker_init(interval=0.25, settle=0.5, action=hup)
+        start = make_post_worker_init(interval=0.25, settle=0.5)  # action="auto": gunicorn's HUP
 
         def post_worker_init(worker):
             start(worker)
             with open(os.environ["WR_BOOTED"], "a") as out:
                 out.write(f"{os.getpid()}\\n")
-    """, {"WR_TEST_CLAIMS": str(claims), "WR_BOOTED": str(booted)})
+    """, {"WR_BOOTED": str(booted)})
     servers.append(server.start())
     assert wait_for(lambda: len(acted(booted)) == 2, timeout=30), server.log()
     assert get(server.port)[1] == b"v1"

@@ -12,21 +12,20 @@ from typing import List
 import pytest
 
 from .harness import Load, Server, bin_path, free_port, get, wait_for, write
-from .reloadhelp import boots, copy_examples, hups, install_hup_action, patch
+from .reloadhelp import boots, copy_examples, hups, patch
 
 pytestmark = pytest.mark.server
 
-# The one line that goes when the gunicorn action lands (then action="auto" does the HUP).
-TEST_ACTION = 'action=__import__("wr_test_hup").hup, interval=0.25, settle=0.5,  # TEST-ONLY\n'
+# Faster than the defaults so the tests take seconds; action="auto" does the real HUP.
+FAST = "interval=0.25, settle=0.5,\n"
 
 
-def gunicorn(tmp_path: Path, target: str, claims: Path) -> Server:
+def gunicorn(tmp_path: Path, target: str) -> Server:
     port = free_port()
     return Server(
         [bin_path("gunicorn"), "--workers", "2", "--bind", f"127.0.0.1:{port}",
          "--no-control-socket", "--graceful-timeout", "10", target],
         cwd=tmp_path, port=port, log_path=tmp_path / "gunicorn.log",
-        env={"WR_TEST_CLAIMS": str(claims)},
     )
 
 
@@ -57,9 +56,8 @@ def edit_and_see(
 def test_flask_example_reloads_template_and_code(tmp_path: Path, servers: List[Server]) -> None:
     pytest.importorskip("flask")
     examples = copy_examples(tmp_path)
-    claims = install_hup_action(tmp_path)
-    patch(examples / "flask_app.py", "    app.wsgi_app,\n", "    app.wsgi_app,\n    " + TEST_ACTION)
-    server = gunicorn(tmp_path, "examples.flask_app:app", claims)
+    patch(examples / "flask_app.py", "    app.wsgi_app,\n", "    app.wsgi_app,\n    " + FAST)
+    server = gunicorn(tmp_path, "examples.flask_app:app")
     servers.append(server.start())
     assert "Hello, world!" in body(server.port)
     with Load(server.port, threads=2, pause=0.02) as load:
@@ -78,10 +76,9 @@ def test_flask_example_reloads_template_and_code(tmp_path: Path, servers: List[S
 def test_django_example_reloads_template_and_code(tmp_path: Path, servers: List[Server]) -> None:
     pytest.importorskip("django")
     examples = copy_examples(tmp_path)
-    claims = install_hup_action(tmp_path)
     patch(examples / "django_wsgi.py", "DjangoReloader(django_app)",
-          "DjangoReloader(django_app, " + TEST_ACTION.split("  #")[0] + ")")
-    server = gunicorn(tmp_path, "examples.django_wsgi:application", claims)
+          "DjangoReloader(django_app, " + FAST.strip() + ")")
+    server = gunicorn(tmp_path, "examples.django_wsgi:application")
     servers.append(server.start())
     assert "Hello from Django" in body(server.port)
     project = examples / "django_project"
