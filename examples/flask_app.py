@@ -11,7 +11,6 @@ then open http://127.0.0.1:8000/, edit ``examples/greeting.py`` or
 """
 
 import os
-from pathlib import Path
 
 from flask import Flask, render_template
 
@@ -19,7 +18,9 @@ from wsgireload import Reloader
 
 from .greeting import greeting
 
-HERE = Path(__file__).resolve().parent
+# Not resolved: with a symlink-swap deploy (`current` -> releases/N) the template path must
+# go through `current`, as the app's imports do, so that the swap is seen as a change.
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 app = Flask(__name__)
 
@@ -34,5 +35,5 @@ def index() -> str:
 # `flask --app` and test clients all go through the Reloader.
 app.wsgi_app = Reloader(  # type: ignore[method-assign]
     app.wsgi_app,
-    extra_files=[str(HERE / "templates" / "**" / "*.html")],
+    extra_files=[os.path.join(HERE, "templates", "**", "*.html")],
 )
