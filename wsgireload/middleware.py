@@ -27,6 +27,7 @@ from typing import (
 
 from .actions import ActionSpec, ProcessContext, resolve
 from .detect import Detector
+from .events import EventDetector, available as _events_available
 from .errors import ConfigurationError
 from .policy import VALIDATE_CHOICES, ChangeSet, Policy
 
@@ -37,6 +38,7 @@ WSGIApp = Callable[[dict, StartResponse], Iterable[bytes]]
 PathSpec = Union[str, "os.PathLike[str]"]
 
 MODES = ("auto", "thread", "inline")
+BACKENDS = ("poll", "events", "auto")
 _FAILURE_LOG_EVERY = 60.0  # seconds between two logged watcher failures
 
 
@@ -67,6 +69,10 @@ class Reloader:
         ChangeSet.
     :param mode: ``"thread"`` (a watcher thread per worker), ``"inline"`` (scan on the request
         path at most once per interval, for servers without threads) or ``"auto"``.
+    :param backend: ``"poll"`` (stat every watched file each interval: works everywhere),
+        ``"events"`` (scan only after a filesystem event, via the ``watchfiles`` package;
+        polls if it is missing or the filesystem reports nothing) or ``"auto"`` (events
+        when ``watchfiles`` is installed).
     :param clock: monotonic clock in seconds (tests inject one).
     """
 
@@ -85,6 +91,7 @@ class Reloader:
         import_timeout: float = 30.0,  # seconds
         action: ActionSpec = "auto",
         mode: str = "auto",
+        backend: str = "poll",
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not callable(app):
@@ -104,6 +111,10 @@ class Reloader:
             )
         if mode not in MODES:
             raise ConfigurationError(f"mode={mode!r} is not allowed; use 'auto', 'thread' or 'inline'")
+        if backend not in BACKENDS:
+            raise ConfigurationError(
+                f"backend={backend!r} is not allowed; use 'poll', 'events' or 'auto'"
+            )
         if validate == "import" and import_name is None:
             import_name = _caller_module()
             if import_name is None:
@@ -116,11 +127,20 @@ class Reloader:
         self.mode = mode
         self.clock = clock
         self.action = resolve(action)
-        self.detector = Detector(
+        detector = Detector(
             extra_files=_as_list("extra_files", extra_files),
             exclude=[os.fspath(p) for p in _as_list("exclude", exclude)],
             include_stdlib=include_stdlib,
         )
+        self.detector: Union[Detector, EventDetector] = detector
+        if backend != "poll":
+            if _events_available():
+                self.detector = EventDetector(detector)
+            elif backend == "events":
+                log.warning(
+                    "wsgireload: backend='events' needs the watchfiles package "
+                    "(pip install 'wsgireload[events]'); polling instead"
+                )
         self.policy = Policy(
             settle=float(settle),
             settle_max=float(settle_max),
@@ -215,6 +235,8 @@ class Reloader:
             if self._inline:
                 self._next_scan = self.clock() + self.interval
                 return
+            if isinstance(self.detector, EventDetector):
+                self.detector.start()  # per process: its thread does not survive a fork
             thread = threading.Thread(
                 target=self._run, args=(self._stop,), name="wsgireload-watcher", daemon=True
             )
@@ -319,6 +341,8 @@ class Reloader:
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=max(5.0, self.interval * 2))
         self._thread = None
+        if isinstance(self.detector, EventDetector):
+            self.detector.stop()
 
     @property
     def reload_due(self) -> Optional[ChangeSet]:
