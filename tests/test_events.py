@@ -93,6 +93,8 @@ def test_falls_back_when_a_change_comes_without_an_event(
     detector.scan()
     try:
         assert detector.start()
+        assert detector.polling  # the next scan starts the thread
+        assert detector.scan() == []
         assert not detector.polling
         assert detector.scan() == []  # the scan right after start is a full one
         calls: List[int] = []
@@ -138,6 +140,7 @@ def test_real_events_trigger_a_scan(tmp_path: Path) -> None:
     detector.scan()
     assert detector.start()
     try:
+        detector.scan()  # starts the thread
         assert not detector.polling
         detector.scan()  # the full scan that follows a start
         (tmp_path / "server.log").write_text("noise")  # filtered out: no scan
@@ -160,13 +163,16 @@ def test_event_thread_is_rebuilt_after_fork(tmp_path: Path) -> None:
     detector = EventDetector(Detector(modules=False, extra_files=[str(conf)]), verify_every=10_000)
     detector.scan()
     assert detector.start()
+    detector.scan()
     try:
+        assert not detector.polling
         pid = os.fork()
         if pid == 0:  # the child: its own watcher must see its own events
             code = 1
             try:
-                if detector.polling and detector.start() and not detector.polling:
+                if detector.polling and detector.start() and detector.scan() == []:
                     detector.scan()
+                    assert not detector.polling
                     conf.write_text("child")
                     code = 0 if _wait_for_scan(detector) == [str(conf)] else 2
                 detector.stop()
