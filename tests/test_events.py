@@ -156,6 +156,7 @@ def test_real_events_trigger_a_scan(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
 def test_event_thread_is_rebuilt_after_fork(tmp_path: Path) -> None:
     pytest.importorskip("watchfiles")
     conf = tmp_path / "conf.ini"
