@@ -184,3 +184,28 @@ def test_event_thread_is_rebuilt_after_fork(tmp_path: Path) -> None:
         assert not detector.polling  # the parent's watcher is untouched
     finally:
         detector.stop()
+
+
+def test_a_replaced_directory_is_watched_again(tmp_path: Path) -> None:
+    pytest.importorskip("watchfiles")
+    app = tmp_path / "app"
+    app.mkdir()
+    conf = app / "conf.ini"
+    conf.write_text("a")
+    detector = EventDetector(Detector(modules=False, extra_files=[str(conf)]), verify_every=10_000)
+    detector.scan()
+    assert detector.start()
+    try:
+        detector.scan()
+        detector.scan()
+        # A deploy that swaps the whole directory: the old watch stays on the old inode.
+        app.rename(tmp_path / "app.old")
+        app.mkdir()
+        conf.write_text("b")
+        assert _wait_for_scan(detector) == [str(conf)]
+        detector.scan()  # the rescan that follows the new watch
+        conf.write_text("cc")
+        assert _wait_for_scan(detector) == [str(conf)]
+        assert not detector.polling
+    finally:
+        detector.stop()

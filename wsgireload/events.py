@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import stat
 import threading
 import weakref
 from typing import AbstractSet, Any, Callable, Iterable, List, Optional, Sequence, Set, Tuple
@@ -63,6 +64,14 @@ def glob_root(pattern: str) -> str:
     return os.path.dirname(pattern)
 
 
+def _dir_inode(path: str) -> Optional[int]:
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return st.st_ino if stat.S_ISDIR(st.st_mode) else None
+
+
 def _load_watch() -> Optional[Callable[..., Any]]:
     try:
         # Through importlib: the package is optional, so type checkers may not know it.
@@ -109,7 +118,7 @@ class EventDetector:
         self._failed = self._watch is None
         self._watched: AbstractSet[str] = frozenset()
         self._roots: Tuple[str, ...] = ()
-        self._dirs: Set[str] = set()
+        self._dirs: Set[Tuple[str, int]] = set()
         self._module_key: object = None
         self._ticks = 0
         self._suspects: Set[str] = set()
@@ -164,7 +173,8 @@ class EventDetector:
         with self._lock:
             dirty, self._dirty = self._dirty, set()
             rescan, self._rescan = self._rescan, False
-        module_key = id(self.poller.module_paths())  # a new list when sys.modules resized
+        self.poller.module_paths()  # re-lists the modules when sys.modules resized
+        module_key = self.poller._module_count
         self._ticks += 1
         verify = self._ticks >= self.verify_every
         if self._suspects:
@@ -220,26 +230,29 @@ class EventDetector:
         dirs = {os.path.dirname(p) for p in watched}
         for pattern in globs:
             dirs.update(glob_dirs(pattern))
-        existing = set()
+        # With its inode: a directory replaced by a deploy (rm -r, then copy) keeps its name
+        # but not its watch, which stays on the deleted inode.
+        existing: Set[Tuple[str, int]] = set()
         for directory in dirs:
-            if os.path.isdir(directory):
-                existing.add(directory)
+            inode = _dir_inode(directory)
+            if inode is not None:
+                existing.add((directory, inode))
                 continue
             # A listed file in a directory yet to be created: watch the nearest ancestor
             # that exists and treat anything below it as relevant.
             parent = os.path.dirname(directory)
-            while parent != directory and not os.path.isdir(parent):
+            while parent != directory and _dir_inode(parent) is None:
                 directory, parent = parent, os.path.dirname(parent)
-            existing.add(parent)
+            existing.add((parent, _dir_inode(parent) or 0))
             roots += (os.path.join(parent, ""),)
-        dirs = existing
         with self._lock:
-            self._watched = watched
+            # An event on a watched directory itself (moved, deleted) counts too.
+            self._watched = watched.union(directory for directory, _ in existing)
             self._roots = roots
-        if dirs == self._dirs and not force and self._thread is not None:
+        if existing == self._dirs and not force and self._thread is not None:
             return
-        self._dirs = dirs
-        self._restart(sorted(dirs))
+        self._dirs = existing
+        self._restart(sorted(directory for directory, _ in existing))
 
     def _restart(self, dirs: List[str]) -> None:
         old_stop, old_thread = self._stop, self._thread
