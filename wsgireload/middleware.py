@@ -27,8 +27,9 @@ from typing import (
 
 from .actions import ActionSpec, ProcessContext, resolve
 from .detect import Detector
-from .events import EventDetector, available as _events_available
 from .errors import ConfigurationError
+from .events import EventDetector
+from .events import available as _events_available
 from .policy import VALIDATE_CHOICES, ChangeSet, Policy
 
 log = logging.getLogger("wsgireload")
