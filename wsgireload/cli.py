@@ -19,6 +19,7 @@ from .actions import REGISTRY, Action, AutoAction, detect_server
 from .actions.pidfile import DEFAULT_EXPECT, PidfileAction, parse_signal
 from .detect import Detector, site_dirs
 from .errors import ConfigurationError, WsgiReloadError
+from .events import EventDetector
 from .middleware import Reloader
 from .policy import ChangeSet, compile_errors
 from .watcher import Watcher
@@ -280,7 +281,9 @@ def cmd_watch(args: argparse.Namespace, out: TextIO) -> int:
         app, name = load_app(targets[0])
         reloader, where = find_reloader(app)
         if reloader is not None:
-            detector = reloader.detector
+            found = reloader.detector
+            # The event backend wraps a polling Detector; watching from here polls.
+            detector = found.poller if isinstance(found, EventDetector) else found
             defaults = {
                 "interval": reloader.interval,
                 "settle": reloader.policy.settle,

@@ -12,7 +12,9 @@ import os
 import site
 import sys
 import sysconfig
+import time
 import zipimport
+from operator import attrgetter
 from types import ModuleType
 from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
@@ -22,6 +24,17 @@ Identity = Tuple[int, int, int]  # (st_mtime_ns, st_size, st_ino)
 Snapshot = Dict[str, Optional[Identity]]  # None: the file is missing or unreadable
 
 _MAGIC_GLOB = frozenset("*?[")
+
+# One C call builds the identity tuple: cheaper per file than three attribute reads.
+_identity_of = attrgetter("st_mtime_ns", "st_size", "st_ino")
+
+# A glob's matches are re-listed only when a directory it can reach changed its
+# (st_mtime_ns, st_ino). Directory mtimes tick coarsely (a few ms on Linux, 1-2 s on some
+# filesystems): a directory modified within _RACY_NS of the listing may change again
+# unseen, so such a listing is not trusted. _GLOB_REFRESH_SCANS bounds what a filesystem
+# with a skewed clock (NFS) could hide.
+_RACY_NS = 2_000_000_000
+_GLOB_REFRESH_SCANS = 60
 
 
 def identity(path: str) -> Optional[Identity]:
@@ -128,6 +141,14 @@ class Detector:
         self._orphans: List[str] = []
         self._orphans_key: object = None
         self._orphans_size = -1
+        # Excludes never change: filter the listed extra files once.
+        self._extra_wanted = [p for p in self._extra_paths if self._wanted(p)]
+        self._glob_result: List[str] = []
+        self._glob_dirs: Optional[Dict[str, Optional[Tuple[int, int]]]] = None
+        self._glob_scans = 0
+        self._glob_version = 0
+        self._extra: List[str] = list(self._extra_wanted)
+        self._extra_version = -1
 
     # -- listing --------------------------------------------------------------------------
     def _wanted(self, path: str) -> bool:
@@ -167,7 +188,16 @@ class Detector:
         return self._module_paths
 
     def glob_paths(self) -> List[str]:
-        """Files currently matching the ``extra_files`` patterns (directories skipped)."""
+        """Files currently matching the ``extra_files`` patterns (directories skipped).
+
+        Re-listed only when a directory the patterns reach changed since the last listing.
+        """
+        if not self._extra_globs:
+            return []
+        if self._glob_dirs is not None and self._glob_dirs_unchanged():
+            return self._glob_result
+        # Read the clock before listing: a directory touched after this instant is racy.
+        started = time.time_ns()
         found: Set[str] = set()
         for pattern in self._extra_globs:
             try:
@@ -177,7 +207,47 @@ class Detector:
             for path in matches:
                 if self._wanted(path) and not os.path.isdir(path):
                     found.add(path)
-        return sorted(found)
+        result = sorted(found)
+        if result != self._glob_result:
+            self._glob_result = result
+            self._glob_version += 1
+        self._glob_dirs = self._snapshot_glob_dirs(started - _RACY_NS)
+        self._glob_scans = 0
+        return self._glob_result
+
+    def _snapshot_glob_dirs(
+        self, racy_after: int
+    ) -> Optional[Dict[str, Optional[Tuple[int, int]]]]:
+        """(mtime, inode) of every directory the patterns can reach; None if one is racy."""
+        dirs: Dict[str, Optional[Tuple[int, int]]] = {}
+        for pattern in self._extra_globs:
+            for directory in glob_dirs(pattern):
+                try:
+                    st = os.stat(directory)
+                except (OSError, ValueError):
+                    dirs[directory] = None
+                    continue
+                if st.st_mtime_ns > racy_after:
+                    return None
+                dirs[directory] = (st.st_mtime_ns, st.st_ino)
+        return dirs
+
+    def _glob_dirs_unchanged(self) -> bool:
+        assert self._glob_dirs is not None
+        self._glob_scans += 1
+        if self._glob_scans >= _GLOB_REFRESH_SCANS:
+            return False
+        stat = os.stat
+        for directory, old in self._glob_dirs.items():
+            try:
+                st = stat(directory)
+            except (OSError, ValueError):
+                if old is not None:
+                    return False
+                continue
+            if old is None or st.st_mtime_ns != old[0] or st.st_ino != old[1]:
+                return False
+        return True
 
     def watched(self) -> List[str]:
         """Every file watched right now."""
@@ -215,36 +285,42 @@ class Detector:
 
     def _scan(self, changed: List[str]) -> None:
         baseline = self._baseline
+        get = baseline.get
         stat = os.stat
+        identity_of = _identity_of
+        unseen = _UNSEEN
         first = not self._scanned
+        # The hot loop: one stat, one C call, one lookup and one compare per file. An unseen
+        # path compares unequal to any identity, so the steady state takes a single branch.
         for path in self.module_paths():
             try:
-                st = stat(path)
-                ident: Optional[Identity] = (st.st_mtime_ns, st.st_size, st.st_ino)
+                ident: Optional[Identity] = identity_of(stat(path))
             except (OSError, ValueError):
                 ident = None
-            old = baseline.get(path, _UNSEEN)
-            if old is _UNSEEN:
+            old = get(path, unseen)
+            if old != ident:
                 baseline[path] = ident
-            elif old != ident:
-                baseline[path] = ident
-                changed.append(path)
-        extra = [p for p in self._extra_paths if self._wanted(p)]
-        extra.extend(self.glob_paths())
-        for path in extra:
-            ident = identity(path)
-            old = baseline.get(path, _UNSEEN)
-            if old is _UNSEEN:
-                baseline[path] = ident
-                if not first and ident is not None:
+                if old is not unseen:
                     changed.append(path)
-            elif old != ident:
+        globbed = self.glob_paths()
+        if self._extra_version != self._glob_version:
+            self._extra = self._extra_wanted + globbed
+            self._extra_version = self._glob_version
+        extra = self._extra
+        for path in extra:
+            try:
+                ident = identity_of(stat(path))
+            except (OSError, ValueError):
+                ident = None
+            old = get(path, unseen)
+            if old != ident:
                 baseline[path] = ident
-                changed.append(path)
+                if old is not unseen or (not first and ident is not None):
+                    changed.append(path)
         # Files no longer listed (a module dropped from sys.modules, a file that left a glob,
         # a file added after a failed import) stay watched. The set is recomputed only when
         # the listing changed, so a steady scan costs one stat per file and nothing more.
-        key = (self._module_count, tuple(extra))
+        key = (self._module_count, self._extra_version)
         if key != self._orphans_key or len(baseline) != self._orphans_size:
             listed = set(self._module_paths)
             listed.update(extra)
@@ -252,7 +328,10 @@ class Detector:
             self._orphans_key = key
             self._orphans_size = len(baseline)
         for path in self._orphans:
-            ident = identity(path)
+            try:
+                ident = identity_of(stat(path))
+            except (OSError, ValueError):
+                ident = None
             if baseline[path] != ident:
                 baseline[path] = ident
                 changed.append(path)
@@ -294,11 +373,42 @@ def _glob(pattern: str) -> List[str]:
 
 
 class _Unseen:
-    __slots__ = ()
+    __slots__ = ()  # compares by identity: unequal to every Identity and to None
 
 
 _UNSEEN: object = _Unseen()
 _FORGOTTEN: Identity = (-1, -1, -1)  # equals no file's identity: reported at the next scan
+
+
+def glob_dirs(pattern: str) -> List[str]:
+    """Directories whose listing decides what ``pattern`` matches (a superset).
+
+    The deepest wildcard-free directory of the pattern and the directories below it down to
+    the pattern's depth (all of them for ``**``), hidden ones included; symlinks followed,
+    each real directory once.
+    """
+    parts = pattern.split(os.sep)
+    index = next((i for i, part in enumerate(parts) if _MAGIC_GLOB & set(part)), len(parts) - 1)
+    root = os.sep.join(parts[:index]) or os.sep
+    rest = parts[index:]
+    depth = None if "**" in rest else len(rest) - 1
+    found = [root]
+    seen: Set[Tuple[int, int]] = set()
+    for current, dirs, _ in os.walk(root, followlinks=True):
+        try:
+            st = os.stat(current)
+        except OSError:
+            dirs[:] = []
+            continue
+        if (st.st_dev, st.st_ino) in seen:  # a symlink loop
+            dirs[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        level = 0 if current == root else current[len(root) :].strip(os.sep).count(os.sep) + 1
+        if depth is not None and level >= depth:
+            dirs[:] = []
+        found.extend(os.path.join(current, d) for d in dirs)
+    return found
 
 
 def fingerprint(snapshot: Snapshot, paths: Sequence[str]) -> str:

@@ -27,6 +27,8 @@ from typing import (
 from .actions import ActionSpec, ProcessContext, resolve
 from .detect import Detector
 from .errors import ConfigurationError
+from .events import EventDetector
+from .events import available as _events_available
 from .policy import VALIDATE_CHOICES, ChangeSet, Policy
 
 log = logging.getLogger("wsgireload")
@@ -37,6 +39,7 @@ WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
 PathSpec = Union[str, "os.PathLike[str]"]
 
 MODES = ("auto", "thread", "inline")
+BACKENDS = ("poll", "events", "auto")
 # Seconds a due reload waits for a moment with no response in flight. Under steady load (or a
 # client keeping slow responses overlapping) that moment may never come; server-graceful
 # actions then fire at the next response close. Instances may override it.
@@ -71,6 +74,10 @@ class Reloader:
         ChangeSet.
     :param mode: ``"thread"`` (a watcher thread per worker), ``"inline"`` (scan on the request
         path at most once per interval, for servers without threads) or ``"auto"``.
+    :param backend: ``"poll"`` (stat every watched file each interval: works everywhere),
+        ``"events"`` (scan only after a filesystem event, via the ``watchfiles`` package;
+        polls if it is missing or the filesystem reports nothing) or ``"auto"`` (events
+        when ``watchfiles`` is installed).
     :param clock: monotonic clock in seconds (tests inject one).
     """
 
@@ -104,6 +111,7 @@ class Reloader:
         import_timeout: float = 30.0,  # seconds
         action: ActionSpec = "auto",
         mode: str = "auto",
+        backend: str = "poll",
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not callable(app):
@@ -125,6 +133,10 @@ class Reloader:
             raise ConfigurationError(
                 f"mode={mode!r} is not allowed; use 'auto', 'thread' or 'inline'"
             )
+        if backend not in BACKENDS:
+            raise ConfigurationError(
+                f"backend={backend!r} is not allowed; use 'poll', 'events' or 'auto'"
+            )
         if validate == "import" and import_name is None:
             import_name = _caller_module()
             if import_name is None:
@@ -137,11 +149,20 @@ class Reloader:
         self.mode = mode
         self.clock = clock
         self.action = resolve(action)
-        self.detector = Detector(
+        detector = Detector(
             extra_files=_as_list("extra_files", extra_files),
             exclude=[os.fspath(p) for p in _as_list("exclude", exclude)],
             include_stdlib=include_stdlib,
         )
+        self.detector: Union[Detector, EventDetector] = detector
+        if backend != "poll":
+            if _events_available():
+                self.detector = EventDetector(detector)
+            elif backend == "events":
+                log.warning(
+                    "wsgireload: backend='events' needs the watchfiles package "
+                    "(pip install 'wsgireload[events]'); polling instead"
+                )
         self.policy = Policy(
             settle=float(settle),
             settle_max=float(settle_max),
@@ -241,6 +262,8 @@ class Reloader:
                 return
             if self._closed:  # close() ran meanwhile: it saw no thread, so start none
                 return
+            if isinstance(self.detector, EventDetector):
+                self.detector.start()  # per process: its thread does not survive a fork
             thread = threading.Thread(
                 target=_watch,
                 args=(weakref.ref(self), self._stop),
@@ -364,6 +387,8 @@ class Reloader:
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=max(5.0, self.interval * 2))
         self._thread = None
+        if isinstance(self.detector, EventDetector):
+            self.detector.stop()
 
     @property
     def reload_due(self) -> Optional[ChangeSet]:

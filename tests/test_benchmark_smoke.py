@@ -1,0 +1,30 @@
+"""Smoke test of benchmarks/run.py: the quick run prints its table.
+
+It asserts nothing about speed: benchmarks are not tests on a shared, noisy machine.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_quick_benchmark_prints_the_table() -> None:
+    proc = subprocess.run(
+        [sys.executable, os.path.join("benchmarks", "run.py"), "--quick", "--files", "50"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "wsgireload benchmark" in out
+    for section in ("request", "scan", "watcher CPU", "latency", "memory"):
+        assert f"\n{section}" in out, section
+    assert "Django StatReloader.snapshot_files()" in out
+    assert "Werkzeug StatReloaderLoop.run_step()" in out
