@@ -18,8 +18,6 @@ import types
 from pathlib import Path
 from typing import Any, Callable, Dict, List
 
-import pytest
-
 from wsgireload import Reloader
 from wsgireload.detect import Detector, fingerprint
 from wsgireload.policy import Policy, compile_errors
