@@ -266,3 +266,30 @@ def test_module_list_is_cached_until_sys_modules_changes(pkg) -> None:  # type: 
     pkg("wr_mod_cache")
     importlib.import_module("wr_mod_cache")
     assert det.module_paths() is not first
+
+
+def test_late_import_edited_after_the_baseline_is_a_change(pkg) -> None:  # type: ignore[no-untyped-def]
+    """A module imported lazily (Django's URLconf at the first request) after an edit that
+    landed after the baseline: its first sighting must not adopt the edit silently."""
+    import time
+
+    det = Detector(changed_since_ns=time.time_ns() - 10_000_000_000)  # baseline 10 s ago
+    det.scan()
+    edited = pkg("wr_late_edited")  # written now: after the baseline
+    old = pkg("wr_late_old")
+    os.utime(old, ns=(1, 1_000_000_000))  # unchanged since long before the baseline
+    future = pkg("wr_late_future")
+    far = time.time_ns() + 3600 * 10**9
+    os.utime(future, ns=(far, far))  # clock skew: never a change, or reloads would loop
+    for name in ("wr_late_edited", "wr_late_old", "wr_late_future"):
+        importlib.import_module(name)
+    assert det.scan() == [str(edited)]
+    assert det.scan() == []
+
+
+def test_late_import_without_changed_since_is_baselined(pkg) -> None:  # type: ignore[no-untyped-def]
+    det = Detector()
+    det.scan()
+    pkg("wr_late_plain")
+    importlib.import_module("wr_late_plain")
+    assert det.scan() == []

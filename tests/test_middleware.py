@@ -417,3 +417,23 @@ def test_forked_child_starts_its_own_watcher(watched: Path, clock: FakeClock) ->
         assert reloader._thread is parent_thread  # the parent is untouched
     finally:
         reloader.close()
+
+
+def test_module_edited_then_imported_lazily_after_creation_is_a_change(
+    watched: Path, clock: FakeClock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The gap the Django example hit: views imported at the first request, edited before."""
+    recorder = Recorder()
+    reloader = make(hello, watched, clock, action=recorder)
+    lazy = tmp_path / "wr_lazy_views.py"
+    lazy.write_text("VALUE = 2\n")  # the deploy lands after the Reloader was created...
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import importlib
+
+    importlib.import_module("wr_lazy_views")  # ...and the module is first imported after it
+    try:
+        clock.advance(10)
+        changes = reloader.run_step(clock())
+        assert changes is not None and str(lazy) in changes.files
+    finally:
+        sys.modules.pop("wr_lazy_views", None)

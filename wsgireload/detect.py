@@ -113,6 +113,9 @@ class Detector:
     :param modules: watch the source files of ``sys.modules``.
     :param include_stdlib: also watch the interpreter's standard library (off: a deploy does
         not change it, and skipping it halves a typical scan).
+    :param changed_since_ns: wall-clock time (``time.time_ns()``) the baseline stands for: a
+        module file first seen later whose mtime is after it (and not in the future) is
+        reported as changed rather than silently adopted.
     """
 
     def __init__(
@@ -122,12 +125,14 @@ class Detector:
         exclude: Iterable[str] = (),
         modules: bool = True,
         include_stdlib: bool = False,
+        changed_since_ns: Optional[int] = None,
     ) -> None:
         patterns = [os.fspath(p) for p in extra_files]
         self._extra_paths = [os.path.abspath(p) for p in patterns if not _MAGIC_GLOB & set(p)]
         self._extra_globs = [os.path.abspath(p) for p in patterns if _MAGIC_GLOB & set(p)]
         self._exclude = tuple(os.fspath(p) for p in exclude) + ("*/__pycache__/*",)
         self._modules = modules
+        self.changed_since_ns = changed_since_ns
         self._skip_dirs = () if include_stdlib else stdlib_dirs()
         self._keep_dirs = site_dirs()
         # Module files are cached and rebuilt only when sys.modules grows or shrinks: listing
@@ -290,6 +295,8 @@ class Detector:
         identity_of = _identity_of
         unseen = _UNSEEN
         first = not self._scanned
+        since = self.changed_since_ns
+        now = time.time_ns() if since is not None else 0
         # The hot loop: one stat, one C call, one lookup and one compare per file. An unseen
         # path compares unequal to any identity, so the steady state takes a single branch.
         for path in self.module_paths():
@@ -301,6 +308,12 @@ class Detector:
             if old != ident:
                 baseline[path] = ident
                 if old is not unseen:
+                    changed.append(path)
+                elif since is not None and ident is not None and since < ident[0] <= now:
+                    # First seen, yet modified after the process took its baseline: the
+                    # module may have been imported before that edit (a lazy import, Django's
+                    # URLconf at the first request). At worst one reload too many; an mtime
+                    # in the future never counts, so clock skew cannot make a reload loop.
                     changed.append(path)
         globbed = self.glob_paths()
         if self._extra_version != self._glob_version:

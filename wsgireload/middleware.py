@@ -153,6 +153,9 @@ class Reloader:
             extra_files=_as_list("extra_files", extra_files),
             exclude=[os.fspath(p) for p in _as_list("exclude", exclude)],
             include_stdlib=include_stdlib,
+            # Modules imported after this point are baselined when first seen; an edit that
+            # landed between now and then must still count (see Detector).
+            changed_since_ns=time.time_ns(),
         )
         self.detector: Union[Detector, EventDetector] = detector
         if backend != "poll":
