@@ -24,19 +24,19 @@ from typing import (
     Union,
 )
 
+from ._options import PathSpec, build_detector, build_policy, run_action
 from .actions import ActionSpec, ProcessContext, resolve
 from .detect import Detector
 from .errors import ConfigurationError
 from .events import EventDetector
 from .events import available as _events_available
-from .policy import VALIDATE_CHOICES, ChangeSet, Policy
+from .policy import ChangeSet
 
 log = logging.getLogger("wsgireload")
 
 Environ = Dict[str, Any]
 StartResponse = Callable[..., Any]
 WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
-PathSpec = Union[str, "os.PathLike[str]"]
 
 MODES = ("auto", "thread", "inline")
 BACKENDS = ("poll", "events", "auto")
@@ -116,19 +116,21 @@ class Reloader:
     ) -> None:
         if not callable(app):
             raise ConfigurationError(f"app must be a WSGI callable, not {type(app).__name__}")
-        _positive("interval", interval)
-        _non_negative("settle", settle)
-        _non_negative("settle_max", settle_max)
-        _positive("import_timeout", import_timeout)
-        if settle_max < settle:
-            raise ConfigurationError(
-                f"settle_max ({settle_max}) must be at least settle ({settle}): it caps how "
-                "long a change set may keep growing"
-            )
-        if validate not in VALIDATE_CHOICES:
-            raise ConfigurationError(
-                f"validate={validate!r} is not allowed; use 'compile', 'import' or None"
-            )
+        if validate == "import" and import_name is None:
+            import_name = _caller_module()
+            if import_name is None:
+                raise ConfigurationError(
+                    "validate='import' needs import_name='your.wsgi.module' when the Reloader "
+                    "is not created at the top level of an importable module"
+                )
+        self.policy = build_policy(
+            interval=interval,
+            settle=settle,
+            settle_max=settle_max,
+            validate=validate,
+            import_name=import_name,
+            import_timeout=import_timeout,
+        )
         if mode not in MODES:
             raise ConfigurationError(
                 f"mode={mode!r} is not allowed; use 'auto', 'thread' or 'inline'"
@@ -137,21 +139,14 @@ class Reloader:
             raise ConfigurationError(
                 f"backend={backend!r} is not allowed; use 'poll', 'events' or 'auto'"
             )
-        if validate == "import" and import_name is None:
-            import_name = _caller_module()
-            if import_name is None:
-                raise ConfigurationError(
-                    "validate='import' needs import_name='your.wsgi.module' when the Reloader "
-                    "is not created at the top level of an importable module"
-                )
         self.app = app
         self.interval = float(interval)
         self.mode = mode
         self.clock = clock
         self.action = resolve(action)
-        detector = Detector(
-            extra_files=_as_list("extra_files", extra_files),
-            exclude=[os.fspath(p) for p in _as_list("exclude", exclude)],
+        detector = build_detector(
+            extra_files,
+            exclude,
             include_stdlib=include_stdlib,
             # Modules imported after this point are baselined when first seen; an edit that
             # landed between now and then must still count (see Detector).
@@ -166,13 +161,6 @@ class Reloader:
                     "wsgireload: backend='events' needs the watchfiles package "
                     "(pip install 'wsgireload[events]'); polling instead"
                 )
-        self.policy = Policy(
-            settle=float(settle),
-            settle_max=float(settle_max),
-            validate=validate,
-            import_name=import_name,
-            import_timeout=float(import_timeout),
-        )
         # The baseline is what this process imported; forked workers inherit it, so a change
         # made between a worker's start and its first request is still seen.
         self.detector.scan()
@@ -341,17 +329,7 @@ class Reloader:
         return self.clock() - self._due_at >= self.drain_timeout
 
     def _fire(self, changes: ChangeSet) -> None:
-        try:
-            log.info(
-                "wsgireload: %d file%s changed (%s); reloading with %s",
-                len(changes.files),
-                "" if len(changes.files) == 1 else "s",
-                changes.describe(),
-                self.action.describe(),
-            )
-            self.action(changes)
-        except Exception as exc:
-            log.error("wsgireload: the reload action %s failed: %r", self.action.describe(), exc)
+        run_action(self.action, changes)
 
     # -- failures -----------------------------------------------------------------------
     def _note_import_failure(self, exc: BaseException) -> None:
@@ -472,36 +450,6 @@ def _threads_available(environ: Environ) -> bool:
     except Exception:  # an odd value must not leave this process without a watcher
         return True
     return parts >= (2, 0, 27)
-
-
-def _positive(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ConfigurationError(
-            f"{name} must be a number of seconds greater than 0 (got {value!r}); "
-            "0 would make the watcher spin"
-        )
-
-
-def _non_negative(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-        raise ConfigurationError(f"{name} must be a number of seconds, 0 or more (got {value!r})")
-
-
-def _as_list(name: str, value: Any) -> List[Any]:
-    if isinstance(value, (str, os.PathLike)):
-        return [value]
-    try:
-        items = list(value)
-    except TypeError:
-        raise ConfigurationError(
-            f"{name} must be a path or pattern, or a list of them (got {type(value).__name__})"
-        ) from None
-    for item in items:
-        if not isinstance(item, (str, os.PathLike)):
-            raise ConfigurationError(
-                f"{name} entries must be paths or patterns (got {type(item).__name__}: {item!r})"
-            )
-    return items
 
 
 def _caller_module() -> Optional[str]:

@@ -13,11 +13,11 @@ import threading
 import time
 from typing import Any, Callable, Iterable, List, Mapping, Optional, Union
 
+from ._options import PathSpec, build_detector, build_policy, run_action
 from .actions import ActionSpec, ProcessContext, resolve
 from .detect import Detector
 from .errors import ConfigurationError
-from .middleware import PathSpec, _as_list, _non_negative, _positive
-from .policy import VALIDATE_CHOICES, ChangeSet, Policy
+from .policy import ChangeSet
 
 log = logging.getLogger("wsgireload")
 
@@ -79,42 +79,31 @@ class Watcher:
         on_event: Optional[EventHook] = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        _positive("interval", interval)
-        _non_negative("settle", settle)
-        _non_negative("settle_max", settle_max)
-        _positive("import_timeout", import_timeout)
-        if settle_max < settle:
-            raise ConfigurationError(
-                f"settle_max ({settle_max}) must be at least settle ({settle}): it caps how "
-                "long a change set may keep growing"
-            )
-        if validate not in VALIDATE_CHOICES:
-            raise ConfigurationError(
-                f"validate={validate!r} is not allowed; use 'compile', 'import' or None"
-            )
         if validate == "import" and not import_name:
             raise ConfigurationError("validate='import' needs import_name='your.wsgi.module'")
+        self.policy = build_policy(
+            interval=interval,
+            settle=settle,
+            settle_max=settle_max,
+            validate=validate,
+            import_name=import_name,
+            import_timeout=import_timeout,
+        )
         self.interval = float(interval)
         self.clock = clock
         self.action = resolve(action)
         self.on_event = on_event
         if detector is None:
-            detector = Detector(
-                extra_files=[os.fspath(p) for p in _as_list("extra_files", extra_files)],
-                exclude=[os.fspath(p) for p in _as_list("exclude", exclude)],
+            detector = build_detector(
+                extra_files,
+                exclude,
                 modules=modules,
                 include_stdlib=include_stdlib,
+                changed_since_ns=time.time_ns(),  # late imports: see Detector
             )
             # The baseline is what this process has loaded now: a later edit is a change.
             detector.scan()
         self.detector = detector
-        self.policy = Policy(
-            settle=float(settle),
-            settle_max=float(settle_max),
-            validate=validate,
-            import_name=import_name,
-            import_timeout=float(import_timeout),
-        )
         self._created_pid = os.getpid() if created_pid is None else created_pid
         self._changed_since = changed_since
         self._setup_pid: Optional[int] = None
@@ -168,18 +157,9 @@ class Watcher:
         ]
 
     def _act(self, changes: ChangeSet) -> None:
-        log.info(
-            "wsgireload: %d file%s changed (%s); reloading with %s",
-            len(changes.files),
-            "" if len(changes.files) == 1 else "s",
-            changes.describe(),
-            self.action.describe(),
-        )
-        try:
-            self.action(changes)
-        except Exception as exc:
-            log.error("wsgireload: the reload action %s failed: %r", self.action.describe(), exc)
-            self._event("failed", exc)
+        failure = run_action(self.action, changes)
+        if failure is not None:
+            self._event("failed", failure)
             return
         self._event("acted", changes)
 

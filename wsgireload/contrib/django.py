@@ -9,7 +9,8 @@ import importlib
 import os
 from typing import Any, Iterable, List, Set, Union
 
-from ..middleware import PathSpec, Reloader, WSGIApp, _as_list
+from .._options import PathSpec, as_list
+from ..middleware import Reloader, WSGIApp
 
 __all__ = ["DjangoReloader", "django_extra_files"]
 
@@ -85,5 +86,5 @@ class DjangoReloader(Reloader):
         **options: Any,
     ) -> None:
         patterns: List[PathSpec] = list(django_extra_files())
-        patterns.extend(_as_list("extra_files", extra_files))
+        patterns.extend(as_list("extra_files", extra_files))
         super().__init__(app, extra_files=patterns, **options)
