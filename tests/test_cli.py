@@ -267,6 +267,7 @@ def test_watch_pidfile_signals_once_per_change_set(
     finally:
         server.send_signal(signal.SIGKILL)
         server.wait()
+        server.stdout.close()  # type: ignore[union-attr]
 
 
 def test_python_m_wsgireload() -> None:
