@@ -10,6 +10,7 @@ then open http://127.0.0.1:8000/, edit ``examples/greeting.py`` or
 (one scan interval plus the settle time) the server reloads gracefully, once.
 """
 
+import logging
 import os
 
 from flask import Flask, render_template
@@ -21,6 +22,10 @@ from .greeting import greeting
 # Not resolved: with a symlink-swap deploy (`current` -> releases/N) the template path must
 # go through `current`, as the app's imports do, so that the swap is seen as a change.
 HERE = os.path.dirname(os.path.abspath(__file__))
+
+# wsgireload logs through logging.getLogger("wsgireload") and adds no handler of its own; an
+# app shows its INFO lines (one per reload) and ERRORs (a broken file) like this.
+logging.basicConfig(level=logging.INFO, format="%(asctime)s [%(process)d] %(message)s")
 
 app = Flask(__name__)
 
