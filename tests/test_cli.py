@@ -68,7 +68,7 @@ def test_check_reports_files_scan_compile_and_action(
     assert "wsgireload/ (in " in out or "wsgireload/ (site-packages)" in out
     assert "one scan:" in out and "ms for" in out
     assert "compile:" in out and ".py files compile" in out
-    assert "here: standalone" in out and "under gunicorn: auto would use" in out
+    assert "here: standalone" in out and "under gunicorn: one SIGHUP per deploy to the verified master" in out
 
 
 def test_check_verbose_lists_every_file(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -126,14 +126,9 @@ def _server_lines(environ: Dict[str, Any]) -> List[str]:
     lines = [f"here: {here} ({why})"]
     for server in ("gunicorn", "uwsgi", "mod_wsgi", "standalone"):
         factory = REGISTRY.get(server)
-        if factory is not None:
-            try:
-                what = factory().describe()
-            except Exception as exc:  # a broken action must not break the report
-                what = f"{server} action (cannot describe: {exc!r})"
-        else:
-            what = "nothing yet: warns once and does not reload"
-        lines.append(f"under {server}: auto would use {what}")
+        summary = getattr(factory, "summary", "") if factory is not None else ""
+        what = summary or "warns once and does not reload"
+        lines.append(f"under {server}: {what}")
     return lines
 
 

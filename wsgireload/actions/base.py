@@ -36,6 +36,8 @@ class Action:
     """
 
     name: ClassVar[str] = "action"
+    # One line for `wsgireload check`: what this action does, before it has seen a process.
+    summary: ClassVar[str] = ""
     # True: the reloader counts every request, not only those started after a reload became
     # due, because the action ends this process abruptly (exit, exec) with no server grace.
     requires_drain: ClassVar[bool] = False

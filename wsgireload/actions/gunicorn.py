@@ -52,6 +52,10 @@ class GunicornAction(Action):
     """
 
     name = "gunicorn"
+    summary = (
+        "one SIGHUP per deploy to the verified master (graceful reload of every worker); "
+        "with --preload, one ERROR and no reload"
+    )
 
     def __init__(
         self,
@@ -164,6 +168,7 @@ class RestartWorkerAction(Action):
     """
 
     name = "restart-worker"
+    summary = "each worker sends itself SIGTERM after its response; gunicorn replaces it"
 
     def __init__(
         self,

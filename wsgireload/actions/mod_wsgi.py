@@ -26,6 +26,10 @@ class ModWsgiAction(Action):
     """
 
     name = "mod_wsgi"
+    summary = (
+        "daemon mode: each process sends itself SIGINT after its last response; "
+        "embedded mode: a WARNING that reload needs daemon mode"
+    )
 
     def __init__(
         self,

@@ -151,6 +151,9 @@ class StandaloneAction(Action):
     """No safe reload without a master: log a WARNING once, then only DEBUG lines."""
 
     name = "standalone"
+    summary = (
+        "one WARNING, no signal (restart the server yourself, or use action='exit' or 'exec')"
+    )
 
     def __init__(self) -> None:
         self.warned = False
@@ -183,6 +186,7 @@ class ExitAction(_Restart):
     """
 
     name = "exit"
+    summary = "exit after draining, for a supervisor to restart the process"
 
     def __init__(
         self,
@@ -290,6 +294,7 @@ class ExecAction(_Restart):
     """
 
     name = "exec"
+    summary = "re-execute the same command line after draining"
 
     def __init__(
         self,

@@ -61,6 +61,10 @@ class UwsgiAction(Action):
     """
 
     name = "uwsgi"
+    summary = (
+        "chain reload through the master FIFO with --lazy-apps and --master-fifo, else "
+        "uwsgi.reload() of the verified master; refuses pyuwsgi in a venv without --binary-path"
+    )
 
     def __init__(
         self,
