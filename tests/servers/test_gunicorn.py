@@ -13,7 +13,7 @@ from typing import Dict, List, Optional, Sequence, Set
 
 import pytest
 
-from .harness import Load, Server, free_port, get, wait_for, write
+from .harness import Load, Server, free_port, get, gunicorn_no_control_socket, wait_for, write
 
 pytestmark = [pytest.mark.server, pytest.mark.skipif(sys.platform == "win32", reason="POSIX only")]
 
@@ -76,7 +76,7 @@ def gunicorn(
         sys.executable,
         "-m",
         "gunicorn",
-        "--no-control-socket",
+        *gunicorn_no_control_socket(),
         "-w",
         str(workers),
         "-b",
