@@ -267,6 +267,8 @@ def test_watch_pidfile_signals_once_per_change_set(
     finally:
         server.send_signal(signal.SIGKILL)
         server.wait()
+        assert server.stdout is not None
+        server.stdout.close()
 
 
 def test_python_m_wsgireload() -> None:

@@ -47,6 +47,7 @@ def child(tmp_path: Path) -> Iterator[Tuple[subprocess.Popen[bytes], Path]]:
     finally:
         proc.kill()
         proc.wait()
+        proc.stdout.close()
 
 
 @needs_proc
