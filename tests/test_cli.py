@@ -240,8 +240,10 @@ def test_watch_pidfile_signals_once_per_change_set(
     workdir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     server = subprocess.Popen(
-        [sys.executable, "-c", "import signal, sys, time\n"
-         "signal.signal(signal.SIGUSR1, lambda *a: print('usr1', flush=True))\n"
+        # os.write, not print: the signal may land while print('ready') is still flushing,
+        # and a print from the handler then fails as a reentrant call on stdout.
+        [sys.executable, "-c", "import os, signal, sys, time\n"
+         "signal.signal(signal.SIGUSR1, lambda *a: os.write(1, b'usr1\\n'))\n"
          "print('ready', flush=True)\n"
          "time.sleep(60)"],
         stdout=subprocess.PIPE,
