@@ -33,6 +33,17 @@ def bin_path(name: str) -> str:
     return str(candidate) if candidate.exists() else name
 
 
+def gunicorn_no_control_socket() -> List[str]:
+    """``--no-control-socket`` where gunicorn has a control socket (25+), else nothing.
+
+    gunicorn 25+ binds ``~/.gunicorn/gunicorn.ctl`` by default, so test servers running at once
+    would collide; Python 3.9 gets gunicorn 23, which rejects the option as unknown.
+    """
+    import gunicorn.config
+
+    return ["--no-control-socket"] if hasattr(gunicorn.config, "ControlSocket") else []
+
+
 def write(path: Path, text: str) -> None:
     """Write a file atomically-ish (write then rename), as a deploy tool would."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -79,7 +90,11 @@ class Server:
             env=env,
             start_new_session=True,
         )
-        self.wait_ready(ready_path, timeout)
+        try:
+            self.wait_ready(ready_path, timeout)
+        except BaseException:  # never appended to ``servers``: stop it (and close its log) here
+            self.stop()
+            raise
         return self
 
     def wait_ready(self, path: str = "/", timeout: float = 30.0) -> None:

@@ -13,7 +13,17 @@ from typing import Iterator, List
 
 import pytest
 
-from .harness import Load, Server, _repo_root, bin_path, free_port, get, wait_for, write
+from .harness import (
+    Load,
+    Server,
+    _repo_root,
+    bin_path,
+    free_port,
+    get,
+    gunicorn_no_control_socket,
+    wait_for,
+    write,
+)
 from .reloadhelp import boots, hups
 
 pytestmark = pytest.mark.server
@@ -48,7 +58,7 @@ def test_pidfile_watcher_reloads_gunicorn_once_per_change_set(
     port = free_port()
     server = Server(
         [bin_path("gunicorn"), "--workers", "2", "--bind", f"127.0.0.1:{port}",
-         "--no-control-socket", "--pid", str(pidfile), "app:application"],
+         *gunicorn_no_control_socket(), "--pid", str(pidfile), "app:application"],
         cwd=app_dir, port=port, log_path=tmp_path / "gunicorn.log",
     )
     servers.append(server.start())

@@ -12,7 +12,16 @@ from typing import Dict, List
 
 import pytest
 
-from .harness import Load, Server, bin_path, free_port, get, wait_for, write
+from .harness import (
+    Load,
+    Server,
+    bin_path,
+    free_port,
+    get,
+    gunicorn_no_control_socket,
+    wait_for,
+    write,
+)
 from .reloadhelp import boots, hups
 
 pytestmark = pytest.mark.server
@@ -51,7 +60,7 @@ def gunicorn(tmp_path: Path, conf: str, env: Dict[str, str]) -> Server:
     port = free_port()
     return Server(
         [bin_path("gunicorn"), "-c", "gunicorn.conf.py", "--workers", "2",
-         "--bind", f"127.0.0.1:{port}", "--no-control-socket", "app:application"],
+         "--bind", f"127.0.0.1:{port}", *gunicorn_no_control_socket(), "app:application"],
         cwd=tmp_path, port=port, log_path=tmp_path / "server.log", env=env,
     )
 

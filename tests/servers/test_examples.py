@@ -11,7 +11,16 @@ from typing import List
 
 import pytest
 
-from .harness import Load, Server, bin_path, free_port, get, wait_for, write
+from .harness import (
+    Load,
+    Server,
+    bin_path,
+    free_port,
+    get,
+    gunicorn_no_control_socket,
+    wait_for,
+    write,
+)
 from .reloadhelp import boots, copy_examples, hups, patch
 
 pytestmark = pytest.mark.server
@@ -24,7 +33,7 @@ def gunicorn(tmp_path: Path, target: str) -> Server:
     port = free_port()
     return Server(
         [bin_path("gunicorn"), "--workers", "2", "--bind", f"127.0.0.1:{port}",
-         "--no-control-socket", "--graceful-timeout", "10", target],
+         *gunicorn_no_control_socket(), "--graceful-timeout", "10", target],
         cwd=tmp_path, port=port, log_path=tmp_path / "gunicorn.log",
     )
 

@@ -13,7 +13,7 @@ from typing import Dict, List, Optional, Sequence, Set
 
 import pytest
 
-from .harness import Load, Server, free_port, get, wait_for, write
+from .harness import Load, Server, free_port, get, gunicorn_no_control_socket, wait_for, write
 
 pytestmark = [pytest.mark.server, pytest.mark.skipif(sys.platform == "win32", reason="POSIX only")]
 
@@ -76,7 +76,7 @@ def gunicorn(
         sys.executable,
         "-m",
         "gunicorn",
-        "--no-control-socket",
+        *gunicorn_no_control_socket(),
         "-w",
         str(workers),
         "-b",
@@ -197,8 +197,18 @@ def test_one_edit_under_load_reloads_each_worker_once(
         f"\n{worker_args or 'sync'}: new code on every worker after {took:.2f}s; "
         f"{result.ok} ok, {result.failed} failed"
     )
-    assert result.failed == 0, result.errors[:5]
     assert server.log().count("sending SIGHUP to gunicorn master") == 1
+    if result.failed and worker_args and _gunicorn_version() < (24,):
+        # Measured: gunicorn 23's gthread workers reset a few connections on any HUP, sent by
+        # hand without wsgireload too; 24.0.0+ lose none. Python 3.9 cannot install gunicorn 24+.
+        pytest.xfail(f"gunicorn {_gunicorn_version()} gthread drops connections on HUP")
+    assert result.failed == 0, result.errors[:5]
+
+
+def _gunicorn_version() -> tuple[int, ...]:
+    import gunicorn
+
+    return tuple(gunicorn.version_info)
 
 
 def test_restart_worker_replaces_each_worker_once(tmp_path: Path, servers: List[Server]) -> None:
