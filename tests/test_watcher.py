@@ -185,3 +185,16 @@ def test_without_changed_since_a_late_edit_is_baseline(project: Path) -> None:
     watcher, acted, _ = make(project)
     watcher.step(10.0)
     assert watcher.step(11.0) is None and acted == []
+
+
+def test_changed_since_ignores_mtimes_in_the_future(project: Path) -> None:
+    """A file dated ahead of the clock would make every new worker reload again: never."""
+    import time
+
+    far = time.time_ns() + 3600 * 1_000_000_000
+    os.utime(project / "mod.py", ns=(far, far))
+    old = 1_000_000_000 * 1_000_000_000  # year 2001: unchanged since long before the fork
+    os.utime(project / "page.html", ns=(old, old))
+    watcher, acted, events = make(project, changed_since=time.time() - 60)
+    watcher.step(10.0)
+    assert watcher.step(11.0) is None and acted == []

@@ -350,6 +350,17 @@ class Detector:
                 changed.append(path)
         self._scanned = True
 
+    def modified_since(self, since_ns: int) -> List[str]:
+        """Watched files whose recorded mtime is after ``since_ns`` (``time.time_ns()``) and
+        not in the future: an mtime ahead of the clock never counts, or every new process
+        would reload again (clock skew, a tarball from a fast machine)."""
+        now = time.time_ns()
+        return sorted(
+            path
+            for path, ident in self._baseline.items()
+            if ident is not None and since_ns < ident[0] <= now
+        )
+
     @property
     def baseline(self) -> Snapshot:
         """The identity of every watched file as last scanned (read it, do not change it)."""

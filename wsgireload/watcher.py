@@ -11,7 +11,7 @@ import os
 import sys
 import threading
 import time
-from typing import Any, Callable, Iterable, List, Mapping, Optional, Union
+from typing import Any, Callable, Iterable, Mapping, Optional, Union
 
 from ._options import PathSpec, build_detector, build_policy, run_action
 from .actions import ActionSpec, ProcessContext, resolve
@@ -126,7 +126,8 @@ class Watcher:
                 now = self.clock()
             changed = self.detector.scan()
             if self._changed_since is not None:
-                changed = sorted(set(changed).union(self._modified_since(self._changed_since)))
+                since_ns = int(self._changed_since * 1e9)
+                changed = sorted(set(changed).union(self.detector.modified_since(since_ns)))
                 self._changed_since = None
             if changed:
                 for path in changed:
@@ -147,14 +148,6 @@ class Watcher:
         except Exception as exc:
             self._log_failure(exc)
             return None
-
-    def _modified_since(self, wall_time: float) -> List[str]:
-        limit = int(wall_time * 1e9)
-        return [
-            path
-            for path, ident in self.detector.baseline.items()
-            if ident is not None and ident[0] > limit
-        ]
 
     def _act(self, changes: ChangeSet) -> None:
         failure = run_action(self.action, changes)
