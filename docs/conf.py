@@ -36,6 +36,7 @@ nitpick_ignore_regex = [
     (r"py:.*", r"(typing|collections\.abc|os|signal|socket|threading|logging|argparse)\..*"),
     (r"py:class", r"(Callable|Optional|Union|Any|Iterable|Sequence|Mapping|Dict|List|Tuple)"),
     (r"py:class", r"(int|str|float|bool|bytes|object|None|Exception|ValueError)"),
+    (r"py:class", r"wsgireload\..*\._[A-Za-z]\w*"),  # private bases are not documented
 ]
 
 autodoc_member_order = "bysource"

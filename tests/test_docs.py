@@ -300,8 +300,7 @@ def test_the_page_parser_joins_wrapped_entries() -> None:
 
 # -- the configuration page ------------------------------------------------------------------
 def _section(text: str, heading: str) -> str:
-    """The text under ``heading`` (e.g. ``## Reloader``) up to the next heading as high."""
-    level = len(heading) - len(heading.lstrip("#"))
+    """The text under ``heading`` (e.g. ``## Reloader``) up to the next heading."""
     lines = text.splitlines()
     try:
         start = lines.index(heading)
@@ -309,8 +308,7 @@ def _section(text: str, heading: str) -> str:
         pytest.fail(f"{CONFIGURATION.relative_to(ROOT)} has no heading {heading!r}")
     out = []
     for line in lines[start + 1:]:
-        stripped = line.lstrip("#")
-        if line.startswith("#") and stripped.startswith(" ") and len(line) - len(stripped) <= level:
+        if re.match(r"#{1,6} ", line):
             break
         out.append(line)
     return "\n".join(out)
@@ -422,7 +420,7 @@ def test_configuration_page_lists_every_cli_option_with_its_default() -> None:
             if isinstance(action, (argparse._HelpAction, argparse._VersionAction)):
                 continue
             if not action.option_strings:  # a positional: named, no default
-                if f"`{action.metavar or action.dest}`" not in section:
+                if str(action.metavar or action.dest) not in section:
                     problems.append(f"{heading}: the argument `{action.metavar}` is not named")
                 continue
             expected[max(action.option_strings, key=len)] = cli_default(action)
