@@ -332,7 +332,7 @@ def _documented(section: str, key: Callable[[str], List[str]]) -> Dict[str, str]
 
 
 def python_default(value: object) -> str:
-    """A signature default as the page writes it: ``1.0``, ``"auto"``, ``()``, ``time.monotonic``."""
+    """A signature default as the page writes it: ``1.0``, ``"auto"``, ``time.monotonic``."""
     if isinstance(value, str):
         return f'"{value}"'
     if callable(value):
