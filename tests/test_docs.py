@@ -206,7 +206,8 @@ def entry_to_paste(message: Message) -> str:
         f"{message.level} {message.text}", width=96, break_long_words=False,
         break_on_hyphens=False,
     )
-    title = message.text.replace("wsgireload: ", "", 1).split(":")[0].split(";")[0][:60]
+    title = re.split(r"[:;(]", message.text.replace("wsgireload: ", "", 1))[0]
+    title = " ".join(title.replace(PLACEHOLDER, " ").split())[:60] or "A new message"
     return (
         f"(logged at {', '.join(message.where)})\n\n"
         f"### {title[:1].upper()}{title[1:]}\n\n```text\n{wrapped}\n```\n\n"
