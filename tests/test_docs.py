@@ -202,15 +202,12 @@ def page_messages(text: str) -> Dict[Tuple[str, str], int]:
 
 
 def entry_to_paste(message: Message) -> str:
-    wrapped = textwrap.fill(
-        f"{message.level} {message.text}", width=96, break_long_words=False,
-        break_on_hyphens=False,
-    )
+    line = f"{message.level} {message.text}"  # one line: the site wraps it to the page
     title = re.split(r"[:;(]", message.text.replace("wsgireload: ", "", 1))[0]
     title = " ".join(title.replace(PLACEHOLDER, " ").split())[:60] or "A new message"
     return (
         f"(logged at {', '.join(message.where)})\n\n"
-        f"### {title[:1].upper()}{title[1:]}\n\n```text\n{wrapped}\n```\n\n"
+        f"### {title[:1].upper()}{title[1:]}\n\n```text\n{line}\n```\n\n"
         "**What it means.** ...\n\n**What to do.** ...\n"
     )
 
