@@ -514,3 +514,18 @@ def test_ci_runs_the_readme_test_command() -> None:
     assert 'pip install -e ".[test]" && python -m pytest' in readme
     assert 'pip install --quiet -e ".[test]"' in ci
     assert re.search(r"^timeout \d+ python -m pytest", ci, flags=re.MULTILINE)
+
+
+def test_python_examples_in_the_docs_compile() -> None:
+    """A ```python block on a page or in the README is code a reader copies: it must parse."""
+    problems = []
+    for page in sorted((ROOT / "docs").rglob("*.md")) + [README]:
+        text = page.read_text(encoding="utf-8")
+        for match in re.finditer(r"^```python\n(.*?)^```$", text, re.MULTILINE | re.DOTALL):
+            line = text.count("\n", 0, match.start()) + 2
+            try:
+                compile(match.group(1), f"{page.relative_to(ROOT)}:{line}", "exec")
+            except SyntaxError as exc:
+                where = line + (exc.lineno or 1) - 1
+                problems.append(f"{page.relative_to(ROOT)}:{where}: {exc.msg}")
+    assert not problems, "\n".join(problems)
