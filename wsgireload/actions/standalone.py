@@ -244,9 +244,13 @@ def inherited_sockets() -> List[socket.socket]:
 
         from waitress import serve
         from wsgireload.actions.standalone import inherited_sockets
-        serve(application, sockets=inherited_sockets() or None, port=8080)
+        sockets = inherited_sockets()
+        if sockets:
+            serve(application, sockets=sockets)
+        else:
+            serve(application, listen="127.0.0.1:8080")
 
-    (waitress: give either ``sockets=`` or ``port=``/``listen=``; see its docs.)
+    (waitress refuses ``sockets=`` together with ``port=`` or ``listen=``, even ``sockets=None``.)
     """
     global _launcher_takes_sockets
     _launcher_takes_sockets = True

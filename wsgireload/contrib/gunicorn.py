@@ -44,6 +44,9 @@ def make_post_worker_init(**options: Any) -> Callable[[Any], None]:
         # gunicorn.conf.py
         from wsgireload.contrib.gunicorn import make_post_worker_init
         post_worker_init = make_post_worker_init(extra_files=["templates/**/*.html"])
+
+    ``options`` are the :class:`~wsgireload.watcher.Watcher`'s, checked once here, in the
+    master, when gunicorn loads the config file.
     """
     # Fail in the master at config load, not silently in every worker.
     Watcher(**{**options, "modules": False})
