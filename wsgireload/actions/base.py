@@ -41,6 +41,9 @@ class Action:
     # True: the reloader counts every request, not only those started after a reload became
     # due, because the action ends this process abruptly (exit, exec) with no server grace.
     requires_drain: ClassVar[bool] = False
+    # True: every process of the master acts itself (it restarts only itself); False: one
+    # action reloads the whole master, so one process acts per deploy.
+    per_process: ClassVar[bool] = False
 
     def setup(self, context: ProcessContext) -> None:
         """Inspect the process and server once, at the first request in this process."""

@@ -169,6 +169,7 @@ class RestartWorkerAction(Action):
 
     name = "restart-worker"
     summary = "each worker sends itself SIGTERM after its response; gunicorn replaces it"
+    per_process = True
 
     def __init__(
         self,

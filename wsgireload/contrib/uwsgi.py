@@ -78,6 +78,11 @@ def register(
         log.debug("wsgireload: uWSGI timer already registered (signal %d)", _registration.signum)
         return _registration.watcher
     options.setdefault("interval", float(interval))
+    master = int(getattr(uwsgi, "masterpid", lambda: 0)())
+    if target != "worker" and master > 0:
+        # Every worker ticks: they share one scanner. ("worker" ticks one at a time, so a
+        # lease holder might not be ticked for a while: each then scans for itself.)
+        options.setdefault("master", ("uwsgi", master))
     watcher = Watcher(**options)
     in_worker = uwsgi.worker_id() > 0  # the app is imported in a worker: --lazy-apps
     taken = bool(uwsgi.signal_registered(signum))
