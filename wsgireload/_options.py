@@ -162,17 +162,18 @@ class Options:
 
 
 def run_action(
-    action: Action, changes: ChangeSet, level: int = logging.INFO
+    action: Action, changes: ChangeSet, level: int = logging.INFO, note: str = ""
 ) -> Optional[Exception]:
     """Log the one line of a reload and run the action; its failure is logged, returned."""
     try:
         log.log(
             level,
-            "wsgireload: %d file%s changed (%s); reloading with %s",
+            "wsgireload: %d file%s changed (%s); reloading with %s%s",
             len(changes.files),
             "" if len(changes.files) == 1 else "s",
             changes.describe(),
             action.describe(),
+            note,
         )
         action(changes)
     except Exception as exc:

@@ -161,9 +161,11 @@ def forget_dead(directory: str, alive: Alive = _alive) -> None:
     except OSError:
         return
     for name in names:
-        if not name.endswith(SUFFIX):
+        # Also the uWSGI action's own ``uwsgi-<pid>-<start>.json`` records, kept beside these.
+        suffix = SUFFIX if name.endswith(SUFFIX) else ".json"
+        if not name.endswith(suffix):
             continue
-        parts = name[: -len(SUFFIX)].rsplit("-", 2)
+        parts = name[: -len(suffix)].rsplit("-", 2)
         if len(parts) != 3 or not parts[1].isdigit():
             continue
         start = None if parts[2] == "na" else parts[2]

@@ -77,6 +77,8 @@ class Engine:
         """State that belongs to one process: rebuilt in a forked child."""
         self.pid: Optional[int] = None  # the process ``setup`` ran in
         self.share: Optional[_record.Share] = None
+        self._master: Optional[Master] = None  # whose record to join at the first step
+        self._joined = False
         self.deciding = True  # this process decides for its master (or for itself)
         self._stepping = threading.Lock()  # per process: a fork may copy it held
         self._failures: List[str] = []
@@ -97,13 +99,13 @@ class Engine:
         if isinstance(self.detector, EventDetector):
             self.detector.start()  # per process: its thread does not survive a fork
         try:
-            self.share = self._join(environ)
-        except Exception as exc:  # the record is an optimisation: scan alone without it
-            log.debug("wsgireload: no shared record (%r); this worker scans for itself", exc)
-            self.share = None
+            self._master = self.master or _record.master_of(environ)
+        except Exception as exc:
+            self.log_failure(exc)
+        self._joined = False  # the record is joined by the first step: off the request path
 
-    def _join(self, environ: Mapping[str, Any]) -> Optional[_record.Share]:
-        master = self.master or _record.master_of(environ)
+    def _join(self) -> Optional[_record.Share]:
+        master = self._master
         if master is None or master[1] != os.getppid():
             return None  # the workers of a master are its children
         record, why = _record.open_record(master[0], master[1], self.runtime_dir)
@@ -140,6 +142,12 @@ class Engine:
             self._stepping.release()
 
     def _step(self, now: float, decide: bool) -> Optional[ChangeSet]:
+        if not self._joined:
+            self._joined = True
+            try:
+                self.share = self._join()
+            except Exception as exc:  # the record is an optimisation: scan alone without it
+                log.debug("wsgireload: no shared record (%r); this worker scans for itself", exc)
         share = self.share
         if share is not None:
             try:
@@ -240,8 +248,15 @@ class Engine:
     # -- acting --------------------------------------------------------------------------
     def act(self, changes: ChangeSet) -> Optional[Exception]:
         """Run the action; the INFO line comes from the process that decided, DEBUG elsewhere."""
-        level = logging.INFO if self.deciding else logging.DEBUG
-        return run_action(self.action, changes, level)
+        if not self.deciding:
+            return run_action(self.action, changes, logging.DEBUG)
+        note = ""
+        if self.share is not None and self.action.per_process:
+            note = f" (and so does every other worker of master {self._master_pid()})"
+        return run_action(self.action, changes, logging.INFO, note)
+
+    def _master_pid(self) -> int:
+        return self._master[1] if self._master is not None else 0
 
     def note_import_failure(self, files: List[str]) -> None:
         self._failures.extend(files)
