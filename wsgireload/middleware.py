@@ -235,7 +235,7 @@ class Reloader:
     def _tick(self) -> None:
         """The watcher thread's tick: with no response in flight, "after it" is now."""
         self.run_step(self.clock())
-        if self._due is not None:
+        if self._due is not None and not self.action.after_close_only:
             self._fire_when_idle(closing=False)
 
     # -- firing -------------------------------------------------------------------------
