@@ -18,7 +18,8 @@ from wsgireload.actions import Action
 from wsgireload.policy import ChangeSet
 
 from .conftest import FakeClock, bump
-from .hardening_support import environ, make_reloader, serve, touch
+from .hardening_support import environ as full_environ
+from .hardening_support import make_reloader, serve, touch
 
 
 def hello(environ: dict, start_response: Callable[..., Any]) -> Iterable[bytes]:
@@ -457,7 +458,7 @@ def test_a_due_reload_with_nothing_in_flight_acts_from_the_watcher_tick(watched:
     action = ServerReload()
     reloader, clock = make_reloader(hello, watched, action)
     try:
-        serve(reloader, environ())  # the first request starts this process's watcher
+        serve(reloader, full_environ())  # the first request starts this process's watcher
         touch(watched)
         clock.now += 1.0
         reloader._tick()  # what the watcher thread does every interval
@@ -470,11 +471,11 @@ def test_a_due_reload_with_a_response_in_flight_waits_for_its_close(watched: Pat
     action = ServerReload()
     reloader, clock = make_reloader(hello, watched, action)
     try:
-        list(reloader(environ(), lambda *a: None))  # start the watcher
+        list(reloader(full_environ(), lambda *a: None))  # start the watcher
         touch(watched)
         clock.now += 1.0
         reloader.run_step(clock.now)  # due: responses from now on are counted
-        body = reloader(environ(), lambda *a: None)
+        body = reloader(full_environ(), lambda *a: None)
         reloader._tick()
         assert action.calls == []  # a response is open
         list(body)
@@ -488,12 +489,12 @@ def test_a_callback_runs_only_after_a_response_closes(watched: Path) -> None:
     calls: List[ChangeSet] = []
     reloader, clock = make_reloader(hello, watched, calls.append)
     try:
-        serve(reloader, environ())
+        serve(reloader, full_environ())
         touch(watched)
         clock.now += 1.0
         reloader._tick()
         assert calls == [] and reloader.reload_due is not None
-        serve(reloader, environ())
+        serve(reloader, full_environ())
         assert len(calls) == 1
     finally:
         reloader.close()
