@@ -197,3 +197,21 @@ def test_options_are_frozen_and_checked_once() -> None:
         options.interval = 3  # type: ignore[misc]
     with pytest.raises(TypeError, match="unexpected keyword argument 'intervall'"):
         Options.build("Reloader", intervall=2)
+
+
+def test_a_worker_that_takes_over_from_a_restarted_scanner_logs_its_own_restart_at_debug(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    team = world.workers(per_process=True)
+    for worker in team:
+        worker.tick(1.0)
+    edit(world.watched, "X = 2\n")
+    caplog.set_level(logging.DEBUG, logger="wsgireload")
+    team[0].tick(2.0)  # decides and restarts itself...
+    world.alive.pids.discard(1)  # ...and is gone: the next follower takes the lease over
+    for now in (3.0, 4.0):
+        for worker in team[1:]:
+            worker.tick(now)
+    assert [len(w.action.calls) for w in team] == [1, 1, 1]
+    assert len([r for r in caplog.records if r.levelno == logging.INFO]) == 1
+    assert world.record.read()["lease"]["pid"] in (2, 3)

@@ -79,7 +79,7 @@ class Engine:
         self.share: Optional[_record.Share] = None
         self._master: Optional[Master] = None  # whose record to join at the first step
         self._joined = False
-        self.deciding = True  # this process decides for its master (or for itself)
+        self._decided: Optional[ChangeSet] = None  # the last change set this process decided
         self._stepping = threading.Lock()  # per process: a fork may copy it held
         self._failures: List[str] = []
 
@@ -157,7 +157,6 @@ class Engine:
                 self.share = share = None
                 scanning = True
             if share is not None:
-                self.deciding = scanning
                 due = self._follow(share, now)
                 if due is not None or not scanning:
                     return due
@@ -199,6 +198,7 @@ class Engine:
                 self._event("rejected", pending)
             return None
         self._event("due", changes)
+        self._decided = changes
         if share is not None:
             share.decide(
                 {
@@ -248,8 +248,8 @@ class Engine:
     # -- acting --------------------------------------------------------------------------
     def act(self, changes: ChangeSet) -> Optional[Exception]:
         """Run the action; the INFO line comes from the process that decided, DEBUG elsewhere."""
-        if not self.deciding:
-            return run_action(self.action, changes, logging.DEBUG)
+        if self.share is not None and changes is not self._decided:
+            return run_action(self.action, changes, logging.DEBUG)  # decided by another worker
         note = ""
         if self.share is not None and self.action.per_process:
             note = f" (and so does every other worker of master {self._master_pid()})"
