@@ -16,6 +16,7 @@ import traceback
 from typing import Any, Callable, Dict, List, Optional, Sequence, TextIO, Tuple
 
 from . import __version__, _record
+from ._options import Options
 from .actions import REGISTRY, Action, AutoAction, detect_server
 from .actions.pidfile import DEFAULT_EXPECT, PidfileAction, parse_signal
 from .detect import Detector, site_dirs
@@ -272,7 +273,7 @@ def cmd_watch(args: argparse.Namespace, out: TextIO) -> int:
     targets: List[str] = args.targets
     is_app = len(targets) == 1 and ":" in targets[0] and not os.path.exists(targets[0])
     detector: Optional[Detector] = None
-    defaults = {"interval": 1.0, "settle": 1.0, "settle_max": 30.0}
+    defaults = Options()  # or the options of a Reloader found in the app
     if is_app:
         app, name = load_app(targets[0])
         reloader, where = find_reloader(app)
@@ -280,11 +281,7 @@ def cmd_watch(args: argparse.Namespace, out: TextIO) -> int:
             found = reloader.detector
             # The event backend wraps a polling Detector; watching from here polls.
             detector = found.poller if isinstance(found, EventDetector) else found
-            defaults = {
-                "interval": reloader.interval,
-                "settle": reloader.policy.settle,
-                "settle_max": reloader.policy.settle_max,
-            }
+            defaults = reloader.options
         else:
             detector = Detector(exclude=args.exclude)
             detector.scan()
@@ -309,11 +306,11 @@ def cmd_watch(args: argparse.Namespace, out: TextIO) -> int:
     else:
         action = _ReportOnly(printer)
     watcher = Watcher(
-        interval=args.interval if args.interval is not None else defaults["interval"],
-        settle=args.settle if args.settle is not None else defaults["settle"],
+        interval=args.interval if args.interval is not None else defaults.interval,
+        settle=args.settle if args.settle is not None else defaults.settle,
         settle_max=max(
-            args.settle_max if args.settle_max is not None else defaults["settle_max"],
-            args.settle if args.settle is not None else defaults["settle"],
+            args.settle_max if args.settle_max is not None else defaults.settle_max,
+            args.settle if args.settle is not None else defaults.settle,
         ),
         validate=None if args.no_validate else "compile",
         action=action,

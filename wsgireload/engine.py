@@ -275,6 +275,7 @@ class Engine:
     def close(self) -> None:
         """Hand the lease to another worker and stop the event thread (idempotent)."""
         share, self.share = self.share, None
+        self._joined = False  # started again, it joins again
         if share is not None:
             share.leave()
         if isinstance(self.detector, EventDetector):

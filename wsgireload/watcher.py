@@ -131,3 +131,4 @@ class Watcher:
         thread, self._thread = self._thread, None
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=max(5.0, self.interval * 2))
+        self.engine.close()  # another worker of the master takes the scanning over at once
