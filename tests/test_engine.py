@@ -43,8 +43,8 @@ class Worker:
 
     def __init__(self, record: Record, pid: int, watched: Path, wall: Wall, alive: Alive,
                  per_process: bool, born: Optional[float] = None) -> None:
-        options = Options.build("test", extra_files=[str(watched)], modules=False, settle=0,
-                                settle_max=0)
+        options = Options.build("test", extra_files=[str(watched.parent / "*.py")],
+                                modules=False, settle=0, settle_max=0)
         self.action = Recording(per_process)
         self.engine = Engine(options, self.action)
         self.engine.pid = os.getpid()  # setup ran: the share below stands for joining
@@ -215,3 +215,27 @@ def test_a_worker_that_takes_over_from_a_restarted_scanner_logs_its_own_restart_
     assert [len(w.action.calls) for w in team] == [1, 1, 1]
     assert len([r for r in caplog.records if r.levelno == logging.INFO]) == 1
     assert world.record.read()["lease"]["pid"] in (2, 3)
+
+
+def test_a_long_lived_follower_taking_over_does_not_decide_old_deploys_again(
+    world: World,
+) -> None:
+    other = world.watched.parent / "other.py"
+    other.write_text("Y = 1\n")
+    team = world.workers(per_process=True)  # callbacks: every worker acts and lives on
+    for worker in team:
+        worker.tick(1.0)
+    edit(world.watched, "X = 2\n")
+    for worker in team:
+        worker.tick(2.0)  # generation 1: mod.py
+    edit(other, "Y = 2\n")
+    for worker in team:
+        worker.tick(3.0)  # generation 2: other.py
+    assert [len(w.action.calls) for w in team] == [2, 2, 2]
+    world.alive.pids.discard(1)
+    world.record.update(lambda data: {**data, "lease": {**data["lease"], "expires": 0}})
+    for now in (4.0, 5.0, 6.0):
+        for worker in team[1:]:
+            worker.tick(now)
+    assert [len(w.action.calls) for w in team] == [2, 2, 2]
+    assert world.record.read()["generation"]["n"] == 2

@@ -145,7 +145,7 @@ def test_leave_hands_the_lease_over_at_once(record: Record) -> None:
 def test_generations_and_who_was_born_after_them(record: Record) -> None:
     wall, alive = Wall(), Alive(1, 2)
     old = share(record, 1, wall, alive, born=wall.now - 10)
-    assert old.decide({"files": ["a.py"], "per_process": True}) == 1 and old.acted == 1
+    assert old.decide({"files": ["a.py"], "per_process": True}, {}) == 1 and old.acted == 1
     young = share(record, 2, wall, alive, born=wall.now + 1)  # forked after the decision
     assert young.acted == 1
     late = share(record, 3, wall, alive, born=wall.now - 5)  # born before, joined after

@@ -39,16 +39,18 @@ def where(error: str) -> str:
 
 def _alive(pid: int, start: Optional[str]) -> bool:
     """Whether ``pid`` still runs and is the process that started at ``start``."""
-    now = proc_start_time(pid)
-    if now is not None:
-        return start is None or now == start
+    if pid <= 0:
+        return False  # never os.kill(0, ...): that is the whole process group
+    if os.path.isdir("/proc/self"):
+        now = proc_start_time(pid)
+        return now is not None and (start is None or now == start)
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except OSError:
+    except OSError:  # exists, someone else's
         return True
-    return not os.path.isdir("/proc/self")  # /proc exists but not this pid: gone
+    return True
 
 
 Alive = Callable[[int, Optional[str]], bool]
@@ -281,24 +283,26 @@ class Share:
             data = {**self._stats(data), "validations": (kept + [entry])[-_VALIDATIONS_KEPT:]}
             if problem is not None:
                 data["last_refusal"] = {"at": entry["at"], "files": files, "error": problem,
-                                        "where": where(problem), "identities": identities}
+                                        "where": where(problem)}
+                data["decided"] = {**decided_files(data), **identities}
             return data
 
         self.record.update(change)
 
-    def decide(self, generation: Data) -> int:
+    def decide(self, generation: Data, identities: Data) -> int:
         """Publish a new generation (the reload of this change set); return its number."""
 
         def change(data: Data) -> Data:
             number = int(_generation(data).get("n", 0)) + 1
             generation.update(n=number, at=self.wall(), by=self.pid)
-            return {**self._stats(data), "generation": generation}
+            known = {**decided_files(data), **identities}
+            return {**self._stats(data), "generation": generation, "decided": known}
 
         data = self.record.update(change)
         self.acted = int(_generation(data)["n"])
         return self.acted
 
-    def decided(self) -> Data:
+    def generation(self) -> Data:
         """The generation last read from the record ({} if none)."""
         return _generation(self.record._data or self.record.read())
 
@@ -325,6 +329,12 @@ def _workers(data: Data) -> Dict[str, Any]:
     return {k: dict(v) for k, v in workers.items() if isinstance(v, dict)} if isinstance(
         workers, dict
     ) else {}
+
+
+def decided_files(data: Data) -> Data:
+    """Each file as it was when last decided or refused: a new scanner must not decide it again."""
+    decided = data.get("decided")
+    return decided if isinstance(decided, dict) else {}
 
 
 def _generation(data: Data) -> Data:

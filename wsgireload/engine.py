@@ -6,6 +6,7 @@ workers of one master share its decisions through their master's record.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -150,16 +151,11 @@ class Engine:
                 log.debug("wsgireload: no shared record (%r); this worker scans for itself", exc)
         share = self.share
         if share is not None:
-            try:
-                scanning = share.turn()
-            except OSError as exc:
-                log.debug("wsgireload: the shared record failed (%r); scanning alone", exc)
-                self.share = share = None
-                scanning = True
-            if share is not None:
-                due = self._follow(share, now)
-                if due is not None or not scanning:
-                    return due
+            scanning = self._shared(share.turn)
+            due = self._shared(functools.partial(self._follow, share, now)) if self.share else None
+            if due is not None or (self.share is not None and not scanning):
+                return due
+            share = self.share
         failures, self._failures = self._failures, []
         if failures:
             self.detector.add(failures)
@@ -187,12 +183,12 @@ class Engine:
         changes = policy.due(now, self.detector.baseline)
         if validating and share is not None:
             log.debug("wsgireload: validated %d file(s) for the master", len(pending))
-            share.validated(
+            self._shared(lambda: share.validated(
                 list(pending),
                 changes.fingerprint if changes else "",
                 None if changes else policy.refusal or "refused",
                 self._identities(pending),
-            )
+            ))
         if changes is None:
             if validating:
                 self._event("rejected", pending)
@@ -200,20 +196,28 @@ class Engine:
         self._event("due", changes)
         self._decided = changes
         if share is not None:
-            share.decide(
-                {
-                    "files": list(changes.files),
-                    "fingerprint": changes.fingerprint,
-                    "identities": self._identities(changes.files),
-                    "action": self.action.describe(),
-                    "per_process": self.action.per_process,
-                }
-            )
+            generation = {
+                "files": list(changes.files),
+                "fingerprint": changes.fingerprint,
+                "action": self.action.describe(),
+                "per_process": self.action.per_process,
+            }
+            identities = self._identities(changes.files)
+            self._shared(lambda: share.decide(generation, identities))
         return changes
+
+    def _shared(self, operation: Callable[[], Any]) -> Any:
+        """Run a record operation; if it fails (disk full, a foreign file), scan alone."""
+        try:
+            return operation()
+        except Exception as exc:
+            log.debug("wsgireload: the shared record failed (%r); scanning alone", exc)
+            self.share = None
+            return None
 
     def _follow(self, share: _record.Share, now: float) -> Optional[ChangeSet]:
         """A generation another worker decided that this process must act on itself."""
-        generation = share.decided()
+        generation = share.generation()
         number = int(generation.get("n", 0))
         if number <= share.acted:
             return None
@@ -233,12 +237,7 @@ class Engine:
 
     def _not_yet_decided(self, share: _record.Share, changed: List[str]) -> List[str]:
         """A new scanner's changes minus those its predecessor already decided or refused."""
-        data = share.record.read()
-        known: Dict[str, Any] = {}
-        for key in ("generation", "last_refusal"):
-            entry = data.get(key)
-            if isinstance(entry, dict) and isinstance(entry.get("identities"), dict):
-                known.update(entry["identities"])
+        known = _record.decided_files(share.record.read())
         baseline = self.detector.baseline
         return [
             path for path in changed
