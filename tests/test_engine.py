@@ -239,3 +239,17 @@ def test_a_long_lived_follower_taking_over_does_not_decide_old_deploys_again(
             worker.tick(now)
     assert [len(w.action.calls) for w in team] == [2, 2, 2]
     assert world.record.read()["generation"]["n"] == 2
+
+
+def test_a_follower_with_a_reload_still_due_keeps_the_next_generation_for_later(
+    world: World,
+) -> None:
+    team = world.workers(per_process=True)
+    for worker in team:
+        worker.tick(1.0)
+    edit(world.watched, "X = 2\n")
+    team[0].tick(2.0)
+    follower = team[1].engine
+    assert follower.step(3.0, decide=False) is None  # its owner has not acted on one yet
+    changes = follower.step(4.0)
+    assert changes is not None and changes.files == (str(world.watched),)

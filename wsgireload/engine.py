@@ -152,7 +152,9 @@ class Engine:
         share = self.share
         if share is not None:
             scanning = self._shared(share.turn)
-            due = self._shared(functools.partial(self._follow, share, now)) if self.share else None
+            due = None
+            if decide and self.share is not None:  # (not while the owner still has one due)
+                due = self._shared(functools.partial(self._follow, share, now))
             if due is not None or (self.share is not None and not scanning):
                 return due
             share = self.share
