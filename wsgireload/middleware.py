@@ -1,6 +1,6 @@
-"""The Reloader WSGI middleware: runs the watcher and fires the action after the response.
+"""The Reloader WSGI middleware: the engine's gate, acting once no response is in flight.
 
-The request path is a flag check; scanning, validation and signals happen elsewhere and
+The request path is a flag check; scanning, validation and signals happen in the engine and
 nothing they raise ever reaches a request.
 """
 
@@ -19,7 +19,6 @@ from typing import (
     Dict,
     Iterable,
     Iterator,
-    List,
     Optional,
     Union,
 )
@@ -52,6 +51,9 @@ class Reloader:
         from wsgireload import Reloader
         application = Reloader(app)
 
+    A due reload runs at once from the watcher thread when no response is in flight, else
+    after the last one closes. The workers of one master share one scanner (see ``engine``).
+
     :param app: the WSGI application to wrap.
     :param interval: seconds between two scans of the watched files.
     :param settle: seconds without a further change before a change set is acted on, so a
@@ -79,8 +81,8 @@ class Reloader:
     """
 
     drain_timeout = DRAIN_TIMEOUT  # seconds
+    # The gate's per-process state (see _reset_process_state).
     _lock: threading.Lock
-    _stepping: threading.Lock
     _pid: Optional[int]
     _steady: bool
     _inline: bool
@@ -91,7 +93,6 @@ class Reloader:
     _firing: bool
     _thread: Optional[threading.Thread]
     _stop: threading.Event
-    _import_failures: List[str]
 
     def __init__(
         self,
@@ -182,15 +183,15 @@ class Reloader:
     def _reset_process_state(self) -> None:
         """The gate's state, which belongs to one process: rebuilt in a forked child."""
         self._lock = threading.Lock()
-        self._pid: Optional[int] = None
+        self._pid = None
         self._steady = False  # True: nothing to do on the request path
         self._inline = False
         self._next_scan = 0.0
         self._inflight = 0
-        self._due: Optional[ChangeSet] = None
+        self._due = None
         self._due_at = 0.0  # policy clock
         self._firing = False
-        self._thread: Optional[threading.Thread] = None
+        self._thread = None
         self._stop = threading.Event()
 
     def _start_process(self, environ: Environ) -> None:
