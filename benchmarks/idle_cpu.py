@@ -1,10 +1,11 @@
 """Idle CPU of real gunicorn workers watching 3,000 files: 6 workers against 1, side by side.
 
 Run from the repository root: ``python benchmarks/idle_cpu.py`` (``--seconds`` to measure
-longer). Starts the servers at once on loopback, lets every worker serve once (its watcher
-starts at its first request), then reads each worker's utime+stime from ``/proc/<pid>/stat``
-over the same idle window and prints one table. The third server has no usable directory for
-the shared record, so each of its workers scans for itself: what every worker did before.
+longer, ``--django`` to add the Django example). Starts the servers at once on loopback, lets
+every worker serve until its watcher thread runs (it starts at the first request), then reads
+each worker's utime+stime from ``/proc/<pid>/stat`` over the same idle window and prints one
+table. One server has no usable directory for the shared record, so each of its workers scans
+for itself: what every worker did before.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import sys
 import tempfile
 import threading
 import time
-from typing import Dict, List, Set, Tuple
+from typing import Dict, List, Tuple
 
 HOST = "127.0.0.1"
 APP = """\
@@ -66,6 +67,18 @@ def children(pid: int) -> List[int]:
         return [int(p) for p in handle.read().split()]
 
 
+def run_ns(pid: int) -> int:
+    """Nanoseconds on CPU of every thread of ``pid`` (schedstat: finer than clock ticks)."""
+    total = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{task}/schedstat") as handle:
+                total += int(handle.read().split()[0])
+        except OSError:
+            continue  # a thread that ended meanwhile
+    return total
+
+
 def cpu_ticks(pid: int) -> int:
     with open(f"/proc/{pid}/stat") as handle:
         fields = handle.read().rsplit(")", 1)[1].split()
@@ -74,9 +87,11 @@ def cpu_ticks(pid: int) -> int:
 
 class Gunicorn:
     def __init__(
-        self, name: str, workers: int, app_dir: str, env: Dict[str, str], target: str
+        self, name: str, workers: int, cwd: str, env: Dict[str, str], target: str
     ) -> None:
         self.name, self.workers, self.port = name, workers, free_port()
+        self.watching = target != "wsgi:plain"
+        app_dir = cwd
         self.log = open(os.path.join(app_dir, f"{name}.log"), "wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "-w", str(workers), "-b", f"{HOST}:{self.port}",
@@ -85,16 +100,30 @@ class Gunicorn:
             stdin=subprocess.DEVNULL, start_new_session=True,
         )
 
-    def warm(self, timeout: float = 60.0) -> Set[str]:
-        """Requests from threads until every worker answered once (its watcher then runs)."""
-        seen: Set[str] = set()
+    def warmed(self) -> int:
+        """Workers whose watcher thread runs (a sync worker has one thread until then)."""
+        try:
+            pids = children(self.proc.pid)
+        except OSError:
+            return 0
+        threads = []
+        for pid in pids:
+            try:
+                threads.append(len(os.listdir(f"/proc/{pid}/task")))
+            except OSError:
+                threads.append(0)
+        return len([n for n in threads if n >= 2]) if len(pids) == self.workers else 0
+
+    def warm(self, timeout: float = 60.0) -> None:
+        """Requests from threads until every worker runs its watcher."""
         deadline = time.monotonic() + timeout
-        while len(seen) < self.workers and time.monotonic() < deadline:
-            found: List[str] = []
+        while time.monotonic() < deadline:
+            if self.watching and self.warmed() == self.workers:
+                return
 
             def one() -> None:
                 try:
-                    found.append(get(self.port))
+                    get(self.port)
                 except OSError:
                     time.sleep(0.1)
 
@@ -103,10 +132,9 @@ class Gunicorn:
                 thread.start()
             for thread in threads:
                 thread.join(15)
-            seen.update(found)
-        if len(seen) < self.workers:
-            raise RuntimeError(f"{self.name}: only {len(seen)} of {self.workers} workers served")
-        return seen
+            if not self.watching:
+                return
+        raise RuntimeError(f"{self.name}: only {self.warmed()} of {self.workers} watchers run")
 
     def stop(self) -> None:
         try:
@@ -117,12 +145,19 @@ class Gunicorn:
         self.log.close()
 
 
+def django_base(servers: List["Gunicorn"], share: Dict[str, float]) -> float:
+    return share[servers[4].name] or 1e-9  # the Django example's one-worker row
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--files", type=int, default=3000)
     parser.add_argument("--interval", type=float, default=0.5)
     parser.add_argument("--seconds", type=float, default=20.0, help="idle window measured")
     parser.add_argument("--workers", type=int, default=6)
+    parser.add_argument("--per-worker", action="store_true", help="each worker's share too")
+    parser.add_argument("--django", action="store_true",
+                        help="also the Django example (examples/django_wsgi.py, its defaults)")
     args = parser.parse_args()
     root = tempfile.mkdtemp(prefix="wsgireload-idle-")
     servers: List[Gunicorn] = []
@@ -152,19 +187,31 @@ def main() -> int:
             (f"{n} workers, no record", n, blocked, "wsgi:application"),
             (f"{n} workers, no wsgireload", n, "tmp0", "wsgi:plain"),
         ]
+        if args.django:
+            plans += [
+                ("Django example, 1 worker", 1, "tmpD1", "examples.django_wsgi:application"),
+                (f"Django example, {n} workers", n, "tmpDN", "examples.django_wsgi:application"),
+            ]
         for name, workers, tmp, target in plans:
             tmp = os.path.join(root, tmp)
             os.makedirs(tmp, exist_ok=True)
-            servers.append(Gunicorn(name, workers, app_dir, dict(base, TMPDIR=tmp), target))
+            cwd = repo if target.startswith("examples.") else app_dir
+            servers.append(Gunicorn(name, workers, cwd, dict(base, TMPDIR=tmp), target))
         for server in servers:
             server.warm()
         time.sleep(2 * args.interval + 1.0)  # leases settled, first scans done
         pids = {server.name: children(server.proc.pid) for server in servers}
         before = {pid: cpu_ticks(pid) for group in pids.values() for pid in group}
+        before_ns = {pid: run_ns(pid) for group in pids.values() for pid in group}
         started = time.monotonic()
         time.sleep(args.seconds)
         elapsed = time.monotonic() - started
         after = {pid: cpu_ticks(pid) for group in pids.values() for pid in group}
+        after_ns = {pid: run_ns(pid) for group in pids.values() for pid in group}
+        precise = {
+            name: sum(after_ns[p] - before_ns[p] for p in group) / 1e9 / elapsed
+            for name, group in pids.items()
+        }
         tick = os.sysconf("SC_CLK_TCK")
         share = {
             name: sum(after[p] - before[p] for p in group) / tick / elapsed
@@ -172,16 +219,32 @@ def main() -> int:
         }
         one = share[servers[0].name] or 1 / tick / elapsed  # never divide by zero
         print(f"gunicorn idle, {args.files} files watched, interval={args.interval}s, "
-              f"{elapsed:.1f}s measured, all at once")
+              f"{elapsed:.1f}s measured, all at once (worker CPU: utime+stime from "
+              "/proc/<pid>/stat; schedstat: the same in nanoseconds)")
         print(f"{'server':30s} {'workers':>7s} {'worker CPU':>11s} {'per worker':>11s} "
-              f"{'vs 1 worker':>11s}")
+              f"{'vs 1 worker':>11s} {'schedstat':>10s} {'vs 1':>6s}")
         for server in servers:
             total = share[server.name]
+            base_share = django_base(servers, share) if "Django" in server.name else one
+            first = servers[4 if "Django" in server.name else 0].name
             print(f"{server.name:30s} {server.workers:7d} {total * 100:10.2f}% "
-                  f"{total / server.workers * 100:10.2f}% {total / one:10.2f}x")
+                  f"{total / server.workers * 100:10.2f}% {total / base_share:10.2f}x "
+                  f"{precise[server.name] * 100:9.3f}% "
+                  f"{precise[server.name] / (precise[first] or 1e-9):5.2f}x")
+        if args.per_worker:
+            for name, group in pids.items():
+                parts = ", ".join(
+                    f"{(after_ns[p] - before_ns[p]) / 1e7 / elapsed:.4f}%" for p in group
+                )
+                print(f"  {name}: {parts}")
         ratio = share[servers[1].name] / one
         print(f"target: {args.workers} workers <= 1.2x one worker: {ratio:.2f}x "
               f"({'met' if ratio <= 1.2 else 'NOT met'})")
+        if args.django:
+            django_one = share[servers[4].name] or 1 / tick / elapsed
+            ratio = share[servers[5].name] / django_one
+            print(f"Django example: {args.workers} workers against 1: {ratio:.2f}x "
+                  f"({'met' if ratio <= 1.2 else 'NOT met'})")
     finally:
         for server in servers:
             server.stop()

@@ -253,3 +253,14 @@ def test_a_follower_with_a_reload_still_due_keeps_the_next_generation_for_later(
     assert follower.step(3.0, decide=False) is None  # its owner has not acted on one yet
     changes = follower.step(4.0)
     assert changes is not None and changes.files == (str(world.watched),)
+
+
+@pytest.mark.parametrize("per_process, follower_pause", [(False, 2.5), (True, 0.5)])
+def test_followers_of_a_per_master_action_wake_rarely(
+    world: World, per_process: bool, follower_pause: float
+) -> None:
+    scanner, follower = world.workers(per_process=per_process, count=2)
+    scanner.tick(1.0)
+    follower.tick(1.0)
+    assert scanner.engine.pause(0.5) == 0.5  # it scans every interval
+    assert follower.engine.pause(0.5) == follower_pause  # lease 5 s: half of it

@@ -213,6 +213,7 @@ class Share:
     _renew_at: float = 0.0
     _expires: float = 0.0
     _scan: Tuple[int, float] = (0, 0.0)  # files watched, milliseconds of the last scan
+    _holder: Tuple[int, Optional[str]] = (0, None)  # the lease holder last read
 
     def join(self) -> None:
         """List this worker; a generation decided before it was born is not its to act on."""
@@ -234,8 +235,9 @@ class Share:
         if data is not None:
             holder = data.get("lease") or {}
             self._expires = float(holder.get("expires", 0.0))
-            if holder and not self.alive(int(holder.get("pid", 0)), holder.get("start")):
-                self._expires = 0.0  # its holder exited or was replaced
+            self._holder = (int(holder.get("pid", 0)), holder.get("start"))
+        if self._holder[0] and not self.alive(*self._holder):
+            self._expires = 0.0  # its holder exited or was replaced
         if now >= self._expires:
             self.record.update(self._take)
             self.took_over = self.scanning
@@ -253,6 +255,7 @@ class Share:
         if not (mine or free):
             self.scanning = False
             self._expires = float(holder.get("expires", 0.0))
+            self._holder = (int(holder.get("pid", 0)), holder.get("start"))
             return None
         self.scanning = True
         self._renew_at = now + self.lease / 2

@@ -24,7 +24,7 @@ from .policy import ChangeSet
 log = logging.getLogger("wsgireload")
 
 _FAILURE_LOG_EVERY = 60.0  # seconds between two logged watcher failures
-LEASE = 5.0  # seconds (at least 5 intervals) a scanner's lease lasts without renewal
+LEASE = 20.0  # seconds (at least 20 intervals) a scanner's lease lasts without renewal
 
 # (kind, detail) reports for a live display: "changed" (a path), "settling" (seconds to wait),
 # "rejected" (the files), "due" (the ChangeSet).
@@ -119,10 +119,19 @@ class Engine:
             self.pid,
             _process.proc_start_time(self.pid),
             born=forked_at(),
-            lease=max(LEASE, 5 * self.options.interval),
+            lease=max(LEASE, 20 * self.options.interval),
         )
         share.join()
         return share
+
+    def pause(self, interval: float) -> float:
+        """Seconds until the next step. A follower of a per-master action has nothing to do
+        but take over from a scanner that is gone: it wakes far less often, as each wake-up
+        of an idle worker costs about what a scan of a small app does."""
+        share = self.share
+        if share is None or share.scanning or self.action.per_process:
+            return interval
+        return max(interval, share.lease / 2)
 
     # -- one step ------------------------------------------------------------------------
     def step(self, now: float, *, decide: bool = True) -> Optional[ChangeSet]:

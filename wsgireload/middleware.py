@@ -351,7 +351,7 @@ def _watch(ref: "weakref.ReferenceType[Reloader]", stop: threading.Event) -> Non
             reloader = ref()
             if reloader is None or reloader._closed:
                 return
-            interval = reloader.interval
+            interval = reloader.engine.pause(reloader.interval)
             del reloader
             if stop.wait(interval):
                 return

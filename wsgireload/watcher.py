@@ -119,7 +119,7 @@ class Watcher:
 
     def _run(self, stop: threading.Event) -> None:
         try:
-            while not stop.wait(self.interval):
+            while not stop.wait(self.engine.pause(self.interval)):
                 self.step()
         except BaseException:  # pragma: no cover - interpreter shutdown tears modules down
             if not sys.is_finalizing():
