@@ -505,12 +505,12 @@ def bench_latency(args: argparse.Namespace, tmp: str) -> None:
                     handle.write(f"VALUE = {i + 1}\n")
                 edited = time.monotonic()
                 deadline = edited + interval * 3 + settle * 3 + 10
-                # Nothing in flight: the watcher thread acts as soon as the reload is due.
-                while len(fired) <= i and time.monotonic() < deadline:
+                while reloader.reload_due is None and time.monotonic() < deadline:
                     time.sleep(0.002)
-                if len(fired) <= i:
-                    raise RuntimeError(f"no reload after an edit ({backend})")
-                latencies.append(fired[i] - edited)
+                if reloader.reload_due is None:
+                    raise RuntimeError(f"no reload due after an edit ({backend})")
+                latencies.append(time.monotonic() - edited)
+                _requests(reloader, {"REQUEST_METHOD": "GET"}, 1, False)  # fires and clears
         finally:
             reloader.close()
         row(

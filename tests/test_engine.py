@@ -264,3 +264,23 @@ def test_followers_of_a_per_master_action_wake_rarely(
     follower.tick(1.0)
     assert scanner.engine.pause(0.5) == 0.5  # it scans every interval
     assert follower.engine.pause(0.5) == follower_pause  # lease 5 s: half of it
+
+
+def test_with_no_writable_place_for_the_record_a_worker_scans_and_acts_alone(
+    tmp_path: Path,
+) -> None:
+    watched = tmp_path / "mod.py"
+    watched.write_text("X = 1\n")
+    blocker = tmp_path / "read-only"
+    blocker.write_text("")  # a file where the runtime directory would go
+    action = Recording(per_process=False)
+    options = Options.build(
+        "test", extra_files=[str(watched)], modules=False, settle=0, settle_max=0
+    )
+    engine = Engine(
+        options, action, master=("gunicorn", os.getppid()), runtime_dir=str(blocker / "run")
+    )
+    assert engine.step(1.0) is None and engine.share is None
+    edit(watched, "X = 2\n")
+    changes = engine.step(2.0)
+    assert changes is not None and engine.act(changes) is None and len(action.calls) == 1
