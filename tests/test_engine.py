@@ -91,18 +91,28 @@ def edit(path: Path, text: str) -> None:
     os.utime(path, ns=(before + 10**9, before + 10**9))
 
 
+def tick(team: List[Worker], *times: float) -> None:
+    """Every worker takes a step at each of ``times``, in turn."""
+    for now in times:
+        for worker in team:
+            worker.tick(now)
+
+
+def deploy(world: World, per_process: bool, text: str) -> List[Worker]:
+    """Three workers that served, an edit of the watched file, and three steps of each."""
+    team = world.workers(per_process=per_process)
+    tick(team, 1.0)
+    edit(world.watched, text)
+    tick(team, 2.0, 3.0, 4.0)
+    return team
+
+
 def test_a_per_master_action_runs_once_and_one_line_is_logged(
     world: World, caplog: pytest.LogCaptureFixture
 ) -> None:
     watched, record = world.watched, world.record
-    team = world.workers(per_process=False)
-    for worker in team:
-        worker.tick(1.0)
-    edit(watched, "X = 2\n")
     caplog.set_level(logging.DEBUG, logger="wsgireload")
-    for now in (2.0, 3.0, 4.0):
-        for worker in team:
-            worker.tick(now)
+    team = deploy(world, False, "X = 2\n")
     assert [len(w.action.calls) for w in team] == [1, 0, 0]
     info = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
     described = team[0].action.calls[0].describe()
@@ -115,14 +125,8 @@ def test_a_per_process_action_runs_once_in_every_worker_born_before_it(
     world: World, caplog: pytest.LogCaptureFixture
 ) -> None:
     watched, record, wall, alive = world.watched, world.record, world.wall, world.alive
-    team = world.workers(per_process=True)
-    for worker in team:
-        worker.tick(1.0)
-    edit(watched, "X = 2\n")
     caplog.set_level(logging.DEBUG, logger="wsgireload")
-    for now in (2.0, 3.0, 4.0):
-        for worker in team:
-            worker.tick(now)
+    team = deploy(world, True, "X = 2\n")
     assert [len(w.action.calls) for w in team] == [1, 1, 1]
     assert len([r for r in caplog.records if r.levelno == logging.INFO]) == 1
     (line,) = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
@@ -137,23 +141,15 @@ def test_a_broken_deploy_is_validated_and_refused_once_per_master(
     world: World, caplog: pytest.LogCaptureFixture
 ) -> None:
     watched, record = world.watched, world.record
-    team = world.workers(per_process=False)
-    for worker in team:
-        worker.tick(1.0)
-    edit(watched, "X = (\n")
     caplog.set_level(logging.DEBUG, logger="wsgireload")
-    for now in (2.0, 3.0, 4.0):
-        for worker in team:
-            worker.tick(now)
+    team = deploy(world, False, "X = (\n")
     errors = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert len(errors) == 1 and "mod.py:1" in errors[0].getMessage()
     data = record.read()
     assert [v["verdict"] for v in data["validations"]] == ["refused"]
     assert data["last_refusal"]["where"] == f"{watched}:1"
     edit(watched, "X = 3\n")
-    for now in (5.0, 6.0):
-        for worker in team:
-            worker.tick(now)
+    tick(team, 5.0, 6.0)
     assert [v["verdict"] for v in record.read()["validations"]] == ["refused", "ok"]
     assert [len(w.action.calls) for w in team] == [1, 0, 0]
 
@@ -161,16 +157,13 @@ def test_a_broken_deploy_is_validated_and_refused_once_per_master(
 def test_a_new_scanner_does_not_decide_again_what_was_decided(world: World) -> None:
     watched, record, alive = world.watched, world.record, world.alive
     team = world.workers(per_process=False)
-    for worker in team:
-        worker.tick(1.0)
+    tick(team, 1.0)
     edit(watched, "X = 2\n")
     team[0].tick(2.0)  # the scanner decides; the followers never scanned
     assert len(team[0].action.calls) == 1
     alive.pids.discard(1)  # the scanner exits (replaced by the reload)
     record.update(lambda data: {**data, "lease": {**data["lease"], "expires": 0}})
-    for now in (3.0, 4.0, 5.0):
-        for worker in team[1:]:
-            worker.tick(now)
+    tick(team[1:], 3.0, 4.0, 5.0)
     assert record.read()["lease"]["pid"] == 2
     assert [len(w.action.calls) for w in team] == [1, 0, 0]
     assert record.read()["generation"]["n"] == 1
@@ -203,15 +196,12 @@ def test_a_worker_that_takes_over_from_a_restarted_scanner_logs_its_own_restart_
     world: World, caplog: pytest.LogCaptureFixture
 ) -> None:
     team = world.workers(per_process=True)
-    for worker in team:
-        worker.tick(1.0)
+    tick(team, 1.0)
     edit(world.watched, "X = 2\n")
     caplog.set_level(logging.DEBUG, logger="wsgireload")
     team[0].tick(2.0)  # decides and restarts itself...
     world.alive.pids.discard(1)  # ...and is gone: the next follower takes the lease over
-    for now in (3.0, 4.0):
-        for worker in team[1:]:
-            worker.tick(now)
+    tick(team[1:], 3.0, 4.0)
     assert [len(w.action.calls) for w in team] == [1, 1, 1]
     assert len([r for r in caplog.records if r.levelno == logging.INFO]) == 1
     assert world.record.read()["lease"]["pid"] in (2, 3)
@@ -223,20 +213,15 @@ def test_a_long_lived_follower_taking_over_does_not_decide_old_deploys_again(
     other = world.watched.parent / "other.py"
     other.write_text("Y = 1\n")
     team = world.workers(per_process=True)  # callbacks: every worker acts and lives on
-    for worker in team:
-        worker.tick(1.0)
+    tick(team, 1.0)
     edit(world.watched, "X = 2\n")
-    for worker in team:
-        worker.tick(2.0)  # generation 1: mod.py
+    tick(team, 2.0)  # generation 1: mod.py
     edit(other, "Y = 2\n")
-    for worker in team:
-        worker.tick(3.0)  # generation 2: other.py
+    tick(team, 3.0)  # generation 2: other.py
     assert [len(w.action.calls) for w in team] == [2, 2, 2]
     world.alive.pids.discard(1)
     world.record.update(lambda data: {**data, "lease": {**data["lease"], "expires": 0}})
-    for now in (4.0, 5.0, 6.0):
-        for worker in team[1:]:
-            worker.tick(now)
+    tick(team[1:], 4.0, 5.0, 6.0)
     assert [len(w.action.calls) for w in team] == [2, 2, 2]
     assert world.record.read()["generation"]["n"] == 2
 
@@ -245,8 +230,7 @@ def test_a_follower_with_a_reload_still_due_keeps_the_next_generation_for_later(
     world: World,
 ) -> None:
     team = world.workers(per_process=True)
-    for worker in team:
-        worker.tick(1.0)
+    tick(team, 1.0)
     edit(world.watched, "X = 2\n")
     team[0].tick(2.0)
     follower = team[1].engine

@@ -403,8 +403,10 @@ def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
             print("  last deploy:  none since the master started", file=out)
         refusal = m["last_refusal"]
         if refusal:
-            print(f"  last refusal: {_when(refusal['at'])}: {refusal['where'] or '?'}: "
-                  f"{refusal['error']}", file=out)
+            where = refusal["where"]
+            named = not where or refusal["error"].startswith(where)
+            print(f"  last refusal: {_when(refusal['at'])}: {refusal['error']}"
+                  f"{'' if named else f' (at {where})'}", file=out)
     return 0
 
 

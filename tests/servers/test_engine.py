@@ -48,6 +48,15 @@ def status_json(tmp_path: Path) -> List[Dict[str, Any]]:
     return json.loads(status(tmp_path, "--json"))  # type: ignore[no-any-return]
 
 
+def started(tmp_path: Path, servers: List[Server], workers: int, action: str = "auto") -> Server:
+    """gunicorn with the test app and ``workers`` sync workers, booted."""
+    make_app(tmp_path, action=repr(action))
+    server = gunicorn(tmp_path, free_port(), workers=workers)
+    servers.append(server.start())
+    assert wait_for(lambda: boots(server) == workers, 15)
+    return server
+
+
 def serve_everywhere(load: Load, workers: int) -> None:
     assert wait_for(
         lambda: len(pids_serving(load.result.bodies_since(0.0), "v1")) == workers, 20
@@ -57,12 +66,8 @@ def serve_everywhere(load: Load, workers: int) -> None:
 def test_six_workers_one_broken_deploy_then_its_fix_one_line_each(
     tmp_path: Path, servers: List[Server]
 ) -> None:
-    make_app(tmp_path)
-    port = free_port()
-    server = gunicorn(tmp_path, port, workers=6)
-    servers.append(server.start())
-    assert wait_for(lambda: boots(server) == 6, 15)
-    with Load(port, threads=6) as load:
+    server = started(tmp_path, servers, 6)
+    with Load(server.port, threads=6) as load:
         serve_everywhere(load, 6)
         errors, infos = len(lines(server, "ERROR")), len(lines(server, "INFO"))
         write(tmp_path / "mod.py", "VALUE = 'broken\n")
@@ -102,12 +107,8 @@ def test_six_workers_one_broken_deploy_then_its_fix_one_line_each(
 def test_an_edit_on_an_idle_site_replaces_every_worker_without_a_request(
     tmp_path: Path, servers: List[Server], action: str
 ) -> None:
-    make_app(tmp_path, action=repr(action))
-    port = free_port()
-    server = gunicorn(tmp_path, port, workers=3)
-    servers.append(server.start())
-    assert wait_for(lambda: boots(server) == 3, 15)
-    with Load(port, threads=3) as load:
+    server = started(tmp_path, servers, 3, action)
+    with Load(server.port, threads=3) as load:
         serve_everywhere(load, 3)
     time.sleep(0.5)  # the last responses are done: from here on, not one request
     t0 = time.monotonic()
@@ -116,7 +117,7 @@ def test_an_edit_on_an_idle_site_replaces_every_worker_without_a_request(
     assert wait_for(lambda: boots(server) == 6, limit), f"not all replaced within {limit}s"
     took = time.monotonic() - t0
     assert_stays(6, lambda: boots(server), 1.5)  # each once: the new workers do not act again
-    code, body = get(port)
+    code, body = get(server.port)
     print(f"\n{action}: 3 idle workers replaced {took:.2f}s after the edit")
     assert code == 200 and body.endswith(b"value=v2"), body
     assert len([line for line in lines(server, "INFO") if "reloading with" in line]) == 1
