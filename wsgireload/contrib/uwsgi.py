@@ -32,7 +32,7 @@ class _Registration:
 
     def __call__(self, signum: int) -> None:
         # Runs in whichever worker uWSGI picked; each worker keeps its own baseline (forked
-        # from the master, or its own import under --lazy-apps), so any one of them may decide.
+        # from the master, or its own import under --lazy-apps), so any one of them may scan.
         self.watcher.step(time.monotonic())
 
 
@@ -45,9 +45,9 @@ def register(
 ) -> Watcher:
     """Check for changed code every ``interval`` seconds from a uWSGI timer; return the Watcher.
 
-    :param target: which processes run the check. ``"workers"`` (default): every worker
-        checks its own modules, as the middleware's threads do, so each settles on its own
-        clock. ``"worker"``: one worker per tick, whichever is free (cheaper; a change set is
+    :param target: which processes run the check. ``"workers"`` (default): every worker is
+        ticked, and as with the middleware one of them scans for the master while the others
+        only look at the master's record. ``"worker"``: one worker per tick, whichever is free (cheaper; a change set is
         then settled across ticks that may land on different workers, so it can take a few
         ticks longer). ``"active-workers"``: every worker not being reloaded.
     :param signum: the uWSGI signal number to use (0-255); change it if your app uses 120.
