@@ -57,6 +57,12 @@ def started(tmp_path: Path, servers: List[Server], workers: int, action: str = "
     return server
 
 
+def scanner_of(tmp_path: Path) -> Any:
+    """The pid that scans for the (only) master, None while there is no record or lease."""
+    masters = status_json(tmp_path)
+    return masters[0]["scanner"] if masters else None
+
+
 def serve_everywhere(load: Load, workers: int) -> None:
     assert wait_for(
         lambda: len(pids_serving(load.result.bodies_since(0.0), "v1")) == workers, 20
@@ -121,3 +127,25 @@ def test_an_edit_on_an_idle_site_replaces_every_worker_without_a_request(
     print(f"\n{action}: 3 idle workers replaced {took:.2f}s after the edit")
     assert code == 200 and body.endswith(b"value=v2"), body
     assert len([line for line in lines(server, "INFO") if "reloading with" in line]) == 1
+
+
+def test_the_scanner_killed_another_worker_scans_and_the_next_deploy_reloads(
+    tmp_path: Path, servers: List[Server]
+) -> None:
+    server = started(tmp_path, servers, 3)
+    with Load(server.port, threads=3) as load:
+        serve_everywhere(load, 3)
+        assert wait_for(lambda: scanner_of(tmp_path) is not None, 10)
+        scanner = scanner_of(tmp_path)
+        os.kill(scanner, 9)  # gone without a word: gunicorn replaces it
+        assert wait_for(lambda: boots(server) == 4, 10)
+        assert wait_for(lambda: scanner_of(tmp_path) not in (None, scanner), 15), status_json(
+            tmp_path
+        )
+        t0 = time.monotonic()
+        write(tmp_path / "mod.py", "VALUE = 'v2'\n")
+        took = wait_all_workers_serve(load, t0, "v2", 3, timeout=10)
+        assert_stays(7, lambda: boots(server), 1.5)  # one reload of the 3 workers, once
+    result = load.stop()
+    print(f"\nscanner {scanner} killed; the next deploy served everywhere after {took:.2f}s")
+    assert result.failed == 0, result.errors[:5]
