@@ -82,10 +82,13 @@ def test_poll_reads_only_when_the_file_changed(
 
 def test_records_of_dead_masters_are_removed(tmp_path: Path) -> None:
     for name in ("gunicorn-42-7.master.json", "gunicorn-42-7.master.json.lock",
-                 "gunicorn-43-9.master.json", "uwsgi-44-1.json", "notes.txt"):
+                 "gunicorn-43-9.master.json", "uwsgi-44-1.json", "notes.txt",
+                 "gunicorn-43-9.master.json.50.tmp", "gunicorn-43-9.master.json.43.tmp"):
         (tmp_path / name).write_text("{}")
-    forget_dead(str(tmp_path), Alive(43))
-    assert sorted(os.listdir(tmp_path)) == ["gunicorn-43-9.master.json", "notes.txt"]
+    forget_dead(str(tmp_path), Alive(43))  # 50 died between writing and renaming
+    assert sorted(os.listdir(tmp_path)) == [
+        "gunicorn-43-9.master.json", "gunicorn-43-9.master.json.43.tmp", "notes.txt"
+    ]
 
 
 def test_open_record_in_an_unusable_directory_says_why(tmp_path: Path) -> None:

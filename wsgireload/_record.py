@@ -105,11 +105,15 @@ class Record:
             os.close(fd)
 
     def remove(self) -> None:
-        for path in (self.path, self.path + ".lock"):
-            try:
-                os.unlink(path)
-            except OSError:
-                pass
+        _unlink(self.path)
+        _unlink(self.path + ".lock")
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 def master_of(environ: Any) -> Optional[Tuple[str, int]]:
@@ -163,6 +167,11 @@ def forget_dead(directory: str, alive: Alive = _alive) -> None:
     except OSError:
         return
     for name in names:
+        if name.endswith(".tmp"):  # a writer that died between writing and renaming
+            writer = name.rsplit(".", 2)[-2]
+            if writer.isdigit() and not alive(int(writer), None):
+                _unlink(os.path.join(directory, name))
+            continue
         # Also the uWSGI action's own ``uwsgi-<pid>-<start>.json`` records, kept beside these.
         suffix = SUFFIX if name.endswith(SUFFIX) else ".json"
         if not name.endswith(suffix):
