@@ -49,7 +49,8 @@ def register(
         ticked, and as with the middleware one of them scans for the master while the others
         only look at the master's record. ``"worker"``: one worker per tick, whichever is
         free (each then scans for itself; a change set is settled across ticks that may land
-        on different workers, so it can take a few ticks longer). ``"active-workers"``: every worker not being reloaded.
+        on different workers, so it can take a few ticks longer). ``"active-workers"``:
+        every worker not being reloaded.
     :param signum: the uWSGI signal number to use (0-255); change it if your app uses 120.
     :param options: the :class:`~wsgireload.watcher.Watcher` options (``extra_files``,
         ``settle``, ``action``...).
