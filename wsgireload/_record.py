@@ -179,7 +179,7 @@ def forget_dead(directory: str, alive: Alive = _alive) -> None:
         parts = name[: -len(suffix)].rsplit("-", 2)
         if len(parts) != 3 or not parts[1].isdigit():
             continue
-        start = None if parts[2] == "na" else parts[2]
+        start = None if parts[2] in ("na", "unknown") else parts[2]  # no /proc when made
         if not alive(int(parts[1]), start):
             Record(os.path.join(directory, name)).remove()
 
