@@ -174,3 +174,24 @@ def test_validations_and_refusals_are_recorded(record: Record) -> None:
 )
 def test_where_finds_the_users_line(error: str, expected: str) -> None:
     assert where(error) == expected
+
+
+def test_workers_that_exited_are_listed_for_a_while_and_in_bounded_number(
+    record: Record, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_record, "_GONE_MAX", 2)
+    wall, alive = Wall(), Alive(1)
+    scanner = share(record, 1, wall, alive)
+    for pid in (2, 3, 4):
+        wall.now += 1
+        share(record, pid, wall, Alive(1, pid))  # a worker that joins, then exits
+        record.update(lambda data: {**data, "lease": {**data["lease"], "expires": 0}})
+        scanner.scanning = False  # take the lease again at the next turn: a renewal
+        assert scanner.turn()
+    workers = record.read()["workers"]
+    assert sorted(workers) == ["1", "3", "4"] and "gone" not in workers["1"]
+    wall.now += 3601
+    record.update(lambda data: {**data, "lease": {**data["lease"], "expires": 0}})
+    scanner.scanning = False
+    assert scanner.turn()
+    assert sorted(record.read()["workers"]) == ["1"]

@@ -28,6 +28,7 @@ Data = Dict[str, Any]
 SUFFIX = ".master.json"
 _VALIDATIONS_KEPT = 20
 _GONE_KEPT = 3600.0  # seconds a worker that exited stays listed (for "workers replaced")
+_GONE_MAX = 256  # workers that exited kept at most
 _WHERE = re.compile(r"(/[^\s:'\"]+\.py)(?::|\", line )(\d+)")
 
 
@@ -272,6 +273,9 @@ class Share:
         for pid, worker in workers.items():
             if "gone" not in worker and not self.alive(int(pid), worker.get("start")):
                 worker["gone"] = now
+        gone = sorted((w["gone"], p) for p, w in workers.items() if "gone" in w)
+        for _, pid in gone[: max(0, len(gone) - _GONE_MAX)]:
+            del workers[pid]  # a server restarting workers often must not grow the record
         workers = {p: w for p, w in workers.items() if now - w.get("gone", now) < _GONE_KEPT}
         lease = {"pid": self.pid, "start": self.start, "expires": now + self.lease}
         return {**self._stats(data), "lease": lease, "workers": workers}
