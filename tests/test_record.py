@@ -182,6 +182,7 @@ def test_workers_that_exited_are_listed_for_a_while_and_in_bounded_number(
     monkeypatch.setattr(_record, "_GONE_MAX", 2)
     wall, alive = Wall(), Alive(1)
     scanner = share(record, 1, wall, alive)
+    assert scanner.turn()
     for pid in (2, 3, 4):
         wall.now += 1
         share(record, pid, wall, Alive(1, pid))  # a worker that joins, then exits
