@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -278,3 +279,55 @@ def test_python_m_wsgireload() -> None:
     proc = subprocess.run([sys.executable, "-m", "wsgireload", "--version"], capture_output=True,
                           text=True, timeout=60)
     assert proc.returncode == 0 and proc.stdout.startswith("wsgireload ")
+
+
+# -- status ----------------------------------------------------------------------------------
+def _live_record(rundir: Path) -> Path:
+    """A record whose master is this test process (so it counts as running)."""
+    from wsgireload.actions._process import proc_start_time
+
+    pid, start = os.getpid(), proc_start_time(os.getpid())
+    rundir.mkdir(mode=0o700, exist_ok=True)
+    path = rundir / f"gunicorn-{pid}-{start}.master.json"
+    path.write_text(json.dumps({
+        "server": "gunicorn", "master": pid, "master_start": start,
+        "workers": {"11": {"born": 100.0, "gone": 300.0}, "12": {"born": 100.0, "gone": 300.0},
+                    "13": {"born": 250.0}, "14": {"born": 400.0}},
+        "lease": {"pid": 14, "start": "x", "expires": 4e9},
+        "watched": 3000, "scan_ms": 6.5,
+        "generation": {"n": 2, "at": 200.0, "files": ["/app/mod.py"],
+                       "action": "auto: gunicorn: SIGHUP to master 1"},
+        "last_refusal": {"at": 150.0, "files": ["/app/mod.py"], "error": "/app/mod.py:1: boom",
+                         "where": "/app/mod.py:1"},
+    }))
+    (rundir / "gunicorn-999999-1.master.json").write_text("{}")  # torn or dead: not shown
+    return path
+
+
+def test_status_json_shows_the_last_deploy_and_refusal(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _live_record(tmp_path / "run")
+    code, out, _ = run(["status", "--json", "--runtime-dir", str(tmp_path / "run")], capsys)
+    assert code == 0
+    (master,) = json.loads(out)
+    assert master["master"] == os.getpid() and master["workers"] == [13, 14]
+    assert master["scanner"] == 14 and master["watched"] == 3000 and master["scan_ms"] == 6.5
+    assert master["last_deploy"]["files"] == ["/app/mod.py"]
+    assert master["last_deploy"]["workers_replaced"] == 2  # 11 and 12 were born before it, gone
+    assert master["last_refusal"]["where"] == "/app/mod.py:1"
+
+
+def test_status_text_names_each_part(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _live_record(tmp_path / "run")
+    code, out, _ = run(["status", "--runtime-dir", str(tmp_path / "run")], capsys)
+    assert code == 0
+    assert f"gunicorn master {os.getpid()}: 2 workers seen (13, 14)" in out
+    assert "scanner:      14; 3000 files, last scan 6.5 ms" in out
+    assert "auto: gunicorn: SIGHUP to master 1; 2 workers replaced" in out
+    assert "last refusal: " in out and ": /app/mod.py:1: boom\n" in out
+
+
+def test_status_without_records_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(["status", "--runtime-dir", str(tmp_path / "none")], capsys)
+    assert code == 0 and "no running master" in out

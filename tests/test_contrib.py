@@ -36,11 +36,11 @@ def test_gunicorn_hook_starts_a_watcher(preload: bool) -> None:
     watcher = worker.wsgireload_watcher  # type: ignore[attr-defined]
     try:
         assert isinstance(watcher, Watcher) and watcher._thread is not None
-        assert watcher._created_pid == (4242 if preload else watcher._created_pid)
+        assert watcher.engine.created_pid == (4242 if preload else watcher.engine.created_pid)
         if not preload:
             import os
 
-            assert watcher._created_pid == os.getpid()
+            assert watcher.engine.created_pid == os.getpid()
     finally:
         watcher.stop()
 
@@ -50,19 +50,24 @@ def test_gunicorn_hook_rejects_bad_options_at_config_load() -> None:
         gunicorn_hooks.make_post_worker_init(settle=-1)
 
 
-def test_gunicorn_module_records_fork_time() -> None:
+def test_the_fork_time_the_gunicorn_hook_uses_is_taken_again_in_a_forked_child() -> None:
     import os
+    import time
 
+    from wsgireload.engine import forked_at
+
+    before = forked_at()
+    time.sleep(0.01)
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - child
-        os.write(write, repr(gunicorn_hooks._forked_at).encode())
+        os.write(write, repr(forked_at()).encode())
         os._exit(0)
     os.close(write)
     os.waitpid(pid, 0)
     value = os.read(read, 100).decode()
     os.close(read)
-    assert value != "None" and float(value) > 0
+    assert float(value) > before and forked_at() == before
 
 
 class FakeUwsgi(types.ModuleType):

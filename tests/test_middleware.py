@@ -18,6 +18,8 @@ from wsgireload.actions import Action
 from wsgireload.policy import ChangeSet
 
 from .conftest import FakeClock, bump
+from .hardening_support import environ as full_environ
+from .hardening_support import make_reloader, serve, touch
 
 
 def hello(environ: dict, start_response: Callable[..., Any]) -> Iterable[bytes]:
@@ -437,3 +439,62 @@ def test_module_edited_then_imported_lazily_after_creation_is_a_change(
         assert changes is not None and str(lazy) in changes.files
     finally:
         sys.modules.pop("wr_lazy_views", None)
+
+
+# -- acting without waiting for traffic ------------------------------------------------------
+class ServerReload(Action):
+    """Stands for a server's graceful reload (it lets responses in flight finish)."""
+
+    name = "server-reload"
+
+    def __init__(self) -> None:
+        self.calls: List[ChangeSet] = []
+
+    def __call__(self, changes: ChangeSet) -> None:
+        self.calls.append(changes)
+
+
+def test_a_due_reload_with_nothing_in_flight_acts_from_the_watcher_tick(watched: Path) -> None:
+    action = ServerReload()
+    reloader, clock = make_reloader(hello, watched, action)
+    try:
+        serve(reloader, full_environ())  # the first request starts this process's watcher
+        touch(watched)
+        clock.now += 1.0
+        reloader._tick()  # what the watcher thread does every interval
+        assert len(action.calls) == 1 and reloader.reload_due is None
+    finally:
+        reloader.close()
+
+
+def test_a_due_reload_with_a_response_in_flight_waits_for_its_close(watched: Path) -> None:
+    action = ServerReload()
+    reloader, clock = make_reloader(hello, watched, action)
+    try:
+        list(reloader(full_environ(), lambda *a: None))  # start the watcher
+        touch(watched)
+        clock.now += 1.0
+        reloader.run_step(clock.now)  # due: responses from now on are counted
+        body = reloader(full_environ(), lambda *a: None)
+        reloader._tick()
+        assert action.calls == []  # a response is open
+        list(body)
+        body.close()  # type: ignore[attr-defined]
+        assert len(action.calls) == 1
+    finally:
+        reloader.close()
+
+
+def test_a_callback_runs_only_after_a_response_closes(watched: Path) -> None:
+    calls: List[ChangeSet] = []
+    reloader, clock = make_reloader(hello, watched, calls.append)
+    try:
+        serve(reloader, full_environ())
+        touch(watched)
+        clock.now += 1.0
+        reloader._tick()
+        assert calls == [] and reloader.reload_due is not None
+        serve(reloader, full_environ())
+        assert len(calls) == 1
+    finally:
+        reloader.close()

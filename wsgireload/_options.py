@@ -1,17 +1,22 @@
-"""Option checks and construction shared by Reloader and Watcher.
+"""The options every entry point builds: one frozen, validated object, and what it builds.
 
 One place says what a valid interval, settle or validate value is, and logs a reload.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import logging
 import os
-from typing import Any, Iterable, List, Optional, Union
+import time
+from typing import Any, List, Optional, Tuple, Union
 
 from .actions import Action
 from .detect import Detector
 from .errors import ConfigurationError
+from .events import EventDetector
+from .events import available as events_available
 from .policy import VALIDATE_CHOICES, ChangeSet, Policy
 
 log = logging.getLogger("wsgireload")
@@ -50,23 +55,6 @@ def as_list(name: str, value: Any) -> List[Any]:
     return items
 
 
-def build_detector(
-    extra_files: Union[PathSpec, Iterable[PathSpec]],
-    exclude: Union[str, Iterable[str]],
-    *,
-    modules: bool = True,
-    include_stdlib: bool = False,
-    changed_since_ns: Optional[int] = None,
-) -> Detector:
-    return Detector(
-        extra_files=[os.fspath(p) for p in as_list("extra_files", extra_files)],
-        exclude=[os.fspath(p) for p in as_list("exclude", exclude)],
-        modules=modules,
-        include_stdlib=include_stdlib,
-        changed_since_ns=changed_since_ns,
-    )
-
-
 def build_policy(
     *,
     interval: float,
@@ -99,15 +87,93 @@ def build_policy(
     )
 
 
-def run_action(action: Action, changes: ChangeSet) -> Optional[Exception]:
-    """Log the one INFO line of a reload and run the action; its failure is logged, returned."""
+MODES = ("auto", "thread", "inline")
+BACKENDS = ("poll", "events", "auto")
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """What to watch and when to act, checked once: build it with :meth:`build`.
+
+    A new option is one field here (``build_policy`` receives the fields it names).
+    """
+
+    interval: float = 1.0  # seconds between two scans
+    settle: float = 1.0  # seconds without a further change before acting
+    settle_max: float = 30.0  # seconds after the first change when acting anyway
+    extra_files: Tuple[str, ...] = ()  # paths or glob patterns watched besides the modules
+    exclude: Tuple[str, ...] = ()  # fnmatch patterns of full paths never watched
+    modules: bool = True  # watch the source files of sys.modules
+    include_stdlib: bool = False
+    validate: Optional[str] = "compile"
+    import_name: Optional[str] = None
+    import_timeout: float = 30.0  # seconds
+    mode: str = "auto"  # Reloader: "thread", "inline" or "auto"
+    backend: str = "poll"  # Reloader: "poll", "events" or "auto"
+
+    @classmethod
+    def build(cls, owner: str, **values: Any) -> "Options":
+        """Options from keyword arguments, or ConfigurationError saying what is wrong."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        for name in values:
+            if name not in names:
+                raise TypeError(f"{owner}() got an unexpected keyword argument {name!r}")
+        for name in ("extra_files", "exclude"):
+            if name in values:
+                values[name] = tuple(os.fspath(p) for p in as_list(name, values[name]))
+        options = cls(**values)
+        options.policy()  # checks the timing and validation options
+        if options.mode not in MODES:
+            raise ConfigurationError(
+                f"mode={options.mode!r} is not allowed; use 'auto', 'thread' or 'inline'"
+            )
+        if options.backend not in BACKENDS:
+            raise ConfigurationError(
+                f"backend={options.backend!r} is not allowed; use 'poll', 'events' or 'auto'"
+            )
+        return options
+
+    def policy(self) -> Policy:
+        wanted = inspect.signature(build_policy).parameters
+        return build_policy(**{name: getattr(self, name) for name in wanted})
+
+    def detector(self) -> Union[Detector, EventDetector]:
+        """A Detector with its baseline taken now (what this process has loaded)."""
+        detector = Detector(
+            extra_files=self.extra_files,
+            exclude=self.exclude,
+            modules=self.modules,
+            include_stdlib=self.include_stdlib,
+            # Modules imported after this point are baselined when first seen; an edit that
+            # landed between now and then must still count (see Detector).
+            changed_since_ns=time.time_ns(),
+        )
+        detector.scan()
+        if self.backend == "poll":
+            return detector
+        if events_available():
+            return EventDetector(detector)
+        if self.backend == "events":
+            log.warning(
+                "wsgireload: backend='events' needs the watchfiles package "
+                "(pip install 'wsgireload[events]'); polling instead"
+            )
+        return detector
+
+
+def run_action(
+    action: Action, changes: ChangeSet, level: int = logging.INFO, note: str = ""
+) -> Optional[Exception]:
+    """Log the one line of a reload and run the action; its failure is logged, returned."""
     try:
-        log.info(
-            "wsgireload: %d file%s changed (%s); reloading with %s",
+        log.log(
+            level,
+            "wsgireload: %d file%s changed (%s); reloading with %s%s",
             len(changes.files),
             "" if len(changes.files) == 1 else "s",
             changes.describe(),
             action.describe(),
+            note,
         )
         action(changes)
     except Exception as exc:

@@ -5,7 +5,6 @@ A module-level detector: the first call records, later calls say whether anythin
 
 from __future__ import annotations
 
-import os
 import threading
 from typing import Optional
 
@@ -32,15 +31,11 @@ def code_changed() -> bool:
         return bool(_detector.scan())
 
 
-def _after_fork_in_child() -> None:
+def after_fork() -> None:
     # A thread of the parent may have held the lock at fork time (a gunicorn hook thread
     # scanning while the master forks); in the child nobody would ever release it.
     global _lock
     _lock = threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _reset() -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import logging
 import os
 import sys
@@ -14,7 +15,8 @@ import time
 import traceback
 from typing import Any, Callable, Dict, List, Optional, Sequence, TextIO, Tuple
 
-from . import __version__
+from . import __version__, _record
+from ._options import Options
 from .actions import REGISTRY, Action, AutoAction, detect_server
 from .actions.pidfile import DEFAULT_EXPECT, PidfileAction, parse_signal
 from .detect import Detector, site_dirs
@@ -271,7 +273,7 @@ def cmd_watch(args: argparse.Namespace, out: TextIO) -> int:
     targets: List[str] = args.targets
     is_app = len(targets) == 1 and ":" in targets[0] and not os.path.exists(targets[0])
     detector: Optional[Detector] = None
-    defaults = {"interval": 1.0, "settle": 1.0, "settle_max": 30.0}
+    defaults = Options()  # or the options of a Reloader found in the app
     if is_app:
         app, name = load_app(targets[0])
         reloader, where = find_reloader(app)
@@ -279,11 +281,7 @@ def cmd_watch(args: argparse.Namespace, out: TextIO) -> int:
             found = reloader.detector
             # The event backend wraps a polling Detector; watching from here polls.
             detector = found.poller if isinstance(found, EventDetector) else found
-            defaults = {
-                "interval": reloader.interval,
-                "settle": reloader.policy.settle,
-                "settle_max": reloader.policy.settle_max,
-            }
+            defaults = reloader.options
         else:
             detector = Detector(exclude=args.exclude)
             detector.scan()
@@ -308,11 +306,11 @@ def cmd_watch(args: argparse.Namespace, out: TextIO) -> int:
     else:
         action = _ReportOnly(printer)
     watcher = Watcher(
-        interval=args.interval if args.interval is not None else defaults["interval"],
-        settle=args.settle if args.settle is not None else defaults["settle"],
+        interval=args.interval if args.interval is not None else defaults.interval,
+        settle=args.settle if args.settle is not None else defaults.settle,
         settle_max=max(
-            args.settle_max if args.settle_max is not None else defaults["settle_max"],
-            args.settle if args.settle is not None else defaults["settle"],
+            args.settle_max if args.settle_max is not None else defaults.settle_max,
+            args.settle if args.settle is not None else defaults.settle,
         ),
         validate=None if args.no_validate else "compile",
         action=action,
@@ -336,6 +334,80 @@ def cmd_watch(args: argparse.Namespace, out: TextIO) -> int:
     finally:
         log.removeHandler(handler)
         log.setLevel(old_level)
+
+
+# -- status --------------------------------------------------------------------------------
+def _entry(data: Dict[str, Any], key: str) -> Dict[str, Any]:
+    value = data.get(key)
+    return value if isinstance(value, dict) else {}
+
+
+def master_status(data: Dict[str, Any], now: float) -> Dict[str, Any]:
+    """What ``status`` shows of one master's record (``now``: ``time.time()``)."""
+    workers = _entry(data, "workers")
+    lease = _entry(data, "lease")
+    deploy: Optional[Dict[str, Any]] = _entry(data, "generation") or None
+    if deploy is not None:
+        at = float(deploy.get("at", 0.0))
+        replaced = len(
+            [w for w in workers.values() if float(w.get("born", 0.0)) < at and "gone" in w]
+        )
+        deploy = {"at": at, "files": deploy.get("files", []), "action": deploy.get("action", ""),
+                  "workers_replaced": replaced}
+    refusal: Optional[Dict[str, Any]] = _entry(data, "last_refusal") or None
+    if refusal is not None:
+        refusal = {"at": refusal.get("at"), "files": refusal.get("files", []),
+                   "error": refusal.get("error", ""), "where": refusal.get("where", "")}
+    return {
+        "server": data.get("server"),
+        "master": data.get("master"),
+        "workers": sorted(int(pid) for pid, w in workers.items() if "gone" not in w),
+        "scanner": lease.get("pid") if float(lease.get("expires", 0.0)) > now else None,
+        "watched": data.get("watched", 0),
+        "scan_ms": data.get("scan_ms"),
+        "last_deploy": deploy,
+        "last_refusal": refusal,
+        # the change sets validated lately and their verdicts: once per change set per master
+        "validations": [
+            {key: v.get(key) for key in ("at", "files", "verdict")}
+            for v in data.get("validations", []) if isinstance(v, dict)
+        ],
+    }
+
+
+def _when(at: Any) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(at))) if at else "?"
+
+
+def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
+    now = time.time()
+    masters = [master_status(data, now) for data in _record.read_all(args.runtime_dir)]
+    if args.json:
+        json.dump(masters, out, indent=2)
+        print(file=out)
+        return 0
+    if not masters:
+        print("no running master with a wsgireload record (readable by this user)", file=out)
+        return 0
+    for m in masters:
+        print(f"{m['server']} master {m['master']}: {len(m['workers'])} workers seen "
+              f"({', '.join(map(str, m['workers']))})", file=out)
+        print(f"  scanner:      {m['scanner'] or 'none at the moment'}; {m['watched']} files, "
+              f"last scan {m['scan_ms'] if m['scan_ms'] is not None else '?'} ms", file=out)
+        deploy = m["last_deploy"]
+        if deploy:
+            print(f"  last deploy:  {_when(deploy['at'])}: {', '.join(deploy['files'][:3])}"
+                  f"{' ...' if len(deploy['files']) > 3 else ''}; {deploy['action']}; "
+                  f"{deploy['workers_replaced']} workers replaced", file=out)
+        else:
+            print("  last deploy:  none since the master started", file=out)
+        refusal = m["last_refusal"]
+        if refusal:
+            where = refusal["where"]
+            named = not where or refusal["error"].startswith(where)
+            print(f"  last refusal: {_when(refusal['at'])}: {refusal['error']}"
+                  f"{'' if named else f' (at {where})'}", file=out)
+    return 0
 
 
 # -- entry point ---------------------------------------------------------------------------
@@ -378,6 +450,18 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the signalled process's command line must name this (repeatable; "
                        "default gunicorn or uwsgi)")
     watch.add_argument("-v", "--verbose", action="store_true", help="debug log lines; tracebacks")
+
+    status = sub.add_parser(
+        "status",
+        help="each running master's watcher: scanner, last deploy, last refusal",
+        description="Show, for every running server master whose wsgireload record this user "
+        "can read: its workers, which one scans, the files watched and the last scan's cost, the "
+        "last deploy and the last refusal.",
+    )
+    status.add_argument("--json", action="store_true", help="print JSON (a list of masters)")
+    status.add_argument("--runtime-dir", metavar="DIR", help="where the records are "
+                        "(default: $XDG_RUNTIME_DIR/wsgireload or <tmp>/wsgireload-<uid>)")
+    status.set_defaults(verbose=False)
     return parser
 
 
@@ -388,6 +472,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         if args.command == "check":
             return cmd_check(args, out)
+        if args.command == "status":
+            return cmd_status(args, out)
         return cmd_watch(args, out)
     except (AppError, ConfigurationError) as exc:
         if args.verbose:

@@ -142,6 +142,9 @@ class EventDetector:
     def watched(self) -> List[str]:
         return self.poller.watched()
 
+    def modified_since(self, since_ns: int) -> List[str]:
+        return self.poller.modified_since(since_ns)
+
     def add(self, paths: Iterable[str]) -> None:
         paths = list(paths)
         self.poller.add(paths)
@@ -328,10 +331,7 @@ def available() -> bool:
 _detectors: "weakref.WeakSet[EventDetector]" = weakref.WeakSet()
 
 
-def _after_fork_in_child() -> None:
+def after_fork() -> None:
+    """Called in a forked child (by ``wsgireload.engine``'s one fork hook)."""
     for detector in list(_detectors):
         detector._after_fork()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -1,6 +1,6 @@
-"""The Reloader WSGI middleware: runs the watcher and fires the action after the response.
+"""The Reloader WSGI middleware: the engine's gate, acting once no response is in flight.
 
-The request path is a flag check; scanning, validation and signals happen elsewhere and
+The request path is a flag check; scanning, validation and signals happen in the engine and
 nothing they raise ever reaches a request.
 """
 
@@ -19,18 +19,17 @@ from typing import (
     Dict,
     Iterable,
     Iterator,
-    List,
     Optional,
     Union,
 )
 
-from ._options import PathSpec, build_detector, build_policy, run_action
-from .actions import ActionSpec, ProcessContext, resolve
+from ._options import Options
+from .actions import Action, ActionSpec, resolve
 from .detect import Detector
+from .engine import Engine
 from .errors import ConfigurationError
 from .events import EventDetector
-from .events import available as _events_available
-from .policy import ChangeSet
+from .policy import ChangeSet, Policy
 
 log = logging.getLogger("wsgireload")
 
@@ -38,13 +37,10 @@ Environ = Dict[str, Any]
 StartResponse = Callable[..., Any]
 WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
 
-MODES = ("auto", "thread", "inline")
-BACKENDS = ("poll", "events", "auto")
 # Seconds a due reload waits for a moment with no response in flight. Under steady load (or a
 # client keeping slow responses overlapping) that moment may never come; server-graceful
 # actions then fire at the next response close. Instances may override it.
 DRAIN_TIMEOUT = 60.0
-_FAILURE_LOG_EVERY = 60.0  # seconds between two logged watcher failures
 
 
 class Reloader:
@@ -54,6 +50,9 @@ class Reloader:
 
         from wsgireload import Reloader
         application = Reloader(app)
+
+    A due reload runs at once from the watcher thread when no response is in flight, else
+    after the last one closes. The workers of one master share one scanner (see ``engine``).
 
     :param app: the WSGI application to wrap.
     :param interval: seconds between two scans of the watched files.
@@ -82,8 +81,8 @@ class Reloader:
     """
 
     drain_timeout = DRAIN_TIMEOUT  # seconds
+    # The gate's per-process state (see _reset_process_state).
     _lock: threading.Lock
-    _stepping: threading.Lock
     _pid: Optional[int]
     _steady: bool
     _inline: bool
@@ -94,81 +93,47 @@ class Reloader:
     _firing: bool
     _thread: Optional[threading.Thread]
     _stop: threading.Event
-    _import_failures: List[str]
 
     def __init__(
         self,
         app: WSGIApp,
         *,
-        interval: float = 1.0,  # seconds
-        settle: float = 1.0,  # seconds
-        settle_max: float = 30.0,  # seconds
-        extra_files: Union[PathSpec, Iterable[PathSpec]] = (),
-        exclude: Union[str, Iterable[str]] = (),
-        include_stdlib: bool = False,
-        validate: Optional[str] = "compile",
-        import_name: Optional[str] = None,
-        import_timeout: float = 30.0,  # seconds
         action: ActionSpec = "auto",
-        mode: str = "auto",
-        backend: str = "poll",
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = time.monotonic,  # monotonic seconds (tests inject one)
+        **options: Any,  # the Options fields: interval, settle, extra_files, validate...
     ) -> None:
         if not callable(app):
             raise ConfigurationError(f"app must be a WSGI callable, not {type(app).__name__}")
-        if validate == "import" and import_name is None:
-            import_name = _caller_module()
-            if import_name is None:
+        if options.get("validate") == "import" and options.get("import_name") is None:
+            options["import_name"] = _caller_module()
+            if options["import_name"] is None:
                 raise ConfigurationError(
                     "validate='import' needs import_name='your.wsgi.module' when the Reloader "
                     "is not created at the top level of an importable module"
                 )
-        self.policy = build_policy(
-            interval=interval,
-            settle=settle,
-            settle_max=settle_max,
-            validate=validate,
-            import_name=import_name,
-            import_timeout=import_timeout,
-        )
-        if mode not in MODES:
-            raise ConfigurationError(
-                f"mode={mode!r} is not allowed; use 'auto', 'thread' or 'inline'"
-            )
-        if backend not in BACKENDS:
-            raise ConfigurationError(
-                f"backend={backend!r} is not allowed; use 'poll', 'events' or 'auto'"
-            )
+        self.options = Options.build("Reloader", **options)
         self.app = app
-        self.interval = float(interval)
-        self.mode = mode
+        self.interval = self.options.interval
+        self.mode = self.options.mode
         self.clock = clock
-        self.action = resolve(action)
-        detector = build_detector(
-            extra_files,
-            exclude,
-            include_stdlib=include_stdlib,
-            # Modules imported after this point are baselined when first seen; an edit that
-            # landed between now and then must still count (see Detector).
-            changed_since_ns=time.time_ns(),
-        )
-        self.detector: Union[Detector, EventDetector] = detector
-        if backend != "poll":
-            if _events_available():
-                self.detector = EventDetector(detector)
-            elif backend == "events":
-                log.warning(
-                    "wsgireload: backend='events' needs the watchfiles package "
-                    "(pip install 'wsgireload[events]'); polling instead"
-                )
         # The baseline is what this process imported; forked workers inherit it, so a change
         # made between a worker's start and its first request is still seen.
-        self.detector.scan()
-        self._created_pid = os.getpid()
+        self.engine = Engine(self.options, resolve(action), clock=clock)
+        self.engine.on_fork = _weak(self._reset_process_state)
         self._reset_process_state()
         self._closed = False
-        self._next_failure_log = 0.0
-        _track_forks(self)
+
+    @property
+    def action(self) -> Action:
+        return self.engine.action
+
+    @property
+    def policy(self) -> Policy:
+        return self.engine.policy
+
+    @property
+    def detector(self) -> Union[Detector, EventDetector]:
+        return self.engine.detector
 
     # -- the request path ---------------------------------------------------------------
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
@@ -216,9 +181,8 @@ class Reloader:
 
     # -- process and thread -------------------------------------------------------------
     def _reset_process_state(self) -> None:
-        """State that belongs to one process: rebuilt in a forked child."""
+        """The gate's state, which belongs to one process: rebuilt in a forked child."""
         self._lock = threading.Lock()
-        self._stepping = threading.Lock()  # per process: a fork may copy it held
         self._pid = None
         self._steady = False  # True: nothing to do on the request path
         self._inline = False
@@ -229,10 +193,6 @@ class Reloader:
         self._firing = False
         self._thread = None
         self._stop = threading.Event()
-        self._import_failures = []
-
-    def _after_fork(self) -> None:
-        self._reset_process_state()
 
     def _start_process(self, environ: Environ) -> None:
         with self._lock:
@@ -241,10 +201,7 @@ class Reloader:
                 return
             self._pid = pid
             self._stop = threading.Event()
-            try:
-                self.action.setup(ProcessContext(pid, self._created_pid, environ))
-            except Exception as exc:
-                self._log_failure(exc)
+            self.engine.setup(environ)
             self._inline = self.mode == "inline" or (
                 self.mode == "auto" and not _threads_available(environ)
             )
@@ -253,8 +210,6 @@ class Reloader:
                 return
             if self._closed:  # close() ran meanwhile: it saw no thread, so start none
                 return
-            if isinstance(self.detector, EventDetector):
-                self.detector.start()  # per process: its thread does not survive a fork
             thread = threading.Thread(
                 target=_watch,
                 args=(weakref.ref(self), self._stop),
@@ -268,51 +223,38 @@ class Reloader:
             self._steady = self._due is None and not self.action.requires_drain
 
     def run_step(self, now: float) -> Optional[ChangeSet]:
-        """One watcher tick: scan, let the policy decide, mark a reload due. Never raises."""
-        # Inline mode on a threaded server: overlapping scans both saw the same change and
-        # reported it twice (two actions for one change). One tick at a time; others skip.
-        if not self._stepping.acquire(blocking=False):
-            return None
-        try:
-            return self._step(now)
-        finally:
-            self._stepping.release()
+        """One watcher tick: the engine's step; a change set it hands out becomes due."""
+        changes = self.engine.step(now, decide=self._due is None)
+        if changes is not None:
+            with self._lock:
+                self._due = changes
+                self._due_at = now
+                self._steady = False
+            log.debug("wsgireload: reload due after the last response: %s", changes.describe())
+        return changes
 
-    def _step(self, now: float) -> Optional[ChangeSet]:
-        try:
-            failures, self._import_failures = self._import_failures, []
-            if failures:
-                self.detector.add(failures)
-            changed = self.detector.scan()
-            if changed:
-                log.debug("wsgireload: changed: %s", ", ".join(changed))
-                self.policy.observe(changed, now)
-            if self._due is not None:
-                return None
-            changes = self.policy.due(now, self.detector.baseline)
-            if changes is not None:
-                with self._lock:
-                    self._due = changes
-                    self._due_at = now
-                    self._steady = False
-                log.debug("wsgireload: reload due after the next response: %s", changes.describe())
-            return changes
-        except Exception as exc:
-            self._log_failure(exc)
-            return None
+    def _tick(self) -> None:
+        """The watcher thread's tick: with no response in flight, "after it" is now."""
+        self.run_step(self.clock())
+        if self._due is not None and not self.action.after_close_only:
+            self._fire_when_idle(closing=False)
 
     # -- firing -------------------------------------------------------------------------
     def _response_closed(self) -> None:
         with self._lock:
             self._inflight -= 1
+        self._fire_when_idle(closing=True)
+
+    def _fire_when_idle(self, *, closing: bool) -> None:
+        with self._lock:
             if self._due is None or self._firing or self._closed:
                 return  # a closed Reloader is being discarded: it must not act any more
-            if self._inflight > 0 and not self._overdue():
+            if self._inflight > 0 and not (closing and self._overdue()):
                 return
             changes = self._due
             self._firing = True
         try:
-            self._fire(changes)
+            self.engine.act(changes)
         finally:
             with self._lock:
                 self._due = None
@@ -328,9 +270,6 @@ class Reloader:
             return False
         return self.clock() - self._due_at >= self.drain_timeout
 
-    def _fire(self, changes: ChangeSet) -> None:
-        run_action(self.action, changes)
-
     # -- failures -----------------------------------------------------------------------
     def _note_import_failure(self, exc: BaseException) -> None:
         """Keep watching the files of a failed import: the fix will touch one of them."""
@@ -343,16 +282,12 @@ class Reloader:
                 name = frame.f_code.co_filename
                 if os.path.isabs(name):
                     files.append(name)
-            self._import_failures.extend(files)
+            self.engine.note_import_failure(files)
         except Exception:  # pragma: no cover - defensive: we are on an error path already
             pass
 
     def _log_failure(self, exc: BaseException) -> None:
-        now = time.monotonic()
-        if now < self._next_failure_log:
-            return
-        self._next_failure_log = now + _FAILURE_LOG_EVERY
-        log.error("wsgireload: the watcher failed (requests are unaffected): %r", exc, exc_info=exc)
+        self.engine.log_failure(exc)
 
     # -- lifecycle ----------------------------------------------------------------------
     def close(self) -> None:
@@ -368,8 +303,7 @@ class Reloader:
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=max(5.0, self.interval * 2))
         self._thread = None
-        if isinstance(self.detector, EventDetector):
-            self.detector.stop()
+        self.engine.close()
 
     @property
     def reload_due(self) -> Optional[ChangeSet]:
@@ -417,14 +351,14 @@ def _watch(ref: "weakref.ReferenceType[Reloader]", stop: threading.Event) -> Non
             reloader = ref()
             if reloader is None or reloader._closed:
                 return
-            interval = reloader.interval
+            interval = reloader.engine.pause(reloader.interval)
             del reloader
             if stop.wait(interval):
                 return
             reloader = ref()
             if reloader is None or reloader._closed:
                 return
-            reloader.run_step(reloader.clock())
+            reloader._tick()
             del reloader
     except BaseException:  # pragma: no cover - interpreter shutdown tears modules down
         if not sys.is_finalizing():
@@ -463,18 +397,13 @@ def _caller_module() -> Optional[str]:
     return str(name)
 
 
-# Forked children rebuild their per-process state; weak references let Reloaders be freed.
-_reloaders: "weakref.WeakSet[Reloader]" = weakref.WeakSet()
+def _weak(method: Callable[[], None]) -> Callable[[], None]:
+    """Call ``method`` while its object lives (the engine must not keep a Reloader alive)."""
+    ref = weakref.WeakMethod(method)
 
+    def call() -> None:
+        bound = ref()
+        if bound is not None:
+            bound()
 
-def _after_fork_in_child() -> None:
-    for reloader in list(_reloaders):
-        reloader._after_fork()
-
-
-def _track_forks(reloader: Reloader) -> None:
-    _reloaders.add(reloader)
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+    return call

@@ -164,6 +164,7 @@ class Policy:
     _last: float = 0.0
     _version: int = 0
     _rejected_version: int = -1
+    refusal: Optional[str] = None  # why the last change set was refused (for the record)
 
     @property
     def pending(self) -> Tuple[str, ...]:
@@ -199,6 +200,7 @@ class Policy:
         problem = self._validate(files)
         if problem is not None:
             self._rejected_version = self._version
+            self.refusal = problem
             log.error(
                 "wsgireload: not reloading, the new code is broken (keeping the old code "
                 "running; fix the file and the reload will follow): %s",

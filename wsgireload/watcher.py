@@ -7,25 +7,19 @@ to fire from; it composes the same Detector, Policy and actions the Reloader use
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import threading
 import time
-from typing import Any, Callable, Iterable, Mapping, Optional, Union
+from typing import Any, Callable, Mapping, Optional
 
-from ._options import PathSpec, build_detector, build_policy, run_action
-from .actions import ActionSpec, ProcessContext, resolve
+from ._options import Options
+from .actions import ActionSpec, resolve
 from .detect import Detector
+from .engine import Engine, EventHook, Master
 from .errors import ConfigurationError
 from .policy import ChangeSet
 
 log = logging.getLogger("wsgireload")
-
-_FAILURE_LOG_EVERY = 60.0  # seconds between two logged watcher failures
-
-# (kind, detail) reports for a live display: "changed" (a path), "settling" (seconds to wait),
-# "rejected" (the files), "due" (the ChangeSet), "acted" (the ChangeSet), "failed" (the error).
-EventHook = Callable[[str, Any], None]
 
 
 class Watcher:
@@ -55,6 +49,8 @@ class Watcher:
         code, such as its fork: a watched file modified after it may be newer than what was
         imported, so it counts as changed at once (at worst one extra reload, never a missed
         one).
+    :param master: ``(server, pid)`` of the master whose workers share one scanner and one
+        record (the gunicorn hook and the uWSGI timer pass it); None: this process alone.
     :param on_event: called with ``(kind, detail)`` as things happen (the CLI prints them).
     :param clock: monotonic clock in seconds (tests inject one).
     """
@@ -62,110 +58,52 @@ class Watcher:
     def __init__(
         self,
         *,
-        interval: float = 1.0,  # seconds
-        settle: float = 1.0,  # seconds
-        settle_max: float = 30.0,  # seconds
-        extra_files: Union[PathSpec, Iterable[PathSpec]] = (),
-        exclude: Union[str, Iterable[str]] = (),
-        modules: bool = True,
-        include_stdlib: bool = False,
-        validate: Optional[str] = "compile",
-        import_name: Optional[str] = None,
-        import_timeout: float = 30.0,  # seconds
         action: ActionSpec = "auto",
         created_pid: Optional[int] = None,
         detector: Optional[Detector] = None,
         changed_since: Optional[float] = None,
+        master: Optional[Master] = None,
         on_event: Optional[EventHook] = None,
         clock: Callable[[], float] = time.monotonic,
+        **options: Any,  # the Options fields: interval, settle, extra_files, validate...
     ) -> None:
-        if validate == "import" and not import_name:
+        if options.get("validate") == "import" and not options.get("import_name"):
             raise ConfigurationError("validate='import' needs import_name='your.wsgi.module'")
-        self.policy = build_policy(
-            interval=interval,
-            settle=settle,
-            settle_max=settle_max,
-            validate=validate,
-            import_name=import_name,
-            import_timeout=import_timeout,
-        )
-        self.interval = float(interval)
+        self.options = Options.build("Watcher", **options)
+        self.interval = self.options.interval
         self.clock = clock
-        self.action = resolve(action)
         self.on_event = on_event
-        if detector is None:
-            detector = build_detector(
-                extra_files,
-                exclude,
-                modules=modules,
-                include_stdlib=include_stdlib,
-                changed_since_ns=time.time_ns(),  # late imports: see Detector
-            )
-            # The baseline is what this process has loaded now: a later edit is a change.
-            detector.scan()
-        self.detector = detector
-        self._created_pid = os.getpid() if created_pid is None else created_pid
-        self._changed_since = changed_since
-        self._setup_pid: Optional[int] = None
-        self._reported_version = -1
+        self.engine = Engine(
+            self.options,
+            resolve(action),
+            clock=clock,
+            detector=detector,
+            created_pid=created_pid,
+            since_ns=None if changed_since is None else int(changed_since * 1e9),
+            master=master,
+            on_event=on_event,
+        )
+        self.action = self.engine.action
+        self.policy = self.engine.policy
+        self.detector = self.engine.detector
         self._thread: Optional[threading.Thread] = None
         self._stop = threading.Event()
-        self._next_failure_log = 0.0
 
     def setup(self, environ: Optional[Mapping[str, Any]] = None) -> None:
         """Let the action look at this process once (done by the first ``step`` otherwise)."""
-        self._setup_pid = os.getpid()
-        self.action.setup(ProcessContext(self._setup_pid, self._created_pid, environ or {}))
+        self.engine.setup(environ or {})
 
     def step(self, now: Optional[float] = None) -> Optional[ChangeSet]:
         """Scan once; act if a change set is due. Returns the change set acted on. Never raises."""
-        try:
-            if self._setup_pid != os.getpid():
-                self.setup()
-            if now is None:
-                now = self.clock()
-            changed = self.detector.scan()
-            if self._changed_since is not None:
-                since_ns = int(self._changed_since * 1e9)
-                changed = sorted(set(changed).union(self.detector.modified_since(since_ns)))
-                self._changed_since = None
-            if changed:
-                for path in changed:
-                    self._event("changed", path)
-                self.policy.observe(changed, now)
-                self._event("settling", self.policy.settle)
-            changes = self.policy.due(now, self.detector.baseline)
-            if changes is None:
-                version = self.policy._version
-                if self.policy.settled(now) and version != self._reported_version:
-                    # Settled yet not due: validation refused it (policy logged why).
-                    self._reported_version = version
-                    self._event("rejected", self.policy.pending)
-                return None
-            self._event("due", changes)
-            self._act(changes)
-            return changes
-        except Exception as exc:
-            self._log_failure(exc)
-            return None
-
-    def _act(self, changes: ChangeSet) -> None:
-        failure = run_action(self.action, changes)
-        if failure is not None:
-            self._event("failed", failure)
-            return
-        self._event("acted", changes)
+        changes = self.engine.step(self.clock() if now is None else now)
+        if changes is not None:
+            failure = self.engine.act(changes)
+            self._event("failed" if failure is not None else "acted", failure or changes)
+        return changes
 
     def _event(self, kind: str, detail: Any) -> None:
         if self.on_event is not None:
             self.on_event(kind, detail)
-
-    def _log_failure(self, exc: BaseException) -> None:
-        now = time.monotonic()
-        if now < self._next_failure_log:
-            return
-        self._next_failure_log = now + _FAILURE_LOG_EVERY
-        log.error("wsgireload: the watcher failed: %r", exc, exc_info=exc)
 
     # -- as a thread ------------------------------------------------------------------
     def start(self) -> "Watcher":
@@ -181,7 +119,7 @@ class Watcher:
 
     def _run(self, stop: threading.Event) -> None:
         try:
-            while not stop.wait(self.interval):
+            while not stop.wait(self.engine.pause(self.interval)):
                 self.step()
         except BaseException:  # pragma: no cover - interpreter shutdown tears modules down
             if not sys.is_finalizing():
@@ -193,3 +131,4 @@ class Watcher:
         thread, self._thread = self._thread, None
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=max(5.0, self.interval * 2))
+        self.engine.close()  # another worker of the master takes the scanning over at once

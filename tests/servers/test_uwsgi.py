@@ -222,6 +222,7 @@ def test_syntax_error_keeps_old_code_then_fix_reloads(
         broken_seen = time.monotonic()
         time.sleep(1.0)  # past interval + settle again: a reload would have started by now
         assert boots(server) == WORKERS
+        assert server.log().count("the new code is broken") == 1  # one scanner per master
         assert set(b.split()[0] for b in load.result.bodies_since(broken_seen)) == {b"v1"}
         fixed = time.monotonic()
         write(app_dir / "mod.py", module("v3"))
@@ -234,6 +235,7 @@ def test_syntax_error_keeps_old_code_then_fix_reloads(
         total = stable_boots(server, 2 * WORKERS, timeout=10)
     assert load.result.failed == 0, load.result.errors[:5]
     assert total == 2 * WORKERS
+    assert server.log().count("reloading with") == 1  # one line for the master's reload
 
 
 # -- pyuwsgi (the wheel) in a virtualenv -----------------------------------------------------

@@ -99,14 +99,11 @@ _boot_time = time.monotonic()
 _boot_ppid = os.getppid()
 
 
-def _after_fork_in_child() -> None:
+def after_fork() -> None:
+    """Called in a forked child (by ``wsgireload.engine``'s one fork hook)."""
     global _boot_time, _boot_ppid
     _boot_time = time.monotonic()
     _boot_ppid = os.getppid()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def boot_time() -> float:

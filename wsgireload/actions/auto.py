@@ -49,6 +49,10 @@ class AutoAction(Action):
     def requires_drain(self) -> bool:  # type: ignore[override]
         return bool(self.delegate and self.delegate.requires_drain)
 
+    @property
+    def per_process(self) -> bool:  # type: ignore[override]
+        return bool(self.delegate and self.delegate.per_process)
+
     def __call__(self, changes: ChangeSet) -> None:
         if self.delegate is None:
             log.warning(

@@ -41,6 +41,13 @@ class Action:
     # True: the reloader counts every request, not only those started after a reload became
     # due, because the action ends this process abruptly (exit, exec) with no server grace.
     requires_drain: ClassVar[bool] = False
+    # True: every process of the master acts itself (it restarts only itself); False: one
+    # action reloads the whole master, so one process acts per deploy.
+    per_process: ClassVar[bool] = False
+    # True: run only from a response's close(), never from the watcher thread while idle. A
+    # server's reload lets a response that started before the reload was due finish; a user
+    # callback may rely on running after it, and only a close() can tell.
+    after_close_only: ClassVar[bool] = False
 
     def setup(self, context: ProcessContext) -> None:
         """Inspect the process and server once, at the first request in this process."""
@@ -57,6 +64,8 @@ class CallbackAction(Action):
     """Call a user function with the ChangeSet: ``Reloader(app, action=my_function)``."""
 
     name = "callback"
+    per_process = True  # the user's function runs in every worker, once per deploy
+    after_close_only = True
 
     def __init__(self, function: Callable[[ChangeSet], object]) -> None:
         self.function = function

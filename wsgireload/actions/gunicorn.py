@@ -127,7 +127,7 @@ class GunicornAction(Action):
         assert self.master is not None
         claim: Claim = self.ledger.claim(self._key(), self.boot_time())
         if claim.outcome is Outcome.COVERED:
-            log.info(
+            log.debug(
                 "wsgireload: gunicorn master %d already reloaded since this worker started; "
                 "it will be replaced",
                 self.master.pid,
@@ -149,7 +149,7 @@ class GunicornAction(Action):
                 claim.reason,
             )
         else:
-            log.info("wsgireload: sending SIGHUP to gunicorn master %d", self.master.pid)
+            log.debug("wsgireload: sending SIGHUP to gunicorn master %d", self.master.pid)
             self.kill(self.master.pid, signal.SIGHUP)
             self.ledger.forget_dead(lambda pid: self.read_process(pid) is not None)
 
@@ -169,6 +169,7 @@ class RestartWorkerAction(Action):
 
     name = "restart-worker"
     summary = "each worker sends itself SIGTERM after its response; gunicorn replaces it"
+    per_process = True
 
     def __init__(
         self,

@@ -30,6 +30,7 @@ class ModWsgiAction(Action):
         "daemon mode: each process sends itself SIGINT after its last response; "
         "embedded mode: a WARNING that reload needs daemon mode"
     )
+    per_process = True
 
     def __init__(
         self,

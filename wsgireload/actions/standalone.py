@@ -108,6 +108,7 @@ class _Restart(Action):
     """
 
     requires_drain = True
+    per_process = True
 
     def __init__(self, drain_timeout: float) -> None:
         self.drain_timeout = drain_timeout

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from typing import Any, Callable, Optional
 
+from ..engine import forked_at
 from ..watcher import Watcher
 
 log = logging.getLogger("wsgireload")
@@ -31,7 +31,12 @@ def start_watcher(worker: Any, **options: Any) -> Watcher:
         # With --preload the master imported the app: tell the action, which must not
         # expect a HUP to load new code there.
         created_pid = getattr(worker, "ppid", None)
-    options.setdefault("changed_since", _forked_at)
+    # The worker imported the app before this hook ran: a file edited in between would be
+    # recorded as it is now, while the worker runs the older code; its fork bounds that.
+    options.setdefault("changed_since", forked_at())
+    master = getattr(worker, "ppid", None)
+    if isinstance(master, int) and master > 1:
+        options.setdefault("master", ("gunicorn", master))
     watcher = Watcher(created_pid=created_pid, **options)
     watcher.start()
     log.debug("wsgireload: watcher started in gunicorn worker %d", os.getpid())
@@ -58,17 +63,3 @@ def make_post_worker_init(**options: Any) -> Callable[[Any], None]:
 
 
 post_worker_init = make_post_worker_init()
-
-# The worker imports the app before post_worker_init runs: a file edited in between would be
-# recorded as it is now, while the worker runs the older code. The fork time bounds that
-# window (gunicorn loads this config module in the master, before forking workers).
-_forked_at: Optional[float] = None
-
-
-def _record_fork() -> None:
-    global _forked_at
-    _forked_at = time.time()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_record_fork)

@@ -32,7 +32,7 @@ class _Registration:
 
     def __call__(self, signum: int) -> None:
         # Runs in whichever worker uWSGI picked; each worker keeps its own baseline (forked
-        # from the master, or its own import under --lazy-apps), so any one of them may decide.
+        # from the master, or its own import under --lazy-apps), so any one of them may scan.
         self.watcher.step(time.monotonic())
 
 
@@ -45,11 +45,12 @@ def register(
 ) -> Watcher:
     """Check for changed code every ``interval`` seconds from a uWSGI timer; return the Watcher.
 
-    :param target: which processes run the check. ``"workers"`` (default): every worker
-        checks its own modules, as the middleware's threads do, so each settles on its own
-        clock. ``"worker"``: one worker per tick, whichever is free (cheaper; a change set is
-        then settled across ticks that may land on different workers, so it can take a few
-        ticks longer). ``"active-workers"``: every worker not being reloaded.
+    :param target: which processes run the check. ``"workers"`` (default): every worker is
+        ticked, and as with the middleware one of them scans for the master while the others
+        only look at the master's record. ``"worker"``: one worker per tick, whichever is
+        free (each then scans for itself; a change set is settled across ticks that may land
+        on different workers, so it can take a few ticks longer). ``"active-workers"``:
+        every worker not being reloaded.
     :param signum: the uWSGI signal number to use (0-255); change it if your app uses 120.
     :param options: the :class:`~wsgireload.watcher.Watcher` options (``extra_files``,
         ``settle``, ``action``...).
@@ -78,6 +79,11 @@ def register(
         log.debug("wsgireload: uWSGI timer already registered (signal %d)", _registration.signum)
         return _registration.watcher
     options.setdefault("interval", float(interval))
+    master = int(getattr(uwsgi, "masterpid", lambda: 0)())
+    if target != "worker" and master > 0:
+        # Every worker ticks: they share one scanner. ("worker" ticks one at a time, so a
+        # lease holder might not be ticked for a while: each then scans for itself.)
+        options.setdefault("master", ("uwsgi", master))
     watcher = Watcher(**options)
     in_worker = uwsgi.worker_id() > 0  # the app is imported in a worker: --lazy-apps
     taken = bool(uwsgi.signal_registered(signum))

@@ -1,0 +1,359 @@
+"""One record per master, shared by its workers: who scans, what was decided, what was refused.
+
+A JSON file in the private runtime directory, replaced atomically under a lock file, so a
+reader never sees half of it and a crash at any point leaves either the old or the new record.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+from .actions._claim import default_runtime_dir, ensure_private_dir
+from .actions._process import boot_ppid, proc_start_time
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: no preforking servers either
+    fcntl = None  # type: ignore[assignment]
+
+log = logging.getLogger("wsgireload")
+
+Data = Dict[str, Any]
+SUFFIX = ".master.json"
+_VALIDATIONS_KEPT = 20
+_GONE_KEPT = 3600.0  # seconds a worker that exited stays listed (for "workers replaced")
+_GONE_MAX = 256  # workers that exited kept at most
+_WHERE = re.compile(r"(/[^\s:'\"]+\.py)(?::|\", line )(\d+)")
+
+
+def where(error: str) -> str:
+    """The last ``file:line`` an error text names ("" if none): the user's line, usually."""
+    found = _WHERE.findall(error)
+    return f"{found[-1][0]}:{found[-1][1]}" if found else ""
+
+
+def _alive(pid: int, start: Optional[str]) -> bool:
+    """Whether ``pid`` still runs and is the process that started at ``start``."""
+    if pid <= 0:
+        return False  # never os.kill(0, ...): that is the whole process group
+    if os.path.isdir("/proc/self"):
+        now = proc_start_time(pid)
+        return now is not None and (start is None or now == start)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, someone else's
+        return True
+    return True
+
+
+Alive = Callable[[int, Optional[str]], bool]
+
+
+class Record:
+    """The record file of one master: ``update`` under the lock, ``read`` without it."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._seen: Optional[Tuple[int, int, int]] = None
+        self._data: Data = {}
+
+    def read(self) -> Data:
+        try:
+            with open(self.path, "rb") as handle:
+                data = json.loads(handle.read().decode("utf-8"))
+        except (OSError, ValueError):  # missing, torn or foreign: as if empty
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def poll(self) -> Optional[Data]:
+        """The record if it changed since the last poll (one ``os.stat``), else None."""
+        try:
+            st = os.stat(self.path)
+            seen = (st.st_mtime_ns, st.st_size, st.st_ino)
+        except OSError:
+            seen = (0, 0, 0)
+        if seen == self._seen:
+            return None
+        self._seen = seen
+        self._data = self.read()
+        return self._data
+
+    def update(self, change: Callable[[Data], Optional[Data]]) -> Data:
+        """Run ``change(record)`` under the lock; store what it returns. Raises OSError."""
+        flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+        fd = os.open(self.path + ".lock", flags, 0o600)
+        try:
+            if fcntl is not None:
+                fcntl.flock(fd, fcntl.LOCK_EX)  # held for a read and a rename
+            data = self.read()
+            new = change(data)
+            if new is not None:
+                tmp = f"{self.path}.{os.getpid()}.tmp"
+                with open(tmp, "w", encoding="utf-8") as handle:
+                    json.dump(new, handle)
+                os.replace(tmp, self.path)  # readers see the old or the new file, never half
+                data = new
+            return data
+        finally:
+            os.close(fd)
+
+    def remove(self) -> None:
+        _unlink(self.path)
+        _unlink(self.path + ".lock")
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def master_of(environ: Any) -> Optional[Tuple[str, int]]:
+    """(server, master pid) of a preforking server this process is a worker of, or None."""
+    if "uwsgi.version" in environ:
+        try:
+            import uwsgi  # type: ignore[import-not-found,import-untyped,unused-ignore]
+
+            pid = int(uwsgi.masterpid())
+        except Exception:
+            return None
+        return ("uwsgi", pid) if pid > 0 and pid != os.getpid() else None
+    if "gunicorn.socket" in environ:
+        return "gunicorn", boot_ppid()
+    return None
+
+
+def open_record(
+    server: str, master: int, directory: Optional[str] = None, alive: Alive = _alive
+) -> Tuple[Optional[Record], str]:
+    """The record of ``master`` (created if missing), or None and why there is none.
+
+    Records of masters that are gone are removed on the way (they are never needed again).
+    """
+    if fcntl is None:  # pragma: no cover
+        return None, "file locks are not available here"
+    start = proc_start_time(master)
+    directory = directory or default_runtime_dir()
+    problem = ensure_private_dir(directory)
+    if problem is not None:
+        return None, problem
+    forget_dead(directory, alive)
+    record = Record(os.path.join(directory, f"{server}-{master}-{start or 'na'}{SUFFIX}"))
+
+    def init(data: Data) -> Optional[Data]:
+        if data.get("master") == master:
+            return None
+        return {"server": server, "master": master, "master_start": start, "workers": {}}
+
+    try:
+        record.update(init)
+    except OSError as exc:
+        return None, f"cannot write {record.path}: {exc.strerror or exc}"
+    return record, ""
+
+
+def forget_dead(directory: str, alive: Alive = _alive) -> None:
+    """Remove the records of masters that no longer run (best effort, never raises)."""
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return
+    for name in names:
+        if name.endswith(".tmp"):  # a writer that died between writing and renaming
+            writer = name.rsplit(".", 2)[-2]
+            if writer.isdigit() and not alive(int(writer), None):
+                _unlink(os.path.join(directory, name))
+            continue
+        # Also the uWSGI action's own ``uwsgi-<pid>-<start>.json`` records, kept beside these.
+        suffix = SUFFIX if name.endswith(SUFFIX) else ".json"
+        if not name.endswith(suffix):
+            continue
+        parts = name[: -len(suffix)].rsplit("-", 2)
+        if len(parts) != 3 or not parts[1].isdigit():
+            continue
+        start = None if parts[2] in ("na", "unknown") else parts[2]  # no /proc when made
+        if not alive(int(parts[1]), start):
+            Record(os.path.join(directory, name)).remove()
+
+
+def read_all(directory: Optional[str] = None, alive: Alive = _alive) -> List[Data]:
+    """Every readable record of a running master in ``directory`` (for ``wsgireload status``)."""
+    directory = directory or default_runtime_dir()
+    try:
+        names = sorted(os.listdir(directory))
+    except OSError:
+        return []
+    found = []
+    for name in names:
+        if name.endswith(SUFFIX):
+            data = Record(os.path.join(directory, name)).read()
+            if data and alive(int(data.get("master", 0)), data.get("master_start")):
+                found.append(data)
+    return found
+
+
+@dataclass
+class Share:
+    """This process as one worker of a master: scanner (holds the lease) or follower.
+
+    :param born: wall-clock time this process started running its code (its fork): a
+        generation decided after it is already loaded here.
+    :param lease: seconds a lease lasts without renewal; renewed at half of it.
+    """
+
+    record: Record
+    pid: int
+    start: Optional[str]
+    born: float
+    lease: float
+    wall: Callable[[], float] = time.time
+    alive: Alive = _alive
+    scanning: bool = False
+    took_over: bool = False  # just became the scanner: drop what was already decided
+    acted: int = 0  # the last generation this process acted on or was born after
+    _renew_at: float = 0.0
+    _expires: float = 0.0
+    _scan: Tuple[int, float] = (0, 0.0)  # files watched, milliseconds of the last scan
+    _holder: Tuple[int, Optional[str]] = (0, None)  # the lease holder last read
+
+    def join(self) -> None:
+        """List this worker; a generation decided before it was born is not its to act on."""
+        me = {"start": self.start, "born": self.born}
+        data = self.record.update(lambda d: {**d, "workers": {**_workers(d), str(self.pid): me}})
+        generation = _generation(data)
+        number = int(generation.get("n", 0))
+        self.acted = number if float(generation.get("at", 0.0)) < self.born else number - 1
+        self.record.poll()
+
+    def turn(self) -> bool:
+        """Whether this process scans now: at most one ``os.stat`` while following."""
+        now = self.wall()
+        if self.scanning:
+            if now >= self._renew_at:
+                self.record.update(self._take)
+            return self.scanning
+        data = self.record.poll()
+        if data is not None:
+            holder = data.get("lease") or {}
+            self._expires = float(holder.get("expires", 0.0))
+            self._holder = (int(holder.get("pid", 0)), holder.get("start"))
+        if self._holder[0] and not self.alive(*self._holder):
+            self._expires = 0.0  # its holder exited or was replaced
+        if now >= self._expires:
+            self.record.update(self._take)
+            self.took_over = self.scanning
+            if self.scanning:
+                log.debug("wsgireload: worker %d now scans for its master", self.pid)
+        return self.scanning
+
+    def _take(self, data: Data) -> Optional[Data]:
+        now = self.wall()
+        holder = data.get("lease") or {}
+        mine = holder.get("pid") == self.pid and holder.get("start") == self.start
+        free = not holder or float(holder.get("expires", 0.0)) <= now or not self.alive(
+            int(holder.get("pid", 0)), holder.get("start")
+        )
+        if not (mine or free):
+            self.scanning = False
+            self._expires = float(holder.get("expires", 0.0))
+            self._holder = (int(holder.get("pid", 0)), holder.get("start"))
+            return None
+        self.scanning = True
+        self._renew_at = now + self.lease / 2
+        workers = _workers(data)
+        for pid, worker in workers.items():
+            if "gone" not in worker and not self.alive(int(pid), worker.get("start")):
+                worker["gone"] = now
+        gone = sorted((w["gone"], p) for p, w in workers.items() if "gone" in w)
+        for _, pid in gone[: max(0, len(gone) - _GONE_MAX)]:
+            del workers[pid]  # a server restarting workers often must not grow the record
+        workers = {p: w for p, w in workers.items() if now - w.get("gone", now) < _GONE_KEPT}
+        lease = {"pid": self.pid, "start": self.start, "expires": now + self.lease}
+        return {**self._stats(data), "lease": lease, "workers": workers}
+
+    def note_scan(self, watched: int, seconds: float) -> None:
+        """Remember the scan's size and cost for ``status`` (written with the next renewal)."""
+        self._scan = (watched, round(seconds * 1000, 3))
+
+    def _stats(self, data: Data) -> Data:
+        watched, ms = self._scan
+        return {**data, "watched": watched, "scan_ms": ms} if watched else data
+
+    def validated(
+        self, files: List[str], fingerprint: str, problem: Optional[str], identities: Data
+    ) -> None:
+        entry = {"at": self.wall(), "files": files, "fingerprint": fingerprint,
+                 "verdict": "refused" if problem else "ok", "by": self.pid}
+
+        def change(data: Data) -> Data:
+            kept = [v for v in data.get("validations", []) if isinstance(v, dict)]
+            data = {**self._stats(data), "validations": (kept + [entry])[-_VALIDATIONS_KEPT:]}
+            if problem is not None:
+                data["last_refusal"] = {"at": entry["at"], "files": files, "error": problem,
+                                        "where": where(problem)}
+                data["decided"] = {**decided_files(data), **identities}
+            return data
+
+        self.record.update(change)
+
+    def decide(self, generation: Data, identities: Data) -> int:
+        """Publish a new generation (the reload of this change set); return its number."""
+
+        def change(data: Data) -> Data:
+            number = int(_generation(data).get("n", 0)) + 1
+            generation.update(n=number, at=self.wall(), by=self.pid)
+            known = {**decided_files(data), **identities}
+            return {**self._stats(data), "generation": generation, "decided": known}
+
+        data = self.record.update(change)
+        self.acted = int(_generation(data)["n"])
+        return self.acted
+
+    def generation(self) -> Data:
+        """The generation last read from the record ({} if none)."""
+        return _generation(self.record._data or self.record.read())
+
+    def leave(self) -> None:
+        """Give the lease up (a process closing its watcher), so another worker scans at once."""
+        if not self.scanning:
+            return
+        self.scanning = False
+
+        def change(data: Data) -> Optional[Data]:
+            holder = data.get("lease") or {}
+            if holder.get("pid") != self.pid:
+                return None
+            return {k: v for k, v in data.items() if k != "lease"}
+
+        try:
+            self.record.update(change)
+        except OSError:
+            pass
+
+
+def _workers(data: Data) -> Dict[str, Any]:
+    workers = data.get("workers")
+    return {k: dict(v) for k, v in workers.items() if isinstance(v, dict)} if isinstance(
+        workers, dict
+    ) else {}
+
+
+def decided_files(data: Data) -> Data:
+    """Each file as it was when last decided or refused: a new scanner must not decide it again."""
+    decided = data.get("decided")
+    return decided if isinstance(decided, dict) else {}
+
+
+def _generation(data: Data) -> Data:
+    generation = data.get("generation")
+    return generation if isinstance(generation, dict) else {}
+

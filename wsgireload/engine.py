@@ -1,0 +1,322 @@
+"""The engine: detect, settle, validate and decide, one step at a time, for every entry point.
+
+The Reloader (after a response), the Watcher (gunicorn hook, uWSGI timer, CLI) drive it; the
+workers of one master share its decisions through their master's record.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import threading
+import time
+import weakref
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
+
+from . import _record, classic, events
+from ._options import Options, run_action
+from .actions import Action, ProcessContext, _process
+from .detect import Detector
+from .events import EventDetector
+from .policy import ChangeSet
+
+log = logging.getLogger("wsgireload")
+
+_FAILURE_LOG_EVERY = 60.0  # seconds between two logged watcher failures
+LEASE = 20.0  # seconds (at least 20 intervals) a scanner's lease lasts without renewal
+
+# (kind, detail) reports for a live display: "changed" (a path), "settling" (seconds to wait),
+# "rejected" (the files), "due" (the ChangeSet).
+EventHook = Callable[[str, Any], None]
+Master = Tuple[str, int]  # (server, master pid)
+
+
+class Engine:
+    """One process's watcher: ``step(now)`` returns a change set to act on, or None.
+
+    :param options: what to watch and when to act.
+    :param action: how to reload (``setup`` runs once per process, from ``setup``).
+    :param detector: use this detector (and its baseline) instead of one built from options.
+    :param created_pid: the pid that imported the app (to see gunicorn ``--preload``).
+    :param since_ns: wall-clock time (``time.time_ns()``) the loaded code dates from; files
+        modified after it count as changed at the first step (the Detector's rule).
+    :param master: (server, pid) of the master whose workers share one record; None: find
+        it from the first request's environ (``setup``), or scan alone.
+    :param runtime_dir: private directory for the records (default: the claim directory).
+    """
+
+    def __init__(
+        self,
+        options: Options,
+        action: Action,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        detector: Optional[Union[Detector, EventDetector]] = None,
+        created_pid: Optional[int] = None,
+        since_ns: Optional[int] = None,
+        master: Optional[Master] = None,
+        runtime_dir: Optional[str] = None,
+        on_event: Optional[EventHook] = None,
+    ) -> None:
+        self.options = options
+        self.policy = options.policy()
+        self.action = action
+        self.clock = clock
+        self.detector = detector if detector is not None else options.detector()
+        self.created_pid = os.getpid() if created_pid is None else created_pid
+        self.since_ns = since_ns
+        self.master = master
+        self.runtime_dir = runtime_dir
+        self.on_event = on_event
+        self.on_fork: Optional[Callable[[], None]] = None  # the owner's own per-process reset
+        self._next_failure_log = 0.0
+        self._reset()
+        _engines.add(self)
+
+    def _reset(self) -> None:
+        """State that belongs to one process: rebuilt in a forked child."""
+        self.pid: Optional[int] = None  # the process ``setup`` ran in
+        self.share: Optional[_record.Share] = None
+        self._master: Optional[Master] = None  # whose record to join at the first step
+        self._joined = False
+        self._decided: Optional[ChangeSet] = None  # the last change set this process decided
+        self._stepping = threading.Lock()  # per process: a fork may copy it held
+        self._failures: List[str] = []
+
+    def after_fork(self) -> None:
+        self._reset()
+        if self.on_fork is not None:
+            self.on_fork()
+
+    # -- once per process ----------------------------------------------------------------
+    def setup(self, environ: Mapping[str, Any]) -> None:
+        """Let the action look at this process and join the master's record. Never raises."""
+        self.pid = os.getpid()
+        try:
+            self.action.setup(ProcessContext(self.pid, self.created_pid, environ))
+        except Exception as exc:
+            self.log_failure(exc)
+        if isinstance(self.detector, EventDetector):
+            self.detector.start()  # per process: its thread does not survive a fork
+        try:
+            self._master = self.master or _record.master_of(environ)
+        except Exception as exc:
+            self.log_failure(exc)
+        self._joined = False  # the record is joined by the first step: off the request path
+
+    def _join(self) -> Optional[_record.Share]:
+        master = self._master
+        if master is None or master[1] != os.getppid():
+            return None  # the workers of a master are its children
+        record, why = _record.open_record(master[0], master[1], self.runtime_dir)
+        if record is None:
+            log.debug("wsgireload: no shared record (%s); this worker scans for itself", why)
+            return None
+        assert self.pid is not None
+        share = _record.Share(
+            record,
+            self.pid,
+            _process.proc_start_time(self.pid),
+            born=forked_at(),
+            lease=max(LEASE, 20 * self.options.interval),
+        )
+        share.join()
+        return share
+
+    def pause(self, interval: float) -> float:
+        """Seconds until the next step. A follower of a per-master action has nothing to do
+        but take over from a scanner that is gone: it wakes far less often, as each wake-up
+        of an idle worker costs about what a scan of a small app does."""
+        share = self.share
+        if share is None or share.scanning or self.action.per_process:
+            return interval
+        return max(interval, share.lease / 2)
+
+    # -- one step ------------------------------------------------------------------------
+    def step(self, now: float, *, decide: bool = True) -> Optional[ChangeSet]:
+        """Scan (or, as a follower, check the record); the change set to act on, if any.
+
+        ``decide=False`` only scans: the owner still has a change set to act on. Never raises.
+        """
+        if not self._stepping.acquire(blocking=False):
+            return None  # one step at a time (inline mode on a threaded server)
+        try:
+            if self.pid != os.getpid():
+                self.setup({})
+            return self._step(now, decide)
+        except Exception as exc:
+            self.log_failure(exc)
+            return None
+        finally:
+            self._stepping.release()
+
+    def _step(self, now: float, decide: bool) -> Optional[ChangeSet]:
+        if not self._joined:
+            self._joined = True
+            try:
+                self.share = self._join()
+            except Exception as exc:  # the record is an optimisation: scan alone without it
+                log.debug("wsgireload: no shared record (%r); this worker scans for itself", exc)
+        share = self.share
+        if share is not None:
+            scanning = self._shared(share.turn)
+            due = None
+            if decide and self.share is not None:  # (not while the owner still has one due)
+                due = self._shared(functools.partial(self._follow, share, now))
+            if due is not None or (self.share is not None and not scanning):
+                return due
+            share = self.share
+        failures, self._failures = self._failures, []
+        if failures:
+            self.detector.add(failures)
+        started = time.perf_counter()
+        changed = self.detector.scan()
+        if share is not None:
+            share.note_scan(len(self.detector.baseline), time.perf_counter() - started)
+        if self.since_ns is not None:
+            changed = sorted(set(changed).union(self.detector.modified_since(self.since_ns)))
+            self.since_ns = None
+        if share is not None and share.took_over:
+            share.took_over = False
+            changed = self._not_yet_decided(share, changed)
+        if changed:
+            log.debug("wsgireload: changed: %s", ", ".join(changed))
+            self.policy.observe(changed, now)
+            for path in changed:
+                self._event("changed", path)
+            self._event("settling", self.policy.settle)
+        if not decide:
+            return None
+        policy = self.policy
+        validating = policy.settled(now) and policy._rejected_version != policy._version
+        pending = policy.pending
+        changes = policy.due(now, self.detector.baseline)
+        if validating and share is not None:
+            log.debug("wsgireload: validated %d file(s) for the master", len(pending))
+            self._shared(lambda: share.validated(
+                list(pending),
+                changes.fingerprint if changes else "",
+                None if changes else policy.refusal or "refused",
+                self._identities(pending),
+            ))
+        if changes is None:
+            if validating:
+                self._event("rejected", pending)
+            return None
+        self._event("due", changes)
+        self._decided = changes
+        if share is not None:
+            generation = {
+                "files": list(changes.files),
+                "fingerprint": changes.fingerprint,
+                "action": self.action.describe(),
+                "per_process": self.action.per_process,
+            }
+            identities = self._identities(changes.files)
+            self._shared(lambda: share.decide(generation, identities))
+        return changes
+
+    def _shared(self, operation: Callable[[], Any]) -> Any:
+        """Run a record operation; if it fails (disk full, a foreign file), scan alone."""
+        try:
+            return operation()
+        except Exception as exc:
+            log.debug("wsgireload: the shared record failed (%r); scanning alone", exc)
+            self.share = None
+            return None
+
+    def _follow(self, share: _record.Share, now: float) -> Optional[ChangeSet]:
+        """A generation another worker decided that this process must act on itself."""
+        generation = share.generation()
+        number = int(generation.get("n", 0))
+        if number <= share.acted:
+            return None
+        share.acted = number
+        files = tuple(generation.get("files", ()))
+        if not generation.get("per_process"):
+            log.debug(
+                "wsgireload: worker %s decided reload %d of the master (%d file(s))",
+                generation.get("by"), number, len(files),
+            )
+            return None
+        return ChangeSet(files, str(generation.get("fingerprint", "")), now, now)
+
+    def _identities(self, files: Any) -> Dict[str, Any]:
+        baseline = self.detector.baseline
+        return {path: baseline.get(path) for path in files}
+
+    def _not_yet_decided(self, share: _record.Share, changed: List[str]) -> List[str]:
+        """A new scanner's changes minus those its predecessor already decided or refused."""
+        known = _record.decided_files(share.record.read())
+        baseline = self.detector.baseline
+        return [
+            path for path in changed
+            if not (path in known and _same(known[path], baseline.get(path)))
+        ]
+
+    # -- acting --------------------------------------------------------------------------
+    def act(self, changes: ChangeSet) -> Optional[Exception]:
+        """Run the action; the INFO line comes from the process that decided, DEBUG elsewhere."""
+        if self.share is not None and changes is not self._decided:
+            return run_action(self.action, changes, logging.DEBUG)  # decided by another worker
+        note = ""
+        if self.share is not None and self.action.per_process:
+            note = f" (and so does every other worker of master {self._master_pid()})"
+        return run_action(self.action, changes, logging.INFO, note)
+
+    def _master_pid(self) -> int:
+        return self._master[1] if self._master is not None else 0
+
+    def note_import_failure(self, files: List[str]) -> None:
+        self._failures.extend(files)
+
+    def _event(self, kind: str, detail: Any) -> None:
+        if self.on_event is not None:
+            self.on_event(kind, detail)
+
+    def log_failure(self, exc: BaseException) -> None:
+        now = time.monotonic()
+        if now < self._next_failure_log:
+            return
+        self._next_failure_log = now + _FAILURE_LOG_EVERY
+        log.error("wsgireload: the watcher failed (requests are unaffected): %r", exc, exc_info=exc)
+
+    def close(self) -> None:
+        """Hand the lease to another worker and stop the event thread (idempotent)."""
+        share, self.share = self.share, None
+        self._joined = False  # started again, it joins again
+        if share is not None:
+            share.leave()
+        if isinstance(self.detector, EventDetector):
+            self.detector.stop()
+
+
+def _same(recorded: Any, identity: Any) -> bool:
+    if recorded is None or identity is None:
+        return recorded is None and identity is None
+    return tuple(recorded) == tuple(identity)
+
+
+# -- the one place that resets per-process state in a forked child -------------------------
+_engines: "weakref.WeakSet[Engine]" = weakref.WeakSet()
+_forked_at = time.time()
+
+
+def forked_at() -> float:
+    """Wall-clock time this process was forked (or imported wsgireload, if later)."""
+    return _forked_at
+
+
+def _after_fork_in_child() -> None:
+    global _forked_at
+    _forked_at = time.time()
+    _process.after_fork()
+    classic.after_fork()
+    events.after_fork()
+    for engine in list(_engines):
+        engine.after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
