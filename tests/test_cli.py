@@ -62,7 +62,7 @@ def test_check_reports_files_scan_compile_and_action(
     code, out, err = run(["check", f"{name}:application"], capsys)
     assert code == 0, err
     assert f"app:       {name}:application (Reloader)" in out
-    assert "reloader:  app (action auto, interval 1s, settle 0.5s, validate compile)" in out
+    assert "reloader:  app (action auto, interval 1s, settle 0.5s, validate boot)" in out
     assert "      1  templates/\n" in out  # the cwd's files come first
     assert str(workdir / "templates" / "index.html") not in out  # grouped, not listed
     assert "wsgireload/ (in " in out or "wsgireload/ (site-packages)" in out

@@ -10,6 +10,7 @@ import os
 from typing import Any, Iterable, List, Optional, Union
 
 from .actions import Action
+from .boot import BootCheck, Target, check_options
 from .detect import Detector
 from .errors import ConfigurationError
 from .policy import VALIDATE_CHOICES, ChangeSet, Policy
@@ -75,8 +76,15 @@ def build_policy(
     validate: Optional[str],
     import_name: Optional[str],
     import_timeout: float,
+    boot_app: Optional[str] = None,
+    boot_timeout: Optional[float] = None,
+    smoke: Optional[str] = None,
+    creator: Optional[Target] = None,
 ) -> Policy:
-    """Check the timing and validation options; the Policy they describe."""
+    """Check the timing and validation options; the Policy they describe.
+
+    ``import_name``/``import_timeout`` are the 0.1 names of ``boot_app``/``boot_timeout``.
+    """
     positive("interval", interval)
     non_negative("settle", settle)
     non_negative("settle_max", settle_max)
@@ -88,14 +96,29 @@ def build_policy(
         )
     if validate not in VALIDATE_CHOICES:
         raise ConfigurationError(
-            f"validate={validate!r} is not allowed; use 'compile', 'import' or None"
+            f"validate={validate!r} is not allowed; use 'boot' (the default), 'compile' or None"
+        )
+    if validate == "import":
+        validate = "boot"
+    if import_name is not None and boot_app is not None and import_name != boot_app:
+        raise ConfigurationError(
+            f"import_name={import_name!r} and boot_app={boot_app!r} disagree: import_name is "
+            "the old name of boot_app, give only boot_app"
+        )
+    app_spec = boot_app if boot_app is not None else import_name
+    timeout = import_timeout if boot_timeout is None else boot_timeout
+    app = check_options(app=app_spec, smoke=smoke, timeout=timeout)
+    if validate != "boot" and (boot_app is not None or smoke is not None):
+        raise ConfigurationError(
+            f"boot_app and smoke need validate='boot' (got validate={validate!r})"
         )
     return Policy(
         settle=float(settle),
         settle_max=float(settle_max),
         validate=validate,
-        import_name=import_name,
-        import_timeout=float(import_timeout),
+        import_name=app_spec,
+        import_timeout=float(timeout),
+        boot=BootCheck(app=app, creator=creator, timeout=float(timeout), smoke=smoke),
     )
 
 

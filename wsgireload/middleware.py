@@ -26,6 +26,7 @@ from typing import (
 
 from ._options import PathSpec, build_detector, build_policy, run_action
 from .actions import ActionSpec, ProcessContext, resolve
+from .boot import calling_module, validating
 from .detect import Detector
 from .errors import ConfigurationError
 from .events import EventDetector
@@ -65,11 +66,16 @@ class Reloader:
         templates and configuration.
     :param exclude: ``fnmatch`` patterns of full paths never to watch.
     :param include_stdlib: also watch the interpreter's standard library.
-    :param validate: ``"compile"`` (every changed ``.py`` must compile), ``"import"`` (also
-        import ``import_name`` in a fresh interpreter) or None.
-    :param import_name: module to import for ``validate="import"``; defaults to the module
-        that created the Reloader.
-    :param import_timeout: seconds the import check may take.
+    :param validate: ``"boot"`` (the default: every changed ``.py`` must compile, then the
+        app is booted in a fresh interpreter as the server would boot it), ``"compile"`` or
+        None; ``"import"`` is an alias of ``"boot"``.
+    :param boot_app: the app to boot, ``"module:application"``, ``"module:create_app()"`` or
+        a script path; by default the server's own (gunicorn's app URI, uWSGI's module or
+        wsgi-file, mod_wsgi's script), else the module creating the Reloader.
+    :param boot_timeout: seconds the boot check may take (``import_timeout``: its old name).
+    :param smoke: a path such as ``"/healthz"`` to GET once from the booted app: a 5xx
+        status refuses the deploy.
+    :param import_name: the old name of ``boot_app``.
     :param action: ``"auto"``, another action name, an Action, or a callable taking the
         ChangeSet.
     :param mode: ``"thread"`` (a watcher thread per worker), ``"inline"`` (scan on the request
@@ -106,7 +112,10 @@ class Reloader:
         extra_files: Union[PathSpec, Iterable[PathSpec]] = (),
         exclude: Union[str, Iterable[str]] = (),
         include_stdlib: bool = False,
-        validate: Optional[str] = "compile",
+        validate: Optional[str] = "boot",
+        boot_app: Optional[str] = None,
+        boot_timeout: Optional[float] = None,  # seconds; None: import_timeout
+        smoke: Optional[str] = None,  # a URL path
         import_name: Optional[str] = None,
         import_timeout: float = 30.0,  # seconds
         action: ActionSpec = "auto",
@@ -116,13 +125,6 @@ class Reloader:
     ) -> None:
         if not callable(app):
             raise ConfigurationError(f"app must be a WSGI callable, not {type(app).__name__}")
-        if validate == "import" and import_name is None:
-            import_name = _caller_module()
-            if import_name is None:
-                raise ConfigurationError(
-                    "validate='import' needs import_name='your.wsgi.module' when the Reloader "
-                    "is not created at the top level of an importable module"
-                )
         self.policy = build_policy(
             interval=interval,
             settle=settle,
@@ -130,6 +132,10 @@ class Reloader:
             validate=validate,
             import_name=import_name,
             import_timeout=import_timeout,
+            boot_app=boot_app,
+            boot_timeout=boot_timeout,
+            smoke=smoke,
+            creator=calling_module(),
         )
         if mode not in MODES:
             raise ConfigurationError(
@@ -144,6 +150,13 @@ class Reloader:
         self.mode = mode
         self.clock = clock
         self.action = resolve(action)
+        self.detector: Union[Detector, EventDetector]
+        if validating():  # inside the boot check's interpreter: pass requests through, no more
+            self.detector = Detector(modules=False)
+            self._created_pid = os.getpid()
+            self._reset_process_state()
+            self._closed = True
+            return
         detector = build_detector(
             extra_files,
             exclude,
@@ -152,7 +165,7 @@ class Reloader:
             # landed between now and then must still count (see Detector).
             changed_since_ns=time.time_ns(),
         )
-        self.detector: Union[Detector, EventDetector] = detector
+        self.detector = detector
         if backend != "poll":
             if _events_available():
                 self.detector = EventDetector(detector)
@@ -241,6 +254,8 @@ class Reloader:
                 return
             self._pid = pid
             self._stop = threading.Event()
+            if self.policy.boot is not None:
+                self.policy.boot.note_environ(environ)
             try:
                 self.action.setup(ProcessContext(pid, self._created_pid, environ))
             except Exception as exc:
@@ -450,17 +465,6 @@ def _threads_available(environ: Environ) -> bool:
     except Exception:  # an odd value must not leave this process without a watcher
         return True
     return parts >= (2, 0, 27)
-
-
-def _caller_module() -> Optional[str]:
-    """Name of the module creating the Reloader (skipping wsgireload's own frames)."""
-    frame = sys._getframe(1)
-    while frame is not None and frame.f_globals.get("__name__", "").startswith("wsgireload"):
-        frame = frame.f_back  # type: ignore[assignment]
-    name = frame.f_globals.get("__name__") if frame is not None else None
-    if not name or name == "__main__" or frame.f_code.co_name != "<module>":
-        return None
-    return str(name)
 
 
 # Forked children rebuild their per-process state; weak references let Reloaders be freed.

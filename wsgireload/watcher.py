@@ -15,8 +15,8 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Union
 
 from ._options import PathSpec, build_detector, build_policy, run_action
 from .actions import ActionSpec, ProcessContext, resolve
+from .boot import validating
 from .detect import Detector
-from .errors import ConfigurationError
 from .policy import ChangeSet
 
 log = logging.getLogger("wsgireload")
@@ -42,9 +42,13 @@ class Watcher:
     :param exclude: ``fnmatch`` patterns of full paths never to watch.
     :param modules: watch the source files of ``sys.modules`` (off: only ``extra_files``).
     :param include_stdlib: also watch the interpreter's standard library.
-    :param validate: ``"compile"``, ``"import"`` or None.
-    :param import_name: module to import for ``validate="import"``.
-    :param import_timeout: seconds the import check may take.
+    :param validate: ``"boot"`` (the default: compile, then boot the app in a fresh
+        interpreter), ``"compile"`` or None; ``"import"`` is an alias of ``"boot"``.
+    :param boot_app: the app to boot (``"module:application"``, ``"module:create_app()"``, a
+        script path); by default the server's own, as far as this process can tell.
+    :param boot_timeout: seconds the boot check may take (``import_timeout``: its old name).
+    :param smoke: a path to GET once from the booted app; a 5xx status refuses the deploy.
+    :param import_name: the old name of ``boot_app``.
     :param action: ``"auto"``, another action name, an Action, or a callable taking the
         ChangeSet.
     :param created_pid: pid of the process that imported the app (defaults to this one); a
@@ -69,7 +73,10 @@ class Watcher:
         exclude: Union[str, Iterable[str]] = (),
         modules: bool = True,
         include_stdlib: bool = False,
-        validate: Optional[str] = "compile",
+        validate: Optional[str] = "boot",
+        boot_app: Optional[str] = None,
+        boot_timeout: Optional[float] = None,  # seconds; None: import_timeout
+        smoke: Optional[str] = None,  # a URL path
         import_name: Optional[str] = None,
         import_timeout: float = 30.0,  # seconds
         action: ActionSpec = "auto",
@@ -79,8 +86,6 @@ class Watcher:
         on_event: Optional[EventHook] = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if validate == "import" and not import_name:
-            raise ConfigurationError("validate='import' needs import_name='your.wsgi.module'")
         self.policy = build_policy(
             interval=interval,
             settle=settle,
@@ -88,11 +93,16 @@ class Watcher:
             validate=validate,
             import_name=import_name,
             import_timeout=import_timeout,
+            boot_app=boot_app,
+            boot_timeout=boot_timeout,
+            smoke=smoke,
         )
         self.interval = float(interval)
         self.clock = clock
         self.action = resolve(action)
         self.on_event = on_event
+        if detector is None and validating():  # in the boot check: no scan cost
+            detector = Detector(modules=False)
         if detector is None:
             detector = build_detector(
                 extra_files,
@@ -170,7 +180,7 @@ class Watcher:
     # -- as a thread ------------------------------------------------------------------
     def start(self) -> "Watcher":
         """Run ``step`` every ``interval`` seconds in a daemon thread of this process."""
-        if self._thread is not None and self._thread.is_alive():
+        if (self._thread is not None and self._thread.is_alive()) or validating():
             return self
         self._stop = threading.Event()
         self._thread = threading.Thread(
