@@ -163,6 +163,11 @@ def gunicorn_app_uri() -> Optional[str]:
     return None
 
 
+def gunicorn_app_uri_of(worker: Any) -> Optional[str]:
+    """The app URI of a gunicorn worker object (what a config hook is given)."""
+    return _app_uri(worker)
+
+
 def _app_uri(obj: Any) -> Optional[str]:
     for candidate in (obj, getattr(obj, "app", None)):
         uri = getattr(candidate, "app_uri", None)
@@ -407,6 +412,7 @@ class BootCheck:
     timeout: float = DEFAULT_TIMEOUT  # seconds
     smoke: Optional[str] = None
     path: Callable[[], Sequence[str]] = lambda: list(sys.path)
+    cwd: Optional[str] = None  # None: this process's working directory
     runner: Callable[..., Outcome] = run_checker
     python: Callable[[], Optional[str]] = find_python
     last: Optional[Outcome] = None
@@ -450,7 +456,8 @@ class BootCheck:
                 "target",
                 logging.INFO,
                 "wsgireload: cannot tell which app the server boots, so a deploy is only "
-                "checked to compile; pass boot_app='your.module:application' to boot-check it",
+                "checked to compile; to boot-check it, pass boot_app='your.module:application' "
+                "(wsgireload watch: --import your.module:application)",
             )
             return None
         python = self.python()
@@ -475,6 +482,7 @@ class BootCheck:
             smoke=self.smoke,
             stub_uwsgi=uwsgi is not None,
             uwsgi_opt=getattr(uwsgi, "opt", None) if uwsgi is not None else None,
+            cwd=self.cwd,
         )
         self.last = outcome
         log.debug("wsgireload: boot check of %s took %.2fs", targets[0].describe(), outcome.seconds)
@@ -541,10 +549,11 @@ def user_location(exc: BaseException, library: Optional[Sequence[str]] = None) -
         return any(norm.startswith(d) for d in library)
 
     own = os.path.join(os.path.normcase(os.path.dirname(os.path.abspath(__file__))), "")
+    # The user's innermost frame; else a library's (an error raised inside Django); never the
+    # checker's own line, which would send the user to the wrong file.
     for tier in (
         [f for f in real if not in_library(f[0])],
         [f for f in real if not os.path.normcase(os.path.abspath(f[0])).startswith(own)],
-        real,
     ):
         if tier:
             return tier[-1]

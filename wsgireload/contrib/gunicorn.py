@@ -10,6 +10,7 @@ import os
 import time
 from typing import Any, Callable, Optional
 
+from ..boot import gunicorn_app_uri_of
 from ..watcher import Watcher
 
 log = logging.getLogger("wsgireload")
@@ -32,6 +33,10 @@ def start_watcher(worker: Any, **options: Any) -> Watcher:
         # expect a HUP to load new code there.
         created_pid = getattr(worker, "ppid", None)
     options.setdefault("changed_since", _forked_at)
+    uri = gunicorn_app_uri_of(worker)
+    boot_wanted = options.get("validate", "boot") in ("boot", "import")
+    if uri and boot_wanted and options.get("boot_app") is None and not options.get("import_name"):
+        options["boot_app"] = uri  # boot exactly what this master boots
     watcher = Watcher(created_pid=created_pid, **options)
     watcher.start()
     log.debug("wsgireload: watcher started in gunicorn worker %d", os.getpid())
