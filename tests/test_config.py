@@ -25,7 +25,10 @@ def app(environ: dict, start_response: Any) -> list:
         ({"settle": -0.5}, "settle must be a number of seconds, 0 or more"),
         ({"settle": 5, "settle_max": 2}, "settle_max (2) must be at least settle (5)"),
         ({"import_timeout": 0}, "import_timeout must be"),
-        ({"validate": "lint"}, "validate='lint' is not allowed; use 'boot' (the default), 'compile' or None"),
+        (
+            {"validate": "lint"},
+            "validate='lint' is not allowed; use 'boot' (the default), 'compile' or None",
+        ),
         ({"mode": "fork"}, "mode='fork' is not allowed; use 'auto', 'thread' or 'inline'"),
         ({"action": "reboot"}, "action='reboot' is not a known action; use one of"),
         ({"action": 42}, "action must be an action name, an Action or a callable, not int"),

@@ -549,12 +549,10 @@ def user_location(exc: BaseException, library: Optional[Sequence[str]] = None) -
         return any(norm.startswith(d) for d in library)
 
     own = os.path.join(os.path.normcase(os.path.dirname(os.path.abspath(__file__))), "")
+    real = [f for f in real if not os.path.normcase(os.path.abspath(f[0])).startswith(own)]
     # The user's innermost frame; else a library's (an error raised inside Django); never the
     # checker's own line, which would send the user to the wrong file.
-    for tier in (
-        [f for f in real if not in_library(f[0])],
-        [f for f in real if not os.path.normcase(os.path.abspath(f[0])).startswith(own)],
-    ):
+    for tier in ([f for f in real if not in_library(f[0])], real):
         if tier:
             return tier[-1]
     return None, None
@@ -623,12 +621,15 @@ def install_uwsgi_stubs(opt: Mapping[str, Any]) -> None:
 
 def _load(target: Mapping[str, Any]) -> Any:
     import importlib
+    import importlib.machinery
     import importlib.util
 
     if target.get("path"):
         path = target["path"]
         name = "__wsgireload_boot__"
-        spec = importlib.util.spec_from_file_location(name, path)
+        # Any name (site.wsgi) is Python source to mod_wsgi and uWSGI.
+        loader = importlib.machinery.SourceFileLoader(name, path)
+        spec = importlib.util.spec_from_file_location(name, path, loader=loader)
         if spec is None or spec.loader is None:
             raise ImportError(f"cannot load {path} as Python")
         module = importlib.util.module_from_spec(spec)

@@ -239,7 +239,7 @@ def run_steps(server: Server, app: App, boot: "re.Pattern[str]") -> None:
             step.edit()
             if step.refused is not None:
                 kind, where = step.refused
-                assert wait_for(lambda: len(refusals(server.log())) > before_refusals, 20), (
+                assert wait_for(lambda n=before_refusals: len(refusals(server.log())) > n, 20), (
                     f"{step.name}: no refusal logged\n{server.log()[-3000:]}"
                 )
                 time.sleep(2.0)  # every worker has checked by now; a reload would show
@@ -260,13 +260,13 @@ def run_steps(server: Server, app: App, boot: "re.Pattern[str]") -> None:
             else:
                 assert step.serves is not None
                 marker = step.serves
-                assert wait_for(lambda: recent_all(load, marker), 5.0, interval=0.02), (
+                assert wait_for(lambda m=marker: recent_all(load, m), 5.0, interval=0.02), (
                     f"{step.name}: {marker!r} not served everywhere within 5 s: "
                     f"{sorted(set(load.result.bodies_since(started)))[:6]}\n"
                     f"{server.log()[-3000:]}"
                 )
                 took = time.monotonic() - started
-                assert wait_for(lambda: boots() >= before_boots + WORKERS, 10)
+                assert wait_for(lambda n=before_boots: boots() >= n + WORKERS, 10)
                 time.sleep(1.0)
                 assert boots() == before_boots + WORKERS, f"{step.name}: {boots()} boots"
                 print(f"\n{step.name}: new code on every worker {took:.2f}s after the deploy")
