@@ -299,7 +299,6 @@ def test_uwsgi_refuses_unbootable_deploys(
     run_steps(server, app, UWSGI_BOOT)
 
 
-# -- wsgireload watch --pidfile --import ----------------------------------------------------
 UNWRAPPED = """
 import os
 import mod
@@ -311,6 +310,33 @@ def application(environ, start_response):
 """
 
 
+HOOK_CONF = LOGGING + """\
+from wsgireload.contrib.gunicorn import make_post_worker_init
+
+post_worker_init = make_post_worker_init({fast})
+"""
+
+
+def test_gunicorn_config_hook_refuses_unbootable_deploys(
+    tmp_path: Path, servers: List[Server]
+) -> None:
+    """The app is not wrapped: the hook's watcher boots the worker's own app URI."""
+    app_dir = tmp_path / "app"
+    write(app_dir / "wsgi.py", UNWRAPPED)
+    write(app_dir / "gunicorn_conf.py", HOOK_CONF.format(fast=FAST))
+    mod = app_dir / "mod.py"
+    write(mod, "VERSION = 'v1'\n")
+    app = App(app_dir, "wsgi:application", "wsgi", b"v1 ", [
+        Step("missing module", lambda: write(mod, MISSING + "VERSION = 'v2'\n"),
+             refused=("ModuleNotFoundError", f"{mod}:1")),
+        Step("fix", lambda: write(mod, "VERSION = 'v3'\n"), serves=b"v3 "),
+    ])
+    server = start_gunicorn(tmp_path, app, ["-c", str(app_dir / "gunicorn_conf.py")])
+    servers.append(server.start())
+    run_steps(server, app, GUNICORN_BOOT)
+
+
+# -- wsgireload watch --pidfile --import ----------------------------------------------------
 @pytest.fixture
 def watchers() -> Iterator[List["subprocess.Popen[str]"]]:
     started: List["subprocess.Popen[str]"] = []
