@@ -134,10 +134,9 @@ def plain_app(root: Path, under_uwsgi: bool) -> App:
     wsgi, mod = app_dir / "wsgi.py", app_dir / "mod.py"
     broken = source.replace("import mod\n", "import mod\n" + MISSING)
     missing_line = broken.splitlines().index(MISSING.strip()) + 1
-    steps = []
-    if under_uwsgi:  # the app imports uwsgi at top level and is fine: it must reload
-        steps.append(Step("plain edit", lambda: write(mod, "VERSION = 'v2'\n"), serves=b"v2 "))
-    steps += [
+    # Under uWSGI the app imports uwsgi and uwsgidecorators at top level: each fix reloading
+    # is what shows the boot check does not refuse that recipe.
+    steps = [
         Step("missing module", lambda: write(wsgi, broken),
              refused=("ModuleNotFoundError", f"{wsgi}:{missing_line}")),
         Step("fix", lambda: (write(wsgi, source), write(mod, "VERSION = 'v3'\n")), serves=b"v3 "),
