@@ -392,3 +392,50 @@ def test_pidfile_watcher_boot_checks_before_hup(
     assert result.failed == 0, result.errors[:5]
     assert text().count("sent SIGHUP") == 1 and hups(server.log()) == 1, text()
     print(f"\nwatch --pidfile --import: refused the broken deploy; fix served after {took:.2f}s")
+
+
+# -- mod_wsgi daemon mode ---------------------------------------------------------------------
+def test_mod_wsgi_daemon_refuses_an_unbootable_deploy(servers: List[Server]) -> None:
+    """mod_wsgi's sys.executable is Apache: the check must find Python, boot the script file."""
+    from . import test_mod_wsgi as mw
+
+    if mw.APACHE is None or not (mw.MODULES / "mod_wsgi.so").exists():
+        pytest.skip("needs apache2 and mod_wsgi (Debian: apache2 libapache2-mod-wsgi-py3)")
+    root = Path(mw.tempfile.mkdtemp(prefix="wsgireload-apache-", dir="/tmp"))
+    try:
+        root.chmod(0o755)
+        (root / "run").mkdir()
+        server = mw.start_apache(servers, root, daemon=True)
+        mod = root / "app" / "mod.py"
+        boots = lambda: len(mw.BOOT.findall(server.log()))  # noqa: E731
+        errors = lambda: [  # noqa: E731
+            line for line in server.log().splitlines()
+            if "ERROR wsgireload: not reloading" in line
+        ]
+        with Load(server.port, threads=4, max_seconds=60) as load:
+            assert wait_for(lambda: recent_all(load, b"v1 "), 15)
+            time.sleep(0.5)
+            before = boots()
+            write(mod, MISSING + 'VERSION = "v2"\n')
+            mod.chmod(0o644)
+            assert wait_for(lambda: bool(errors()), 20), server.log()[-3000:]
+            refused = time.monotonic()
+            time.sleep(2.0)
+            assert boots() == before
+            assert all(b"v1 " in body for body in load.result.bodies_since(refused))
+            assert all(f"{mod}:1: ModuleNotFoundError: " in line for line in errors()), errors()
+            assert len(errors()) <= mw.PROCESSES
+            print("\n" + errors()[0][-260:])
+            fixed = time.monotonic()
+            write(mod, 'VERSION = "v3"\n')
+            mod.chmod(0o644)
+            assert wait_for(lambda: recent_all(load, b"v3 "), 5.0, interval=0.02), (
+                server.log()[-3000:]
+            )
+            took = time.monotonic() - fixed
+        assert load.result.failed == 0, load.result.errors[:5]
+        print(f"\nmod_wsgi daemon: refused, then the fix everywhere after {took:.2f}s")
+    finally:
+        for server in servers:
+            server.stop()
+        shutil.rmtree(root, ignore_errors=True)
