@@ -331,6 +331,10 @@ def run_checker(
             time.monotonic() - started,
         )
     seconds = time.monotonic() - started
+    try:  # whatever the app started at import (an agent, a pool) goes with the checker
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass
     result = _last_json(out)
     if result is None:
         lines = err.decode("utf-8", "replace").strip().splitlines()
@@ -418,6 +422,7 @@ class BootCheck:
     last: Optional[Outcome] = None
     runs: int = 0
     _environ_target: Optional[Target] = None
+    _server: Optional[Tuple[int, List[Target]]] = None  # (pid, what the server names)
     _said: Dict[str, bool] = field(default_factory=dict)
 
     def note_environ(self, environ: Mapping[str, Any]) -> None:
@@ -431,17 +436,11 @@ class BootCheck:
         """What the server boots, as far as this process can see; empty if unknown."""
         if self.app is not None:
             return [self.app]
-        uwsgi = _uwsgi_module()
-        if uwsgi is not None:
-            found = uwsgi_targets(getattr(uwsgi, "opt", {}) or {})
-            if found:
-                return found
-        uri = gunicorn_app_uri()
-        if uri:
-            try:
-                return [parse_target(uri)]
-            except ConfigurationError:
-                pass  # a paste: URI or the like: fall through
+        pid = os.getpid()
+        if self._server is None or self._server[0] != pid:  # once per process: it may search
+            self._server = (pid, _server_targets())
+        if self._server[1]:
+            return list(self._server[1])
         if self._environ_target is not None:
             return [self._environ_target]
         if self.creator is not None:
@@ -492,6 +491,22 @@ class BootCheck:
         if not self._said.get(key):
             self._said[key] = True
             log.log(level, message, *args)
+
+
+def _server_targets() -> List[Target]:
+    """The app as uWSGI's options or gunicorn's app URI name it, if this is such a worker."""
+    uwsgi = _uwsgi_module()
+    if uwsgi is not None:
+        found = uwsgi_targets(getattr(uwsgi, "opt", {}) or {})
+        if found:
+            return found
+    uri = gunicorn_app_uri()
+    if uri:
+        try:
+            return [parse_target(uri)]
+        except ConfigurationError:
+            pass  # a paste: URI or the like
+    return []
 
 
 def _uwsgi_module() -> Any:

@@ -296,8 +296,9 @@ def cmd_watch(args: argparse.Namespace, out: TextIO) -> int:
         detector = Detector(extra_files=patterns, exclude=excludes, modules=False)
         detector.scan()
         what = f"{', '.join(targets)} ({len(detector.watched())} files)"
-    if args.no_validate and args.import_app:
-        raise AppError("--import boots the app before a reload, --no-validate skips that: pick one")
+    if args.no_validate and (args.import_app or args.smoke):
+        raise AppError("--import and --smoke boot the app before a reload, --no-validate skips "
+                       "that: pick one")
     boot_app = None if args.no_validate else (args.import_app or (targets[0] if is_app else None))
     action: Any
     pid: Optional[int] = None
@@ -320,6 +321,7 @@ def cmd_watch(args: argparse.Namespace, out: TextIO) -> int:
         ),
         validate=None if args.no_validate else "boot",
         boot_app=boot_app,
+        smoke=args.smoke,
         action=action,
         detector=detector,
         on_event=printer,
@@ -394,6 +396,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "wsgi:application or 'myapp:create_app()') in a fresh interpreter and "
                        "refuse a deploy that cannot boot (default: the MODULE:APP watched, "
                        "else only a compile check)")
+    watch.add_argument("--smoke", metavar="PATH",
+                       help="after booting it, GET this path (e.g. /healthz) from the app once "
+                       "and refuse the deploy on a 5xx answer")
     watch.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
                        help="fnmatch pattern of full paths to ignore (repeatable)")
     watch.add_argument("--pidfile", metavar="PATH", help="signal the process in this pidfile")
