@@ -114,6 +114,7 @@ class App:
     uwsgi_module: str
     old: bytes  # what the first code serves
     steps: List[Step]
+    count_checks: bool = False  # the app logs wsgireload's DEBUG lines: count the boot checks
 
 
 def line_of(path: Path, text: str) -> int:
@@ -168,6 +169,9 @@ def django_app(root: Path, under_uwsgi: bool) -> App:
     wsgi = examples / "django_wsgi.py"
     patch(wsgi, "import os\n", "import os\n" + LOGGING)
     patch(wsgi, "DjangoReloader(django_app)", f"DjangoReloader(django_app, {FAST})")
+    debug = "logging.getLogger('wsgireload').setLevel('DEBUG')\n"  # to count the boot checks
+    patch(wsgi, "django_app = get_wsgi_application()\n",
+          "django_app = get_wsgi_application()\n" + debug)
     # Not even imported at startup: the views are only known from the URLconf, as in most
     # projects, so only the boot check's walk of the URLconf can see a broken one.
     patch(wsgi, "_ = get_resolver().url_patterns\n", "")
@@ -189,7 +193,7 @@ def django_app(root: Path, under_uwsgi: bool) -> App:
                    Step("broken view module", break_views,
                         refused=("ModuleNotFoundError", f"{views}:{missing_line}")),
                    Step("fix", fix_views, serves=b"Hello v2"),
-               ])
+               ], count_checks=True)
 
 
 APPS = {"plain": plain_app, "flask": flask_app, "django": django_app}
@@ -275,6 +279,14 @@ def run_steps(server: Server, app: App, boot: "re.Pattern[str]") -> None:
     log = server.log()
     assert "Worker failed to boot" not in log and "no python application found" not in log
     print(f"{result.ok} ok, {result.failed} failed")
+    if app.count_checks:
+        # Each worker boots each change set once (a worker replaced while still checking the
+        # fix may not finish): never once per request.
+        took = [float(t) for t in re.findall(r"boot check of \S+ took ([0-9.]+)s", log)]
+        assert len(app.steps) <= len(took) <= WORKERS * len(app.steps), took
+        assert result.ok > 100 * len(took)
+        print(f"{len(took)} boot checks for {len(app.steps)} deploys and {result.ok} requests; "
+              f"each took {min(took):.2f}-{max(took):.2f}s")
 
 
 @pytest.mark.parametrize("kind", list(APPS))
