@@ -183,7 +183,10 @@ def _app_uri(obj: Any) -> Optional[str]:
 def calling_module(skip: str = "wsgireload") -> Optional[Target]:
     """The module creating a Reloader at its top level (skipping wsgireload's own frames)."""
     frame: Optional[types.FrameType] = sys._getframe(1)
-    while frame is not None and frame.f_globals.get("__name__", "").startswith(skip):
+    while frame is not None:
+        caller = str(frame.f_globals.get("__name__", ""))
+        if caller != skip and not caller.startswith(skip + "."):
+            break
         frame = frame.f_back
     if frame is None or frame.f_code.co_name != "<module>":
         return None
@@ -193,7 +196,7 @@ def calling_module(skip: str = "wsgireload") -> Optional[Target]:
         return None
     # mod_wsgi and uWSGI's wsgi-file load a script under a made-up name: import it by path.
     if name == "__main__" or name.startswith(("_mod_wsgi_", "uwsgi_file_")):
-        if isinstance(filename, str) and filename.endswith(".py"):
+        if isinstance(filename, str) and os.path.isfile(filename):  # site.wsgi is Python too
             return Target(path=os.path.abspath(filename), spec=filename)
         return None
     return Target(module=name, spec=name)
