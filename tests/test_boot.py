@@ -191,6 +191,17 @@ def test_gunicorn_app_uri_from_the_worker_stack(tmp_path: Path) -> None:
     assert gunicorn_app_uri_of(object()) is None
 
 
+def test_gunicorn_app_uri_of_an_async_worker_is_looked_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    """gevent's main thread runs the hub, not the arbiter: the Application is found by type."""
+    base = pytest.importorskip("gunicorn.app.base")
+    application = object.__new__(base.BaseApplication)
+    application.app_uri = "async.wsgi:app"  # type: ignore[attr-defined]
+    monkeypatch.setattr("wsgireload.boot.gc.get_objects", lambda: [object(), application])
+    assert gunicorn_app_uri() == "async.wsgi:app"
+    monkeypatch.setattr("wsgireload.boot.gc.get_objects", lambda: [object()])
+    assert gunicorn_app_uri() is None
+
+
 def test_calling_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "wr_boot_top.py").write_text(
         "from wsgireload.boot import calling_module\nTARGET = calling_module()\n"

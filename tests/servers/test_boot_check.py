@@ -289,12 +289,16 @@ def run_steps(server: Server, app: App, boot: "re.Pattern[str]") -> None:
               f"each took {min(took):.2f}-{max(took):.2f}s")
 
 
-@pytest.mark.parametrize("kind", list(APPS))
+@pytest.mark.parametrize(
+    "kind, worker",
+    [("plain", "sync"), ("plain", "gthread"), ("flask", "sync"), ("django", "sync")],
+)
 def test_gunicorn_refuses_unbootable_deploys(
-    kind: str, tmp_path: Path, servers: List[Server]
+    kind: str, worker: str, tmp_path: Path, servers: List[Server]
 ) -> None:
     app = APPS[kind](tmp_path, False)
-    server = start_gunicorn(tmp_path, app)
+    extra = ["-k", "gthread", "--threads", "4"] if worker == "gthread" else []
+    server = start_gunicorn(tmp_path, app, extra)
     servers.append(server.start())
     run_steps(server, app, GUNICORN_BOOT)
 
