@@ -394,6 +394,15 @@ def test_the_checker_gets_the_workers_environment_and_cwd(app_dir: Path) -> None
     assert "KeyError" in (boot(app_dir, "envapp") or "")
 
 
+def test_the_checker_runs_with_the_workers_interpreter_flags(
+    app_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write(app_dir, "optimized.py", "assert not __debug__, 'runs only under python -O'\n")
+    assert "AssertionError: runs only under python -O" in (boot(app_dir, "optimized") or "")
+    monkeypatch.setattr("wsgireload.boot.subprocess._args_from_interpreter_flags", lambda: ["-O"])
+    assert boot(app_dir, "optimized") is None
+
+
 def test_boot_is_bounded_in_time(app_dir: Path) -> None:
     write(app_dir, "slow.py", "import time\ntime.sleep(60)\n")
     started = time.monotonic()

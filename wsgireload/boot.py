@@ -318,7 +318,7 @@ def run_checker(
     names = ", ".join(t.describe() for t in targets)
     try:
         proc = subprocess.Popen(
-            [python, "-c", _BOOTSTRAP],
+            [python, *_interpreter_flags(), "-c", _BOOTSTRAP],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             cwd=cwd or os.getcwd(), env=environment, start_new_session=True,
         )
@@ -344,6 +344,16 @@ def run_checker(
         tail = lines[-1] if lines else f"exit status {proc.returncode}"
         return Outcome(f"booting {names} in a fresh interpreter failed: {tail}", seconds)
     return Outcome(None if result.get("ok") else describe_failure(result), seconds)
+
+
+def _interpreter_flags() -> List[str]:
+    """This interpreter's -O, -W, -X... flags: an ``assert`` or a warning filter at import
+    behaves in the checker as in the worker."""
+    flags = getattr(subprocess, "_args_from_interpreter_flags", None)
+    try:
+        return list(flags()) if flags is not None else []
+    except Exception:  # pragma: no cover - a private helper: never let it break the check
+        return []
 
 
 def _kill_group(proc: "subprocess.Popen[bytes]") -> None:
