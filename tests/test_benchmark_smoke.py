@@ -28,3 +28,13 @@ def test_quick_benchmark_prints_the_table() -> None:
         assert f"\n{section}" in out, section
     assert "Django StatReloader.snapshot_files()" in out
     assert "Werkzeug StatReloaderLoop.run_step()" in out
+
+
+def test_boot_check_benchmark_runs() -> None:
+    proc = subprocess.run(
+        [sys.executable, os.path.join("benchmarks", "boot_check.py"), "--runs", "1",
+         "--workers", "2"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "boot check, examples.django_wsgi:application" in proc.stdout

@@ -63,7 +63,7 @@ def test_check_reports_files_scan_compile_and_action(
     code, out, err = run(["check", f"{name}:application"], capsys)
     assert code == 0, err
     assert f"app:       {name}:application (Reloader)" in out
-    assert "reloader:  app (action auto, interval 1s, settle 0.5s, validate compile)" in out
+    assert "reloader:  app (action auto, interval 1s, settle 0.5s, validate boot)" in out
     assert "      1  templates/\n" in out  # the cwd's files come first
     assert str(workdir / "templates" / "index.html") not in out  # grouped, not listed
     assert "wsgireload/ (in " in out or "wsgireload/ (site-packages)" in out
@@ -331,3 +331,37 @@ def test_status_text_names_each_part(tmp_path: Path, capsys: pytest.CaptureFixtu
 def test_status_without_records_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(["status", "--runtime-dir", str(tmp_path / "none")], capsys)
     assert code == 0 and "no running master" in out
+
+
+def test_watch_import_boots_the_app_before_it_is_due(
+    workdir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src = workdir / "src"
+    src.mkdir()
+    (src / "wsgi.py").write_text("import helper\napplication = helper.app\n")
+    helper = src / "helper.py"
+    helper.write_text("def app(environ, start_response):\n    return []\n")
+    monkeypatch.syspath_prepend(str(src))
+    script(monkeypatch, [
+        lambda: bump(helper, "import a_module_that_does_not_exist\n"),
+        nothing, nothing,  # settles, compiles, cannot boot: refused
+        lambda: bump(helper, "def app(environ, start_response):\n    return []\n"),
+        nothing, nothing,  # settles, boots
+    ])
+    code, out, _ = run(["watch", "--settle", "1", "--import", "wsgi:application", "src"], capsys)
+    assert code == 0
+    assert (f"error     not reloading, the new code is broken (keeping the old code running; "
+            f"fix the file and the reload will follow): {helper}:1: ModuleNotFoundError: "
+            "No module named 'a_module_that_does_not_exist' (booting wsgi:application as the "
+            "server would, in a fresh interpreter)") in out
+    assert out.count("refused   1 file(s) do not validate") == 1
+    assert out.count("reload    due now") == 1
+
+
+def test_watch_import_and_no_validate_contradict(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run(["watch", "--no-validate", "--import", "wsgi", "."], capsys)
+    assert code == 1 and "pick one" in err
+    code, _, err = run(["watch", "--smoke", "healthz", "."], capsys)
+    assert code == 1 and "smoke must be a URL path starting with '/'" in err

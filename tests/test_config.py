@@ -25,7 +25,10 @@ def app(environ: dict, start_response: Any) -> list:
         ({"settle": -0.5}, "settle must be a number of seconds, 0 or more"),
         ({"settle": 5, "settle_max": 2}, "settle_max (2) must be at least settle (5)"),
         ({"import_timeout": 0}, "import_timeout must be"),
-        ({"validate": "lint"}, "validate='lint' is not allowed; use 'compile', 'import' or None"),
+        (
+            {"validate": "lint"},
+            "validate='lint' is not allowed; use 'boot' (the default), 'compile' or None",
+        ),
         ({"mode": "fork"}, "mode='fork' is not allowed; use 'auto', 'thread' or 'inline'"),
         ({"action": "reboot"}, "action='reboot' is not a known action; use one of"),
         ({"action": 42}, "action must be an action name, an Action or a callable, not int"),
@@ -46,9 +49,11 @@ def test_app_must_be_callable() -> None:
         Reloader("not an app")  # type: ignore[arg-type]
 
 
-def test_import_validation_needs_a_module_outside_module_level() -> None:
-    with pytest.raises(ConfigurationError, match="validate='import' needs import_name"):
-        Reloader(app, validate="import")  # created inside a function, not a module's top level
+def test_import_is_an_alias_of_boot_that_needs_no_module_name() -> None:
+    # Created inside a function (a Flask factory): the server's app URI names the app later.
+    reloader = Reloader(app, validate="import")
+    assert reloader.policy.validate == "boot"
+    assert reloader.policy.boot is not None and reloader.policy.boot.targets() == []
 
 
 def test_import_validation_defaults_to_the_creating_module(tmp_path: Any, monkeypatch: Any) -> None:
@@ -63,7 +68,8 @@ def test_import_validation_defaults_to_the_creating_module(tmp_path: Any, monkey
 
     try:
         mod = importlib.import_module("wr_wsgi_mod")
-        assert mod.application.policy.import_name == "wr_wsgi_mod"
+        boot = mod.application.policy.boot
+        assert [t.module for t in boot.targets()] == ["wr_wsgi_mod"]
     finally:
         sys.modules.pop("wr_wsgi_mod", None)
 

@@ -43,8 +43,9 @@ class Worker:
 
     def __init__(self, record: Record, pid: int, watched: Path, wall: Wall, alive: Alive,
                  per_process: bool, born: Optional[float] = None) -> None:
+        # compile only: these tests count the engine's lines (the boot check has its own tests)
         options = Options.build("test", extra_files=[str(watched.parent / "*.py")],
-                                modules=False, settle=0, settle_max=0)
+                                modules=False, settle=0, settle_max=0, validate="compile")
         self.action = Recording(per_process)
         self.engine = Engine(options, self.action)
         self.engine.pid = os.getpid()  # setup ran: the share below stands for joining

@@ -158,7 +158,8 @@ def test_thread_runs_steps(project: Path) -> None:
         ({"settle": -1}, "settle"),
         ({"settle": 5, "settle_max": 1}, "settle_max"),
         ({"validate": "lint"}, "validate"),
-        ({"validate": "import"}, "import_name"),
+        ({"validate": "compile", "smoke": "/"}, "need validate='boot'"),
+        ({"boot_app": "not a module"}, "is not a module name"),
         ({"action": "nope"}, "not a known action"),
     ],
 )

@@ -13,6 +13,7 @@ import time
 from typing import Any, List, Optional, Tuple, Union
 
 from .actions import Action
+from .boot import BootCheck, Target, check_options
 from .detect import Detector
 from .errors import ConfigurationError
 from .events import EventDetector
@@ -63,8 +64,15 @@ def build_policy(
     validate: Optional[str],
     import_name: Optional[str],
     import_timeout: float,
+    boot_app: Optional[str] = None,
+    boot_timeout: Optional[float] = None,
+    smoke: Optional[str] = None,
+    creator: Optional[Target] = None,
 ) -> Policy:
-    """Check the timing and validation options; the Policy they describe."""
+    """Check the timing and validation options; the Policy they describe.
+
+    ``import_name``/``import_timeout`` are the 0.1 names of ``boot_app``/``boot_timeout``.
+    """
     positive("interval", interval)
     non_negative("settle", settle)
     non_negative("settle_max", settle_max)
@@ -76,14 +84,29 @@ def build_policy(
         )
     if validate not in VALIDATE_CHOICES:
         raise ConfigurationError(
-            f"validate={validate!r} is not allowed; use 'compile', 'import' or None"
+            f"validate={validate!r} is not allowed; use 'boot' (the default), 'compile' or None"
+        )
+    if validate == "import":
+        validate = "boot"
+    if import_name is not None and boot_app is not None and import_name != boot_app:
+        raise ConfigurationError(
+            f"import_name={import_name!r} and boot_app={boot_app!r} disagree: import_name is "
+            "the old name of boot_app, give only boot_app"
+        )
+    app_spec = boot_app if boot_app is not None else import_name
+    timeout = import_timeout if boot_timeout is None else boot_timeout
+    app = check_options(app=app_spec, smoke=smoke, timeout=timeout)
+    if validate != "boot" and (boot_app is not None or smoke is not None):
+        raise ConfigurationError(
+            f"boot_app and smoke need validate='boot' (got validate={validate!r})"
         )
     return Policy(
         settle=float(settle),
         settle_max=float(settle_max),
         validate=validate,
-        import_name=import_name,
-        import_timeout=float(import_timeout),
+        import_name=app_spec,
+        import_timeout=float(timeout),
+        boot=BootCheck(app=app, creator=creator, timeout=float(timeout), smoke=smoke),
     )
 
 
@@ -105,8 +128,11 @@ class Options:
     exclude: Tuple[str, ...] = ()  # fnmatch patterns of full paths never watched
     modules: bool = True  # watch the source files of sys.modules
     include_stdlib: bool = False
-    validate: Optional[str] = "compile"
-    import_name: Optional[str] = None
+    validate: Optional[str] = "boot"  # "boot", "compile" or None ("import": boot's alias)
+    boot_app: Optional[str] = None  # what the boot check imports; None: the server's own
+    boot_timeout: Optional[float] = None  # seconds; None: import_timeout
+    smoke: Optional[str] = None  # a URL path the booted app must answer without a 5xx
+    import_name: Optional[str] = None  # the 0.1 name of boot_app
     import_timeout: float = 30.0  # seconds
     mode: str = "auto"  # Reloader: "thread", "inline" or "auto"
     backend: str = "poll"  # Reloader: "poll", "events" or "auto"
@@ -133,9 +159,10 @@ class Options:
             )
         return options
 
-    def policy(self) -> Policy:
-        wanted = inspect.signature(build_policy).parameters
-        return build_policy(**{name: getattr(self, name) for name in wanted})
+    def policy(self, creator: Optional[Target] = None) -> Policy:
+        """The Policy; ``creator`` is the module that created the Reloader (a boot target)."""
+        wanted = [name for name in inspect.signature(build_policy).parameters if name != "creator"]
+        return build_policy(**{name: getattr(self, name) for name in wanted}, creator=creator)
 
     def detector(self) -> Union[Detector, EventDetector]:
         """A Detector with its baseline taken now (what this process has loaded)."""

@@ -294,7 +294,12 @@ def cmd_watch(args: argparse.Namespace, out: TextIO) -> int:
         detector = Detector(extra_files=patterns, exclude=excludes, modules=False)
         detector.scan()
         what = f"{', '.join(targets)} ({len(detector.watched())} files)"
+    if args.no_validate and (args.import_app or args.smoke):
+        raise AppError("--import and --smoke boot the app before a reload, --no-validate skips "
+                       "that: pick one")
+    boot_app = None if args.no_validate else (args.import_app or (targets[0] if is_app else None))
     action: Any
+    pid: Optional[int] = None
     if args.pidfile:
         action = PidfileAction(
             args.pidfile, signal=parse_signal(args.signal), expect=args.expect or DEFAULT_EXPECT
@@ -312,11 +317,19 @@ def cmd_watch(args: argparse.Namespace, out: TextIO) -> int:
             args.settle_max if args.settle_max is not None else defaults.settle_max,
             args.settle if args.settle is not None else defaults.settle,
         ),
-        validate=None if args.no_validate else "compile",
+        validate=None if args.no_validate else "boot",
+        boot_app=boot_app,
+        smoke=args.smoke,
         action=action,
         detector=detector,
         on_event=printer,
     )
+    if args.pidfile and watcher.policy.boot is not None and pid is not None:
+        # Boot the app from where the server imports it: the master's working directory.
+        server_cwd = _proc_cwd(pid)
+        if server_cwd is not None:
+            watcher.policy.boot.cwd = server_cwd
+            watcher.policy.boot.path = lambda: [server_cwd, *sys.path]
     handler = _LogToOut(printer)
     handler.setLevel(logging.DEBUG if args.verbose else logging.INFO)
     log.addHandler(handler)
@@ -408,6 +421,11 @@ def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
             print(f"  last refusal: {_when(refusal['at'])}: {refusal['error']}"
                   f"{'' if named else f' (at {where})'}", file=out)
     return 0
+def _proc_cwd(pid: int) -> Optional[str]:
+    try:
+        return os.readlink(f"/proc/{pid}/cwd")
+    except OSError:
+        return None
 
 
 # -- entry point ---------------------------------------------------------------------------
@@ -441,7 +459,16 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument("--interval", type=float, help="seconds between scans (default 1)")
     watch.add_argument("--settle", type=float, help="seconds of quiet before acting (default 1)")
     watch.add_argument("--settle-max", type=float, help="act after this long anyway (default 30)")
-    watch.add_argument("--no-validate", action="store_true", help="do not compile-check .py files")
+    watch.add_argument("--no-validate", action="store_true",
+                       help="neither compile-check .py files nor boot the app")
+    watch.add_argument("--import", dest="import_app", metavar="MODULE:APP",
+                       help="before signalling, boot this app (as the server names it, e.g. "
+                       "wsgi:application or 'myapp:create_app()') in a fresh interpreter and "
+                       "refuse a deploy that cannot boot (default: the MODULE:APP watched, "
+                       "else only a compile check)")
+    watch.add_argument("--smoke", metavar="PATH",
+                       help="after booting it, GET this path (e.g. /healthz) from the app once "
+                       "and refuse the deploy on a 5xx answer")
     watch.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
                        help="fnmatch pattern of full paths to ignore (repeatable)")
     watch.add_argument("--pidfile", metavar="PATH", help="signal the process in this pidfile")

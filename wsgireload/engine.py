@@ -17,6 +17,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 from . import _record, classic, events
 from ._options import Options, run_action
 from .actions import Action, ProcessContext, _process
+from .boot import Target
 from .detect import Detector
 from .events import EventDetector
 from .policy import ChangeSet
@@ -44,6 +45,7 @@ class Engine:
     :param master: (server, pid) of the master whose workers share one record; None: find
         it from the first request's environ (``setup``), or scan alone.
     :param runtime_dir: private directory for the records (default: the claim directory).
+    :param creator: the module that created the Reloader: the boot check's last resort.
     """
 
     def __init__(
@@ -58,9 +60,10 @@ class Engine:
         master: Optional[Master] = None,
         runtime_dir: Optional[str] = None,
         on_event: Optional[EventHook] = None,
+        creator: Optional[Target] = None,
     ) -> None:
         self.options = options
-        self.policy = options.policy()
+        self.policy = options.policy(creator)
         self.action = action
         self.clock = clock
         self.detector = detector if detector is not None else options.detector()
@@ -93,6 +96,8 @@ class Engine:
     def setup(self, environ: Mapping[str, Any]) -> None:
         """Let the action look at this process and join the master's record. Never raises."""
         self.pid = os.getpid()
+        if self.policy.boot is not None and environ:
+            self.policy.boot.note_environ(environ)  # the server's app (mod_wsgi's script)
         try:
             self.action.setup(ProcessContext(self.pid, self.created_pid, environ))
         except Exception as exc:

@@ -25,6 +25,7 @@ from typing import (
 
 from ._options import Options
 from .actions import Action, ActionSpec, resolve
+from .boot import calling_module, validating
 from .detect import Detector
 from .engine import Engine
 from .errors import ConfigurationError
@@ -64,11 +65,16 @@ class Reloader:
         templates and configuration.
     :param exclude: ``fnmatch`` patterns of full paths never to watch.
     :param include_stdlib: also watch the interpreter's standard library.
-    :param validate: ``"compile"`` (every changed ``.py`` must compile), ``"import"`` (also
-        import ``import_name`` in a fresh interpreter) or None.
-    :param import_name: module to import for ``validate="import"``; defaults to the module
-        that created the Reloader.
-    :param import_timeout: seconds the import check may take.
+    :param validate: ``"boot"`` (the default: every changed ``.py`` must compile, then the
+        app is booted in a fresh interpreter as the server would boot it), ``"compile"`` or
+        None; ``"import"`` is an alias of ``"boot"``.
+    :param boot_app: the app to boot, ``"module:application"``, ``"module:create_app()"`` or
+        a script path; by default the server's own (gunicorn's app URI, uWSGI's module or
+        wsgi-file, mod_wsgi's script), else the module creating the Reloader.
+    :param boot_timeout: seconds the boot check may take (``import_timeout``: its old name).
+    :param smoke: a path such as ``"/healthz"`` to GET once from the booted app: a 5xx
+        status refuses the deploy.
+    :param import_name: the old name of ``boot_app``.
     :param action: ``"auto"``, another action name, an Action, or a callable taking the
         ChangeSet.
     :param mode: ``"thread"`` (a watcher thread per worker), ``"inline"`` (scan on the request
@@ -104,13 +110,6 @@ class Reloader:
     ) -> None:
         if not callable(app):
             raise ConfigurationError(f"app must be a WSGI callable, not {type(app).__name__}")
-        if options.get("validate") == "import" and options.get("import_name") is None:
-            options["import_name"] = _caller_module()
-            if options["import_name"] is None:
-                raise ConfigurationError(
-                    "validate='import' needs import_name='your.wsgi.module' when the Reloader "
-                    "is not created at the top level of an importable module"
-                )
         self.options = Options.build("Reloader", **options)
         self.app = app
         self.interval = self.options.interval
@@ -118,10 +117,17 @@ class Reloader:
         self.clock = clock
         # The baseline is what this process imported; forked workers inherit it, so a change
         # made between a worker's start and its first request is still seen.
-        self.engine = Engine(self.options, resolve(action), clock=clock)
+        inert = validating()  # inside the boot check's interpreter: pass requests through
+        self.engine = Engine(
+            self.options,
+            resolve(action),
+            clock=clock,
+            detector=Detector(modules=False) if inert else None,
+            creator=calling_module(),
+        )
         self.engine.on_fork = _weak(self._reset_process_state)
         self._reset_process_state()
-        self._closed = False
+        self._closed = inert
 
     @property
     def action(self) -> Action:
@@ -384,17 +390,6 @@ def _threads_available(environ: Environ) -> bool:
     except Exception:  # an odd value must not leave this process without a watcher
         return True
     return parts >= (2, 0, 27)
-
-
-def _caller_module() -> Optional[str]:
-    """Name of the module creating the Reloader (skipping wsgireload's own frames)."""
-    frame = sys._getframe(1)
-    while frame is not None and frame.f_globals.get("__name__", "").startswith("wsgireload"):
-        frame = frame.f_back  # type: ignore[assignment]
-    name = frame.f_globals.get("__name__") if frame is not None else None
-    if not name or name == "__main__" or frame.f_code.co_name != "<module>":
-        return None
-    return str(name)
 
 
 def _weak(method: Callable[[], None]) -> Callable[[], None]:

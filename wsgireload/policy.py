@@ -6,20 +6,20 @@ No threads and no signals here: the caller passes the time in, so tests need no 
 from __future__ import annotations
 
 import importlib.util
-import json
 import logging
 import os
 import stat
-import subprocess
 import sys
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
+from .boot import BootCheck, Target, find_python, parse_target, run_checker
 from .detect import Snapshot, fingerprint
 
 log = logging.getLogger("wsgireload")
 
-VALIDATE_CHOICES = ("compile", "import", None)
+# "import" is the 0.1 name of "boot", kept as an alias.
+VALIDATE_CHOICES = ("boot", "compile", "import", None)
 
 
 @dataclass(frozen=True)
@@ -86,34 +86,13 @@ def compile_errors(paths: Iterable[str]) -> List[_Problem]:
     return problems
 
 
-_IMPORT_SCRIPT = (
-    "import importlib, json, sys\n"
-    "sys.path[:] = json.loads(sys.argv[1])\n"
-    "importlib.import_module(sys.argv[2])\n"
-)
-
-
 def import_error(module: str, *, timeout: float, path: Sequence[str]) -> Optional[str]:
-    """Import ``module`` in a fresh interpreter with ``path`` as sys.path; None if it worked."""
-    env = dict(os.environ, WSGIRELOAD_VALIDATING="1")
-    try:
-        proc = subprocess.run(
-            [sys.executable, "-c", _IMPORT_SCRIPT, json.dumps(list(path)), module],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            timeout=timeout,
-            env=env,
-            check=False,
-        )
-    except subprocess.TimeoutExpired:
-        return f"importing {module} took longer than {timeout:g}s"
-    except OSError as exc:
-        return f"cannot start {sys.executable}: {exc}"
-    if proc.returncode == 0:
-        return None
-    lines = proc.stderr.decode("utf-8", "replace").strip().splitlines()
-    return lines[-1] if lines else f"exit status {proc.returncode}"
+    """Boot ``module`` in a fresh interpreter with ``path`` as sys.path; None if it worked."""
+    python = find_python()
+    if python is None:
+        return "no Python interpreter found for the boot check"
+    target = parse_target(module, default_attr=None)
+    return run_checker(python, [target], timeout=timeout, path=path).problem
 
 
 def remove_stale_bytecode(paths: Iterable[str]) -> List[str]:
@@ -149,22 +128,34 @@ class Policy:
     :param settle: seconds without a new change before a change set is acted on.
     :param settle_max: seconds after the first change when it is acted on anyway, so that a
         file rewritten every second still reloads.
-    :param validate: ``"compile"``, ``"import"`` or None.
-    :param import_name: the module imported in a subprocess when ``validate="import"``.
+    :param validate: ``"boot"`` (compile, then boot the app in a fresh interpreter),
+        ``"compile"`` or None; ``"import"`` is an alias of ``"boot"``.
+    :param import_name: the app to boot (``module:app``); None lets the boot check find it.
+    :param boot: the boot check itself (built from the ``import_*`` fields when None).
     """
 
     settle: float = 1.0
     settle_max: float = 30.0
-    validate: Optional[str] = "compile"
+    validate: Optional[str] = "boot"
     import_name: Optional[str] = None
-    import_timeout: float = 30.0
+    import_timeout: float = 30.0  # seconds
     import_path: Callable[[], Sequence[str]] = lambda: list(sys.path)
+    boot: Optional[BootCheck] = None
     _pending: Dict[str, None] = field(default_factory=dict)
     _first: float = 0.0
     _last: float = 0.0
     _version: int = 0
     _rejected_version: int = -1
     refusal: Optional[str] = None  # why the last change set was refused (for the record)
+
+    def __post_init__(self) -> None:
+        if self.validate == "import":
+            self.validate = "boot"
+        if self.boot is None:
+            app: Optional[Target] = None
+            if self.import_name:
+                app = parse_target(self.import_name, default_attr=None)
+            self.boot = BootCheck(app=app, timeout=self.import_timeout, path=self.import_path)
 
     @property
     def pending(self) -> Tuple[str, ...]:
@@ -219,10 +210,8 @@ class Policy:
         if problems:
             extra = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
             return f"{problems[0]}{extra}"
-        if self.validate == "import" and self.import_name:
-            error = import_error(
-                self.import_name, timeout=self.import_timeout, path=self.import_path()
-            )
-            if error is not None:
-                return f"importing {self.import_name} failed: {error}"
+        if self.validate == "boot" and self.boot is not None:
+            # A stale .pyc of a same-size edit within one second would boot the old code.
+            remove_stale_bytecode(files)
+            return self.boot.check()
         return None

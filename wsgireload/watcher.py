@@ -14,9 +14,9 @@ from typing import Any, Callable, Mapping, Optional
 
 from ._options import Options
 from .actions import ActionSpec, resolve
+from .boot import validating
 from .detect import Detector
 from .engine import Engine, EventHook, Master
-from .errors import ConfigurationError
 from .policy import ChangeSet
 
 log = logging.getLogger("wsgireload")
@@ -36,9 +36,13 @@ class Watcher:
     :param exclude: ``fnmatch`` patterns of full paths never to watch.
     :param modules: watch the source files of ``sys.modules`` (off: only ``extra_files``).
     :param include_stdlib: also watch the interpreter's standard library.
-    :param validate: ``"compile"``, ``"import"`` or None.
-    :param import_name: module to import for ``validate="import"``.
-    :param import_timeout: seconds the import check may take.
+    :param validate: ``"boot"`` (the default: compile, then boot the app in a fresh
+        interpreter), ``"compile"`` or None; ``"import"`` is an alias of ``"boot"``.
+    :param boot_app: the app to boot (``"module:application"``, ``"module:create_app()"``, a
+        script path); by default the server's own, as far as this process can tell.
+    :param boot_timeout: seconds the boot check may take (``import_timeout``: its old name).
+    :param smoke: a path to GET once from the booted app; a 5xx status refuses the deploy.
+    :param import_name: the old name of ``boot_app``.
     :param action: ``"auto"``, another action name, an Action, or a callable taking the
         ChangeSet.
     :param created_pid: pid of the process that imported the app (defaults to this one); a
@@ -67,12 +71,12 @@ class Watcher:
         clock: Callable[[], float] = time.monotonic,
         **options: Any,  # the Options fields: interval, settle, extra_files, validate...
     ) -> None:
-        if options.get("validate") == "import" and not options.get("import_name"):
-            raise ConfigurationError("validate='import' needs import_name='your.wsgi.module'")
         self.options = Options.build("Watcher", **options)
         self.interval = self.options.interval
         self.clock = clock
         self.on_event = on_event
+        if detector is None and validating():  # in the boot check: no scan cost
+            detector = Detector(modules=False)
         self.engine = Engine(
             self.options,
             resolve(action),
@@ -108,7 +112,7 @@ class Watcher:
     # -- as a thread ------------------------------------------------------------------
     def start(self) -> "Watcher":
         """Run ``step`` every ``interval`` seconds in a daemon thread of this process."""
-        if self._thread is not None and self._thread.is_alive():
+        if (self._thread is not None and self._thread.is_alive()) or validating():
             return self
         self._stop = threading.Event()
         self._thread = threading.Thread(

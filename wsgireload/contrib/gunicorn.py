@@ -9,6 +9,7 @@ import logging
 import os
 from typing import Any, Callable, Optional
 
+from ..boot import gunicorn_app_uri_of
 from ..engine import forked_at
 from ..watcher import Watcher
 
@@ -37,6 +38,10 @@ def start_watcher(worker: Any, **options: Any) -> Watcher:
     master = getattr(worker, "ppid", None)
     if isinstance(master, int) and master > 1:
         options.setdefault("master", ("gunicorn", master))
+    uri = gunicorn_app_uri_of(worker)
+    boot_wanted = options.get("validate", "boot") in ("boot", "import")
+    if uri and boot_wanted and options.get("boot_app") is None and not options.get("import_name"):
+        options["boot_app"] = uri  # boot exactly what this master boots
     watcher = Watcher(created_pid=created_pid, **options)
     watcher.start()
     log.debug("wsgireload: watcher started in gunicorn worker %d", os.getpid())

@@ -1,0 +1,789 @@
+"""The boot check: import the changed app in a fresh Python, as its server would, before a reload.
+
+Runs in a subprocess bounded in time, from the watcher (never from a request); the parent half
+finds the interpreter and the app, the checker half (``_checker_main``) imports and reports.
+"""
+
+from __future__ import annotations
+
+import ast
+import gc
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import sysconfig
+import threading
+import time
+import types
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+from .errors import ConfigurationError
+
+log = logging.getLogger("wsgireload")
+
+VALIDATING_ENV = "WSGIRELOAD_VALIDATING"  # set in the checker: a Reloader there stays inert
+DEFAULT_TIMEOUT = 30.0  # seconds a boot may take
+_PROBE_TIMEOUT = 10.0  # seconds to ask a candidate interpreter its version
+_PYTHON_NAME = re.compile(r"^(python|pypy)(\d+(\.\d+)?)?(\.exe)?$", re.IGNORECASE)
+
+
+def validating() -> bool:
+    """True inside the boot checker's interpreter."""
+    return os.environ.get(VALIDATING_ENV) == "1"
+
+
+# -- what to import ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Target:
+    """An app as a server names it: ``module[:attr]``, ``module:factory(...)`` or a script file."""
+
+    module: Optional[str] = None  # importable module name
+    path: Optional[str] = None  # or a script file (uWSGI wsgi-file, mod_wsgi script)
+    attr: Optional[str] = None  # None: import only (the attribute is unknown)
+    call: Optional[Tuple[Tuple[Any, ...], Tuple[Tuple[str, Any], ...]]] = None  # factory args
+    spec: str = ""  # as the user or server wrote it, for messages
+
+    def describe(self) -> str:
+        return self.spec or (self.module or self.path or "?")
+
+    def as_json(self) -> Dict[str, Any]:
+        call = None
+        if self.call is not None:
+            call = [list(self.call[0]), dict(self.call[1])]
+        return {"module": self.module, "path": self.path, "attr": self.attr, "call": call,
+                "spec": self.describe()}
+
+
+def parse_target(spec: str, *, default_attr: Optional[str] = "application") -> Target:
+    """``module``, ``module:attr``, ``module:factory(literal args)`` or a ``.py`` path."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise ConfigurationError(
+            f"boot_app must be 'module:application', 'module:create_app()' or a .py file "
+            f"(got {spec!r})"
+        )
+    spec = spec.strip()
+    module, sep, obj = spec.partition(":")
+    if module.endswith(".py") or os.sep in module or (os.altsep and os.altsep in module):
+        if os.name == "nt" and len(module) == 1 and sep:  # C:\path\wsgi.py
+            module, sep, obj = spec, "", ""
+        return Target(path=os.path.abspath(module), attr=obj or default_attr, spec=spec)
+    if not module or not all(part.isidentifier() for part in module.split(".")):
+        raise ConfigurationError(
+            f"boot_app={spec!r}: {module!r} is not a module name "
+            "(use 'module:application' or 'module:create_app()')"
+        )
+    if not sep or not obj:
+        return Target(module=module, attr=default_attr, spec=spec)
+    try:
+        expr = ast.parse(obj, mode="eval").body
+    except SyntaxError:
+        expr = None
+    if isinstance(expr, ast.Name):
+        return Target(module=module, attr=expr.id, spec=spec)
+    if isinstance(expr, ast.Attribute):  # uWSGI and gunicorn both allow a dotted callable
+        return Target(module=module, attr=obj, spec=spec)
+    if isinstance(expr, ast.Call) and isinstance(expr.func, ast.Name):
+        try:
+            args = tuple(ast.literal_eval(arg) for arg in expr.args)
+            kwargs = tuple((str(kw.arg), ast.literal_eval(kw.value)) for kw in expr.keywords)
+        except ValueError:
+            raise ConfigurationError(
+                f"boot_app={spec!r}: the factory's arguments must be literals"
+            ) from None
+        return Target(module=module, attr=expr.func.id, call=(args, kwargs), spec=spec)
+    raise ConfigurationError(
+        f"boot_app={spec!r}: {obj!r} is neither an attribute name nor a factory call"
+    )
+
+
+def _text(value: Any) -> Optional[str]:
+    if isinstance(value, (list, tuple)):
+        value = value[0] if value else None
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    return value if isinstance(value, str) and value else None
+
+
+def _all_text(value: Any) -> List[str]:
+    values = value if isinstance(value, (list, tuple)) else [value]
+    return [text for text in (_text(v) for v in values) if text]
+
+
+def uwsgi_targets(opt: Mapping[str, Any]) -> List[Target]:
+    """The apps a uWSGI instance loads, from its ``uwsgi.opt``."""
+    callable_name = _text(opt.get("callable")) or "application"
+    found: List[Target] = []
+    for key in ("module", "wsgi"):
+        for spec in _all_text(opt.get(key)):
+            found.append(_uwsgi_target(spec, callable_name))
+    for key in ("wsgi-file", "file"):
+        for spec in _all_text(opt.get(key)):
+            found.append(Target(path=os.path.abspath(spec), attr=callable_name, spec=spec))
+    for mount in _all_text(opt.get("mount")):
+        _, _, spec = mount.partition("=")
+        if spec:
+            found.append(_uwsgi_target(spec, callable_name))
+    return found
+
+
+def _uwsgi_target(spec: str, callable_name: str) -> Target:
+    if spec.endswith(".py") or os.sep in spec:
+        return Target(path=os.path.abspath(spec), attr=callable_name, spec=spec)
+    module, _, obj = spec.partition(":")
+    return Target(module=module, attr=obj or callable_name, spec=spec)
+
+
+def gunicorn_app_uri() -> Optional[str]:
+    """The app URI this gunicorn worker's master was started with (CLI or ``wsgi_app``)."""
+    if "gunicorn" not in sys.modules:
+        return None
+    main = threading.main_thread().ident
+    frame = sys._current_frames().get(main) if main is not None else None
+    while frame is not None:  # the worker runs inside the arbiter's spawn_worker call
+        if "gunicorn" in frame.f_code.co_filename:
+            uri = _app_uri(frame.f_locals.get("self"))
+            if uri:
+                return uri
+        frame = frame.f_back
+    base = sys.modules.get("gunicorn.app.base")
+    kind = getattr(base, "BaseApplication", None)
+    if kind is None:
+        return None
+    for obj in gc.get_objects():  # an async worker's main thread runs elsewhere: look it up
+        if isinstance(obj, kind):
+            uri = _app_uri(obj)
+            if uri:
+                return uri
+    return None
+
+
+def gunicorn_app_uri_of(worker: Any) -> Optional[str]:
+    """The app URI of a gunicorn worker object (what a config hook is given)."""
+    return _app_uri(worker)
+
+
+def _app_uri(obj: Any) -> Optional[str]:
+    for candidate in (obj, getattr(obj, "app", None)):
+        uri = getattr(candidate, "app_uri", None)
+        if isinstance(uri, str) and uri:
+            return uri
+        cfg = getattr(candidate, "cfg", None)
+        uri = getattr(cfg, "wsgi_app", None) if cfg is not None else None
+        if isinstance(uri, str) and uri:
+            return uri
+    return None
+
+
+def calling_module(skip: str = "wsgireload") -> Optional[Target]:
+    """The module creating a Reloader at its top level (skipping wsgireload's own frames)."""
+    frame: Optional[types.FrameType] = sys._getframe(1)
+    while frame is not None:
+        caller = str(frame.f_globals.get("__name__", ""))
+        if caller != skip and not caller.startswith(skip + "."):
+            break
+        frame = frame.f_back
+    if frame is None or frame.f_code.co_name != "<module>":
+        return None
+    name = frame.f_globals.get("__name__")
+    filename = frame.f_globals.get("__file__")
+    if not isinstance(name, str) or not name:
+        return None
+    # mod_wsgi and uWSGI's wsgi-file load a script under a made-up name: import it by path.
+    if name == "__main__" or name.startswith(("_mod_wsgi_", "uwsgi_file_")):
+        if isinstance(filename, str) and os.path.isfile(filename):  # site.wsgi is Python too
+            return Target(path=os.path.abspath(filename), spec=filename)
+        return None
+    return Target(module=name, spec=name)
+
+
+# -- which Python ------------------------------------------------------------------------------
+def python_candidates(
+    *,
+    executable: Optional[str],
+    prefix: str,
+    base_executable: Optional[str],
+    version: Tuple[int, int],
+    which: Callable[[str], Optional[str]] = shutil.which,
+) -> List[str]:
+    """Interpreters that may run this process's code, best first (the virtualenv's first)."""
+    xy = f"{version[0]}.{version[1]}"
+    names: List[Optional[str]] = []
+    if os.name == "nt":
+        names += [os.path.join(prefix, "Scripts", "python.exe"), os.path.join(prefix, "python.exe")]
+    else:
+        bindir = os.path.join(prefix, "bin")
+        names += [os.path.join(bindir, n) for n in (f"python{xy}", f"python{version[0]}", "python")]
+    names += [executable, base_executable, which(f"python{xy}")]
+    out: List[str] = []
+    for name in names:
+        if not name or name in out or not _PYTHON_NAME.match(os.path.basename(name)):
+            continue  # never run a binary that is not Python (uwsgi, httpd) with "-c"
+        if os.path.isfile(name) and os.access(name, os.X_OK):
+            out.append(name)
+    return out
+
+
+def probe_version(python: str) -> Optional[str]:
+    """``"X.Y"`` of the interpreter at ``python``, or None if it does not answer like Python."""
+    try:
+        proc = subprocess.run(
+            [python, "-I", "-c", "import sys; sys.stdout.write('%d.%d' % sys.version_info[:2])"],
+            stdin=subprocess.DEVNULL, capture_output=True, timeout=_PROBE_TIMEOUT, check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    text = proc.stdout.decode("ascii", "replace").strip()
+    return text if proc.returncode == 0 and re.fullmatch(r"\d+\.\d+", text) else None
+
+
+_found: Dict[Tuple[Any, ...], Optional[str]] = {}
+
+
+def find_python(
+    *,
+    executable: Optional[str] = None,
+    prefix: Optional[str] = None,
+    base_executable: Optional[str] = None,
+    version: Optional[Tuple[int, int]] = None,
+    which: Callable[[str], Optional[str]] = shutil.which,
+    probe: Callable[[str], Optional[str]] = probe_version,
+) -> Optional[str]:
+    """The first candidate that really is Python of this process's X.Y (remembered)."""
+    executable = sys.executable if executable is None else executable
+    prefix = sys.prefix if prefix is None else prefix
+    if base_executable is None:
+        base_executable = getattr(sys, "_base_executable", None)
+    version = (sys.version_info[0], sys.version_info[1]) if version is None else version
+    key = (executable, prefix, base_executable, version, which, probe)
+    if key not in _found:
+        wanted = f"{version[0]}.{version[1]}"
+        _found[key] = next(
+            (c for c in python_candidates(executable=executable, prefix=prefix,
+                                          base_executable=base_executable, version=version,
+                                          which=which) if probe(c) == wanted),
+            None,
+        )
+    return _found[key]
+
+
+# -- running the checker -----------------------------------------------------------------------
+@dataclass
+class Outcome:
+    """What the checker reported; ``problem`` is None when the app booted."""
+
+    problem: Optional[str]
+    seconds: float
+
+
+_BOOTSTRAP = (
+    "import json, sys\n"
+    "payload = json.loads(sys.stdin.readline())\n"
+    "sys.path[:] = payload['path']\n"
+    "from wsgireload.boot import _checker_main\n"
+    "_checker_main(payload)\n"
+)
+
+
+def run_checker(
+    python: str,
+    targets: Sequence[Target],
+    *,
+    timeout: float,
+    path: Sequence[str],
+    smoke: Optional[str] = None,
+    stub_uwsgi: bool = False,
+    uwsgi_opt: Optional[Mapping[str, Any]] = None,
+    cwd: Optional[str] = None,
+    env: Optional[Mapping[str, str]] = None,
+) -> Outcome:
+    """Boot ``targets`` in a fresh ``python``; bounded by ``timeout`` seconds."""
+    payload = {
+        "path": list(path),
+        "argv": list(sys.argv),
+        "prefix": sys.prefix,
+        "targets": [t.as_json() for t in targets],
+        "smoke": smoke,
+        "stub_uwsgi": stub_uwsgi,
+        "uwsgi_opt": _jsonable(uwsgi_opt or {}),
+    }
+    environment = dict(os.environ if env is None else env)
+    environment[VALIDATING_ENV] = "1"
+    started = time.monotonic()
+    names = ", ".join(t.describe() for t in targets)
+    try:
+        proc = subprocess.Popen(
+            [python, *_interpreter_flags(), "-c", _BOOTSTRAP],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            cwd=cwd or os.getcwd(), env=environment, start_new_session=True,
+        )
+    except OSError as exc:
+        return Outcome(f"cannot start {python} for the boot check: {exc}", 0.0)
+    try:
+        out, err = proc.communicate(json.dumps(payload).encode() + b"\n", timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _kill_group(proc)
+        return Outcome(
+            f"booting {names} took longer than {timeout:g}s (the boot check's limit: raise "
+            "boot_timeout if the app is this slow to start)",
+            time.monotonic() - started,
+        )
+    seconds = time.monotonic() - started
+    try:  # whatever the app started at import (an agent, a pool) goes with the checker
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass
+    result = _last_json(out)
+    if result is None:
+        lines = err.decode("utf-8", "replace").strip().splitlines()
+        tail = lines[-1] if lines else f"exit status {proc.returncode}"
+        return Outcome(f"booting {names} in a fresh interpreter failed: {tail}", seconds)
+    return Outcome(None if result.get("ok") else describe_failure(result), seconds)
+
+
+def _interpreter_flags() -> List[str]:
+    """This interpreter's -O, -W, -X... flags: an ``assert`` or a warning filter at import
+    behaves in the checker as in the worker."""
+    flags = getattr(subprocess, "_args_from_interpreter_flags", None)
+    try:
+        return list(flags()) if flags is not None else []
+    except Exception:  # pragma: no cover - a private helper: never let it break the check
+        return []
+
+
+def _kill_group(proc: "subprocess.Popen[bytes]") -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (OSError, AttributeError):
+        proc.kill()
+    try:
+        proc.communicate(timeout=5)
+    except subprocess.TimeoutExpired:  # pragma: no cover - a process that survives SIGKILL
+        pass
+
+
+def _last_json(out: bytes) -> Optional[Dict[str, Any]]:
+    for line in reversed(out.decode("utf-8", "replace").splitlines()):
+        try:
+            value = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(value, dict) and "ok" in value:
+            return value
+    return None
+
+
+def _jsonable(opt: Mapping[str, Any]) -> Dict[str, Any]:
+    def conv(value: Any) -> Any:
+        if isinstance(value, bytes):
+            return value.decode("utf-8", "replace")
+        if isinstance(value, (list, tuple)):
+            return [conv(v) for v in value]
+        if value is None or isinstance(value, (bool, int, float, str)):
+            return value
+        return str(value)
+
+    return {str(conv(k)): conv(v) for k, v in opt.items()}
+
+
+def describe_failure(result: Mapping[str, Any]) -> str:
+    """One line: ``file:line: Type: message (what was being done)``."""
+    where = ""
+    if result.get("file"):
+        where = f"{result['file']}:{result.get('line') or 0}: "
+    what = f"{result.get('type') or 'Error'}: {result.get('message') or ''}".rstrip(": ")
+    stage = result.get("stage")
+    target = result.get("target") or "the app"
+    if stage == "urlconf":
+        context = f"importing Django's URLconf and views, as {target}'s first request would"
+    elif stage == "smoke":
+        if result.get("status"):
+            return f"the smoke request GET {result.get('path')} to {target} answered " \
+                   f"{result['status']}"
+        context = f"the smoke request GET {result.get('path')} to {target}"
+    else:
+        context = f"booting {target} as the server would, in a fresh interpreter"
+    return f"{where}{what} ({context})"
+
+
+# -- the check the Policy runs -----------------------------------------------------------------
+@dataclass
+class BootCheck:
+    """Boots the app once per change set, in a fresh interpreter; finds the app by itself.
+
+    :param app: ``module:attr``, ``module:factory()`` or a script path; None to determine it
+        (gunicorn's app URI, uWSGI's module/wsgi-file/mount, mod_wsgi's script, else the
+        module that created the Reloader).
+    :param creator: the module that created the Reloader at top level, if any.
+    :param timeout: seconds the boot may take.
+    :param smoke: a path to GET once from the booted app; a 5xx status refuses the deploy.
+    """
+
+    app: Optional[Target] = None
+    creator: Optional[Target] = None
+    timeout: float = DEFAULT_TIMEOUT  # seconds
+    smoke: Optional[str] = None
+    path: Callable[[], Sequence[str]] = lambda: list(sys.path)
+    cwd: Optional[str] = None  # None: this process's working directory
+    runner: Callable[..., Outcome] = run_checker
+    python: Callable[[], Optional[str]] = find_python
+    last: Optional[Outcome] = None
+    runs: int = 0
+    _environ_target: Optional[Target] = None
+    _server: Optional[Tuple[int, List[Target]]] = None  # (pid, what the server names)
+    _said: Dict[str, bool] = field(default_factory=dict)
+
+    def note_environ(self, environ: Mapping[str, Any]) -> None:
+        """mod_wsgi names its script only in the environ: remember it (first request)."""
+        script = environ.get("SCRIPT_FILENAME")
+        if environ.get("mod_wsgi.version") is not None and isinstance(script, str) and script:
+            attr = environ.get("mod_wsgi.callable_object") or "application"
+            self._environ_target = Target(path=script, attr=str(attr), spec=script)
+
+    def targets(self) -> List[Target]:
+        """What the server boots, as far as this process can see; empty if unknown."""
+        if self.app is not None:
+            return [self.app]
+        pid = os.getpid()
+        if self._server is None or self._server[0] != pid:  # once per process: it may search
+            self._server = (pid, _server_targets())
+        if self._server[1]:
+            return list(self._server[1])
+        if self._environ_target is not None:
+            return [self._environ_target]
+        if self.creator is not None:
+            return [self.creator]
+        return []
+
+    def check(self) -> Optional[str]:
+        """Boot the app; the problem as one line, or None (booted, or nothing to boot)."""
+        targets = self.targets()
+        if not targets:
+            self._once(
+                "target",
+                logging.INFO,
+                "wsgireload: cannot tell which app the server boots, so a deploy is only "
+                "checked to compile; to boot-check it, pass boot_app='your.module:application' "
+                "(wsgireload watch: --import your.module:application)",
+            )
+            return None
+        python = self.python()
+        if python is None:
+            self._once(
+                "python",
+                logging.WARNING,
+                "wsgireload: no Python %d.%d interpreter found for the boot check (looked in "
+                "%s/bin, sys._base_executable and PATH), so a deploy is only checked to "
+                "compile; put python%d.%d on PATH",
+                sys.version_info[0], sys.version_info[1], sys.prefix,
+                sys.version_info[0], sys.version_info[1],
+            )
+            return None
+        uwsgi = _uwsgi_module()
+        self.runs += 1
+        outcome = self.runner(
+            python,
+            targets,
+            timeout=self.timeout,
+            path=self.path(),
+            smoke=self.smoke,
+            stub_uwsgi=uwsgi is not None,
+            uwsgi_opt=getattr(uwsgi, "opt", None) if uwsgi is not None else None,
+            cwd=self.cwd,
+        )
+        self.last = outcome
+        log.debug("wsgireload: boot check of %s took %.2fs", targets[0].describe(), outcome.seconds)
+        return outcome.problem
+
+    def _once(self, key: str, level: int, message: str, *args: Any) -> None:
+        if not self._said.get(key):
+            self._said[key] = True
+            log.log(level, message, *args)
+
+
+def _server_targets() -> List[Target]:
+    """The app as uWSGI's options or gunicorn's app URI name it, if this is such a worker."""
+    uwsgi = _uwsgi_module()
+    if uwsgi is not None:
+        found = uwsgi_targets(getattr(uwsgi, "opt", {}) or {})
+        if found:
+            return found
+    uri = gunicorn_app_uri()
+    if uri:
+        try:
+            return [parse_target(uri)]
+        except ConfigurationError:
+            pass  # a paste: URI or the like
+    return []
+
+
+def _uwsgi_module() -> Any:
+    """The real ``uwsgi`` module when this process runs inside uWSGI, else None."""
+    module = sys.modules.get("uwsgi")
+    if module is None or not hasattr(module, "opt"):
+        return None
+    if getattr(module, "__wsgireload_stub__", False):
+        return None
+    return module
+
+
+def check_options(*, app: Optional[str], smoke: Optional[str], timeout: Any) -> Optional[Target]:
+    """Refuse bad boot options at construction; the explicit target, if any."""
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+        raise ConfigurationError(
+            f"boot_timeout must be a number of seconds greater than 0 (got {timeout!r})"
+        )
+    if smoke is not None and (
+        not isinstance(smoke, str) or not smoke.startswith("/") or any(c.isspace() for c in smoke)
+    ):
+        raise ConfigurationError(
+            f"smoke must be a URL path starting with '/', such as '/healthz' (got {smoke!r})"
+        )
+    # A bare module is imported only: its WSGI attribute may have any name.
+    return parse_target(app, default_attr=None) if app is not None else None
+
+
+# -- the checker (runs in the fresh interpreter) -----------------------------------------------
+def _library_dirs() -> List[str]:
+    dirs = set()
+    paths = sysconfig.get_paths()
+    for key in ("stdlib", "platstdlib", "purelib", "platlib"):
+        if paths.get(key):
+            dirs.add(paths[key])
+    for entry in sys.path:
+        if entry and os.path.basename(entry.rstrip(os.sep)) in ("site-packages", "dist-packages"):
+            dirs.add(entry)
+    dirs.add(os.path.dirname(os.path.abspath(__file__)))  # wsgireload itself
+    return [os.path.join(os.path.normcase(os.path.abspath(d)), "") for d in dirs]
+
+
+def user_location(exc: BaseException, library: Optional[Sequence[str]] = None) -> Tuple[
+    Optional[str], Optional[int]
+]:
+    """The ``file, line`` in the user's code where ``exc`` arose (not the checker's own)."""
+    if isinstance(exc, SyntaxError) and exc.filename and not exc.filename.startswith("<"):
+        return exc.filename, exc.lineno
+    library = _library_dirs() if library is None else library
+    frames = [(f.f_code.co_filename, line) for f, line in _walk_tb(exc.__traceback__)]
+    real = [(name, line) for name, line in frames if name and not name.startswith("<")]
+
+    def in_library(name: str) -> bool:
+        norm = os.path.normcase(os.path.abspath(name))
+        return any(norm.startswith(d) for d in library)
+
+    own = os.path.join(os.path.normcase(os.path.dirname(os.path.abspath(__file__))), "")
+    real = [f for f in real if not os.path.normcase(os.path.abspath(f[0])).startswith(own)]
+    # The user's innermost frame; else a library's (an error raised inside Django); never the
+    # checker's own line, which would send the user to the wrong file.
+    for tier in ([f for f in real if not in_library(f[0])], real):
+        if tier:
+            return tier[-1]
+    return None, None
+
+
+def _walk_tb(tb: Optional[types.TracebackType]) -> Iterable[Tuple[types.FrameType, int]]:
+    while tb is not None:
+        yield tb.tb_frame, tb.tb_lineno
+        tb = tb.tb_next
+
+
+def _exc_name(exc: BaseException) -> str:
+    kind = type(exc)
+    if kind.__module__ in ("builtins", "exceptions"):
+        return kind.__qualname__
+    return f"{kind.__module__}.{kind.__qualname__}"
+
+
+def _failure(stage: str, target: str, exc: BaseException, **extra: Any) -> Dict[str, Any]:
+    filename, line = user_location(exc)
+    message = exc.msg if isinstance(exc, SyntaxError) and exc.msg else str(exc)
+    return {"ok": False, "stage": stage, "target": target, "type": _exc_name(exc),
+            "message": message, "file": filename, "line": line, **extra}
+
+
+class _Anything:
+    """Stands for any uWSGI API value: callable, falsy, and 0 where a number is expected."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if len(args) == 1 and callable(args[0]) and not kwargs:
+            return args[0]  # used as a bare decorator (@postfork)
+        return _decorator_or_none
+
+    def __bool__(self) -> bool:
+        return False
+
+    def __int__(self) -> int:
+        return 0
+
+
+def _decorator_or_none(*args: Any, **kwargs: Any) -> Any:
+    return args[0] if len(args) == 1 and callable(args[0]) and not kwargs else None
+
+
+def install_uwsgi_stubs(opt: Mapping[str, Any]) -> None:
+    """Harmless ``uwsgi`` and ``uwsgidecorators`` modules, as the app sees them in a worker."""
+    uwsgi = types.ModuleType("uwsgi", "wsgireload boot-check stand-in for uWSGI's module")
+    values = {
+        "__wsgireload_stub__": True,
+        "opt": {k: (v.encode() if isinstance(v, str) else v) for k, v in opt.items()},
+        "version": b"0.0.0-wsgireload-boot-check",
+        "numproc": 1,
+        "applications": None,
+    }
+    for key, value in values.items():
+        setattr(uwsgi, key, value)
+    for name in ("worker_id", "mule_id", "masterpid", "signal_registered", "cache_exists"):
+        setattr(uwsgi, name, lambda *a, **k: 0)
+    stub = _Anything()
+    uwsgi.__getattr__ = lambda name: stub  # type: ignore[method-assign]
+    decorators = types.ModuleType("uwsgidecorators", "wsgireload boot-check stand-in")
+    decorators.__getattr__ = lambda name: stub  # type: ignore[method-assign]
+    sys.modules["uwsgi"] = uwsgi
+    sys.modules["uwsgidecorators"] = decorators
+
+
+def _load(target: Mapping[str, Any]) -> Any:
+    import importlib
+    import importlib.machinery
+    import importlib.util
+
+    if target.get("path"):
+        path = target["path"]
+        name = "__wsgireload_boot__"
+        # Any name (site.wsgi) is Python source to mod_wsgi and uWSGI.
+        loader = importlib.machinery.SourceFileLoader(name, path)
+        spec = importlib.util.spec_from_file_location(name, path, loader=loader)
+        if spec is None or spec.loader is None:
+            raise ImportError(f"cannot load {path} as Python")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    else:
+        module = importlib.import_module(target["module"])
+    attr = target.get("attr")
+    if not attr:
+        return module
+    app: Any = module
+    for part in attr.split("."):
+        app = getattr(app, part)
+    if target.get("call") is not None:
+        args, kwargs = target["call"]
+        app = app(*args, **kwargs)
+    return app
+
+
+def _walk_urlconf() -> Optional[str]:
+    """Import Django's URLconf and every view module, as the first request would."""
+    import importlib
+
+    conf = sys.modules.get("django.conf")
+    apps = getattr(sys.modules.get("django.apps"), "apps", None)
+    if conf is None or apps is None or not getattr(apps, "ready", False):
+        return None
+    settings = conf.settings
+    if not settings.configured or not getattr(settings, "ROOT_URLCONF", None):
+        return None
+    get_resolver = importlib.import_module("django.urls").get_resolver
+
+    def walk(patterns: Iterable[Any], depth: int) -> None:
+        for pattern in patterns:
+            inner = getattr(pattern, "url_patterns", None)
+            if inner is not None and depth < 50:
+                walk(inner, depth + 1)
+
+    walk(get_resolver().url_patterns, 0)
+    return str(settings.ROOT_URLCONF)
+
+
+def smoke_request(app: Any, path: str) -> Tuple[Optional[str], Optional[BaseException]]:
+    """GET ``path`` from ``app`` once; the status line (None if never started) or the error."""
+    import io
+
+    path_info, _, query = path.partition("?")
+    environ = {
+        "REQUEST_METHOD": "GET", "SCRIPT_NAME": "", "PATH_INFO": path_info,
+        "QUERY_STRING": query, "SERVER_NAME": "localhost", "SERVER_PORT": "80",
+        "SERVER_PROTOCOL": "HTTP/1.1", "HTTP_HOST": "localhost", "REMOTE_ADDR": "127.0.0.1",
+        "HTTP_USER_AGENT": "wsgireload-boot-check", "wsgi.version": (1, 0),
+        "wsgi.url_scheme": "http", "wsgi.input": io.BytesIO(b""), "wsgi.errors": sys.stderr,
+        "wsgi.multithread": False, "wsgi.multiprocess": True, "wsgi.run_once": False,
+    }
+    status: List[str] = []
+
+    def start_response(line: str, headers: Any, exc_info: Any = None) -> Callable[[bytes], None]:
+        status[:] = [line]
+        return lambda data: None
+
+    try:
+        body = app(environ, start_response)
+        try:
+            for _ in body:
+                pass
+        finally:
+            close = getattr(body, "close", None)
+            if close is not None:
+                close()
+    except Exception as exc:
+        return (status[0] if status else None), exc
+    return (status[0] if status else None), None
+
+
+def _checker_main(payload: Dict[str, Any]) -> None:
+    """Entry point in the fresh interpreter: boot, walk, smoke; print one JSON result."""
+    result_fd = os.dup(1)
+    os.dup2(2, 1)  # whatever the app prints goes to stderr; stdout carries the result only
+    sys.argv[:] = payload.get("argv") or [""]
+    if payload.get("prefix") != sys.prefix:  # not the worker's venv: read its .pth files too
+        import site
+
+        for entry in list(sys.path):
+            if os.path.basename(entry.rstrip(os.sep)) in ("site-packages", "dist-packages"):
+                site.addsitedir(entry)
+    if payload.get("stub_uwsgi"):
+        install_uwsgi_stubs(payload.get("uwsgi_opt") or {})
+    result = _check(payload)
+    with os.fdopen(result_fd, "w") as out:
+        out.write(json.dumps(result) + "\n")
+    sys.stdout.flush()
+    os._exit(0)  # skip atexit hooks and non-daemon threads the app may have started
+
+
+def _check(payload: Dict[str, Any]) -> Dict[str, Any]:
+    apps = []
+    for target in payload["targets"]:
+        spec = target.get("spec") or target.get("module") or target.get("path")
+        try:
+            apps.append((spec, _load(target)))
+        except BaseException as exc:  # SystemExit at import is a boot failure too
+            return _failure("import", spec, exc)
+    spec = apps[0][0] if apps else "the app"
+    try:
+        urlconf = _walk_urlconf()
+    except BaseException as exc:
+        return _failure("urlconf", spec, exc)
+    smoke = payload.get("smoke")
+    if smoke:
+        spec, app = apps[0]
+        if isinstance(app, types.ModuleType):
+            app = getattr(app, "application", None) or getattr(app, "app", None)
+        if not callable(app):
+            return {"ok": False, "stage": "smoke", "target": spec, "path": smoke,
+                    "type": "LookupError", "file": None, "line": None,
+                    "message": "no WSGI app found to send it to: pass boot_app='module:app'"}
+        status, error = smoke_request(app, smoke)
+        if error is not None:
+            return _failure("smoke", spec, error, path=smoke)
+        if status is None:
+            return {"ok": False, "stage": "smoke", "target": spec, "path": smoke, "file": None,
+                    "line": None, "type": "RuntimeError",
+                    "message": "the app returned without calling start_response"}
+        code = status.split(" ", 1)[0]
+        if not code.isdigit() or int(code) >= 500:
+            return {"ok": False, "stage": "smoke", "target": spec, "path": smoke,
+                    "status": status, "file": None, "line": None}
+    return {"ok": True, "urlconf": urlconf}
