@@ -127,8 +127,8 @@ class UwsgiAction(Action):
         pid = int(self.uwsgi.masterpid())
         if pid <= 0:  # uWSGI answers 0 without --master; 1 is a master (a container's)
             self.why_not = (
-                "uWSGI runs without a master process (uwsgi.masterpid() is 0), so there is "
-                "no one to reload the workers: start uWSGI with --master"
+                f"uWSGI runs without a master process (uwsgi.masterpid() is {pid}), so there "
+                "is no one to reload the workers: start uWSGI with --master"
                 if not self.options.master
                 else f"uwsgi.masterpid() is {pid} although --master is set; restart uWSGI "
                 "yourself to load code changes"
@@ -209,8 +209,11 @@ class UwsgiAction(Action):
                 self.waker(self.fifo, self.clock() + self._wake_window())
                 return
         if not self.uwsgi.reload():
-            log.error("wsgireload: uwsgi.reload() failed: the master %d was not signalled",
-                      self.master.pid)
+            log.error(
+                "wsgireload: uwsgi.reload() failed: the master %d was not signalled; restart "
+                "uWSGI yourself to load this change",
+                self.master.pid,
+            )
 
     def _problem(self) -> Optional[MasterProblem]:
         assert self.master is not None and self.uwsgi is not None
