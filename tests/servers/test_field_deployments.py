@@ -181,9 +181,10 @@ def nobody_venv() -> Path:
     ).stdout.strip()
     venv = Path(os.environ.get("WSGIRELOAD_NOBODY_VENV") or CACHE / f"nobody-venv-{version}")
     probe = [str(venv / "bin" / "python"), "-c", "import gunicorn"]
-    venv.parent.mkdir(parents=True, exist_ok=True)
-    os.chmod(venv.parent, 0o755)
-    with open(venv.parent / ".build-lock", "a") as lock:  # one builder at a time
+    if not venv.parent.exists():
+        venv.parent.mkdir(parents=True)
+        os.chmod(venv.parent, 0o755)  # whatever the umask: nobody must reach the venv
+    with open(venv.with_name(f"{venv.name}.lock"), "a") as lock:  # one builder at a time
         fcntl.flock(lock, fcntl.LOCK_EX)
         if venv.exists() and subprocess.run(probe, capture_output=True, timeout=30).returncode:
             shutil.rmtree(venv)  # half-built or broken: build afresh
