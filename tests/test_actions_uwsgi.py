@@ -443,6 +443,8 @@ def test_procname_options_make_the_master_title() -> None:
     assert UwsgiOptions.parse({"procname": b"web"}).master_title == "web"
     spaced = {"procname-master": b"master", "procname-prefix-spaced": b"shop"}
     assert UwsgiOptions.parse(spaced).master_title == "shop master"
+    auto = {"auto-procname": True, "procname-prefix-spaced": b"shop"}
+    assert UwsgiOptions.parse(auto).master_title == "shop uWSGI master"
     assert UwsgiOptions.parse({}).master_title is None
 
 

@@ -62,6 +62,8 @@ def _title(values: Mapping[str, Any]) -> Optional[str]:
     """The command line uWSGI gives its master when told to rename it, or None."""
     name = next(iter(_strings(values.get("procname-master"))), None)
     name = name or next(iter(_strings(values.get("procname"))), None)
+    if name is None and _flag(values.get("auto-procname")):
+        name = "uWSGI master"
     if name is None:
         return None
     prefix = next(iter(_strings(values.get("procname-prefix"))), "")
