@@ -165,6 +165,7 @@ def test_a_parent_named_only_in_its_arguments_is_not_the_server(
         (b"uWSGI master\0\0\0\0\0\0", ("uwsgi", "pyuwsgi")),  # --auto-procname
         (b"/venv/bin/python3.11\0/venv/bin/uwsgi\0--master\0", ("uwsgi", "pyuwsgi")),  # pyuwsgi
         (b"/venv/bin/pyuwsgi\0--master\0", ("uwsgi", "pyuwsgi")),
+        (b"/venv/bin/python\0-m\0pyuwsgi\0--master\0", ("uwsgi", "pyuwsgi")),
         (b"/venv/bin/python\0-m\0gunicorn\0app:app\0", ("gunicorn",)),
         (b"/venv/bin/python\0/venv/bin/gunicorn\0app:app\0", ("gunicorn",)),
     ],

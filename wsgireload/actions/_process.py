@@ -13,6 +13,9 @@ API (small on purpose; the gunicorn, uWSGI and pidfile actions import it):
   other here: in a container without an init the server *is* pid 1.
 - ``master_problem(recorded, names)``: why signalling ``recorded`` now is unsafe or impossible
   (a ``MasterProblem``), or None.
+  Its ``kind`` (a ``Refusal``) lets an action react: FOREIGN_USER is "our master, but a user
+  this process may not signal" (``gunicorn --user``).
+- ``signal_denied(info)``: why this process may not signal ``info`` (EPERM), or None.
 - ``verify_master(recorded, names)``: the same as a bool, logging a WARNING with the reason.
 - ``boot_time()``: the ``time.monotonic()`` at which this process started running its code
   (fork or import), comparable across processes of one machine.
