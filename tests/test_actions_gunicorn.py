@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import signal
 from pathlib import Path
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, List, Optional, Set, Tuple
 
 import pytest
 
@@ -16,7 +16,9 @@ from wsgireload.actions.gunicorn import GunicornAction, RestartWorkerAction
 from wsgireload.actions.standalone import StandaloneAction
 from wsgireload.policy import ChangeSet
 
-MASTER = ProcessInfo(4242, "1000", 1001, "/usr/bin/python3 /usr/local/bin/gunicorn app:app")
+MASTER = ProcessInfo(
+    4242, "1000", 1001, ("/usr/bin/python3", "/usr/local/bin/gunicorn", "app:app")
+)
 CHANGES = ChangeSet(("/srv/app/views.py",), "abc", 1.0, 1.0)
 GUNICORN_ENV = {"gunicorn.socket": object(), "SERVER_SOFTWARE": "gunicorn/27.0.1"}
 
@@ -32,24 +34,41 @@ class Clock:
 class World:
     """The injected process world: who our parent is, what /proc says, who got signalled."""
 
-    def __init__(self, rundir: str) -> None:
-        self.parent = MASTER.pid
-        self.procs = {MASTER.pid: MASTER}
+    def __init__(self, rundir: str, master: ProcessInfo = MASTER) -> None:
+        self.master = master
+        self.parent = master.pid
+        self.procs = {master.pid: master}
+        self.uid = 1001  # this worker's
+        self.refused: Set[int] = set()  # signals to the master the kernel refuses (EPERM)
         self.killed: List[Tuple[int, int]] = []
         self.scheduled: List[Tuple[float, Callable[[], None]]] = []
         self.clock = Clock(100.0)
         self.rundir = rundir
 
+    def kill(self, pid: int, sig: int) -> None:
+        if pid == self.master.pid and sig in self.refused:
+            raise PermissionError(1, "Operation not permitted")
+        if sig != 0:  # signal 0 only asks whether a signal would be allowed
+            self.killed.append((pid, sig))
+
     def worker(
-        self, booted: float = 10.0, pid: int = 5000, created_pid: Optional[int] = None
+        self,
+        booted: float = 10.0,
+        pid: int = 5000,
+        created_pid: Optional[int] = None,
+        restart_fallback: bool = False,
     ) -> GunicornAction:
         action = GunicornAction(
             runtime_dir=self.rundir,
-            kill=lambda p, s: self.killed.append((p, s)),
+            restart_fallback=restart_fallback,
+            kill=self.kill,
             getppid=lambda: self.parent,
+            getpid=lambda: pid,
+            getuid=lambda: self.uid,
+            geteuid=lambda: self.uid,
             read_process=self.procs.get,
             boot_time=lambda: booted,
-            master_pid=lambda: MASTER.pid,
+            master_pid=lambda: self.master.pid,
             ledger=ReloadLedger(self.rundir, min_interval=3.0, clock=self.clock),
             schedule=lambda delay, fn: self.scheduled.append((delay, fn)),
         )
@@ -111,7 +130,7 @@ def test_an_orphaned_worker_signals_nobody(
 
 def test_a_reused_master_pid_is_not_signalled(world: World) -> None:
     action = world.worker()
-    world.procs[MASTER.pid] = ProcessInfo(MASTER.pid, "5555", MASTER.uid, MASTER.cmdline)
+    world.procs[MASTER.pid] = ProcessInfo(MASTER.pid, "5555", MASTER.uid, MASTER.argv)
     action(CHANGES)
     assert world.killed == []
 
@@ -119,7 +138,7 @@ def test_a_reused_master_pid_is_not_signalled(world: World) -> None:
 def test_a_master_that_is_not_gunicorn_is_warned_about_at_setup(
     world: World, caplog: pytest.LogCaptureFixture
 ) -> None:
-    world.procs[MASTER.pid] = ProcessInfo(MASTER.pid, "1000", 1001, "-bash")
+    world.procs[MASTER.pid] = ProcessInfo(MASTER.pid, "1000", 1001, ("-bash",))
     with caplog.at_level(logging.WARNING, logger="wsgireload"):
         action = world.worker()
         action(CHANGES)
@@ -150,6 +169,115 @@ def test_preload_logs_one_error_per_master_and_never_signals(
     assert len(errors) == 1 and "--preload" in errors[0].getMessage()
     assert "kill -USR2" in errors[0].getMessage()
     assert "--preload" in workers[0].describe()
+
+
+# -- a master that is pid 1 (a container without an init) ------------------------------------
+def test_a_master_that_is_pid_1_is_hupped_like_any_other(tmp_path: Path) -> None:
+    container = ProcessInfo(1, "50", 0, ("/venv/bin/python", "/venv/bin/gunicorn", "app:app"))
+    world = World(str(tmp_path / "run"), master=container)
+    world.uid = 0
+    workers = [world.worker(pid=5000 + n) for n in range(3)]
+    for worker in workers:
+        worker(CHANGES)
+    assert world.killed == [(1, signal.SIGHUP)]
+    assert workers[0].describe() == "gunicorn: SIGHUP to master 1"
+
+
+def test_a_worker_whose_pid_1_parent_is_init_signals_nobody(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    init = ProcessInfo(1, "1", 0, ("/sbin/init",))
+    world = World(str(tmp_path / "run"), master=init)
+    world.uid = 0
+    with caplog.at_level(logging.WARNING, logger="wsgireload"):
+        world.worker()(CHANGES)
+    assert world.killed == []
+    assert "does not look like gunicorn" in caplog.text
+
+
+# -- a master this worker may not signal (gunicorn --user) -------------------------------------
+ROOT_MASTER = ProcessInfo(4242, "1000", 0, MASTER.argv)
+
+
+def infos(caplog: pytest.LogCaptureFixture, words: str) -> List[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno == logging.INFO
+            and words in r.getMessage()]
+
+
+def test_a_root_master_makes_each_worker_restart_itself_with_one_info(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    world = World(str(tmp_path / "run"), master=ROOT_MASTER)
+    world.uid = 65534
+    with caplog.at_level(logging.INFO, logger="wsgireload"):
+        workers = [world.worker(pid=5000 + n, restart_fallback=True) for n in range(3)]
+        for worker in workers:
+            worker(CHANGES)
+    assert world.killed == [(5000, signal.SIGTERM), (5001, signal.SIGTERM), (5002, signal.SIGTERM)]
+    [info] = infos(caplog, "restarts itself")
+    assert "runs as uid 0 and this worker as uid 65534" in info and "--user" in info
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert "SIGTERM to this worker" in workers[0].describe()
+
+
+def test_a_root_master_without_the_fallback_warns_what_to_do(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    world = World(str(tmp_path / "run"), master=ROOT_MASTER)
+    world.uid = 65534
+    with caplog.at_level(logging.WARNING, logger="wsgireload"):
+        world.worker()(CHANGES)
+    assert world.killed == []
+    assert "action='restart-worker'" in caplog.text and "runs as uid 0" in caplog.text
+
+
+@pytest.mark.parametrize("refused", [{0, signal.SIGHUP}, {signal.SIGHUP}], ids=["probe", "hup"])
+def test_eperm_at_signal_time_falls_back_for_this_and_later_change_sets(
+    world: World, refused: Set[int], caplog: pytest.LogCaptureFixture
+) -> None:
+    # /proc showed the same uid, the kernel says no anyway (a saved uid, a security module).
+    world.refused = set(refused)
+    with caplog.at_level(logging.INFO, logger="wsgireload"):
+        workers = [world.worker(pid=5000 + n, restart_fallback=True) for n in range(3)]
+        for worker in workers:
+            worker(CHANGES)
+    assert (MASTER.pid, signal.SIGHUP) not in world.killed
+    assert world.killed == [(5000 + n, signal.SIGTERM) for n in range(3)]
+    [info] = infos(caplog, "restarts itself")
+    assert "refused this worker's signal (Operation not permitted)" in info
+    workers[0](ChangeSet(("/srv/app/other.py",), "def", 2.0, 2.0))  # the next deploy
+    assert world.killed[-1] == (5000, signal.SIGTERM)
+
+
+def test_eperm_without_the_fallback_warns_what_to_do(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    world.refused = {0, signal.SIGHUP}
+    with caplog.at_level(logging.WARNING, logger="wsgireload"):
+        world.worker()(CHANGES)
+    assert world.killed == []
+    assert "refused this worker's signal" in caplog.text
+    assert "action='restart-worker'" in caplog.text
+
+
+def test_an_orphan_with_the_fallback_does_not_restart_itself(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    world = World(str(tmp_path / "run"), master=ROOT_MASTER)
+    world.uid = 65534
+    action = world.worker(restart_fallback=True)
+    world.parent = 1  # the master died: nobody would replace this worker
+    with caplog.at_level(logging.WARNING, logger="wsgireload"):
+        action(CHANGES)
+    assert world.killed == []
+    assert "no longer this worker's parent" in caplog.text
+
+
+def test_auto_under_gunicorn_falls_back_by_itself() -> None:
+    auto = AutoAction()
+    auto.setup(ProcessContext(5000, 5000, GUNICORN_ENV))
+    assert isinstance(auto.delegate, GunicornAction) and auto.delegate.restart_fallback
+    assert not GunicornAction().restart_fallback  # an explicit action='gunicorn' stays HUP
 
 
 def test_restart_worker_terminates_itself_only() -> None:

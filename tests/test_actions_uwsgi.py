@@ -18,7 +18,6 @@ import pytest
 
 from wsgireload.actions import REGISTRY, AutoAction, ModWsgiAction, UwsgiAction, resolve
 from wsgireload.actions._uwsgi_support import (
-    MasterCheck,
     MasterLedger,
     UwsgiOptions,
     first_fifo,
@@ -27,6 +26,8 @@ from wsgireload.actions._uwsgi_support import (
 )
 from wsgireload.actions.base import ProcessContext
 from wsgireload.policy import ChangeSet
+
+from .proc_tree import ProcTree
 
 MASTER = 4100
 WORKER = 4101
@@ -47,18 +48,10 @@ def make_proc(
     *,
     start: str = "5000",
     cmdline: bytes = b"/usr/bin/uwsgi\0--master\0--processes\x003\0",
-    exe: str = "/usr/bin/uwsgi",
+    uid: int = 1001,
 ) -> None:
-    """A /proc/<pid> with the files MasterCheck reads."""
-    proc = root / str(pid)
-    proc.mkdir(parents=True, exist_ok=True)
-    fields = ["S"] + ["0"] * 18 + [start] + ["0"] * 5  # field 22 (starttime) is index 19
-    (proc / "stat").write_text(f"{pid} (uwsgi (x)) " + " ".join(fields))
-    (proc / "cmdline").write_bytes(cmdline)
-    link = proc / "exe"
-    if link.is_symlink():
-        link.unlink()
-    os.symlink(exe, link)
+    """A /proc/<pid> with the files ``read_process`` reads."""
+    ProcTree(root).add(pid, cmdline, start=start, uid=uid)
 
 
 class FakeUwsgi:
@@ -108,6 +101,7 @@ class World:
         self.uwsgi = FakeUwsgi(opt)
         self.clock = Clock()
         self.parent = MASTER
+        self.uid = 1001  # the workers' uid
         self.fifo_writes: List[Tuple[str, bytes]] = []
         self.wakes: List[Tuple[str, float]] = []
         self.fifo_error: Optional[OSError] = None
@@ -120,10 +114,11 @@ class World:
     def worker(self, *, booted: float = 0.0, **kwargs: Any) -> UwsgiAction:
         kwargs.setdefault("pyuwsgi", False)
         kwargs.setdefault("virtualenv", False)
-        kwargs.setdefault("check", MasterCheck(
-            proc_root=str(self.proc), getppid=lambda: self.parent, self_pid=lambda: WORKER
-        ))
         action = UwsgiAction(
+            proc_root=str(self.proc),
+            getppid=lambda: self.parent,
+            getuid=lambda: self.uid,
+            geteuid=lambda: self.uid,
             uwsgi_module=self.uwsgi,
             ledger=MasterLedger(self.ledger_dir),
             fifo_writer=self.write_fifo,
@@ -314,7 +309,33 @@ def test_no_master_means_no_reload(
     world = World(proc, ledger_dir, {})
     world.uwsgi.pid = 0  # uwsgi.masterpid() without --master
     action = world.worker()
-    assert "--master" in refused(world, action, caplog)
+    text = refused(world, action, caplog)
+    assert "runs without a master process (uwsgi.masterpid() is 0)" in text
+    assert "start uWSGI with --master" in text
+
+
+def test_a_master_that_is_pid_1_reloads(
+    proc: Path, ledger_dir: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A container without an init: `uwsgi --master` is pid 1 of its pid namespace.
+    make_proc(proc, 1, cmdline=b"/venv/bin/uwsgi\0--master\0--processes\x003\0")
+    world = World(proc, ledger_dir, {"master": True})
+    world.uwsgi.pid = 1
+    world.parent = 1
+    with caplog.at_level(logging.WARNING, "wsgireload"):
+        world.worker()(changes())
+    assert world.uwsgi.reloads == 1
+    assert "--master" not in caplog.text
+
+
+def test_an_orphan_adopted_by_a_pid_1_that_looks_like_uwsgi_signals_nobody(
+    proc: Path, ledger_dir: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    make_proc(proc, 1, cmdline=b"uWSGI master\0\0\0")
+    world = World(proc, ledger_dir, {"master": True})
+    action = world.worker()  # its master is MASTER
+    world.parent = 1  # MASTER died; pid 1 adopted this worker
+    assert "no longer this worker's parent" in refused(world, action, caplog)
 
 
 def test_master_pid_changed(proc: Path, ledger_dir: str, caplog: pytest.LogCaptureFixture) -> None:
@@ -337,7 +358,7 @@ def test_master_pid_recycled(proc: Path, ledger_dir: str, caplog: pytest.LogCapt
     world = World(proc, ledger_dir, {"master": True})
     action = world.worker()
     make_proc(proc, MASTER, start="9999")
-    assert "different process" in refused(world, action, caplog)
+    assert "was reused" in refused(world, action, caplog)
 
 
 def test_master_gone_from_proc(
@@ -346,41 +367,85 @@ def test_master_gone_from_proc(
     world = World(proc, ledger_dir, {"master": True})
     action = world.worker()
     (proc / str(MASTER) / "stat").unlink()
-    assert "is gone" in refused(world, action, caplog)
+    assert "no longer exists" in refused(world, action, caplog)
 
 
 def test_master_of_another_user(
     proc: Path, ledger_dir: str, caplog: pytest.LogCaptureFixture
 ) -> None:
+    make_proc(proc, MASTER, uid=0)
     world = World(proc, ledger_dir, {"master": True})
-    check = MasterCheck(proc_root=str(proc), getppid=lambda: MASTER, getuid=lambda: 12345,
-                        self_pid=lambda: WORKER)
-    action = world.worker(check=check)
-    assert "uid" in refused(world, action, caplog)
+    world.uid = 12345
+    text = refused(world, action=world.worker(), caplog=caplog)
+    assert "runs as uid 0 and this worker as uid 12345" in text
+    assert "--uid" in text  # what to do
 
 
 def test_master_that_is_not_uwsgi(
     proc: Path, ledger_dir: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    make_proc(proc, MASTER, cmdline=b"/bin/bash\0-l\0", exe="/bin/bash")
+    make_proc(proc, MASTER, cmdline=b"/bin/bash\0-l\0")
     world = World(proc, ledger_dir, {"master": True})
     action = world.worker()
-    assert "does not look like a uWSGI master" in refused(world, action, caplog)
+    text = refused(world, action, caplog)
+    assert "does not look like uwsgi or pyuwsgi" in text and "server_names" in text
 
 
-def test_renamed_master_with_our_executable_is_accepted(proc: Path, ledger_dir: str) -> None:
-    # --procname-master rewrites the command line; the executable still matches ours.
-    make_proc(proc, MASTER, cmdline=b"myapp master\0")
+@pytest.mark.parametrize(
+    "cmdline",
+    [
+        b"python3\0/srv/run.py\0",  # the old check took any python for uWSGI
+        b"timeout\x0060\0pytest\0-k\0uwsgi\0",  # or any command line containing "uwsgi"
+    ],
+)
+def test_a_parent_that_only_mentions_uwsgi_is_refused(
+    proc: Path, ledger_dir: str, caplog: pytest.LogCaptureFixture, cmdline: bytes
+) -> None:
+    make_proc(proc, MASTER, cmdline=cmdline)
+    world = World(proc, ledger_dir, {"master": True})
+    assert "does not look like uwsgi" in refused(world, world.worker(), caplog)
+
+
+def test_renamed_master_is_accepted_when_uwsgi_opt_names_it(
+    proc: Path, ledger_dir: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # --procname-master rewrites the master's command line; uwsgi.opt says to what.
+    make_proc(proc, MASTER, cmdline=b"myapp master\0\0\0\0")
+    world = World(proc, ledger_dir, {"master": True, "procname-master": b"myapp master"})
+    world.worker()(changes())
+    assert world.uwsgi.reloads == 1
+    other = World(proc, ledger_dir + "-other", {"master": True})  # not told: refused
+    assert "does not look like uwsgi" in refused(other, other.worker(), caplog)
+    other.worker(server_names=["myapp"])(changes())  # the way out the WARNING names
+    assert other.uwsgi.reloads == 1
+
+
+@pytest.mark.parametrize(
+    "cmdline",
+    [
+        b"/venv/bin/python3\0/venv/bin/uwsgi\0--master\0",  # pyuwsgi's console script
+        b"/venv/bin/python\0/venv/bin/uwsgi\0--master\0",  # after a --binary-path reload
+        b"/venv/bin/pyuwsgi\0--master\0",
+        b"uWSGI master\0\0\0\0",  # --auto-procname
+    ],
+)
+def test_real_master_command_lines_are_accepted(
+    proc: Path, ledger_dir: str, cmdline: bytes
+) -> None:
+    make_proc(proc, MASTER, cmdline=cmdline)
     world = World(proc, ledger_dir, {"master": True})
     world.worker()(changes())
     assert world.uwsgi.reloads == 1
 
 
-def test_pyuwsgi_master_command_line_is_accepted(proc: Path, ledger_dir: str) -> None:
-    make_proc(proc, MASTER, cmdline=b"/venv/bin/python3\0/venv/bin/uwsgi\0", exe="/usr/bin/py3")
-    world = World(proc, ledger_dir, {"master": True})
-    world.worker()(changes())
-    assert world.uwsgi.reloads == 1
+def test_procname_options_make_the_master_title() -> None:
+    assert UwsgiOptions.parse({"procname-master": b"web master"}).master_title == "web master"
+    assert UwsgiOptions.parse({"procname": b"web"}).master_title == "web"
+    spaced = {"procname-master": b"master", "procname-prefix-spaced": b"shop"}
+    assert UwsgiOptions.parse(spaced).master_title == "shop master"
+    auto = {"auto-procname": True, "procname-prefix-spaced": b"shop"}
+    assert UwsgiOptions.parse(auto).master_title == "shop uWSGI master"
+    assert UwsgiOptions.parse({}).master_title is None
 
 
 # -- one reload per change set across workers ------------------------------------------------
@@ -484,17 +549,17 @@ def test_write_fifo_refuses_regular_files_and_never_blocks(tmp_path: Path) -> No
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs /proc")
-def test_real_master_check_and_process_start() -> None:
+def test_real_process_start_and_parent_is_not_a_uwsgi_master() -> None:
     import time
 
     started = process_start()
     assert started is not None and started <= time.monotonic()
-    check = MasterCheck()
-    parent = os.getppid()
-    record = check.record(parent)
-    assert record.start_time is not None
-    problem = check.problem(record, parent)  # our parent is pytest's shell or runner
-    assert problem is None or "does not look like a uWSGI master" in problem
+    uwsgi = FakeUwsgi({"master": True}, masterpid=os.getppid())
+    action = UwsgiAction(uwsgi_module=uwsgi, pyuwsgi=False, virtualenv=False)
+    action.setup(context())
+    assert action.master is not None and action.master.start_time is not None
+    problem = action._problem()  # our parent is pytest's shell or runner, never uWSGI
+    assert problem is not None and "does not look like uwsgi" in str(problem)
 
 
 # -- mod_wsgi --------------------------------------------------------------------------------

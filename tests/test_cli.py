@@ -232,7 +232,7 @@ def test_watch_missing_path(workdir: Path, capsys: pytest.CaptureFixture[str]) -
 def test_watch_refuses_a_bad_pidfile_up_front(
     workdir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    (workdir / "server.pid").write_text("1\n")
+    (workdir / "server.pid").write_text("0\n")
     code, _, err = run(["watch", "--pidfile", "server.pid", "."], capsys)
     assert code == 1 and "refusing to signal it" in err and "Traceback" not in err
 

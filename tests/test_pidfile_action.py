@@ -8,13 +8,15 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Iterator, List, Tuple
+from typing import Iterator, List, Tuple, Union
 
 import pytest
 
 from wsgireload.actions.pidfile import PidfileAction, parse_signal
 from wsgireload.errors import ConfigurationError
 from wsgireload.policy import ChangeSet
+
+from .proc_tree import ProcTree
 
 CHANGES = ChangeSet(("a.py",), "f" * 16, 0.0, 0.0)
 needs_proc = pytest.mark.skipif(not os.path.isfile("/proc/stat"), reason="needs procfs")
@@ -106,7 +108,6 @@ def test_refuses_a_dead_pid(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "content, reason",
     [
-        ("1\n", "pid 1"),
         ("0", "pid 0"),
         ("", "does not hold a pid"),
         ("abc", "does not hold a pid"),
@@ -123,6 +124,54 @@ def test_refuses_bad_pidfiles(tmp_path: Path, content: str, reason: str) -> None
     assert pid is None and reason in why
     action(CHANGES)
     assert kill.sent == []
+
+
+class FakeKill:
+    """Signals recorded, none sent; every pid exists (the crafted /proc says who it is)."""
+
+    def __init__(self) -> None:
+        self.sent: List[Tuple[int, int]] = []
+
+    def __call__(self, pid: int, sig: int) -> None:
+        if sig != 0:
+            self.sent.append((pid, sig))
+
+
+@pytest.mark.parametrize(
+    "argv, signalled",
+    [
+        (["/venv/bin/python", "/venv/bin/gunicorn", "-w", "3", "app:app"], True),
+        (b"gunicorn: master [app:app]\0\0\0\0", True),  # its process title
+        (["/venv/bin/uwsgi", "--master", "--module", "wsgi"], True),
+        (["/sbin/init"], False),  # a host's pid 1
+        (["timeout", "60", "pytest", "-k", "uwsgi"], False),  # names it only in its arguments
+        (["python3", "-c", "import gunicorn"], False),
+    ],
+)
+def test_the_program_decides_pid_1_included(
+    tmp_path: Path, argv: Union[List[str], bytes], signalled: bool
+) -> None:
+    # In a container without an init the server is pid 1, and its pidfile says 1.
+    tree = ProcTree(tmp_path / "proc")
+    tree.add(1, argv, uid=os.getuid())
+    pidfile = tmp_path / "server.pid"
+    pidfile.write_text("1\n")
+    kill = FakeKill()
+    action = PidfileAction(str(pidfile), proc_root=str(tree.root), kill=kill)
+    action(CHANGES)
+    assert kill.sent == ([(1, signal.SIGHUP)] if signalled else [])
+
+
+def test_a_recycled_pid_in_a_crafted_proc_is_refused(tmp_path: Path) -> None:
+    tree = ProcTree(tmp_path / "proc")
+    tree.add(4242, ["/venv/bin/gunicorn", "app:app"], start="1000", uid=os.getuid())
+    pidfile = tmp_path / "server.pid"
+    pidfile.write_text("4242\n")
+    action = PidfileAction(str(pidfile), proc_root=str(tree.root), kill=FakeKill())
+    assert action.target()[0] == 4242
+    tree.add(4242, ["/venv/bin/gunicorn", "app:app"], start="2000", uid=os.getuid())
+    pid, reason = action.target()
+    assert pid is None and "recycled" in reason
 
 
 def test_missing_pidfile(tmp_path: Path) -> None:

@@ -1,101 +1,253 @@
-"""Process-safety checks before signalling a master: fake /proc and injected getppid, no sleeps."""
+"""Who may be signalled: the one /proc reader and rule, against crafted /proc trees."""
 
 from __future__ import annotations
 
 import logging
 import os
 from pathlib import Path
-from typing import Dict, Optional
+from typing import List, Optional
 
 import pytest
 
 from wsgireload.actions import _process
-from wsgireload.actions._process import ProcessInfo, master_problem, read_process, verify_master
-
-MASTER = ProcessInfo(
-    pid=4242, start_time="1000", uid=1001, cmdline="/usr/bin/python3 gunicorn app:app"
+from wsgireload.actions._process import (
+    MasterProblem,
+    ProcessInfo,
+    Refusal,
+    master_problem,
+    program_name,
+    read_process,
+    record_master,
+    verify_master,
 )
 
+from .proc_tree import ProcTree
 
-def fake_proc(table: Dict[int, ProcessInfo]):  # type: ignore[no-untyped-def]
-    def read(pid: int) -> Optional[ProcessInfo]:
-        return table.get(pid)
-
-    return read
+GUNICORN = ["/usr/bin/python3", "/usr/local/bin/gunicorn", "-w", "3", "app:app"]
+UWSGI = ["/venv/bin/uwsgi", "--master", "--processes", "3", "--module", "wsgi"]
 
 
-def test_same_master_is_safe() -> None:
-    assert (
-        master_problem(MASTER, "gunicorn", getppid=lambda: 4242, read=fake_proc({4242: MASTER}))
-        is None
+@pytest.fixture
+def tree(tmp_path: Path) -> ProcTree:
+    return ProcTree(tmp_path / "proc")
+
+
+def problem(
+    tree: ProcTree,
+    master: int,
+    names: object = "gunicorn",
+    *,
+    parent: Optional[int] = None,
+    uid: int = 1001,
+    recorded: Optional[ProcessInfo] = None,
+) -> Optional[MasterProblem]:
+    """The rule as a worker of uid ``uid`` whose parent is ``parent`` (default: the master)."""
+    if recorded is None:
+        recorded = record_master(master, read=tree.read)
+    return master_problem(
+        recorded,
+        names,  # type: ignore[arg-type]
+        getppid=lambda: master if parent is None else parent,
+        read=tree.read,
+        getuid=lambda: uid,
+        geteuid=lambda: uid,
     )
+
+
+def test_the_recorded_master_unchanged_may_be_signalled(tree: ProcTree) -> None:
+    tree.add(4242, GUNICORN)
+    assert problem(tree, 4242) is None
+
+
+# -- pid 1: a container's server, or init ------------------------------------------------------
+def test_a_server_that_is_pid_1_is_a_master_like_any_other(tree: ProcTree) -> None:
+    tree.add(1, ["/venv/bin/gunicorn", "-w", "3", "app:app"])  # CMD ["gunicorn", ...]
+    recorded = record_master(1, read=tree.read)
+    assert recorded is not None and recorded.pid == 1
+    assert problem(tree, 1) is None
+    tree.add(1, UWSGI)
+    assert problem(tree, 1, ("uwsgi", "pyuwsgi")) is None
+
+
+def test_init_as_pid_1_is_not_a_server(tree: ProcTree) -> None:
+    tree.add(1, ["/sbin/init", "splash"], uid=0)
+    found = problem(tree, 1, uid=0)
+    assert found is not None and found.kind is Refusal.NOT_THE_SERVER
+    assert "does not look like gunicorn" in str(found) and "/sbin/init" in str(found)
+
+
+@pytest.mark.parametrize("adopter", [1, 777], ids=["init", "subreaper"])
+def test_a_worker_orphaned_then_adopted_signals_nobody(tree: ProcTree, adopter: int) -> None:
+    tree.add(4242, GUNICORN)
+    recorded = record_master(4242, read=tree.read)
+    tree.remove(4242)
+    tree.add(adopter, GUNICORN)  # even an adopter that looks like the server
+    found = problem(tree, 4242, parent=adopter, recorded=recorded)
+    assert found is not None and found.kind is Refusal.ORPHANED
+    assert f"parent is now {adopter}" in str(found)
+
+
+def test_a_reused_pid_is_refused(tree: ProcTree) -> None:
+    tree.add(4242, GUNICORN, start="1000")
+    recorded = record_master(4242, read=tree.read)
+    tree.add(4242, GUNICORN, start="2000")  # the master died; a new gunicorn got its pid
+    found = problem(tree, 4242, recorded=recorded)
+    assert found is not None and found.kind is Refusal.REUSED
+
+
+def test_a_master_that_changed_uid_is_refused(tree: ProcTree) -> None:
+    tree.add(4242, GUNICORN, uid=1001)
+    recorded = record_master(4242, read=tree.read)
+    tree.add(4242, GUNICORN, uid=1002)
+    found = problem(tree, 4242, recorded=recorded)
+    assert found is not None and found.kind is Refusal.UID_CHANGED
+
+
+def test_a_master_that_is_gone_is_refused(tree: ProcTree) -> None:
+    tree.add(4242, GUNICORN)
+    recorded = record_master(4242, read=tree.read)
+    tree.remove(4242)
+    found = problem(tree, 4242, recorded=recorded)
+    assert found is not None and found.kind is Refusal.GONE
+
+
+def test_nothing_recorded_says_why_truthfully() -> None:
+    found = master_problem(None, "gunicorn", getppid=lambda: 4242, read=lambda pid: None)
+    assert found is not None and found.kind is Refusal.UNKNOWN
+    assert "already gone when the worker started" in str(found)
+
+
+# -- a master of another user ------------------------------------------------------------------
+def test_a_root_master_of_an_unprivileged_worker_is_out_of_reach(tree: ProcTree) -> None:
+    tree.add(4242, GUNICORN, uid=0)  # gunicorn --user nobody: only the workers drop to nobody
+    found = problem(tree, 4242, uid=65534)
+    assert found is not None and found.kind is Refusal.FOREIGN_USER
+    assert "runs as uid 0 and this worker as uid 65534" in str(found)
+    assert problem(tree, 4242, uid=0) is None  # a root worker may signal it
+
+
+def test_a_foreign_uid_that_is_not_our_server_is_refused_as_not_the_server(
+    tree: ProcTree,
+) -> None:
+    # The identity checks come first: FOREIGN_USER always means "our master, out of reach".
+    tree.add(4242, ["/bin/bash"], uid=0)
+    found = problem(tree, 4242, uid=65534)
+    assert found is not None and found.kind is Refusal.NOT_THE_SERVER
+
+
+# -- the program, never its arguments ----------------------------------------------------------
+@pytest.mark.parametrize(
+    "argv, names",
+    [
+        (["timeout", "60", "pytest", "-k", "uwsgi"], ("uwsgi", "pyuwsgi")),
+        (["timeout", "900", "python3", "-m", "pytest", "-k", "gunicorn"], ("gunicorn",)),
+        (["/usr/bin/python3", "-m", "pytest", "tests/test_uwsgi.py"], ("uwsgi",)),
+        (["python3", "-c", "import uwsgi"], ("uwsgi",)),
+        (["bash", "-c", "uwsgi --master"], ("uwsgi",)),
+        # The old uWSGI check accepted any python, or any command line containing "uwsgi":
+        (["/usr/bin/python3.11", "/srv/run.py"], ("uwsgi", "pyuwsgi")),
+        (["/usr/bin/vim", "/etc/uwsgi/app.ini"], ("uwsgi", "pyuwsgi")),
+    ],
+)
+def test_a_parent_named_only_in_its_arguments_is_not_the_server(
+    tree: ProcTree, argv: List[str], names: object
+) -> None:
+    tree.add(4242, argv)
+    found = problem(tree, 4242, names)
+    assert found is not None and found.kind is Refusal.NOT_THE_SERVER
 
 
 @pytest.mark.parametrize(
-    "recorded, parent, now, reason",
+    "raw, names",
     [
-        (None, 4242, MASTER, "no master was recorded"),
-        (ProcessInfo(1, "1", 0, "init"), 1, ProcessInfo(1, "1", 0, "init"), "is init"),
-        (MASTER, 1, MASTER, "no longer this worker's parent"),  # orphaned: reparented to init
-        (MASTER, 777, MASTER, "no longer this worker's parent"),  # orphaned: a subreaper
-        (MASTER, 4242, None, "no longer exists"),
-        (MASTER, 4242, ProcessInfo(4242, "2000", 1001, MASTER.cmdline), "was reused"),
-        (MASTER, 4242, ProcessInfo(4242, "1000", 0, MASTER.cmdline), "changed uid"),
-        (MASTER, 4242, ProcessInfo(4242, "1000", 1001, "bash"), "does not look like gunicorn"),
+        (b"gunicorn: master [app:application]\0\0\0\0\0\0\0\0", ("gunicorn",)),
+        (b"gunicorn: master [/srv/app/wsgi:app]\0\0\0\0", ("gunicorn",)),  # a path in the title
+        (b"uWSGI master\0\0\0\0\0\0", ("uwsgi", "pyuwsgi")),  # --auto-procname
+        (b"/venv/bin/python3.11\0/venv/bin/uwsgi\0--master\0", ("uwsgi", "pyuwsgi")),  # pyuwsgi
+        (b"/venv/bin/pyuwsgi\0--master\0", ("uwsgi", "pyuwsgi")),
+        (b"/venv/bin/python\0-m\0pyuwsgi\0--master\0", ("uwsgi", "pyuwsgi")),
+        (b"/venv/bin/python\0-m\0gunicorn\0app:app\0", ("gunicorn",)),
+        (b"/venv/bin/python\0/venv/bin/gunicorn\0app:app\0", ("gunicorn",)),
     ],
 )
-def test_unsafe_master_is_refused_with_a_reason(
-    recorded: Optional[ProcessInfo],
-    parent: int,
-    now: Optional[ProcessInfo],
-    reason: str,
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    table = {now.pid: now} if now is not None else {}
-    problem = master_problem(recorded, "gunicorn", getppid=lambda: parent, read=fake_proc(table))
-    assert problem is not None and reason in problem
-    with caplog.at_level(logging.WARNING, logger="wsgireload"):
-        assert not verify_master(
-            recorded, "gunicorn", getppid=lambda: parent, read=fake_proc(table)
-        )
-    assert reason in caplog.text
+def test_real_command_line_shapes_are_the_server(tree: ProcTree, raw: bytes, names: object) -> None:
+    tree.add(4242, raw)
+    assert problem(tree, 4242, names) is None
 
 
-def test_without_proc_only_pid_and_parent_are_checked() -> None:
-    bare = ProcessInfo(4242, None, None, None)
-    assert (
-        master_problem(bare, "gunicorn", getppid=lambda: 4242, read=fake_proc({4242: bare})) is None
+@pytest.mark.parametrize(
+    "argv, program",
+    [
+        (["/venv/bin/gunicorn", "app:app"], "gunicorn"),
+        (["/usr/bin/python3", "/usr/local/bin/gunicorn", "-w", "3", "app:app"], "gunicorn"),
+        (["python3", "-m", "gunicorn", "app:app"], "gunicorn"),
+        (["python3", "-X", "dev", "-m", "gunicorn", "app:app"], "gunicorn"),
+        (["python3", "-Wignore", "-um", "gunicorn.app.wsgiapp", "app:app"], "gunicorn"),
+        (["python3", "-mgunicorn", "app:app"], "gunicorn"),
+        (["python3", "-W", "ignore", "-B", "/venv/bin/gunicorn"], "gunicorn"),
+        (["python3", "--", "/venv/bin/gunicorn"], "gunicorn"),
+        (["pypy3", "/venv/bin/gunicorn"], "gunicorn"),
+        (["python3", "-c", "import gunicorn"], "python3"),
+        (["python3", "-Bc", "import gunicorn"], "python3"),
+        (["python3"], "python3"),
+        (["gunicorn: master [app:application]"], "gunicorn"),
+        (["uWSGI master"], "uWSGI"),
+        (["uWSGI worker 1"], "uWSGI"),
+        (["timeout", "60", "pytest", "-k", "uwsgi"], "timeout"),
+        ("/usr/bin/python3 /venv/bin/gunicorn app:app", "gunicorn"),  # ps output, a string
+        ([], ""),
+    ],
+)
+def test_program_name(argv: List[str], program: str) -> None:
+    assert program_name(argv) == program
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["gunicorn3", "app:app"], True),  # a distribution's renamed script
+        (["/usr/bin/uwsgi_python311", "--master"], False),  # asks for "gunicorn"
+        (["bash", "-c", "gunicorn"], False),
+    ],
+)
+def test_names_program(argv: List[str], expected: bool) -> None:
+    assert _process.names_program(argv, ("gunicorn",)) is expected
+
+
+def test_several_names_and_case(tree: ProcTree) -> None:
+    tree.add(4242, ["python3", "run_app.py"])
+    assert problem(tree, 4242, ("gunicorn", "run_app")) is None
+    assert _process.matching_name(["uWSGI master"], ("gunicorn", "uwsgi")) == "uwsgi"
+
+
+# -- reading /proc -----------------------------------------------------------------------------
+def test_read_process_parses_a_proc_tree(tree: ProcTree) -> None:
+    tree.add(4242, ["/usr/bin/python3", "/usr/bin/gunicorn", "app:app"], start="98765")
+    info = read_process(4242, root=str(tree.root))
+    assert info == ProcessInfo(
+        4242, "98765", 1001, ("/usr/bin/python3", "/usr/bin/gunicorn", "app:app")
     )
+    assert info.cmdline == "/usr/bin/python3 /usr/bin/gunicorn app:app"
+    assert read_process(4243, root=str(tree.root)) is None
 
 
-def test_any_of_several_server_names_matches() -> None:
-    runner = ProcessInfo(4242, "1000", 1001, "python3 run_app.py")
-    read = fake_proc({4242: runner})
-    assert master_problem(runner, ("gunicorn", "run_app"), getppid=lambda: 4242, read=read) is None
-
-
-def test_record_master_refuses_init_and_missing() -> None:
-    assert _process.record_master(1, read=fake_proc({1: MASTER})) is None
-    assert _process.record_master(4242, read=fake_proc({})) is None
-    assert _process.record_master(4242, read=fake_proc({4242: MASTER})) == MASTER
-
-
-def test_read_process_parses_a_proc_tree(tmp_path: Path) -> None:
-    base = tmp_path / "4242"
-    base.mkdir()
-    # a command name with spaces and parentheses must not shift the fields
-    fields = ["S"] + [str(n) for n in range(4, 22)] + ["98765"] + ["0"] * 20
-    (base / "stat").write_text("4242 (we (ird) name) " + " ".join(fields) + "\n")
-    (base / "cmdline").write_bytes(b"/usr/bin/python3\0/usr/bin/gunicorn\0app:app\0")
-    (base / "status").write_text("Name:\tgunicorn\nUid:\t1001\t1001\t1001\t1001\n")
-    info = read_process(4242, root=str(tmp_path))
-    assert info == ProcessInfo(4242, "98765", 1001, "/usr/bin/python3 /usr/bin/gunicorn app:app")
-    assert read_process(4243, root=str(tmp_path)) is None
+def test_read_process_keeps_arguments_with_spaces_apart(tree: ProcTree) -> None:
+    tree.add(4242, ["timeout", "60", "sh", "-c", "exec gunicorn app:app"])
+    info = tree.read(4242)
+    assert info is not None and info.argv == ("timeout", "60", "sh", "-c", "exec gunicorn app:app")
 
 
 def test_read_process_without_proc_knows_only_the_pid(tmp_path: Path) -> None:
     missing = str(tmp_path / "no-proc")
     assert read_process(os.getpid(), root=missing) == ProcessInfo(os.getpid(), None, None, None)
+
+
+def test_without_proc_only_pid_and_parent_are_checked() -> None:
+    bare = ProcessInfo(4242, None, None, None)
+    read = {4242: bare}.get
+    assert master_problem(bare, "gunicorn", getppid=lambda: 4242, read=read) is None
+    found = master_problem(bare, "gunicorn", getppid=lambda: 1, read=read)
+    assert found is not None and found.kind is Refusal.ORPHANED
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs /proc")
@@ -104,7 +256,24 @@ def test_read_process_real_self() -> None:
     assert info is not None
     assert info.uid == os.getuid()
     assert info.start_time is not None and info.start_time.isdigit()
-    assert info.cmdline is not None and "py" in info.cmdline
+    assert info.argv and "py" in info.argv[0]
+
+
+def test_record_master() -> None:
+    master = ProcessInfo(1, "5", 0, ("gunicorn: master [app]",))
+    assert record_master(1, read={1: master}.get) == master  # pid 1: a container's server
+    assert record_master(0, read={0: master}.get) is None
+    assert record_master(4242, read={}.get) is None
+
+
+def test_verify_master_logs_the_reason(
+    tree: ProcTree, caplog: pytest.LogCaptureFixture
+) -> None:
+    tree.add(4242, ["-bash"])
+    recorded = record_master(4242, read=tree.read)
+    with caplog.at_level(logging.WARNING, logger="wsgireload"):
+        assert not verify_master(recorded, "gunicorn", getppid=lambda: 4242, read=tree.read)
+    assert "does not look like gunicorn" in caplog.text and "restart the server" in caplog.text
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
@@ -123,26 +292,3 @@ def test_boot_time_and_parent_are_taken_again_in_a_forked_child() -> None:
     os.waitpid(pid, 0)
     assert float(child_boot) > before
     assert int(child_ppid) == os.getpid()
-
-
-@pytest.mark.parametrize(
-    "cmdline, expected",
-    [
-        ("/venv/bin/gunicorn app:app", True),
-        ("/usr/bin/python3 /usr/local/bin/gunicorn -w 3 app:app", True),
-        ("python3 -X dev -m gunicorn app:app", True),
-        ("gunicorn: master [app:application]", True),
-        ("gunicorn3 app:app", True),
-        # The server's name among the arguments is not the server (this test runner's own
-        # parent was once "timeout 900 python3 -m pytest -k gunicorn").
-        ("timeout 900 python3 -m pytest -k gunicorn", False),
-        ("python3 -m pytest tests/test_gunicorn.py", False),
-        ("bash -c gunicorn", False),
-        ("python3 -c import gunicorn", False),
-        ("", False),
-    ],
-)
-def test_only_the_program_names_the_server(cmdline: str, expected: bool) -> None:
-    from wsgireload.actions._process import names_program
-
-    assert names_program(cmdline, ("gunicorn",)) is expected

@@ -71,15 +71,18 @@ class Server:
     port: int
     log_path: Path
     env: Dict[str, str] = field(default_factory=dict)
+    # None: the app dir and this repository, then the caller's PYTHONPATH. A list replaces all
+    # three (a server whose workers cannot read this repository needs its own copies).
+    pythonpath: Optional[Sequence[str]] = None
     proc: Optional["subprocess.Popen[bytes]"] = None
 
     def start(self, ready_path: str = "/", timeout: float = 30.0) -> "Server":
         env = dict(os.environ)
         env.update(self.env)
         env.setdefault("PYTHONUNBUFFERED", "1")
-        env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (str(self.cwd), _repo_root(), env.get("PYTHONPATH", "")) if p
-        )
+        default = (str(self.cwd), _repo_root(), env.get("PYTHONPATH", ""))
+        paths = default if self.pythonpath is None else self.pythonpath
+        env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             list(self.argv),

@@ -1,32 +1,40 @@
-"""Process safety: who is this worker's master, and is it still the same process now?
+"""Who may be signalled: one /proc reader and one rule, shared by every action that signals.
 
-Nothing here signals anyone by itself; actions call ``verify_master`` before they do.
+Nothing here signals anyone by itself; actions ask ``master_problem`` before they do.
 
-API (small on purpose; other server actions import it):
+API (small on purpose; the gunicorn, uWSGI and pidfile actions import it):
 
-- ``ProcessInfo``: pid, start time, uid and command line of a process as seen once.
-- ``read_process(pid)``: a ProcessInfo from ``/proc`` (start time, uid and cmdline are None
+- ``ProcessInfo``: pid, start time, uid and argv of a process as seen once.
+- ``read_process(pid, root)``: a ProcessInfo from ``/proc`` (start time, uid and argv are None
   where there is no ``/proc``, e.g. macOS).
+- ``program_name(argv)``: the program a command line runs, never a word among its arguments.
 - ``record_master(pid=None)``: the master as seen when this worker started (the parent at
-  fork, or at import when wsgireload was imported in the worker).
-- ``master_problem(recorded, server_name)``: why signalling ``recorded`` now is unsafe, or None.
-- ``verify_master(recorded, server_name)``: the same as a bool, logging a WARNING with the
-  reason when it is unsafe.
+  fork, or at import when wsgireload was imported in the worker). Pid 1 is a master like any
+  other here: in a container without an init the server *is* pid 1.
+- ``master_problem(recorded, names)``: why signalling ``recorded`` now is unsafe or impossible
+  (a ``MasterProblem``), or None.
+  Its ``kind`` (a ``Refusal``) lets an action react: FOREIGN_USER is "our master, but a user
+  this process may not signal" (``gunicorn --user``).
+- ``signal_denied(info)``: why this process may not signal ``info`` (EPERM), or None.
+- ``verify_master(recorded, names)``: the same as a bool, logging a WARNING with the reason.
 - ``boot_time()``: the ``time.monotonic()`` at which this process started running its code
   (fork or import), comparable across processes of one machine.
 """
 
 from __future__ import annotations
 
+import enum
 import logging
 import os
 import time
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Tuple, Union
 
 log = logging.getLogger("wsgireload")
 
 PROC_ROOT = "/proc"
+
+Names = Union[str, Sequence[str]]
 
 
 @dataclass(frozen=True)
@@ -36,7 +44,12 @@ class ProcessInfo:
     pid: int
     start_time: Optional[str]  # /proc/<pid>/stat field 22: clock ticks since boot
     uid: Optional[int]  # real uid of the process
-    cmdline: Optional[str]  # NUL-separated argv joined with spaces
+    argv: Optional[Tuple[str, ...]]  # /proc/<pid>/cmdline split at its NULs
+
+    @property
+    def cmdline(self) -> str:
+        """The command line for messages (argv joined with spaces)."""
+        return " ".join(self.argv or ())
 
 
 ReadProcess = Callable[[int], Optional[ProcessInfo]]
@@ -67,8 +80,10 @@ def read_process(pid: int, root: str = PROC_ROOT) -> Optional[ProcessInfo]:
             if len(parts) > 1 and parts[1].isdigit():
                 uid = int(parts[1])
             break
-    cmdline = raw.rstrip(b"\0").replace(b"\0", b" ").decode("utf-8", "replace")
-    return ProcessInfo(pid, start_time, uid, cmdline)
+    # A process title (setproctitle, uWSGI's procname) pads the area with NULs: drop the
+    # empty strings they leave.
+    argv = tuple(os.fsdecode(part) for part in raw.split(b"\0") if part)
+    return ProcessInfo(pid, start_time, uid, argv)
 
 
 def proc_start_time(pid: Union[int, str], root: str = PROC_ROOT) -> Optional[str]:
@@ -92,6 +107,71 @@ def _exists(pid: int) -> bool:
     except PermissionError:  # exists, owned by someone else
         return True
     return True
+
+
+# -- the one rule for "is this the server" ------------------------------------------------
+_INTERPRETERS = ("python", "pypy")
+
+
+def program_name(argv: Union[str, Sequence[str]]) -> str:
+    """The program a command line runs: ``gunicorn`` for ``/venv/bin/gunicorn app:app``,
+    ``python3 /venv/bin/gunicorn app:app``, ``python -m gunicorn app:app`` or gunicorn's
+    process title ``gunicorn: master [app:app]``; ``uWSGI`` for the title ``uWSGI master``.
+
+    Only the program counts, never its arguments: ``timeout 60 pytest -k gunicorn`` is
+    ``timeout``, and ``python -c 'import gunicorn'`` is ``python``. A string is split at
+    whitespace (``ps`` output).
+    """
+    words = argv.split() if isinstance(argv, str) else list(argv)
+    if not words:
+        return ""
+    if len(words[0].split()) > 1:
+        # A process title rewritten as one string ("gunicorn: master [/srv/app:app]"): its
+        # first word is the program. (A path with spaces is refused this way: safe.)
+        words = words[0].split() + words[1:]
+    program = os.path.basename(words[0]).rstrip(":")
+    if not program.lower().startswith(_INTERPRETERS):
+        return program
+    args = iter(words[1:])
+    for token in args:
+        if token == "--":
+            return os.path.basename(next(args, program))
+        if token.startswith("--"):
+            continue  # --help, --version: no script follows them anyway
+        if not token.startswith("-") or token == "-":
+            return os.path.basename(token) if token != "-" else program
+        # Short options, possibly combined: -u, -Bu, -um module, -Wignore, -X dev, -c code.
+        flags = token[1:]
+        for index, flag in enumerate(flags):
+            rest = flags[index + 1 :]
+            if flag == "c":
+                return program  # inline code: the interpreter is the program
+            if flag == "m":
+                return (rest or next(args, "")).split(".")[0]
+            if flag in "WX":
+                if not rest:
+                    next(args, None)  # the option's value is the next word
+                break
+    return program
+
+
+def matching_name(argv: Union[str, Sequence[str]], names: Names) -> Optional[str]:
+    """The one of ``names`` that the program of ``argv`` is (``gunicorn3`` is gunicorn; case
+    does not matter: ``uWSGI master`` is uwsgi), or None."""
+    program = program_name(argv).lower()
+    for name in _names(names):
+        if name and program.startswith(name.lower()):
+            return name
+    return None
+
+
+def names_program(argv: Union[str, Sequence[str]], names: Names) -> bool:
+    """True if the program ``argv`` runs is one of ``names``."""
+    return matching_name(argv, names) is not None
+
+
+def _names(names: Names) -> Tuple[str, ...]:
+    return (names,) if isinstance(names, str) else tuple(names)
 
 
 # -- this process's own start: recorded at import and again in a forked child ------------
@@ -125,98 +205,122 @@ def record_master(
 ) -> Optional[ProcessInfo]:
     """Describe the master (default: our parent when this process started) for later checks.
 
-    None if it is already gone or is pid 1 (an orphan has no master to signal).
+    None if there is none (pid 0) or it is already gone. Pid 1 is recorded like any pid: the
+    checks before a signal decide whether it is a server (a container's) or init.
     """
     if pid is None:
         pid = boot_ppid()
-    if pid <= 1:
+    if pid < 1:
         return None
     return read(pid)
 
 
+class Refusal(enum.Enum):
+    """Why a master may not be signalled, for callers that react differently to each."""
+
+    UNKNOWN = "unknown"  # nothing was recorded at start
+    ORPHANED = "orphaned"  # no longer our parent
+    GONE = "gone"
+    REUSED = "reused"  # the pid now belongs to another process
+    UID_CHANGED = "uid-changed"
+    NOT_THE_SERVER = "not-the-server"  # its program is not one of the names
+    FOREIGN_USER = "foreign-user"  # it is our master, but runs as a user we may not signal
+
+
+@dataclass(frozen=True)
+class MasterProblem:
+    kind: Refusal
+    reason: str
+
+    def __str__(self) -> str:
+        return self.reason
+
+
 def master_problem(
     recorded: Optional[ProcessInfo],
-    server_name: Union[str, Sequence[str]],
+    names: Names,
     *,
     getppid: Callable[[], int] = os.getppid,
     read: ReadProcess = read_process,
-) -> Optional[str]:
-    """Why signalling ``recorded`` now would be unsafe, or None when it is safe.
+    getuid: Callable[[], int] = os.getuid,
+    geteuid: Callable[[], int] = os.geteuid,
+) -> Optional[MasterProblem]:
+    """Why signalling ``recorded`` now would be unsafe or impossible, or None when it is fine.
 
-    Requires: a recorded master, pid > 1, still our parent, the same start time and uid as
-    recorded, and (where /proc exists) a command line naming the server.
+    Requires, in this order: a recorded master, still our parent (a worker re-parented to
+    init or a subreaper after its master died signals nobody), the same start time and uid as
+    recorded, (where /proc exists) a program that is one of ``names``, and a uid this process
+    may signal. A FOREIGN_USER problem therefore means "our verified master, out of reach".
     """
-    names = (server_name,) if isinstance(server_name, str) else tuple(server_name)
     if recorded is None:
-        return "no master was recorded when this worker started"
+        return MasterProblem(
+            Refusal.UNKNOWN,
+            "this worker's master was already gone when the worker started, so it cannot "
+            "be identified",
+        )
     pid = recorded.pid
-    if pid <= 1:
-        return f"the recorded master pid {pid} is init, not a server"
     parent = getppid()
     if parent != pid:
-        return (
+        return MasterProblem(
+            Refusal.ORPHANED,
             f"the master {pid} is no longer this worker's parent (parent is now {parent}); "
-            "it probably died and this worker was orphaned"
+            "it probably died and this worker was orphaned",
         )
     now = read(pid)
     if now is None:
-        return f"the master {pid} no longer exists"
+        return MasterProblem(Refusal.GONE, f"the master {pid} no longer exists")
     if recorded.start_time is not None and now.start_time != recorded.start_time:
-        return f"pid {pid} was reused: its start time changed since this worker started"
-    if recorded.uid is not None and now.uid != recorded.uid:
-        return f"the master {pid} changed uid ({recorded.uid} -> {now.uid})"
-    if now.cmdline is not None and not names_program(now.cmdline, names):
-        return (
-            f"the master {pid} does not look like {' or '.join(names)} "
-            f"(command line {now.cmdline[:120]!r})"
+        return MasterProblem(
+            Refusal.REUSED,
+            f"pid {pid} was reused: its start time changed since this worker started",
         )
+    if recorded.uid is not None and now.uid != recorded.uid:
+        return MasterProblem(
+            Refusal.UID_CHANGED, f"the master {pid} changed uid ({recorded.uid} -> {now.uid})"
+        )
+    if now.argv is not None and not names_program(now.argv, names):
+        return MasterProblem(
+            Refusal.NOT_THE_SERVER,
+            f"the master {pid} does not look like {' or '.join(_names(names))} "
+            f"(command line {now.cmdline[:120]!r})",
+        )
+    denied = signal_denied(now, getuid=getuid, geteuid=geteuid)
+    if denied is not None:
+        return MasterProblem(Refusal.FOREIGN_USER, denied)
     return None
 
 
-def program_name(cmdline: str) -> str:
-    """The program a command line runs: ``gunicorn`` for ``/venv/bin/gunicorn app:app``,
-    ``python3 /venv/bin/gunicorn app:app``, ``python -m gunicorn app:app`` or gunicorn's
-    process title ``gunicorn: master [app:app]``.
+def signal_denied(
+    info: ProcessInfo,
+    *,
+    getuid: Callable[[], int] = os.getuid,
+    geteuid: Callable[[], int] = os.geteuid,
+) -> Optional[str]:
+    """Why this process may not signal ``info`` (the kernel would say EPERM), or None.
 
-    Only the program counts, never its arguments: ``timeout 60 pytest -k gunicorn`` is
-    ``timeout``, not gunicorn.
+    Root may signal anyone; others only processes of their own uid.
     """
-    tokens = cmdline.split()
-    if not tokens:
-        return ""
-    program = os.path.basename(tokens[0]).rstrip(":")
-    if not program.startswith("python"):
-        return program
-    args = iter(tokens[1:])
-    for token in args:
-        if token == "-m":
-            return next(args, "").split(".")[0]
-        if token in ("-W", "-X", "-c"):
-            if token == "-c":
-                return program  # inline code: the interpreter is the program
-            next(args, None)  # the option's value
-            continue
-        if token.startswith("-"):
-            continue
-        return os.path.basename(token)
-    return program
-
-
-def names_program(cmdline: str, names: Sequence[str]) -> bool:
-    """True if the program ``cmdline`` runs is one of ``names`` (``gunicorn3`` counts too)."""
-    program = program_name(cmdline)
-    return any(program.startswith(name) for name in names)
+    if info.uid is None or geteuid() == 0 or info.uid in (getuid(), geteuid()):
+        return None
+    return (
+        f"the master {info.pid} runs as uid {info.uid} and this worker as uid {geteuid()}, "
+        "so the worker may not signal it"
+    )
 
 
 def verify_master(
     recorded: Optional[ProcessInfo],
-    server_name: Union[str, Sequence[str]],
+    names: Names,
     *,
     getppid: Callable[[], int] = os.getppid,
     read: ReadProcess = read_process,
+    getuid: Callable[[], int] = os.getuid,
+    geteuid: Callable[[], int] = os.geteuid,
 ) -> bool:
     """True if ``recorded`` may be signalled now; else log a WARNING saying why."""
-    problem = master_problem(recorded, server_name, getppid=getppid, read=read)
+    problem = master_problem(
+        recorded, names, getppid=getppid, read=read, getuid=getuid, geteuid=geteuid
+    )
     if problem is None:
         return True
     log.warning("wsgireload: not signalling the master: %s; restart the server yourself", problem)

@@ -1,6 +1,7 @@
-"""What the uWSGI action needs to know about processes: options, the master, the FIFO, a record.
+"""What the uWSGI action needs besides the master check: options, its start, the FIFO, a record.
 
-Small helpers with an injectable /proc root and functions: unit-tested without uWSGI.
+Small helpers with an injectable /proc root and functions: unit-tested without uWSGI. Whether
+the master may be signalled is ``_process.master_problem``, the rule every action shares.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import os
 import stat
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Tuple
 
 try:
     import fcntl
@@ -38,6 +39,7 @@ class UwsgiOptions:
     binary_path: Optional[str] = None  # --binary-path: what a full reload re-executes
     master: bool = False
     processes: int = 1  # --processes / --workers
+    master_title: Optional[str] = None  # --procname-master / --procname, with its prefix
 
     @classmethod
     def parse(cls, opt: Mapping[Any, Any]) -> "UwsgiOptions":
@@ -52,7 +54,21 @@ class UwsgiOptions:
             binary_path=next(iter(_strings(values.get("binary-path"))), None),
             master=_flag(values.get("master")),
             processes=_number(values.get("processes", values.get("workers"))),
+            master_title=_title(values),
         )
+
+
+def _title(values: Mapping[str, Any]) -> Optional[str]:
+    """The command line uWSGI gives its master when told to rename it, or None."""
+    name = next(iter(_strings(values.get("procname-master"))), None)
+    name = name or next(iter(_strings(values.get("procname"))), None)
+    if name is None and _flag(values.get("auto-procname")):
+        name = "uWSGI master"
+    if name is None:
+        return None
+    prefix = next(iter(_strings(values.get("procname-prefix"))), "")
+    spaced = next(iter(_strings(values.get("procname-prefix-spaced"))), "")
+    return (prefix or (spaced + " " if spaced else "")) + name
 
 
 def _flag(value: Any) -> bool:
@@ -87,98 +103,12 @@ def _strings(value: Any) -> Iterator[str]:
             yield item
 
 
-# -- the master process -----------------------------------------------------------------
-@dataclass(frozen=True)
-class MasterRecord:
-    """The master as this worker saw it at its first request."""
-
-    pid: int
-    start_time: Optional[str]  # /proc/<pid>/stat field 22; None without /proc
-    uid: Optional[int]
-
-
-@dataclass
-class MasterCheck:
-    """Checks that a pid is still this worker's own uWSGI master before it is signalled.
-
-    :param proc_root: where procfs is mounted; a missing directory disables the /proc checks.
-    """
-
-    proc_root: str = PROC_ROOT
-    getppid: Callable[[], int] = os.getppid
-    getuid: Callable[[], int] = os.getuid
-    self_pid: Callable[[], int] = os.getpid
-
-    def has_proc(self) -> bool:
-        return os.path.isdir(os.path.join(self.proc_root, "self"))
-
-    def record(self, pid: int) -> MasterRecord:
-        return MasterRecord(pid, self.start_time(pid), self.owner(pid))
-
-    def start_time(self, pid: Union[int, str]) -> Optional[str]:
-        """Start time in clock ticks since boot: a recycled pid has a different one."""
-        return proc_start_time(pid, self.proc_root)
-
-    def owner(self, pid: int) -> Optional[int]:
-        try:
-            return os.stat(os.path.join(self.proc_root, str(pid))).st_uid
-        except OSError:
-            return None
-
-    def cmdline(self, pid: int) -> Optional[Tuple[str, ...]]:
-        try:
-            with open(os.path.join(self.proc_root, str(pid), "cmdline"), "rb") as handle:
-                raw = handle.read()
-        except OSError:
-            return None
-        return tuple(os.fsdecode(part) for part in raw.split(b"\0") if part)
-
-    def exe(self, pid: Union[int, str]) -> Optional[str]:
-        try:
-            return os.readlink(os.path.join(self.proc_root, str(pid), "exe"))
-        except OSError:
-            return None
-
-    def problem(self, recorded: MasterRecord, pid_now: int) -> Optional[str]:
-        """Why ``pid_now`` must not be signalled, or None if it is still our master."""
-        if pid_now <= 1:
-            return f"uwsgi.masterpid() is {pid_now}: no master to ask (start uWSGI with --master)"
-        if pid_now != recorded.pid:
-            return f"the master pid changed from {recorded.pid} to {pid_now}"
-        parent = self.getppid()
-        if parent != pid_now:
-            return f"the master {pid_now} is no longer this worker's parent (parent is {parent})"
-        if not self.has_proc():
-            return None  # no procfs (macOS, BSD): pid, parentage and uWSGI's word must do
-        start = self.start_time(pid_now)
-        if start is None:
-            return f"the master {pid_now} is gone"
-        if recorded.start_time is not None and start != recorded.start_time:
-            return f"pid {pid_now} is a different process from the master recorded at start"
-        uid = self.owner(pid_now)
-        if uid != self.getuid():
-            return f"the master {pid_now} runs as uid {uid}, this worker as uid {self.getuid()}"
-        cmdline = self.cmdline(pid_now)
-        if not cmdline or not self._looks_like_uwsgi(pid_now, cmdline):
-            return f"pid {pid_now} does not look like a uWSGI master: {' '.join(cmdline or ())!r}"
-        return None
-
-    def _looks_like_uwsgi(self, pid: int, cmdline: Tuple[str, ...]) -> bool:
-        # A worker is a fork of its master: the same executable is the strongest evidence,
-        # and it survives --procname-master renaming the command line.
-        exe = self.exe(pid)
-        if exe is not None and exe == self.exe(self.self_pid()):
-            return True
-        head = " ".join(os.path.basename(part) for part in cmdline[:2]).lower()
-        return "uwsgi" in " ".join(cmdline).lower() or "python" in head
-
-
 def process_start(proc_root: str = PROC_ROOT, pid: str = "self") -> Optional[float]:
     """When this process started, on the ``time.monotonic()`` clock; None without /proc."""
     clock_boottime = getattr(time, "CLOCK_BOOTTIME", None)
     if clock_boottime is None:
         return None
-    start = MasterCheck(proc_root=proc_root).start_time(pid)
+    start = proc_start_time(pid, proc_root)
     if start is None:
         return None
     try:

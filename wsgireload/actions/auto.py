@@ -42,6 +42,12 @@ class AutoAction(Action):
         """The action for ``server``; None means warn and do nothing."""
         from . import REGISTRY
 
+        if server == "gunicorn":
+            from .gunicorn import GunicornAction
+
+            # A master out of this worker's reach (gunicorn --user) still gets new code: each
+            # worker restarts itself instead.
+            return GunicornAction(restart_fallback=True)
         factory = REGISTRY.get(server)
         return factory() if factory is not None else None
 

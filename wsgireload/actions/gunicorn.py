@@ -14,8 +14,8 @@ from typing import Callable, Optional, Sequence, Tuple
 
 from ..policy import ChangeSet
 from . import _process
-from ._claim import Claim, Outcome, ReloadLedger, mark_once
-from ._process import ProcessInfo, ReadProcess
+from ._claim import Claim, Outcome, ReloadLedger, default_runtime_dir, mark_once
+from ._process import MasterProblem, ProcessInfo, ReadProcess, Refusal
 from .base import Action, ProcessContext
 
 log = logging.getLogger("wsgireload")
@@ -46,9 +46,16 @@ class GunicornAction(Action):
     verified as unchanged since the worker started is signalled, and two reloads of one
     master are at least ``min_interval`` seconds apart.
 
+    A master this worker may not signal (``gunicorn --user``: the master stays root, the
+    workers drop privileges) makes the reload impossible. With ``restart_fallback`` (what
+    ``action="auto"`` uses) each worker then restarts itself after its response instead, as
+    ``restart-worker`` does; decided at setup from /proc, or at the first signal refused
+    with EPERM. Without it, a WARNING says what to do.
+
     :param min_interval: seconds between two reloads of one master.
     :param runtime_dir: private directory for the shared reload records.
-    :param server_names: words one of which the master's command line must contain.
+    :param server_names: names one of which the master's program must be.
+    :param restart_fallback: restart each worker when the master cannot be signalled.
     """
 
     name = "gunicorn"
@@ -63,8 +70,12 @@ class GunicornAction(Action):
         min_interval: float = 3.0,  # seconds
         runtime_dir: Optional[str] = None,
         server_names: Sequence[str] = ("gunicorn",),
+        restart_fallback: bool = False,
         kill: Kill = os.kill,
         getppid: Callable[[], int] = os.getppid,
+        getpid: Callable[[], int] = os.getpid,
+        getuid: Callable[[], int] = os.getuid,
+        geteuid: Callable[[], int] = os.geteuid,
         read_process: ReadProcess = _process.read_process,
         boot_time: Callable[[], float] = _process.boot_time,
         master_pid: Callable[[], int] = _process.boot_ppid,
@@ -73,8 +84,12 @@ class GunicornAction(Action):
     ) -> None:
         self.server_names: Tuple[str, ...] = tuple(server_names)
         self.runtime_dir = runtime_dir
+        self.restart_fallback = restart_fallback
         self.kill = kill
         self.getppid = getppid
+        self.getpid = getpid
+        self.getuid = getuid
+        self.geteuid = geteuid
         self.read_process = read_process
         self.boot_time = boot_time
         self.master_pid = master_pid
@@ -82,6 +97,7 @@ class GunicornAction(Action):
         self.schedule = schedule
         self.master: Optional[ProcessInfo] = None
         self.disabled: Optional[str] = None  # why this action does nothing in this process
+        self.restarting: Optional[str] = None  # why each worker restarts itself instead
         self._retry_pending = False
 
     def setup(self, context: ProcessContext) -> None:
@@ -91,15 +107,35 @@ class GunicornAction(Action):
             if mark_once(self.runtime_dir, f"{self._key()}.preload-error"):
                 log.error(PRELOAD_ERROR)
             return
-        problem = _process.master_problem(
-            self.master, self.server_names, getppid=self.getppid, read=self.read_process
-        )
-        if problem is not None:
+        problem = self._problem()
+        if problem is None:
+            return
+        if problem.kind is Refusal.FOREIGN_USER:
+            if self.restart_fallback:
+                self._restart_instead(f"{problem} (gunicorn --user)")
+                return
             log.warning(
-                "wsgireload: gunicorn reload will be refused: %s (pass "
-                "GunicornAction(server_names=...) if the master runs under another name)",
+                "wsgireload: gunicorn reload will be refused: %s (gunicorn --user). Use "
+                "action='restart-worker' or action='auto', so that each worker restarts "
+                "itself after its response instead",
                 problem,
             )
+            return
+        if problem.kind is Refusal.NOT_THE_SERVER:
+            advice = "pass GunicornAction(server_names=...) if the master runs under another name"
+        else:
+            advice = "restart gunicorn yourself to load code changes"
+        log.warning("wsgireload: gunicorn reload will be refused: %s; %s", problem, advice)
+
+    def _problem(self) -> Optional[MasterProblem]:
+        return _process.master_problem(
+            self.master,
+            self.server_names,
+            getppid=self.getppid,
+            read=self.read_process,
+            getuid=self.getuid,
+            geteuid=self.geteuid,
+        )
 
     def _key(self) -> str:
         master = self.master
@@ -111,22 +147,89 @@ class GunicornAction(Action):
         if self.disabled is not None:
             log.debug("wsgireload: not reloading (%s): %s", self.disabled, changes.describe())
             return
+        if self.restarting is not None:
+            self._restart_self()
+            return
         if self._retry_pending:
             return  # the scheduled retry will reload for this change set too
         self._attempt()
 
     def _retry(self) -> None:
         self._retry_pending = False
-        self._attempt()
+        if self.restarting is None:
+            self._attempt()
+
+    def _restart_instead(self, why: str) -> None:
+        """From now on this worker restarts itself for each change set; say so once."""
+        self.restarting = why
+        if mark_once(self.runtime_dir, f"{self._key()}.restart-worker"):
+            log.info(
+                "wsgireload: %s: each worker restarts itself after its response instead "
+                "(gunicorn replaces it gracefully)",
+                why,
+            )
+
+    def _others_restart(self) -> bool:
+        """A sibling switched to restarting itself (``_restart_instead`` marked it)."""
+        directory = self.runtime_dir or default_runtime_dir()
+        return os.path.exists(os.path.join(directory, f"{self._key()}.restart-worker"))
+
+    def _restart_self(self) -> None:
+        problem = self._problem()
+        if problem is not None and problem.kind is not Refusal.FOREIGN_USER:
+            # Orphaned, or the master changed: nobody would replace this worker.
+            log.warning(
+                "wsgireload: not restarting this worker: %s; restart gunicorn yourself", problem
+            )
+            return
+        pid = self.getpid()
+        if pid <= 1:  # never terminate an init process
+            log.warning("wsgireload: not restarting pid %d", pid)
+            return
+        self.kill(pid, signal.SIGTERM)
+
+    def _denied(self, exc: OSError) -> None:
+        assert self.master is not None
+        why = (
+            f"gunicorn master {self.master.pid} refused this worker's signal "
+            f"({exc.strerror or exc})"
+        )
+        if self.restart_fallback:
+            self._restart_instead(why)
+            self._restart_self()
+            return
+        log.warning(
+            "wsgireload: not reloading: %s. Use action='restart-worker' or action='auto', so "
+            "that each worker restarts itself after its response instead, or restart gunicorn "
+            "yourself",
+            why,
+        )
 
     def _attempt(self) -> None:
-        if not _process.verify_master(
-            self.master, self.server_names, getppid=self.getppid, read=self.read_process
-        ):
+        problem = self._problem()
+        if problem is not None:
+            log.warning(
+                "wsgireload: not signalling the master: %s; restart gunicorn yourself", problem
+            )
             return
         assert self.master is not None
+        try:
+            # Signal 0 checks permission only. A worker that may not signal must not claim the
+            # reload either: the claim would tell its siblings a reload is on its way.
+            self.kill(self.master.pid, 0)
+        except PermissionError as exc:
+            self._denied(exc)
+            return
+        except ProcessLookupError:
+            log.warning("wsgireload: gunicorn master %d is gone; restart gunicorn yourself",
+                        self.master.pid)
+            return
         claim: Claim = self.ledger.claim(self._key(), self.boot_time())
-        if claim.outcome is Outcome.COVERED:
+        if claim.outcome is Outcome.COVERED and self.restart_fallback and self._others_restart():
+            # The claim covering us was a HUP the kernel refused: do as the sibling did.
+            self._restart_instead("another worker found the master out of reach")
+            self._restart_self()
+        elif claim.outcome is Outcome.COVERED:
             log.debug(
                 "wsgireload: gunicorn master %d already reloaded since this worker started; "
                 "it will be replaced",
@@ -150,12 +253,23 @@ class GunicornAction(Action):
             )
         else:
             log.debug("wsgireload: sending SIGHUP to gunicorn master %d", self.master.pid)
-            self.kill(self.master.pid, signal.SIGHUP)
+            try:
+                self.kill(self.master.pid, signal.SIGHUP)
+            except PermissionError as exc:
+                self._denied(exc)
+                return
             self.ledger.forget_dead(lambda pid: self.read_process(pid) is not None)
+
+    @property
+    def per_process(self) -> bool:  # type: ignore[override]
+        """Restarting itself, every worker of the master must act, not only the scanner."""
+        return self.restarting is not None
 
     def describe(self) -> str:
         if self.disabled is not None:
             return f"gunicorn: nothing ({self.disabled} prevents reloading)"
+        if self.restarting is not None:
+            return "gunicorn: SIGTERM to this worker (its master cannot be signalled)"
         pid = self.master.pid if self.master is not None else "?"
         return f"gunicorn: SIGHUP to master {pid}"
 

@@ -1,6 +1,6 @@
 """Signal the server named in a pidfile, from outside it, after checking it is that server.
 
-The safe successor of ``kill -HUP $(cat pidfile)``: never pid 1, never a stale pidfile's pid.
+The safe successor of ``kill -HUP $(cat pidfile)``: never init, never a stale pidfile's pid.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from typing import Callable, Optional, Sequence, Tuple
 
 from ..errors import ConfigurationError
 from ..policy import ChangeSet
+from . import _process
 from .base import Action
 
 log = logging.getLogger("wsgireload")
@@ -21,6 +22,10 @@ DEFAULT_EXPECT = ("gunicorn", "uwsgi")
 # A server writes its pidfile after it started; /proc start times have whole-second boot time
 # and clock-tick precision, so allow this much before calling a process younger than its file.
 _START_SLACK = 2.0  # seconds
+
+
+def _ticks(start_time: Optional[str]) -> Optional[int]:
+    return int(start_time) if start_time is not None and start_time.isdigit() else None
 
 
 def parse_signal(name: str) -> _signal.Signals:
@@ -37,9 +42,10 @@ def parse_signal(name: str) -> _signal.Signals:
 class PidfileAction(Action):
     """Send ``signal`` to the process in ``pidfile`` once per change set, if it checks out.
 
-    Checks, each time: the pidfile holds a pid > 1 that is neither this process nor its
-    parent; the process is alive and ours (same uid, or we are root); its command line names
-    one of ``expect``; it started before the pidfile was written (else the pid was recycled
+    Checks, each time: the pidfile holds a pid (1 included: a container's server) that is
+    neither this process nor its parent; the process is alive and ours (same uid, or we are
+    root); its program is one of ``expect`` (``_process.program_name``: never a word among
+    its arguments); it started before the pidfile was written (else the pid was recycled
     after the server died); and, for a pid seen before, its start time is unchanged.
 
     :param proc_root: where procfs lives (tests point it at a fake tree); without procfs the
@@ -80,8 +86,10 @@ class PidfileAction(Action):
         if not text.isdigit():
             return None, f"pidfile {self.pidfile} does not hold a pid ({text[:20]!r})"
         pid = int(text)
-        if pid <= 1:
+        if pid < 1:
             return None, f"pidfile {self.pidfile} names pid {pid}: refusing to signal it"
+        # Pid 1 is allowed: in a container without an init the server is pid 1. The checks
+        # below (the program is the server, started before the pidfile) still apply to it.
         if pid in (os.getpid(), os.getppid()):
             return None, f"pidfile {self.pidfile} names this watcher or its parent ({pid})"
         try:
@@ -90,19 +98,19 @@ class PidfileAction(Action):
             return None, f"pid {pid} from {self.pidfile} is not running (stale pidfile)"
         except PermissionError:
             return None, f"pid {pid} from {self.pidfile} belongs to another user"
-        proc = os.path.join(self.proc_root, str(pid))
         have_proc = os.path.isfile(os.path.join(self.proc_root, "stat"))
+        info = _process.read_process(pid, self.proc_root) if have_proc else None
         if have_proc:
-            try:
-                uid = os.stat(proc).st_uid
-            except OSError:
+            if info is None:
                 return None, f"pid {pid} vanished while being checked"
-            if uid != os.getuid() and os.getuid() != 0:
-                return None, f"pid {pid} runs as uid {uid}, not as this watcher ({os.getuid()})"
-        argv = self._cmdline(pid, proc if have_proc else None)
-        if argv is None:
+            if _process.signal_denied(info) is not None:
+                return None, (
+                    f"pid {pid} runs as uid {info.uid}, not as this watcher ({os.getuid()})"
+                )
+        argv = info.argv if info is not None else self._ps_argv(pid)
+        if not argv:
             return None, f"cannot read the command line of pid {pid}"
-        matched = self._names_server(argv)
+        matched = _process.matching_name(argv, self.expect)
         if matched is None:
             shown = " ".join(argv)[:80]
             names = " or ".join(self.expect)
@@ -111,7 +119,7 @@ class PidfileAction(Action):
                 "(a stale pidfile whose pid was reused? pass --expect NAME if the server is "
                 "another one)"
             )
-        start = self._start_ticks(proc) if have_proc else None
+        start = _ticks(info.start_time) if info is not None else None
         if start is not None:
             started_at = self._boot_time() + start / os.sysconf("SC_CLK_TCK")
             if started_at > mtime + _START_SLACK:
@@ -125,15 +133,9 @@ class PidfileAction(Action):
         self._known = (pid, start)
         return pid, f"{matched} pid {pid}"
 
-    def _cmdline(self, pid: int, proc: Optional[str]) -> Optional[Sequence[str]]:
-        if proc is not None:
-            try:
-                with open(os.path.join(proc, "cmdline"), "rb") as handle:
-                    raw = handle.read()
-            except OSError:
-                return None
-            return [part.decode("utf-8", "replace") for part in raw.split(b"\0") if part]
-        try:  # macOS and the BSDs: no procfs
+    def _ps_argv(self, pid: int) -> Optional[Sequence[str]]:
+        """The command line from ``ps``, on macOS and the BSDs (no procfs)."""
+        try:
             out = subprocess.run(
                 ["ps", "-p", str(pid), "-o", "command="],
                 capture_output=True, timeout=5, check=False,
@@ -142,28 +144,6 @@ class PidfileAction(Action):
             return None
         text = out.decode("utf-8", "replace").strip()
         return text.split() if text else None
-
-    def _names_server(self, argv: Sequence[str]) -> Optional[str]:
-        """The expected name the command line shows, or None.
-
-        Looks at the program, or the script python runs (gunicorn's console script, python
-        -m gunicorn), or a process title such as "gunicorn: master [app]" / "uWSGI master".
-        """
-        head = " ".join(os.path.basename(arg) for arg in argv[:3]).lower()
-        for name in self.expect:
-            if name in head:
-                return name
-        return None
-
-    def _start_ticks(self, proc: str) -> Optional[int]:
-        try:
-            with open(os.path.join(proc, "stat"), "rb") as handle:
-                raw = handle.read().decode("ascii", "replace")
-            # Field 22 (starttime), counted after the ")" that ends the command name, which
-            # may itself hold spaces and parentheses.
-            return int(raw[raw.rindex(")") + 2 :].split()[19])
-        except (OSError, ValueError, IndexError):
-            return None
 
     def _boot_time(self) -> float:
         try:

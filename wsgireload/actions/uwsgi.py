@@ -11,13 +11,14 @@ import os
 import sys
 import threading
 import time
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 from ..policy import ChangeSet
+from . import _process
+from ._process import MasterProblem, ProcessInfo, ReadProcess, Refusal
 from ._uwsgi_support import (
-    MasterCheck,
+    PROC_ROOT,
     MasterLedger,
-    MasterRecord,
     UwsgiOptions,
     first_fifo,
     process_start,
@@ -44,13 +45,16 @@ class UwsgiAction(Action):
     loaded per worker (``--lazy-apps``) and a ``--master-fifo`` exists, else ``uwsgi.reload()``
     (the master re-executes itself and its workers).
 
-    Only the master recorded at this worker's first request is asked, after checking it is
-    still our parent, the same process, the same user and a uWSGI. Workers share a record per
-    master: a worker started before the latest reload request is replaced by that reload, so
-    it does not ask again; N workers seeing one deploy make one request.
+    Only the master recorded at this worker's first request is asked (pid 1 too: a container's
+    uWSGI), after checking it is still our parent, the same process, a user this worker may
+    signal, and a uWSGI (``_process.master_problem``). Workers share a record per master: a
+    worker started before the latest reload request is replaced by that reload, so it does not
+    ask again; N workers seeing one deploy make one request.
 
     :param uwsgi_module: the ``uwsgi`` module (tests pass a fake); imported at setup if None.
-    :param check: verifies the master before it is asked.
+    :param server_names: names one of which the master's program must be (besides the
+        ``--procname-master`` title, read from ``uwsgi.opt``).
+    :param proc_root: where procfs is mounted (tests point it at a fake tree).
     :param ledger: the per-master record shared by workers.
     :param fifo_writer: writes a command to the master FIFO.
     :param booted: when this worker started, on the ``clock``; read from /proc if None.
@@ -70,7 +74,12 @@ class UwsgiAction(Action):
         self,
         *,
         uwsgi_module: Any = None,
-        check: Optional[MasterCheck] = None,
+        server_names: Sequence[str] = ("uwsgi", "pyuwsgi"),
+        proc_root: str = PROC_ROOT,
+        getppid: Callable[[], int] = os.getppid,
+        getuid: Callable[[], int] = os.getuid,
+        geteuid: Callable[[], int] = os.geteuid,
+        read_process: Optional[ReadProcess] = None,
         ledger: Optional[MasterLedger] = None,
         fifo_writer: Callable[[str, bytes], None] = write_fifo,
         clock: Callable[[], float] = time.monotonic,
@@ -80,7 +89,14 @@ class UwsgiAction(Action):
         waker: Optional[Callable[[str, float], None]] = None,
     ) -> None:
         self.uwsgi = uwsgi_module
-        self.check = check or MasterCheck()
+        self.server_names: Tuple[str, ...] = tuple(server_names)
+        self.proc_root = proc_root
+        self.getppid = getppid
+        self.getuid = getuid
+        self.geteuid = geteuid
+        self.read_process: ReadProcess = read_process or (
+            lambda pid: _process.read_process(pid, proc_root)
+        )
         self.ledger = ledger or MasterLedger()
         self.fifo_writer = fifo_writer
         self.clock = clock
@@ -91,7 +107,7 @@ class UwsgiAction(Action):
         self.method: Optional[str] = None  # CHAIN or RELOAD; None: cannot reload (see why)
         self.why_not = "setup has not run"
         self.fifo: Optional[str] = None
-        self.master: Optional[MasterRecord] = None
+        self.master: Optional[ProcessInfo] = None
         self.refusal: Optional[str] = None  # set when a full reload would kill the server
         self.waker = waker or self._wake_in_thread
         self.workers = 1
@@ -106,13 +122,27 @@ class UwsgiAction(Action):
                 return
             self.uwsgi = uwsgi
         self.options = UwsgiOptions.parse(getattr(self.uwsgi, "opt", {}) or {})
+        if self.options.master_title:
+            self.server_names += (_process.program_name(self.options.master_title),)
         pid = int(self.uwsgi.masterpid())
-        if pid <= 1:
-            self.why_not = "uWSGI runs without a master process: start it with --master"
+        if pid <= 0:  # uWSGI answers 0 without --master; 1 is a master (a container's)
+            self.why_not = (
+                f"uWSGI runs without a master process (uwsgi.masterpid() is {pid}), so there "
+                "is no one to reload the workers: start uWSGI with --master"
+                if not self.options.master
+                else f"uwsgi.masterpid() is {pid} although --master is set; restart uWSGI "
+                "yourself to load code changes"
+            )
             return
-        self.master = self.check.record(pid)
+        self.master = _process.record_master(pid, read=self.read_process)
+        if self.master is None:
+            self.why_not = (
+                f"the uWSGI master {pid} was already gone when this worker started; restart "
+                "uWSGI yourself to load code changes"
+            )
+            return
         if self.booted is None:
-            started = process_start(self.check.proc_root)
+            started = process_start(self.proc_root)
             self.booted = started if started is not None else self.clock()
         if self.pyuwsgi is None:
             self.pyuwsgi = "pyuwsgi" in sys.modules
@@ -152,9 +182,9 @@ class UwsgiAction(Action):
         if self.method == RELOAD and self.refusal is not None:
             self._refuse(changes)
             return
-        problem = self.check.problem(self.master, int(self.uwsgi.masterpid()))
+        problem = self._problem()
         if problem is not None:
-            log.warning("wsgireload: not reloading uWSGI: %s", problem)
+            log.warning("wsgireload: not reloading uWSGI: %s; %s", problem, _advice(problem))
             return
         if not self._claim():
             return
@@ -179,8 +209,29 @@ class UwsgiAction(Action):
                 self.waker(self.fifo, self.clock() + self._wake_window())
                 return
         if not self.uwsgi.reload():
-            log.error("wsgireload: uwsgi.reload() failed: the master %d was not signalled",
-                      self.master.pid)
+            log.error(
+                "wsgireload: uwsgi.reload() failed: the master %d was not signalled; restart "
+                "uWSGI yourself to load this change",
+                self.master.pid,
+            )
+
+    def _problem(self) -> Optional[MasterProblem]:
+        assert self.master is not None and self.uwsgi is not None
+        pid_now = int(self.uwsgi.masterpid())
+        if pid_now != self.master.pid:
+            return MasterProblem(
+                Refusal.REUSED,
+                f"uWSGI's master pid changed from {self.master.pid} to {pid_now} since this "
+                "worker started",
+            )
+        return _process.master_problem(
+            self.master,
+            self.server_names,
+            getppid=self.getppid,
+            read=self.read_process,
+            getuid=self.getuid,
+            geteuid=self.geteuid,
+        )
 
     def _key(self) -> str:
         assert self.master is not None
@@ -273,3 +324,17 @@ class UwsgiAction(Action):
         if self.method == RELOAD:
             return "uWSGI graceful reload (uwsgi.reload())"
         return "uWSGI: none"
+
+
+def _advice(problem: MasterProblem) -> str:
+    if problem.kind is Refusal.NOT_THE_SERVER:
+        return (
+            "if that is this uWSGI under another name, pass UwsgiAction(server_names=[...]); "
+            "else restart uWSGI yourself to load this change"
+        )
+    if problem.kind is Refusal.FOREIGN_USER:
+        return (
+            "run the master and its workers as one user (uWSGI's --uid drops the master's "
+            "privileges too), or restart uWSGI yourself to load this change"
+        )
+    return "restart uWSGI yourself to load this change"
