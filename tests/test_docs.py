@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import dataclasses
 import inspect
 import re
 import textwrap
@@ -121,8 +122,26 @@ def _logger_names(tree: ast.Module) -> Set[str]:
     return names
 
 
+# A level that is a variable (``log.log(level, ...)`` in a helper): read it at the call sites.
+VARIABLE = "VARIABLE"
+_NAMED_LEVELS = ("DEBUG", "INFO", "WARNING", "WARN", "ERROR", "CRITICAL", "FATAL")
+_RANK = {"DEBUG": 0, "INFO": 1, "WARNING": 2, "ERROR": 3, "CRITICAL": 4}
+
+
+def _named_level(node: ast.expr) -> Optional[str]:
+    """``logging.WARNING`` (or a bare ``WARNING``) as "WARNING"; None for anything else."""
+    name = node.attr if isinstance(node, ast.Attribute) else getattr(node, "id", "")
+    if name in _NAMED_LEVELS:
+        return {"WARN": "WARNING", "FATAL": "CRITICAL"}.get(name, name)
+    return None
+
+
 def _level_of(call: ast.Call, loggers: Set[str]) -> Tuple[Optional[str], Optional[ast.expr]]:
-    """(level, message expression) of a logging call at INFO or above, else (None, None)."""
+    """(level, message expression) of a logging call at INFO or above, else (None, None).
+
+    ``log.log(level, ...)`` whose level is not a ``logging`` constant gives VARIABLE: the
+    caller resolves it from the calls of the enclosing helper (never silently skipped).
+    """
     func = call.func
     if not isinstance(func, ast.Attribute):
         return None, None
@@ -137,18 +156,78 @@ def _level_of(call: ast.Call, loggers: Set[str]) -> Tuple[Optional[str], Optiona
     if func.attr in LEVELS and call.args:
         return LEVELS[func.attr], call.args[0]
     if func.attr == "log" and len(call.args) >= 2:  # log.log(logging.WARNING, ...)
-        level = call.args[0]
-        name = level.attr if isinstance(level, ast.Attribute) else getattr(level, "id", "")
-        if name in ("INFO", "WARNING", "WARN", "ERROR", "CRITICAL", "FATAL"):
-            return {"WARN": "WARNING", "FATAL": "CRITICAL"}.get(name, name), call.args[1]
+        level = _named_level(call.args[0])
+        if level is None:
+            return VARIABLE, call.args[1]
+        if level != "DEBUG":
+            return level, call.args[1]
     return None, None
 
 
-def code_messages() -> Tuple[Dict[Tuple[str, str], Message], List[str]]:
+@dataclass
+class _Helper:
+    """A function that logs at a level (and maybe a message) its callers pass in."""
+
+    name: str
+    params: List[str]  # positional parameters, ``self``/``cls`` included
+    method: bool
+    level: str  # the parameter holding the level
+    message: Optional[str]  # the parameter holding the message, if the message is one
+    literal: Optional[ast.expr]  # else the message expression inside the helper
+    defaults: Dict[str, ast.expr]
+    where: str
+
+
+def _helper(function: ast.AST, call: ast.Call, message: ast.expr, where: str) -> Optional[_Helper]:
+    if not isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)):
+        return None
+    level = call.args[0]
+    args = function.args
+    params = [a.arg for a in args.posonlyargs + args.args]
+    if not isinstance(level, ast.Name) or level.id not in params + [a.arg for a in args.kwonlyargs]:
+        return None
+    defaults = dict(zip(params[len(params) - len(args.defaults):], args.defaults))
+    defaults.update(
+        {a.arg: d for a, d in zip(args.kwonlyargs, args.kw_defaults) if d is not None}
+    )
+    named = message.id if isinstance(message, ast.Name) and message.id in params else None
+    return _Helper(
+        name=function.name,
+        params=params,
+        method=bool(params) and params[0] in ("self", "cls"),
+        level=level.id,
+        message=named,
+        literal=None if named else message,
+        defaults=defaults,
+        where=where,
+    )
+
+
+def _argument(helper: _Helper, call: ast.Call, param: str) -> Optional[ast.expr]:
+    for keyword in call.keywords:
+        if keyword.arg == param:
+            return keyword.value
+    if param in helper.params:
+        index = helper.params.index(param)
+        if helper.method and isinstance(call.func, ast.Attribute):
+            index -= 1  # self.helper(...): self is not among the call's arguments
+        if 0 <= index < len(call.args):
+            return call.args[index]
+    return helper.defaults.get(param)
+
+
+def _called_name(call: ast.Call) -> str:
+    func = call.func
+    return func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+
+
+def code_messages(
+    package: Path = PACKAGE, root: Path = ROOT
+) -> Tuple[Dict[Tuple[str, str], Message], List[str]]:
     """Every INFO/WARNING/ERROR message in wsgireload/, and the calls whose text cannot be read."""
     trees = {
         path: ast.parse(path.read_text(encoding="utf-8"), str(path))
-        for path in sorted(PACKAGE.rglob("*.py"))
+        for path in sorted(package.rglob("*.py"))
     }
     shared: Dict[str, ast.expr] = {}
     for tree in trees.values():
@@ -156,25 +235,70 @@ def code_messages() -> Tuple[Dict[Tuple[str, str], Message], List[str]]:
             shared.setdefault(name, value)
     found: Dict[Tuple[str, str], Message] = {}
     unreadable: List[str] = []
+    helpers: List[_Helper] = []
+
+    def add(level: str, text: Optional[str], where: str) -> None:
+        if text is None:
+            unreadable.append(where)
+            return
+        text = _normalise(text)
+        found.setdefault((level, text), Message(level, text)).where.append(where)
+
     for path, tree in trees.items():
         templates = _Templates(_module_constants(tree), shared)
         loggers = _logger_names(tree)
+        parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
         for node in ast.walk(tree):
             if not isinstance(node, ast.Call):
                 continue
             level, expr = _level_of(node, loggers)
             if level is None or expr is None:
                 continue
-            where = f"{path.relative_to(ROOT)}:{node.lineno}"
+            where = f"{path.relative_to(root)}:{node.lineno}"
+            if level == VARIABLE:
+                function: Optional[ast.AST] = parents.get(node)
+                while function is not None and not isinstance(
+                    function, (ast.FunctionDef, ast.AsyncFunctionDef)
+                ):
+                    function = parents.get(function)
+                helper = _helper(function, node, expr, where) if function else None
+                if helper is None:
+                    unreadable.append(where)
+                else:
+                    helpers.append(helper)
+                continue
             # logging interpolates %-placeholders only when arguments follow the message.
             arguments_from = 2 if _is_log_call(node) else 1
-            text = templates.text(expr, percent=len(node.args) > arguments_from)
-            if text is None:
-                unreadable.append(where)
-                continue
-            text = _normalise(text)
-            message = found.setdefault((level, text), Message(level, text))
-            message.where.append(where)
+            add(level, templates.text(expr, percent=len(node.args) > arguments_from), where)
+    # Each helper's messages, at the levels its callers pass (the highest of a literal's).
+    for helper in helpers:
+        calls = 0
+        for path, tree in trees.items():
+            templates = _Templates(_module_constants(tree), shared)
+            for node in ast.walk(tree):
+                if not isinstance(node, ast.Call) or _called_name(node) != helper.name:
+                    continue
+                level_expr = _argument(helper, node, helper.level)
+                level = _named_level(level_expr) if level_expr is not None else None
+                where = f"{path.relative_to(root)}:{node.lineno}"
+                if level is None:
+                    unreadable.append(where)
+                    continue
+                calls += 1
+                if _RANK[level] < _RANK["INFO"]:
+                    continue
+                if helper.literal is not None:  # the message is written inside the helper
+                    add(level, templates.text(helper.literal, percent=True), helper.where)
+                    continue
+                assert helper.message is not None
+                message = _argument(helper, node, helper.message)
+                index = helper.params.index(helper.message) - int(
+                    helper.method and isinstance(node.func, ast.Attribute)
+                )
+                percent = len(node.args) > index + 1
+                add(level, templates.text(message, percent) if message else None, where)
+        if not calls:
+            unreadable.append(helper.where)
     return found, unreadable
 
 
@@ -291,6 +415,39 @@ def test_the_extractor_normalises_every_way_of_building_a_message(tmp_path: Path
     ])
 
 
+def test_the_extractor_reads_levels_a_helper_is_given(tmp_path: Path) -> None:
+    """A message logged through a helper taking the level is read at its callers' levels."""
+    package = tmp_path / "pkg"
+    package.mkdir()
+    (package / "m.py").write_text(textwrap.dedent(
+        '''
+        import logging
+        log = logging.getLogger("wsgireload")
+        def act(level=logging.INFO):
+            log.log(level, "wsgireload: acted %s", 1)
+        class Check:
+            def _once(self, key, level, message, *args):
+                log.log(level, message, *args)
+            def run(self):
+                self._once("a", logging.WARNING, "wsgireload: no python %d.%d", 3, 11)
+                self._once("b", logging.INFO, "wsgireload: cannot tell")
+                self._once("c", logging.DEBUG, "wsgireload: detail")
+        def caller():
+            act(logging.DEBUG)
+            act()
+        def orphan(level):
+            log.log(level, "wsgireload: nobody calls me")
+        '''
+    ))
+    found, unreadable = code_messages(package, tmp_path)
+    assert sorted(found) == [
+        ("INFO", "wsgireload: acted {}"),
+        ("INFO", "wsgireload: cannot tell"),
+        ("WARNING", "wsgireload: no python {}.{}"),
+    ]
+    assert unreadable == ["pkg/m.py:17"], "a helper nobody calls must not pass unnoticed"
+
+
 def test_the_page_parser_joins_wrapped_entries() -> None:
     page = "## Errors\n\n```text\nERROR wsgireload: a long\nwrapped   line\n```\n"
     assert page_messages(page) == {("ERROR", "wsgireload: a long wrapped line"): 3}
@@ -353,12 +510,23 @@ def _compare(what: str, expected: Dict[str, str], documented: Dict[str, str]) ->
     return problems
 
 
-def _signature_defaults(function: Callable[..., object]) -> Dict[str, str]:
-    return {
+def _signature_defaults(
+    function: Callable[..., object], options: Optional[type] = None
+) -> Dict[str, str]:
+    """Keyword-only parameters and their defaults; with ``options`` (a dataclass), also its
+    fields, which a ``**options`` parameter accepts (``Reloader(app, **options)``)."""
+    parameters = inspect.signature(function).parameters
+    found = {
         name: python_default(parameter.default)
-        for name, parameter in inspect.signature(function).parameters.items()
+        for name, parameter in parameters.items()
         if parameter.kind is inspect.Parameter.KEYWORD_ONLY
     }
+    takes_options = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    if options is not None:
+        assert takes_options, f"{function.__qualname__} takes no **options any more"
+        for item in dataclasses.fields(options):
+            found.setdefault(item.name, python_default(item.default))
+    return found
 
 
 def _code_names(cell: str) -> List[str]:
@@ -367,18 +535,21 @@ def _code_names(cell: str) -> List[str]:
 
 def test_configuration_page_lists_every_python_option_with_its_default() -> None:
     from wsgireload import Reloader
+    from wsgireload._options import Options
     from wsgireload.contrib.uwsgi import register
     from wsgireload.watcher import Watcher
 
     text = CONFIGURATION.read_text(encoding="utf-8")
     problems = []
-    for heading, function in [
-        ("## Reloader", Reloader.__init__),
-        ("## Watcher", Watcher.__init__),
-        ("### The uWSGI timer: `register()`", register),
+    for heading, function, options in [
+        ("## Reloader", Reloader.__init__, Options),
+        ("## Watcher", Watcher.__init__, Options),
+        # register(**options) passes them on to Watcher: its own table lists only its own.
+        ("### The uWSGI timer: `register()`", register, None),
     ]:
+        expected = _signature_defaults(function, options)
         documented = _documented(_section(text, heading), _code_names)
-        problems += _compare(heading.lstrip("# "), _signature_defaults(function), documented)
+        problems += _compare(heading.lstrip("# "), expected, documented)
     assert not problems, "docs/configuration.md is out of step with the code:\n" + "\n".join(
         problems
     )
@@ -386,7 +557,7 @@ def test_configuration_page_lists_every_python_option_with_its_default() -> None
 
 def cli_default(action: argparse.Action) -> str:
     """The default a CLI option has for the user: stated in its help, else argparse's."""
-    stated = re.search(r"default ([^);]+)", action.help or "")
+    stated = re.search(r"default:? ([^);]+)", action.help or "")
     if stated:
         return stated.group(1).strip()
     if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):

@@ -64,6 +64,7 @@ class Reloader:
     :param extra_files: more files to watch: paths or glob patterns (``**`` recurses), for
         templates and configuration.
     :param exclude: ``fnmatch`` patterns of full paths never to watch.
+    :param modules: watch the source files of ``sys.modules`` (off: only ``extra_files``).
     :param include_stdlib: also watch the interpreter's standard library.
     :param validate: ``"boot"`` (the default: every changed ``.py`` must compile, then the
         app is booted in a fresh interpreter as the server would boot it), ``"compile"`` or

@@ -43,6 +43,8 @@ class Watcher:
     :param boot_timeout: seconds the boot check may take (``import_timeout``: its old name).
     :param smoke: a path to GET once from the booted app; a 5xx status refuses the deploy.
     :param import_name: the old name of ``boot_app``.
+    :param backend: ``"poll"``, ``"events"`` or ``"auto"``, as for the Reloader (used when no
+        ``detector`` is given); ``mode`` is accepted too and has no effect here.
     :param action: ``"auto"``, another action name, an Action, or a callable taking the
         ChangeSet.
     :param created_pid: pid of the process that imported the app (defaults to this one); a

@@ -1,6 +1,6 @@
 """How to reload: one small class per way of asking a server for fresh code.
 
-An action is given a settled, validated ChangeSet after the last response in flight closed.
+An action is given a settled, validated ChangeSet once no response is in flight.
 ``resolve()`` turns the ``action=`` option of Reloader into an Action.
 """
 

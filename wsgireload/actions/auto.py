@@ -24,7 +24,7 @@ def detect_server(environ: Mapping[str, Any]) -> str:
 
 
 class AutoAction(Action):
-    """Chooses the action for the server this process runs under, at its first request."""
+    """Chooses the action for the server this process runs under, at ``setup``."""
 
     name = "auto"
 

@@ -16,7 +16,8 @@ log = logging.getLogger("wsgireload")
 
 @dataclass(frozen=True)
 class ProcessContext:
-    """What a worker process knows about itself, gathered once at its first request."""
+    """What a worker process knows about itself, gathered once when its watcher is set up
+    (at its first request, or at a Watcher's first step)."""
 
     pid: int
     created_pid: int  # the pid that created the Reloader (imported the app)
@@ -29,10 +30,12 @@ class ProcessContext:
 
 
 class Action:
-    """How to reload. Called once per change set, after the last response in flight closed.
+    """How to reload. Called once per change set: from the watcher thread when no response
+    is in flight, else after the last one closed (``after_close_only``: only then).
 
-    Subclasses set ``name`` and implement ``__call__``. ``setup`` runs once per process, on
-    its first request, to look at the server; keep it cheap and never let it raise.
+    Subclasses set ``name`` and implement ``__call__``. ``setup`` runs once per process (at
+    its first request, or at a Watcher's first step) to look at the server; keep it cheap
+    and never let it raise.
     """
 
     name: ClassVar[str] = "action"
@@ -50,7 +53,7 @@ class Action:
     after_close_only: ClassVar[bool] = False
 
     def setup(self, context: ProcessContext) -> None:
-        """Inspect the process and server once, at the first request in this process."""
+        """Inspect the process and server once (first request, or a Watcher's first step)."""
 
     def __call__(self, changes: ChangeSet) -> None:
         raise NotImplementedError

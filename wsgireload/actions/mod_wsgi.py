@@ -18,8 +18,9 @@ class ModWsgiAction(Action):
     """mod_wsgi's documented reload: ``os.kill(os.getpid(), signal.SIGINT)`` in a daemon process.
 
     Only the process itself is signalled, never its parent: a daemon process's parent is
-    Apache's own parent process. The signal is sent from ``close()`` of the last response in
-    flight, and mod_wsgi lets other threads' requests finish (``shutdown-timeout``).
+    Apache's own parent process. The signal is sent once no response is in flight (from the
+    watcher thread, or the ``close()`` of the last one), and mod_wsgi lets other threads'
+    requests finish (``shutdown-timeout``).
 
     :param kill: ``os.kill`` (tests inject a recorder).
     :param getpid: ``os.getpid``.

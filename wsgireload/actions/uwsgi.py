@@ -45,7 +45,7 @@ class UwsgiAction(Action):
     loaded per worker (``--lazy-apps``) and a ``--master-fifo`` exists, else ``uwsgi.reload()``
     (the master re-executes itself and its workers).
 
-    Only the master recorded at this worker's first request is asked (pid 1 too: a container's
+    Only the master recorded at this worker's setup is asked (pid 1 too: a container's
     uWSGI), after checking it is still our parent, the same process, a user this worker may
     signal, and a uWSGI (``_process.master_problem``). Workers share a record per master: a
     worker started before the latest reload request is replaced by that reload, so it does not
