@@ -10,7 +10,6 @@ from typing import Callable, List, Optional, Set, Tuple
 import pytest
 
 from wsgireload.actions import REGISTRY, AutoAction, ProcessContext, resolve
-from wsgireload.actions._claim import ReloadLedger
 from wsgireload.actions._process import ProcessInfo
 from wsgireload.actions.gunicorn import GunicornAction, RestartWorkerAction
 from wsgireload.actions.standalone import StandaloneAction
@@ -34,7 +33,7 @@ class Clock:
 class World:
     """The injected process world: who our parent is, what /proc says, who got signalled."""
 
-    def __init__(self, rundir: str, master: ProcessInfo = MASTER) -> None:
+    def __init__(self, rundir: Optional[str], master: ProcessInfo = MASTER) -> None:
         self.master = master
         self.parent = master.pid
         self.procs = {master.pid: master}
@@ -69,7 +68,8 @@ class World:
             read_process=self.procs.get,
             boot_time=lambda: booted,
             master_pid=lambda: self.master.pid,
-            ledger=ReloadLedger(self.rundir, min_interval=3.0, clock=self.clock),
+            min_interval=3.0,
+            clock=self.clock,
             schedule=lambda delay, fn: self.scheduled.append((delay, fn)),
         )
         action.setup(ProcessContext(pid, pid if created_pid is None else created_pid, GUNICORN_ENV))
@@ -155,6 +155,31 @@ def test_an_unsafe_runtime_dir_refuses_to_signal(
         world.worker()(CHANGES)
     assert world.killed == []
     assert "no safe place to coordinate" in caplog.text
+
+
+def test_no_writable_place_for_the_record_refuses_in_every_worker(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A read-only filesystem with no writable temp directory: N workers would each HUP.
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    monkeypatch.setattr("tempfile.gettempdir", lambda: str(tmp_path / "read-only" / "tmp"))
+    world = World(None)  # the default runtime directory
+    with caplog.at_level(logging.WARNING, logger="wsgireload"):
+        for n in range(3):
+            world.worker(pid=5000 + n)(CHANGES)
+    assert world.killed == []
+    assert caplog.text.count("no safe place to coordinate workers (cannot create") == 3
+
+
+def test_a_record_that_cannot_be_written_refuses(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    Path(world.rundir).mkdir(mode=0o700)
+    Path(world.rundir, f"gunicorn-{MASTER.pid}-1000.master.json.lock").mkdir()
+    with caplog.at_level(logging.WARNING, logger="wsgireload"):
+        world.worker()(CHANGES)
+    assert world.killed == []
+    assert "no safe place to coordinate workers (cannot write" in caplog.text
 
 
 def test_preload_logs_one_error_per_master_and_never_signals(

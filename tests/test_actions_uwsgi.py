@@ -18,7 +18,6 @@ import pytest
 
 from wsgireload.actions import REGISTRY, AutoAction, ModWsgiAction, UwsgiAction, resolve
 from wsgireload.actions._uwsgi_support import (
-    MasterLedger,
     UwsgiOptions,
     first_fifo,
     process_start,
@@ -120,7 +119,7 @@ class World:
             getuid=lambda: self.uid,
             geteuid=lambda: self.uid,
             uwsgi_module=self.uwsgi,
-            ledger=MasterLedger(self.ledger_dir),
+            runtime_dir=self.ledger_dir,
             fifo_writer=self.write_fifo,
             clock=self.clock,
             booted=booted,
@@ -487,19 +486,16 @@ def test_unsafe_runtime_dir_still_reloads_once_per_worker_and_says_why(
     assert not list(shared.iterdir())  # nothing written where others could meddle
 
 
-def test_ledger_lives_in_a_private_directory(ledger_dir: str) -> None:
-    ledger = MasterLedger(ledger_dir)
-    seen, problem = ledger.update("uwsgi-1-2", lambda record: {"reload": 1.5})
-    assert (seen, problem) == ({}, None)
+def test_the_record_is_the_masters_one_record(proc: Path, ledger_dir: str) -> None:
+    world = World(proc, ledger_dir, {"master": True})
+    world.worker(booted=10.0)(changes())
+    [name] = [n for n in os.listdir(ledger_dir) if n.endswith(".master.json")]
+    assert name == f"uwsgi-{MASTER}-5000.master.json"
     assert stat.S_IMODE(os.stat(ledger_dir).st_mode) == 0o700
-    assert ledger.update("uwsgi-1-2", lambda record: None) == ({"reload": 1.5}, None)
-
-
-def test_ledger_survives_a_corrupt_record(ledger_dir: str) -> None:
-    ledger = MasterLedger(ledger_dir)
-    ledger.update("k", lambda record: None)
-    Path(ledger_dir, "k.json").write_text("{not json")
-    assert ledger.update("k", lambda record: None) == ({}, None)
+    Path(ledger_dir, name).write_text("{not json")  # torn: start afresh, keep reloading
+    world.clock.now += 5.0
+    world.worker(booted=world.clock.now - 1.0)(changes("fp2"))
+    assert world.uwsgi.reloads == 2
 
 
 def test_new_worker_during_a_chain_wakes_the_master(

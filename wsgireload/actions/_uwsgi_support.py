@@ -1,4 +1,4 @@
-"""What the uWSGI action needs besides the master check: options, its start, the FIFO, a record.
+"""What the uWSGI action needs besides the master check: its options, its start, the FIFO.
 
 Small helpers with an injectable /proc root and functions: unit-tested without uWSGI. Whether
 the master may be signalled is ``_process.master_problem``, the rule every action shares.
@@ -7,20 +7,13 @@ the master may be signalled is ``_process.master_problem``, the rule every actio
 from __future__ import annotations
 
 import errno
-import json
 import logging
 import os
 import stat
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Tuple
+from typing import Any, Dict, Iterator, Mapping, Optional, Tuple
 
-try:
-    import fcntl
-except ImportError:  # pragma: no cover - Windows has no uWSGI either
-    fcntl = None  # type: ignore[assignment]
-
-from ._claim import default_runtime_dir, ensure_private_dir
 from ._process import proc_start_time
 
 log = logging.getLogger("wsgireload")
@@ -149,61 +142,3 @@ def first_fifo(paths: Tuple[str, ...]) -> Optional[str]:
         except OSError:
             continue
     return None
-
-
-# -- the per-master record shared by workers --------------------------------------------
-class MasterLedger:
-    """A small JSON record per master, read and written under ``flock`` by its workers.
-
-    It holds the time of the master's last reload request (``time.monotonic()``, one clock
-    for the whole machine) and the fingerprints already reported, so that N workers seeing
-    one deploy produce one reload and one log line.
-    """
-
-    def __init__(self, directory: Optional[str] = None) -> None:
-        self.directory = directory
-
-    def update(
-        self, key: str, decide: Callable[[Dict[str, Any]], Optional[Dict[str, Any]]]
-    ) -> Tuple[Optional[Dict[str, Any]], Optional[str]]:
-        """Run ``decide(record)`` under the lock; store what it returns (None: no change).
-
-        Returns (the record as decide saw it, None) or (None, why the record is unusable).
-        """
-        if fcntl is None:  # pragma: no cover
-            return None, "file locks are not available here"
-        directory = self.directory or default_runtime_dir()
-        problem = ensure_private_dir(directory)
-        if problem is not None:
-            return None, problem
-        path = os.path.join(directory, f"{key}.json")
-        flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
-        try:
-            fd = os.open(path, flags, 0o600)
-        except OSError as exc:
-            return None, f"cannot open {path}: {exc.strerror or exc}"
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)  # held for microseconds: read, decide, write
-            raw = b""
-            while True:
-                chunk = os.read(fd, 65536)
-                if not chunk:
-                    break
-                raw += chunk
-            try:
-                record = json.loads(raw.decode("utf-8")) if raw else {}
-            except ValueError:
-                record = {}  # a torn or foreign record: start afresh rather than stop reloading
-            if not isinstance(record, dict):
-                record = {}
-            new = decide(dict(record))
-            if new is not None:
-                data = json.dumps(new).encode("utf-8")
-                os.lseek(fd, 0, os.SEEK_SET)
-                os.ftruncate(fd, 0)
-                os.write(fd, data)
-            return record, None
-        except OSError as exc:
-            return None, f"cannot use {path}: {exc.strerror or exc}"
-        finally:
-            os.close(fd)

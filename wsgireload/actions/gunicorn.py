@@ -10,11 +10,12 @@ import logging
 import os
 import signal
 import threading
+import time
 from typing import Callable, Optional, Sequence, Tuple
 
+from .. import _record
 from ..policy import ChangeSet
 from . import _process
-from ._claim import Claim, Outcome, ReloadLedger, default_runtime_dir, mark_once
 from ._process import MasterProblem, ProcessInfo, ReadProcess, Refusal
 from .base import Action, ProcessContext
 
@@ -42,7 +43,8 @@ def _timer(delay: float, function: Callable[[], None]) -> None:
 class GunicornAction(Action):
     """SIGHUP to this worker's gunicorn master: a graceful reload of every worker.
 
-    Only one worker of a master signals per deploy (see ``_claim.ReloadLedger``), only a master
+    Only one worker of a master signals per deploy (``_record.claim_reload`` in the master's
+    record; no record, no signal: N workers would each HUP), only a master
     verified as unchanged since the worker started is signalled, and two reloads of one
     master are at least ``min_interval`` seconds apart.
 
@@ -53,7 +55,7 @@ class GunicornAction(Action):
     with EPERM. Without it, a WARNING says what to do.
 
     :param min_interval: seconds between two reloads of one master.
-    :param runtime_dir: private directory for the shared reload records.
+    :param runtime_dir: private directory for the master's record.
     :param server_names: names one of which the master's program must be.
     :param restart_fallback: restart each worker when the master cannot be signalled.
     """
@@ -79,7 +81,7 @@ class GunicornAction(Action):
         read_process: ReadProcess = _process.read_process,
         boot_time: Callable[[], float] = _process.boot_time,
         master_pid: Callable[[], int] = _process.boot_ppid,
-        ledger: Optional[ReloadLedger] = None,
+        clock: Callable[[], float] = time.monotonic,
         schedule: Schedule = _timer,
     ) -> None:
         self.server_names: Tuple[str, ...] = tuple(server_names)
@@ -93,7 +95,8 @@ class GunicornAction(Action):
         self.read_process = read_process
         self.boot_time = boot_time
         self.master_pid = master_pid
-        self.ledger = ledger or ReloadLedger(runtime_dir, min_interval=min_interval)
+        self.min_interval = float(min_interval)
+        self.clock = clock
         self.schedule = schedule
         self.master: Optional[ProcessInfo] = None
         self.disabled: Optional[str] = None  # why this action does nothing in this process
@@ -104,7 +107,7 @@ class GunicornAction(Action):
         self.master = _process.record_master(self.master_pid(), read=self.read_process)
         if context.preloaded:
             self.disabled = "--preload"
-            if mark_once(self.runtime_dir, f"{self._key()}.preload-error"):
+            if _record.first_to_log(self._master_record()[0], "preload-error"):
                 log.error(PRELOAD_ERROR)
             return
         problem = self._problem()
@@ -137,11 +140,8 @@ class GunicornAction(Action):
             geteuid=self.geteuid,
         )
 
-    def _key(self) -> str:
-        master = self.master
-        if master is None:
-            return "gunicorn-0-0"
-        return f"gunicorn-{master.pid}-{master.start_time or 'na'}"
+    def _master_record(self) -> Tuple[Optional[_record.Record], str]:
+        return _record.for_master("gunicorn", self.master, self.runtime_dir, self.read_process)
 
     def __call__(self, changes: ChangeSet) -> None:
         if self.disabled is not None:
@@ -162,17 +162,12 @@ class GunicornAction(Action):
     def _restart_instead(self, why: str) -> None:
         """From now on this worker restarts itself for each change set; say so once."""
         self.restarting = why
-        if mark_once(self.runtime_dir, f"{self._key()}.restart-worker"):
+        if _record.first_to_log(self._master_record()[0], "restart-worker"):
             log.info(
                 "wsgireload: %s: each worker restarts itself after its response instead "
                 "(gunicorn replaces it gracefully)",
                 why,
             )
-
-    def _others_restart(self) -> bool:
-        """A sibling switched to restarting itself (``_restart_instead`` marked it)."""
-        directory = self.runtime_dir or default_runtime_dir()
-        return os.path.exists(os.path.join(directory, f"{self._key()}.restart-worker"))
 
     def _restart_self(self) -> None:
         problem = self._problem()
@@ -224,41 +219,52 @@ class GunicornAction(Action):
             log.warning("wsgireload: gunicorn master %d is gone; restart gunicorn yourself",
                         self.master.pid)
             return
-        claim: Claim = self.ledger.claim(self._key(), self.boot_time())
-        if claim.outcome is Outcome.COVERED and self.restart_fallback and self._others_restart():
+        record, reason = self._master_record()
+        if record is not None:
+            try:
+                outcome, wait = _record.claim_reload(
+                    record, self.boot_time(), self.clock(), self.min_interval
+                )
+            except OSError as exc:
+                reason = f"cannot update {record.path}: {exc.strerror or exc}"
+                record = None
+        if record is None:
+            # Without a shared record every worker would send its own HUP, and each is a
+            # full reload cycle of the master.
+            log.warning(
+                "wsgireload: not reloading: no safe place to coordinate workers (%s); "
+                "pass runtime_dir= a private directory, or restart gunicorn yourself",
+                reason,
+            )
+            return
+        if outcome is _record.Outcome.COVERED and self.restart_fallback and _record.logged(
+            record, "restart-worker"
+        ):
             # The claim covering us was a HUP the kernel refused: do as the sibling did.
             self._restart_instead("another worker found the master out of reach")
             self._restart_self()
-        elif claim.outcome is Outcome.COVERED:
+        elif outcome is _record.Outcome.COVERED:
             log.debug(
                 "wsgireload: gunicorn master %d already reloaded since this worker started; "
                 "it will be replaced",
                 self.master.pid,
             )
-        elif claim.outcome is Outcome.WAIT:
+        elif outcome is _record.Outcome.WAIT:
             log.info(
                 "wsgireload: the last reload of gunicorn master %d was too recent; "
                 "retrying in %.1fs",
                 self.master.pid,
-                claim.wait,
+                wait,
             )
             if not self._retry_pending:
                 self._retry_pending = True
-                self.schedule(claim.wait, self._retry)
-        elif claim.outcome is Outcome.REFUSED:
-            log.warning(
-                "wsgireload: not reloading: no safe place to coordinate workers (%s); "
-                "pass runtime_dir= a private directory, or restart gunicorn yourself",
-                claim.reason,
-            )
+                self.schedule(wait, self._retry)
         else:
             log.debug("wsgireload: sending SIGHUP to gunicorn master %d", self.master.pid)
             try:
                 self.kill(self.master.pid, signal.SIGHUP)
             except PermissionError as exc:
                 self._denied(exc)
-                return
-            self.ledger.forget_dead(lambda pid: self.read_process(pid) is not None)
 
     @property
     def per_process(self) -> bool:  # type: ignore[override]
@@ -301,8 +307,9 @@ class RestartWorkerAction(Action):
         if context.preloaded:
             self.disabled = "--preload"
             master = _process.record_master()
-            key = f"gunicorn-{master.pid}-{master.start_time or 'na'}" if master else "gunicorn-0-0"
-            if mark_once(self.runtime_dir, f"{key}.preload-error"):
+            record, _ = _record.for_master("gunicorn", master, self.runtime_dir,
+                                           _process.read_process)
+            if _record.first_to_log(record, "preload-error"):
                 log.error(PRELOAD_ERROR)
 
     def __call__(self, changes: ChangeSet) -> None:

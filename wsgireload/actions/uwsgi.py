@@ -11,26 +11,19 @@ import os
 import sys
 import threading
 import time
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+from typing import Any, Callable, Optional, Sequence, Tuple
 
+from .. import _record
 from ..policy import ChangeSet
 from . import _process
 from ._process import MasterProblem, ProcessInfo, ReadProcess, Refusal
-from ._uwsgi_support import (
-    PROC_ROOT,
-    MasterLedger,
-    UwsgiOptions,
-    first_fifo,
-    process_start,
-    write_fifo,
-)
+from ._uwsgi_support import PROC_ROOT, UwsgiOptions, first_fifo, process_start, write_fifo
 from .base import Action, ProcessContext
 
 log = logging.getLogger("wsgireload")
 
 CHAIN = "chain"
 RELOAD = "reload"
-_REFUSALS_KEPT = 20  # fingerprints remembered per master, to log each refusal once
 # uWSGI's master advances a chain reload only when its event loop wakes up, once a second when
 # idle: two wake-ups per worker (reap the old one, see the new one accepting), so 3 workers
 # took ~5 s here. A newline written to the master FIFO is ignored by uWSGI but wakes the
@@ -47,15 +40,15 @@ class UwsgiAction(Action):
 
     Only the master recorded at this worker's first request is asked (pid 1 too: a container's
     uWSGI), after checking it is still our parent, the same process, a user this worker may
-    signal, and a uWSGI (``_process.master_problem``). Workers share a record per master: a
-    worker started before the latest reload request is replaced by that reload, so it does not
-    ask again; N workers seeing one deploy make one request.
+    signal, and a uWSGI (``_process.master_problem``). Workers share their master's record
+    (``_record.claim_reload``): a worker started before the latest reload request is replaced
+    by that reload, so it does not ask again; N workers seeing one deploy make one request.
 
     :param uwsgi_module: the ``uwsgi`` module (tests pass a fake); imported at setup if None.
     :param server_names: names one of which the master's program must be (besides the
         ``--procname-master`` title, read from ``uwsgi.opt``).
     :param proc_root: where procfs is mounted (tests point it at a fake tree).
-    :param ledger: the per-master record shared by workers.
+    :param runtime_dir: private directory for the master's record.
     :param fifo_writer: writes a command to the master FIFO.
     :param booted: when this worker started, on the ``clock``; read from /proc if None.
     :param pyuwsgi: running from the pyuwsgi wheel; detected from ``sys.modules`` if None.
@@ -80,7 +73,7 @@ class UwsgiAction(Action):
         getuid: Callable[[], int] = os.getuid,
         geteuid: Callable[[], int] = os.geteuid,
         read_process: Optional[ReadProcess] = None,
-        ledger: Optional[MasterLedger] = None,
+        runtime_dir: Optional[str] = None,
         fifo_writer: Callable[[str, bytes], None] = write_fifo,
         clock: Callable[[], float] = time.monotonic,
         booted: Optional[float] = None,
@@ -97,7 +90,7 @@ class UwsgiAction(Action):
         self.read_process: ReadProcess = read_process or (
             lambda pid: _process.read_process(pid, proc_root)
         )
-        self.ledger = ledger or MasterLedger()
+        self.runtime_dir = runtime_dir
         self.fifo_writer = fifo_writer
         self.clock = clock
         self.booted = booted
@@ -233,39 +226,33 @@ class UwsgiAction(Action):
             geteuid=self.geteuid,
         )
 
-    def _key(self) -> str:
-        assert self.master is not None
-        return f"uwsgi-{self.master.pid}-{self.master.start_time or 'unknown'}"
+    def _master_record(self) -> Tuple[Optional[_record.Record], str]:
+        return _record.for_master("uwsgi", self.master, self.runtime_dir, self.read_process)
 
     def _claim(self) -> bool:
         """Record this reload request for the master, unless one since our start covers us."""
         booted = self.booted if self.booted is not None else self.clock()
         now = self.clock()
-        covered_by: Dict[str, float] = {}
-
-        def decide(record: Dict[str, Any]) -> Optional[Dict[str, Any]]:
-            last = record.get("reload")
-            if isinstance(last, (int, float)) and last >= booted:
-                covered_by["at"] = float(last)
-                return None
-            record["reload"] = now
-            if self.method == CHAIN:
-                record["chain"] = now
-            return record
-
-        _, problem = self.ledger.update(self._key(), decide)
-        if problem is not None:
+        record, problem = self._master_record()
+        outcome = _record.Outcome.CLAIMED
+        if record is not None:
+            try:
+                outcome, _ = _record.claim_reload(record, booted, now, chain=self.method == CHAIN)
+            except OSError as exc:
+                problem = f"cannot update {record.path}: {exc.strerror or exc}"
+                record = None
+        if record is None:
             # uWSGI itself ignores reload requests that arrive during a reload (measured), so
             # going ahead without the record is still safe, only less tidy.
             log.warning("wsgireload: no shared reload record (%s); asking uWSGI anyway", problem)
             return True
-        if covered_by:
+        if outcome is _record.Outcome.COVERED:
             if self.method == CHAIN:
                 self._help_chain()
             log.info(
                 "wsgireload: another worker asked uWSGI to reload %.1fs ago, after this worker "
                 "started; that reload replaces this worker",
-                max(0.0, now - covered_by["at"]),
+                max(0.0, now - float(_record.last_request(record).get("at", now))),
             )
             return False
         return True
@@ -277,11 +264,11 @@ class UwsgiAction(Action):
         """Wake the master until the chain reload recorded for it has had time to finish."""
         if self.fifo is None or self.master is None:
             return
-        record, problem = self.ledger.update(self._key(), lambda record: None)
-        started = record.get("chain") if record else None
-        if problem is not None or not isinstance(started, (int, float)):
+        record, _ = self._master_record()
+        request = _record.last_request(record) if record is not None else {}
+        if not request.get("chain"):
             return
-        until = float(started) + self._wake_window()
+        until = float(request["at"]) + self._wake_window()
         if until > self.clock():
             self.waker(self.fifo, until)
 
@@ -298,19 +285,8 @@ class UwsgiAction(Action):
 
     def _refuse(self, changes: ChangeSet) -> None:
         """Log the refusal once per change set across the master's workers."""
-        first: Dict[str, bool] = {}
-
-        def decide(record: Dict[str, Any]) -> Optional[Dict[str, Any]]:
-            kept = record.get("refused")
-            seen = [i for i in kept if isinstance(i, str)] if isinstance(kept, list) else []
-            if changes.fingerprint in seen:
-                return None
-            first["yes"] = True
-            record["refused"] = (seen + [changes.fingerprint])[-_REFUSALS_KEPT:]
-            return record
-
-        _, problem = self.ledger.update(self._key(), decide)
-        if problem is not None or first:
+        record, _ = self._master_record()
+        if _record.first_to_log(record, f"refused {changes.fingerprint}"):
             log.error("wsgireload: not reloading (%s): %s", changes.describe(), self.refusal)
         else:
             log.debug("wsgireload: not reloading (%s): refused, logged by another worker",
