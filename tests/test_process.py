@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
 from typing import List, Optional
@@ -18,7 +17,6 @@ from wsgireload.actions._process import (
     program_name,
     read_process,
     record_master,
-    verify_master,
 )
 
 from .proc_tree import ProcTree
@@ -264,16 +262,6 @@ def test_record_master() -> None:
     assert record_master(1, read={1: master}.get) == master  # pid 1: a container's server
     assert record_master(0, read={0: master}.get) is None
     assert record_master(4242, read={}.get) is None
-
-
-def test_verify_master_logs_the_reason(
-    tree: ProcTree, caplog: pytest.LogCaptureFixture
-) -> None:
-    tree.add(4242, ["-bash"])
-    recorded = record_master(4242, read=tree.read)
-    with caplog.at_level(logging.WARNING, logger="wsgireload"):
-        assert not verify_master(recorded, "gunicorn", getppid=lambda: 4242, read=tree.read)
-    assert "does not look like gunicorn" in caplog.text and "restart the server" in caplog.text
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")

@@ -123,7 +123,7 @@ class Engine:
             record,
             self.pid,
             _process.proc_start_time(self.pid),
-            born=forked_at(),
+            born=_process.born(),
             lease=max(LEASE, 20 * self.options.interval),
         )
         share.join()
@@ -305,17 +305,9 @@ def _same(recorded: Any, identity: Any) -> bool:
 
 # -- the one place that resets per-process state in a forked child -------------------------
 _engines: "weakref.WeakSet[Engine]" = weakref.WeakSet()
-_forked_at = time.time()
-
-
-def forked_at() -> float:
-    """Wall-clock time this process was forked (or imported wsgireload, if later)."""
-    return _forked_at
 
 
 def _after_fork_in_child() -> None:
-    global _forked_at
-    _forked_at = time.time()
     _process.after_fork()
     classic.after_fork()
     events.after_fork()

@@ -13,7 +13,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
-from .boot import BootCheck, Target, find_python, parse_target, run_checker
+from .boot import BootCheck, Target, parse_target
 from .detect import Snapshot, fingerprint
 
 log = logging.getLogger("wsgireload")
@@ -84,15 +84,6 @@ def compile_errors(paths: Iterable[str]) -> List[_Problem]:
         except (ValueError, TypeError) as exc:  # NUL bytes and the like
             problems.append(_Problem(path, None, str(exc)))
     return problems
-
-
-def import_error(module: str, *, timeout: float, path: Sequence[str]) -> Optional[str]:
-    """Boot ``module`` in a fresh interpreter with ``path`` as sys.path; None if it worked."""
-    python = find_python()
-    if python is None:
-        return "no Python interpreter found for the boot check"
-    target = parse_target(module, default_attr=None)
-    return run_checker(python, [target], timeout=timeout, path=path).problem
 
 
 def remove_stale_bytecode(paths: Iterable[str]) -> List[str]:

@@ -16,9 +16,9 @@ API (small on purpose; the gunicorn, uWSGI and pidfile actions import it):
   Its ``kind`` (a ``Refusal``) lets an action react: FOREIGN_USER is "our master, but a user
   this process may not signal" (``gunicorn --user``).
 - ``signal_denied(info)``: why this process may not signal ``info`` (EPERM), or None.
-- ``verify_master(recorded, names)``: the same as a bool, logging a WARNING with the reason.
-- ``boot_time()``: the ``time.monotonic()`` at which this process started running its code
-  (fork or import), comparable across processes of one machine.
+- ``boot_time()``, ``born()``: the ``time.monotonic()`` and the wall-clock time at which this
+  process started running its code (fork or import), comparable across processes of one
+  machine.
 """
 
 from __future__ import annotations
@@ -176,14 +176,21 @@ def _names(names: Names) -> Tuple[str, ...]:
 
 # -- this process's own start: recorded at import and again in a forked child ------------
 _boot_time = time.monotonic()
+_born = time.time()
 _boot_ppid = os.getppid()
 
 
 def after_fork() -> None:
     """Called in a forked child (by ``wsgireload.engine``'s one fork hook)."""
-    global _boot_time, _boot_ppid
+    global _boot_time, _born, _boot_ppid
     _boot_time = time.monotonic()
+    _born = time.time()
     _boot_ppid = os.getppid()
+
+
+def born() -> float:
+    """Wall-clock time this process forked (or imported wsgireload, if later)."""
+    return _born
 
 
 def boot_time() -> float:
@@ -306,22 +313,3 @@ def signal_denied(
         f"the master {info.pid} runs as uid {info.uid} and this worker as uid {geteuid()}, "
         "so the worker may not signal it"
     )
-
-
-def verify_master(
-    recorded: Optional[ProcessInfo],
-    names: Names,
-    *,
-    getppid: Callable[[], int] = os.getppid,
-    read: ReadProcess = read_process,
-    getuid: Callable[[], int] = os.getuid,
-    geteuid: Callable[[], int] = os.geteuid,
-) -> bool:
-    """True if ``recorded`` may be signalled now; else log a WARNING saying why."""
-    problem = master_problem(
-        recorded, names, getppid=getppid, read=read, getuid=getuid, geteuid=geteuid
-    )
-    if problem is None:
-        return True
-    log.warning("wsgireload: not signalling the master: %s; restart the server yourself", problem)
-    return False

@@ -1,4 +1,4 @@
-"""What the uWSGI action needs besides the master check: its options, its start, the FIFO.
+"""What the uWSGI action needs besides the master check: its options and the master FIFO.
 
 Small helpers with an injectable /proc root and functions: unit-tested without uWSGI. Whether
 the master may be signalled is ``_process.master_problem``, the rule every action shares.
@@ -10,11 +10,8 @@ import errno
 import logging
 import os
 import stat
-import time
 from dataclasses import dataclass
 from typing import Any, Dict, Iterator, Mapping, Optional, Tuple
-
-from ._process import proc_start_time
 
 log = logging.getLogger("wsgireload")
 
@@ -94,22 +91,6 @@ def _strings(value: Any) -> Iterator[str]:
             item = os.fsdecode(item)
         if isinstance(item, str) and item:
             yield item
-
-
-def process_start(proc_root: str = PROC_ROOT, pid: str = "self") -> Optional[float]:
-    """When this process started, on the ``time.monotonic()`` clock; None without /proc."""
-    clock_boottime = getattr(time, "CLOCK_BOOTTIME", None)
-    if clock_boottime is None:
-        return None
-    start = proc_start_time(pid, proc_root)
-    if start is None:
-        return None
-    try:
-        ticks = os.sysconf("SC_CLK_TCK")
-        age = time.clock_gettime(clock_boottime) - int(start) / ticks
-    except (ValueError, OSError):
-        return None
-    return time.monotonic() - age
 
 
 # -- the master FIFO --------------------------------------------------------------------

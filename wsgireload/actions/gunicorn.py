@@ -16,8 +16,8 @@ from typing import Callable, Optional, Sequence, Tuple
 from .. import _record
 from ..policy import ChangeSet
 from . import _process
-from ._process import MasterProblem, ProcessInfo, ReadProcess, Refusal
-from .base import Action, ProcessContext
+from ._process import ProcessInfo, ReadProcess, Refusal
+from .base import Action, MasterAction, ProcessContext
 
 log = logging.getLogger("wsgireload")
 
@@ -40,7 +40,7 @@ def _timer(delay: float, function: Callable[[], None]) -> None:
     timer.start()
 
 
-class GunicornAction(Action):
+class GunicornAction(MasterAction):
     """SIGHUP to this worker's gunicorn master: a graceful reload of every worker.
 
     Only one worker of a master signals per deploy (``_record.claim_reload`` in the master's
@@ -60,7 +60,7 @@ class GunicornAction(Action):
     :param restart_fallback: restart each worker when the master cannot be signalled.
     """
 
-    name = "gunicorn"
+    name = server = "gunicorn"
     summary = (
         "one SIGHUP per deploy to the verified master (graceful reload of every worker); "
         "with --preload, one ERROR and no reload"
@@ -129,19 +129,6 @@ class GunicornAction(Action):
         else:
             advice = "restart gunicorn yourself to load code changes"
         log.warning("wsgireload: gunicorn reload will be refused: %s; %s", problem, advice)
-
-    def _problem(self) -> Optional[MasterProblem]:
-        return _process.master_problem(
-            self.master,
-            self.server_names,
-            getppid=self.getppid,
-            read=self.read_process,
-            getuid=self.getuid,
-            geteuid=self.geteuid,
-        )
-
-    def _master_record(self) -> Tuple[Optional[_record.Record], str]:
-        return _record.for_master("gunicorn", self.master, self.runtime_dir, self.read_process)
 
     def __call__(self, changes: ChangeSet) -> None:
         if self.disabled is not None:

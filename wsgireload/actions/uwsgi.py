@@ -17,8 +17,8 @@ from .. import _record
 from ..policy import ChangeSet
 from . import _process
 from ._process import MasterProblem, ProcessInfo, ReadProcess, Refusal
-from ._uwsgi_support import PROC_ROOT, UwsgiOptions, first_fifo, process_start, write_fifo
-from .base import Action, ProcessContext
+from ._uwsgi_support import PROC_ROOT, UwsgiOptions, first_fifo, write_fifo
+from .base import MasterAction, ProcessContext
 
 log = logging.getLogger("wsgireload")
 
@@ -33,7 +33,7 @@ WAKE_FOR = 10.0  # seconds after the chain started, plus WAKE_PER_WORKER per wor
 WAKE_PER_WORKER = 2.0  # seconds
 
 
-class UwsgiAction(Action):
+class UwsgiAction(MasterAction):
     """Reload uWSGI gracefully: a chain reload (workers replaced one by one) when the app is
     loaded per worker (``--lazy-apps``) and a ``--master-fifo`` exists, else ``uwsgi.reload()``
     (the master re-executes itself and its workers).
@@ -50,14 +50,15 @@ class UwsgiAction(Action):
     :param proc_root: where procfs is mounted (tests point it at a fake tree).
     :param runtime_dir: private directory for the master's record.
     :param fifo_writer: writes a command to the master FIFO.
-    :param booted: when this worker started, on the ``clock``; read from /proc if None.
+    :param booted: when this worker loaded its code, on the ``clock`` (``_process.boot_time``
+        if None: its fork, or its import of wsgireload under --lazy-apps).
     :param pyuwsgi: running from the pyuwsgi wheel; detected from ``sys.modules`` if None.
     :param virtualenv: running in a virtualenv; detected from ``sys.prefix`` if None.
     :param waker: ``waker(fifo, until)`` wakes the master until the clock reads ``until``;
         None starts a daemon thread writing newlines to the FIFO.
     """
 
-    name = "uwsgi"
+    name = server = "uwsgi"
     summary = (
         "chain reload through the master FIFO with --lazy-apps and --master-fifo, else "
         "uwsgi.reload() of the verified master; refuses pyuwsgi in a venv without --binary-path"
@@ -135,8 +136,7 @@ class UwsgiAction(Action):
             )
             return
         if self.booted is None:
-            started = process_start(self.proc_root)
-            self.booted = started if started is not None else self.clock()
+            self.booted = _process.boot_time()
         if self.pyuwsgi is None:
             self.pyuwsgi = "pyuwsgi" in sys.modules
         if self.virtualenv is None:
@@ -217,21 +217,11 @@ class UwsgiAction(Action):
                 f"uWSGI's master pid changed from {self.master.pid} to {pid_now} since this "
                 "worker started",
             )
-        return _process.master_problem(
-            self.master,
-            self.server_names,
-            getppid=self.getppid,
-            read=self.read_process,
-            getuid=self.getuid,
-            geteuid=self.geteuid,
-        )
-
-    def _master_record(self) -> Tuple[Optional[_record.Record], str]:
-        return _record.for_master("uwsgi", self.master, self.runtime_dir, self.read_process)
+        return super()._problem()
 
     def _claim(self) -> bool:
         """Record this reload request for the master, unless one since our start covers us."""
-        booted = self.booted if self.booted is not None else self.clock()
+        booted = self.booted if self.booted is not None else _process.boot_time()
         now = self.clock()
         record, problem = self._master_record()
         outcome = _record.Outcome.CLAIMED
