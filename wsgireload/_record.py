@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from .actions._process import ProcessInfo, ReadProcess, boot_ppid, proc_start_time
+from .actions._process import ProcessInfo, ReadProcess, boot_ppid, exists, proc_start_time
 
 try:
     import fcntl
@@ -83,13 +83,7 @@ def _alive(pid: int, start: Optional[str]) -> bool:
     if os.path.isdir("/proc/self"):
         now = proc_start_time(pid)
         return now is not None and (start is None or now == start)
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # exists, someone else's
-        return True
-    return True
+    return exists(pid)
 
 
 Alive = Callable[[int, Optional[str]], bool]

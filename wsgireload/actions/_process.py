@@ -61,7 +61,7 @@ def read_process(pid: int, root: str = PROC_ROOT) -> Optional[ProcessInfo]:
     Without a ``/proc`` only the pid is known and the other fields are None.
     """
     if not os.path.isdir(root):
-        return ProcessInfo(pid, None, None, None) if _exists(pid) else None
+        return ProcessInfo(pid, None, None, None) if exists(pid) else None
     base = os.path.join(root, str(pid))
     start_time = proc_start_time(pid, root)
     if start_time is None:
@@ -99,7 +99,8 @@ def proc_start_time(pid: Union[int, str], root: str = PROC_ROOT) -> Optional[str
     return fields[19] if len(fields) > 19 else None
 
 
-def _exists(pid: int) -> bool:
+def exists(pid: int) -> bool:
+    """Whether ``pid`` exists (another user's too), asked with signal 0."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Mapping, Optional, Tuple
+from typing import Any, Callable, ClassVar, Mapping, Optional, Sequence, Tuple
 
 from .. import _record
 from ..policy import ChangeSet
@@ -68,13 +68,23 @@ class MasterAction(Action):
     master check before a signal, and the master's record shared with the sibling workers."""
 
     server: ClassVar[str] = ""  # the record's server name
-    server_names: Tuple[str, ...]
-    master: Optional[_process.ProcessInfo]
-    runtime_dir: Optional[str]
-    read_process: _process.ReadProcess
-    getppid: Callable[[], int]
-    getuid: Callable[[], int]
-    geteuid: Callable[[], int]
+
+    def __init__(
+        self,
+        server_names: Sequence[str],
+        runtime_dir: Optional[str],
+        read_process: _process.ReadProcess,
+        getppid: Callable[[], int],
+        getuid: Callable[[], int],
+        geteuid: Callable[[], int],
+    ) -> None:
+        self.server_names: Tuple[str, ...] = tuple(server_names)
+        self.runtime_dir = runtime_dir
+        self.read_process = read_process
+        self.getppid = getppid
+        self.getuid = getuid
+        self.geteuid = geteuid
+        self.master: Optional[_process.ProcessInfo] = None
 
     def _problem(self) -> Optional[_process.MasterProblem]:
         return _process.master_problem(

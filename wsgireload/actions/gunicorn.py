@@ -11,12 +11,12 @@ import os
 import signal
 import threading
 import time
-from typing import Callable, Optional, Sequence, Tuple
+from typing import Callable, Optional, Sequence
 
 from .. import _record
 from ..policy import ChangeSet
 from . import _process
-from ._process import ProcessInfo, ReadProcess, Refusal
+from ._process import ReadProcess, Refusal
 from .base import Action, MasterAction, ProcessContext
 
 log = logging.getLogger("wsgireload")
@@ -38,6 +38,16 @@ def _timer(delay: float, function: Callable[[], None]) -> None:
     timer.daemon = True
     timer.name = "wsgireload-retry"
     timer.start()
+
+
+def terminate_self(kill: Kill, getpid: Callable[[], int]) -> None:
+    """SIGTERM to this worker: gunicorn's worker finishes its requests and exits, and the
+    master spawns a fresh one. (``sys.exit()`` would be caught by gunicorn: no restart.)"""
+    pid = getpid()
+    if pid <= 1:  # never terminate an init process (a container's only process)
+        log.warning("wsgireload: not restarting pid %d", pid)
+        return
+    kill(pid, signal.SIGTERM)
 
 
 class GunicornAction(MasterAction):
@@ -84,21 +94,15 @@ class GunicornAction(MasterAction):
         clock: Callable[[], float] = time.monotonic,
         schedule: Schedule = _timer,
     ) -> None:
-        self.server_names: Tuple[str, ...] = tuple(server_names)
-        self.runtime_dir = runtime_dir
+        super().__init__(server_names, runtime_dir, read_process, getppid, getuid, geteuid)
         self.restart_fallback = restart_fallback
         self.kill = kill
-        self.getppid = getppid
         self.getpid = getpid
-        self.getuid = getuid
-        self.geteuid = geteuid
-        self.read_process = read_process
         self.boot_time = boot_time
         self.master_pid = master_pid
         self.min_interval = float(min_interval)
         self.clock = clock
         self.schedule = schedule
-        self.master: Optional[ProcessInfo] = None
         self.disabled: Optional[str] = None  # why this action does nothing in this process
         self.restarting: Optional[str] = None  # why each worker restarts itself instead
         self._retry_pending = False
@@ -164,11 +168,7 @@ class GunicornAction(MasterAction):
                 "wsgireload: not restarting this worker: %s; restart gunicorn yourself", problem
             )
             return
-        pid = self.getpid()
-        if pid <= 1:  # never terminate an init process
-            log.warning("wsgireload: not restarting pid %d", pid)
-            return
-        self.kill(pid, signal.SIGTERM)
+        terminate_self(self.kill, self.getpid)
 
     def _denied(self, exc: OSError) -> None:
         assert self.master is not None
@@ -303,13 +303,7 @@ class RestartWorkerAction(Action):
         if self.disabled is not None:
             log.debug("wsgireload: not reloading (%s): %s", self.disabled, changes.describe())
             return
-        pid = self.getpid()
-        if pid <= 1:  # never terminate an init process (a container's only process)
-            log.warning("wsgireload: not restarting pid %d", pid)
-            return
-        # gunicorn's worker handles SIGTERM gracefully: it finishes and exits, the master
-        # spawns a fresh one. (sys.exit() would be caught by gunicorn and not restart it.)
-        self.kill(pid, signal.SIGTERM)
+        terminate_self(self.kill, self.getpid)
 
     def describe(self) -> str:
         if self.disabled is not None:

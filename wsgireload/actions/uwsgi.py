@@ -11,12 +11,12 @@ import os
 import sys
 import threading
 import time
-from typing import Any, Callable, Optional, Sequence, Tuple
+from typing import Any, Callable, Optional, Sequence
 
 from .. import _record
 from ..policy import ChangeSet
 from . import _process
-from ._process import MasterProblem, ProcessInfo, ReadProcess, Refusal
+from ._process import MasterProblem, ReadProcess, Refusal
 from ._uwsgi_support import PROC_ROOT, UwsgiOptions, first_fifo, write_fifo
 from .base import MasterAction, ProcessContext
 
@@ -82,16 +82,16 @@ class UwsgiAction(MasterAction):
         virtualenv: Optional[bool] = None,
         waker: Optional[Callable[[str, float], None]] = None,
     ) -> None:
-        self.uwsgi = uwsgi_module
-        self.server_names: Tuple[str, ...] = tuple(server_names)
-        self.proc_root = proc_root
-        self.getppid = getppid
-        self.getuid = getuid
-        self.geteuid = geteuid
-        self.read_process: ReadProcess = read_process or (
-            lambda pid: _process.read_process(pid, proc_root)
+        super().__init__(
+            server_names,
+            runtime_dir,
+            read_process or (lambda pid: _process.read_process(pid, proc_root)),
+            getppid,
+            getuid,
+            geteuid,
         )
-        self.runtime_dir = runtime_dir
+        self.uwsgi = uwsgi_module
+        self.proc_root = proc_root
         self.fifo_writer = fifo_writer
         self.clock = clock
         self.booted = booted
@@ -101,7 +101,6 @@ class UwsgiAction(MasterAction):
         self.method: Optional[str] = None  # CHAIN or RELOAD; None: cannot reload (see why)
         self.why_not = "setup has not run"
         self.fifo: Optional[str] = None
-        self.master: Optional[ProcessInfo] = None
         self.refusal: Optional[str] = None  # set when a full reload would kill the server
         self.waker = waker or self._wake_in_thread
         self.workers = 1
