@@ -15,19 +15,13 @@ from wsgireload.actions.gunicorn import GunicornAction, RestartWorkerAction
 from wsgireload.actions.standalone import StandaloneAction
 from wsgireload.policy import ChangeSet
 
+from .conftest import FakeClock
+
 MASTER = ProcessInfo(
     4242, "1000", 1001, ("/usr/bin/python3", "/usr/local/bin/gunicorn", "app:app")
 )
 CHANGES = ChangeSet(("/srv/app/views.py",), "abc", 1.0, 1.0)
 GUNICORN_ENV = {"gunicorn.socket": object(), "SERVER_SOFTWARE": "gunicorn/27.0.1"}
-
-
-class Clock:
-    def __init__(self, now: float = 100.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class World:
@@ -41,7 +35,7 @@ class World:
         self.refused: Set[int] = set()  # signals to the master the kernel refuses (EPERM)
         self.killed: List[Tuple[int, int]] = []
         self.scheduled: List[Tuple[float, Callable[[], None]]] = []
-        self.clock = Clock(100.0)
+        self.clock = FakeClock(100.0)
         self.rundir = rundir
 
     def kill(self, pid: int, sig: int) -> None:

@@ -25,6 +25,7 @@ from wsgireload.actions._uwsgi_support import (
 from wsgireload.actions.base import ProcessContext
 from wsgireload.policy import ChangeSet
 
+from .conftest import FakeClock
 from .proc_tree import ProcTree
 
 MASTER = 4100
@@ -68,14 +69,6 @@ class FakeUwsgi:
         return True
 
 
-class Clock:
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
 def proc(tmp_path: Path) -> Path:
     root = tmp_path / "proc"
@@ -97,7 +90,7 @@ class World:
         self.proc = proc
         self.ledger_dir = ledger_dir
         self.uwsgi = FakeUwsgi(opt)
-        self.clock = Clock()
+        self.clock = FakeClock()
         self.parent = MASTER
         self.uid = 1001  # the workers' uid
         self.fifo_writes: List[Tuple[str, bytes]] = []

@@ -18,7 +18,7 @@ import pytest
 
 from wsgireload import Reloader
 
-from .hardening_support import Recorder, environ, force_due, make_reloader, serve
+from .conftest import Recorder, environ, force_due, make_reloader, serve
 
 
 def ok_app(env: Any, start_response: Any) -> List[bytes]:

@@ -21,7 +21,7 @@ import pytest
 
 from wsgireload import Reloader
 
-from .hardening_support import (
+from .conftest import (
     FakeClock,
     Recorder,
     environ,
@@ -374,7 +374,7 @@ ORPHAN = """
 import io, json, os, sys, time
 sys.path.insert(0, {repo!r})
 sys.path.insert(0, {tests!r})
-from hardening_support import FakeClock, force_due, environ, serve
+from conftest import FakeClock, force_due, environ, serve
 from pathlib import Path
 from wsgireload import Reloader
 

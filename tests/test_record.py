@@ -8,7 +8,7 @@ import os
 import stat
 import time
 from pathlib import Path
-from typing import List, Optional
+from typing import List
 
 import pytest
 
@@ -28,26 +28,10 @@ from wsgireload._record import (
 )
 from wsgireload.actions._process import ProcessInfo
 
-
-class Wall:
-    def __init__(self, now: float = 1_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
+from .conftest import Alive, FakeClock
 
 
-class Alive:
-    """Which fake (pid, start) processes run."""
-
-    def __init__(self, *pids: int) -> None:
-        self.pids = set(pids)
-
-    def __call__(self, pid: int, start: Optional[str]) -> bool:
-        return pid in self.pids
-
-
-def share(record: Record, pid: int, wall: Wall, alive: Alive, born: float = 0.0) -> Share:
+def share(record: Record, pid: int, wall: FakeClock, alive: Alive, born: float = 0.0) -> Share:
     member = Share(record, pid, f"st{pid}", born=born, lease=5.0, wall=wall, alive=alive)
     member.join()
     return member
@@ -124,7 +108,7 @@ def test_open_record_creates_one_private_record_per_master(tmp_path: Path) -> No
 
 
 def test_one_scanner_the_others_follow(record: Record) -> None:
-    wall, alive = Wall(), Alive(1, 2, 3)
+    wall, alive = FakeClock(1_000_000.0), Alive(1, 2, 3)
     first, second, third = (share(record, pid, wall, alive) for pid in (1, 2, 3))
     assert first.turn() and not second.turn() and not third.turn()
     wall.now += 1.0
@@ -133,7 +117,7 @@ def test_one_scanner_the_others_follow(record: Record) -> None:
 
 
 def test_the_lease_passes_on_when_its_holder_exits(record: Record) -> None:
-    wall, alive = Wall(), Alive(1, 2)
+    wall, alive = FakeClock(1_000_000.0), Alive(1, 2)
     first, second = share(record, 1, wall, alive), share(record, 2, wall, alive)
     assert first.turn() and not second.turn()
     alive.pids.discard(1)
@@ -144,7 +128,7 @@ def test_the_lease_passes_on_when_its_holder_exits(record: Record) -> None:
 
 
 def test_the_lease_passes_on_when_it_expires(record: Record) -> None:
-    wall, alive = Wall(), Alive(1, 2)
+    wall, alive = FakeClock(1_000_000.0), Alive(1, 2)
     first, second = share(record, 1, wall, alive), share(record, 2, wall, alive)
     assert first.turn() and not second.turn()
     wall.now += 5.0  # first is alive but stopped renewing (a stuck thread)
@@ -153,7 +137,7 @@ def test_the_lease_passes_on_when_it_expires(record: Record) -> None:
 
 
 def test_leave_hands_the_lease_over_at_once(record: Record) -> None:
-    wall, alive = Wall(), Alive(1, 2)
+    wall, alive = FakeClock(1_000_000.0), Alive(1, 2)
     first, second = share(record, 1, wall, alive), share(record, 2, wall, alive)
     assert first.turn() and not second.turn()
     first.leave()
@@ -161,7 +145,7 @@ def test_leave_hands_the_lease_over_at_once(record: Record) -> None:
 
 
 def test_generations_and_who_was_born_after_them(record: Record) -> None:
-    wall, alive = Wall(), Alive(1, 2)
+    wall, alive = FakeClock(1_000_000.0), Alive(1, 2)
     old = share(record, 1, wall, alive, born=wall.now - 10)
     assert old.decide({"files": ["a.py"], "per_process": True}, {}) == 1 and old.acted == 1
     young = share(record, 2, wall, alive, born=wall.now + 1)  # forked after the decision
@@ -171,7 +155,7 @@ def test_generations_and_who_was_born_after_them(record: Record) -> None:
 
 
 def test_validations_and_refusals_are_recorded(record: Record) -> None:
-    member = share(record, 1, Wall(), Alive(1))
+    member = share(record, 1, FakeClock(1_000_000.0), Alive(1))
     member.validated(["/app/mod.py"], "", "/app/mod.py:3: invalid syntax", {"/app/mod.py": None})
     member.validated(["/app/mod.py"], "f00", None, {})
     data = record.read()
@@ -195,7 +179,7 @@ def test_workers_that_exited_are_listed_for_a_while_and_in_bounded_number(
     record: Record, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(_record, "_GONE_MAX", 2)
-    wall, alive = Wall(), Alive(1)
+    wall, alive = FakeClock(1_000_000.0), Alive(1)
     scanner = share(record, 1, wall, alive)
     assert scanner.turn()
     for pid in (2, 3, 4):
