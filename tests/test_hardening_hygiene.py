@@ -79,11 +79,6 @@ def test_close_is_idempotent_and_safe_in_any_state(watched: Path) -> None:
     reloader.close()
 
 
-def test_close_docstring_says_what_it_does() -> None:
-    doc = Reloader.close.__doc__ or ""
-    assert "Idempotent" in doc and "thread" in doc
-
-
 def test_no_action_after_close(watched: Path) -> None:
     """A closed Reloader never acts, even for a reload that was due while responses ran."""
     recorder = Recorder()
