@@ -9,10 +9,9 @@ from typing import Callable, List, Optional, Set, Tuple
 
 import pytest
 
-from wsgireload.actions import REGISTRY, AutoAction, ProcessContext, resolve
+from wsgireload.actions import REGISTRY, ProcessContext, resolve
 from wsgireload.actions._process import ProcessInfo
 from wsgireload.actions.gunicorn import GunicornAction, RestartWorkerAction
-from wsgireload.actions.standalone import StandaloneAction
 from wsgireload.policy import ChangeSet
 
 from .conftest import FakeClock
@@ -292,13 +291,6 @@ def test_an_orphan_with_the_fallback_does_not_restart_itself(
     assert "no longer this worker's parent" in caplog.text
 
 
-def test_auto_under_gunicorn_falls_back_by_itself() -> None:
-    auto = AutoAction()
-    auto.setup(ProcessContext(5000, 5000, GUNICORN_ENV))
-    assert isinstance(auto.delegate, GunicornAction) and auto.delegate.restart_fallback
-    assert not GunicornAction().restart_fallback  # an explicit action='gunicorn' stays HUP
-
-
 def test_restart_worker_terminates_itself_only() -> None:
     killed: List[Tuple[int, int]] = []
     action = RestartWorkerAction(kill=lambda p, s: killed.append((p, s)), getpid=lambda: 5000)
@@ -336,20 +328,3 @@ def test_names_are_registered() -> None:
     assert isinstance(resolve("restart-worker"), RestartWorkerAction)
 
 
-def test_auto_picks_gunicorn_under_gunicorn() -> None:
-    auto = AutoAction()
-    auto.setup(ProcessContext(5000, 5000, GUNICORN_ENV))
-    assert isinstance(auto.delegate, GunicornAction)
-    assert not auto.requires_drain
-
-
-def test_auto_picks_the_warning_standalone_action_elsewhere(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    import sys
-
-    monkeypatch.delitem(sys.modules, "gunicorn.workers.base", raising=False)
-    auto = AutoAction()
-    auto.setup(ProcessContext(5000, 5000, {"SERVER_SOFTWARE": "waitress"}))
-    assert isinstance(auto.delegate, StandaloneAction)
-    assert not auto.requires_drain

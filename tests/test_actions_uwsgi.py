@@ -1,4 +1,4 @@
-"""Unit tests of the uWSGI and mod_wsgi actions: fake uwsgi module, fake /proc, no sleeps.
+"""Unit tests of the uWSGI action: fake uwsgi module, fake /proc, no sleeps.
 
 Real servers prove the reloads themselves (tests/servers/test_uwsgi.py).
 """
@@ -8,7 +8,6 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import signal
 import stat
 import sys
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import pytest
 
-from wsgireload.actions import REGISTRY, AutoAction, ModWsgiAction, UwsgiAction, resolve
+from wsgireload.actions import UwsgiAction
 from wsgireload.actions._uwsgi_support import (
     UwsgiOptions,
     first_fifo,
@@ -506,18 +505,6 @@ def test_new_worker_during_a_chain_wakes_the_master(
     assert len(world.wakes) == 2
 
 
-# -- selection -------------------------------------------------------------------------------
-def test_registered_and_chosen_by_auto_for_uwsgi(caplog: pytest.LogCaptureFixture) -> None:
-    assert isinstance(resolve("uwsgi"), UwsgiAction)
-    assert REGISTRY["mod_wsgi"] is ModWsgiAction
-    auto = AutoAction()
-    auto.setup(context())  # no uwsgi module in the test process: set up, never raise
-    assert isinstance(auto.delegate, UwsgiAction)
-    with caplog.at_level(logging.WARNING, "wsgireload"):
-        auto(changes())
-    assert "cannot be imported" in caplog.text
-
-
 # -- low-level helpers on this machine -------------------------------------------------------
 def test_write_fifo_refuses_regular_files_and_never_blocks(tmp_path: Path) -> None:
     regular = tmp_path / "plain"
@@ -544,37 +531,6 @@ def test_the_real_parent_is_not_a_uwsgi_master() -> None:
     assert action.master is not None and action.master.start_time is not None
     problem = action._problem()  # our parent is pytest's shell or runner, never uWSGI
     assert problem is not None and "does not look like uwsgi" in str(problem)
-
-
-# -- mod_wsgi --------------------------------------------------------------------------------
-def test_mod_wsgi_daemon_mode_sends_sigint_to_itself_only() -> None:
-    kills: List[Tuple[int, int]] = []
-    action = ModWsgiAction(kill=lambda pid, sig: kills.append((pid, sig)), getpid=lambda: 777)
-    action.setup(context({"mod_wsgi.process_group": "myapp"}))
-    assert "daemon" in action.describe()
-    action(changes())
-    assert kills == [(777, signal.SIGINT)]
-
-
-def test_mod_wsgi_embedded_mode_warns_once_and_does_nothing(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    kills: List[Tuple[int, int]] = []
-    action = ModWsgiAction(kill=lambda pid, sig: kills.append((pid, sig)), getpid=lambda: 777)
-    action.setup(context({"mod_wsgi.process_group": ""}))
-    with caplog.at_level(logging.WARNING, "wsgireload"):
-        action(changes("fp1"))
-        action(changes("fp2"))
-    assert kills == []
-    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
-    assert len(warnings) == 1
-    assert "daemon mode" in warnings[0].getMessage()
-
-
-def test_auto_chooses_mod_wsgi() -> None:
-    auto = AutoAction()
-    auto.setup(context({"mod_wsgi.process_group": "g"}))
-    assert isinstance(auto.delegate, ModWsgiAction) and auto.delegate.daemon
 
 
 def test_uwsgi_action_never_imports_uwsgi_at_construction() -> None:
