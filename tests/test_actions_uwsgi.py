@@ -16,12 +16,12 @@ from typing import Any, Dict, List, Optional, Tuple
 import pytest
 
 from wsgireload.actions import UwsgiAction
-from wsgireload.actions._uwsgi_support import (
+from wsgireload.actions.base import ProcessContext
+from wsgireload.actions.uwsgi import (
     UwsgiOptions,
     first_fifo,
     write_fifo,
 )
-from wsgireload.actions.base import ProcessContext
 from wsgireload.policy import ChangeSet
 
 from .conftest import FakeClock
