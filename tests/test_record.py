@@ -84,6 +84,7 @@ def test_records_of_dead_masters_are_removed(tmp_path: Path) -> None:
                  "gunicorn-43-9.master.json", "uwsgi-44-1.master.json", "notes.txt",
                  "gunicorn-43-9.master.json.50.tmp", "gunicorn-43-9.master.json.43.tmp"):
         (tmp_path / name).write_text("{}")
+    forget_dead(str(tmp_path / "absent"), Alive())  # no directory: nothing to do, no error
     forget_dead(str(tmp_path), Alive(43))  # 50 died between writing and renaming
     assert sorted(os.listdir(tmp_path)) == [
         "gunicorn-43-9.master.json", "gunicorn-43-9.master.json.43.tmp", "notes.txt"
