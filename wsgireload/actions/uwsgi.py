@@ -15,9 +15,10 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 from .. import _record
+from ..boot import opt_text, opt_texts
 from ..policy import ChangeSet
 from . import _process
 from ._process import PROC_ROOT, MasterProblem, ReadProcess, Refusal
@@ -49,8 +50,8 @@ class UwsgiOptions:
             values[name] = value
         return cls(
             lazy_apps=_flag(values.get("lazy-apps")) or _flag(values.get("lazy")),
-            master_fifos=tuple(_strings(values.get("master-fifo"))),
-            binary_path=next(iter(_strings(values.get("binary-path"))), None),
+            master_fifos=tuple(opt_texts(values.get("master-fifo"))),
+            binary_path=opt_text(values.get("binary-path")),
             master=_flag(values.get("master")),
             processes=_number(values.get("processes", values.get("workers"))),
             master_title=_title(values),
@@ -59,14 +60,14 @@ class UwsgiOptions:
 
 def _title(values: Mapping[str, Any]) -> Optional[str]:
     """The command line uWSGI gives its master when told to rename it, or None."""
-    name = next(iter(_strings(values.get("procname-master"))), None)
-    name = name or next(iter(_strings(values.get("procname"))), None)
+    name = opt_text(values.get("procname-master"))
+    name = name or opt_text(values.get("procname"))
     if name is None and _flag(values.get("auto-procname")):
         name = "uWSGI master"
     if name is None:
         return None
-    prefix = next(iter(_strings(values.get("procname-prefix"))), "")
-    spaced = next(iter(_strings(values.get("procname-prefix-spaced"))), "")
+    prefix = opt_text(values.get("procname-prefix"), "")
+    spaced = opt_text(values.get("procname-prefix-spaced"), "")
     return (prefix or (spaced + " " if spaced else "")) + name
 
 
@@ -85,21 +86,12 @@ def _flag(value: Any) -> bool:
 
 
 def _number(value: Any) -> int:
-    for text in _strings(value):
+    for text in opt_texts(value):
         try:
             return int(text)
         except ValueError:
             continue
     return 1
-
-
-def _strings(value: Any) -> Iterator[str]:
-    items = value if isinstance(value, list) else [value]
-    for item in items:
-        if isinstance(item, bytes):
-            item = os.fsdecode(item)
-        if isinstance(item, str) and item:
-            yield item
 
 
 # -- the master FIFO --------------------------------------------------------------------
