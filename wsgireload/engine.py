@@ -44,7 +44,7 @@ class Engine:
         modified after it count as changed at the first step (the Detector's rule).
     :param master: (server, pid) of the master whose workers share one record; None: find
         it from the first request's environ (``setup``), or scan alone.
-    :param runtime_dir: private directory for the records (default: the claim directory).
+    :param runtime_dir: private directory for the records (``_record.default_runtime_dir()``).
     :param creator: the module that created the Reloader: the boot check's last resort.
     """
 
