@@ -12,6 +12,7 @@ from typing import Dict, Optional
 
 import pytest
 
+from wsgireload.boot import BootCheck, parse_target
 from wsgireload.detect import Identity
 from wsgireload.policy import ChangeSet, Policy, compile_errors, remove_stale_bytecode
 
@@ -114,7 +115,8 @@ def test_import_validation_pass_and_fail(tmp_path: Path) -> None:
     (tmp_path / "wr_imp_ok.py").write_text("import wr_imp_dep\nVALUE = wr_imp_dep.X\n")
     path = [str(tmp_path)] + sys.path
     (tmp_path / "wr_imp_dep.py").write_text("X = undefined_name\n")  # compiles, fails to import
-    p = Policy(settle=0.0, validate="import", import_name="wr_imp_ok", import_path=lambda: path)
+    check = BootCheck(app=parse_target("wr_imp_ok", default_attr=None), path=lambda: path)
+    p = Policy(settle=0.0, validate="boot", boot=check)
     p.observe([str(tmp_path / "wr_imp_dep.py")], 0.0)
     assert p.due(0.0, SNAP) is None
     (tmp_path / "wr_imp_dep.py").write_text("X = 2\n")

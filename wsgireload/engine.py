@@ -96,7 +96,7 @@ class Engine:
     def setup(self, environ: Mapping[str, Any]) -> None:
         """Let the action look at this process and join the master's record. Never raises."""
         self.pid = os.getpid()
-        if self.policy.boot is not None and environ:
+        if environ:
             self.policy.boot.note_environ(environ)  # the server's app (mod_wsgi's script)
         try:
             self.action.setup(ProcessContext(self.pid, self.created_pid, environ))
