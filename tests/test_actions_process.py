@@ -208,8 +208,8 @@ def test_program_name(argv: List[str], program: str) -> None:
         (["bash", "-c", "gunicorn"], False),
     ],
 )
-def test_names_program(argv: List[str], expected: bool) -> None:
-    assert _process.names_program(argv, ("gunicorn",)) is expected
+def test_matching_name(argv: List[str], expected: bool) -> None:
+    assert (_process.matching_name(argv, ("gunicorn",)) is not None) is expected
 
 
 def test_several_names_and_case(tree: ProcTree) -> None:

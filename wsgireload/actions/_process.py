@@ -166,11 +166,6 @@ def matching_name(argv: Union[str, Sequence[str]], names: Names) -> Optional[str
     return None
 
 
-def names_program(argv: Union[str, Sequence[str]], names: Names) -> bool:
-    """True if the program ``argv`` runs is one of ``names``."""
-    return matching_name(argv, names) is not None
-
-
 def _names(names: Names) -> Tuple[str, ...]:
     return (names,) if isinstance(names, str) else tuple(names)
 
@@ -286,7 +281,7 @@ def master_problem(
         return MasterProblem(
             Refusal.UID_CHANGED, f"the master {pid} changed uid ({recorded.uid} -> {now.uid})"
         )
-    if now.argv is not None and not names_program(now.argv, names):
+    if now.argv is not None and matching_name(now.argv, names) is None:
         return MasterProblem(
             Refusal.NOT_THE_SERVER,
             f"the master {pid} does not look like {' or '.join(_names(names))} "
