@@ -12,7 +12,6 @@ from typing import Any, List, Tuple
 import pytest
 
 from wsgireload import ConfigurationError, Reloader, WsgiReloadError
-from wsgireload.actions import CallbackAction, LogOnlyAction
 from wsgireload.detect import Detector
 from wsgireload.events import EventDetector
 
@@ -86,13 +85,6 @@ def test_single_string_extra_files_is_one_pattern(tmp_path: Any) -> None:
     f.write_text("")
     reloader = Reloader(app, extra_files=str(f), exclude="*.log")
     assert str(f) in reloader.detector.watched()
-
-
-def test_actions_resolve() -> None:
-    assert isinstance(Reloader(app, action="log-only").action, LogOnlyAction)
-    assert isinstance(Reloader(app, action=print).action, CallbackAction)
-    custom = LogOnlyAction()
-    assert Reloader(app, action=custom).action is custom
 
 
 def test_reloader_backend_option(
