@@ -1,6 +1,6 @@
 """Shared fixtures and helpers of the unit tests: a fake clock, file edits without sleeping,
 a throwaway importable package, a Reloader whose reload can be made due on demand, a minimal
-WSGI "server", and a forked child reporting back."""
+WSGI "server", a forked child reporting back, and a crafted /proc tree."""
 
 from __future__ import annotations
 
@@ -14,12 +14,13 @@ import textwrap
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import pytest
 
 from wsgireload import Reloader
 from wsgireload.actions import Action
+from wsgireload.actions._process import ProcessInfo, read_process
 from wsgireload.policy import ChangeSet
 
 
@@ -282,3 +283,42 @@ def _read_nonblocking(fd: int) -> bytes:
         return os.read(fd, 65536)
     except BlockingIOError:
         return b""
+
+
+class ProcTree:
+    """``/proc/<pid>/{stat,status,cmdline}`` for made-up processes.
+
+    ``argv`` is a list (written NUL-separated, as the kernel shows a command line) or raw
+    bytes (a process title such as ``b"uWSGI master\\0\\0\\0"``).
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        (root / "self").mkdir(parents=True, exist_ok=True)
+        (root / "stat").write_text("cpu 0 0 0 0\nbtime 1700000000\n")
+
+    def add(
+        self,
+        pid: int,
+        argv: Union[Sequence[str], bytes],
+        *,
+        start: str = "1000",
+        uid: int = 1001,
+    ) -> Path:
+        proc = self.root / str(pid)
+        proc.mkdir(parents=True, exist_ok=True)
+        # Field 2 with spaces and parentheses, as a renamed process may have: must not shift
+        # field 22 (starttime, index 19 after the ")").
+        fields = ["S"] + ["0"] * 18 + [start] + ["0"] * 20
+        (proc / "stat").write_text(f"{pid} (we (ird) name) " + " ".join(fields) + "\n")
+        (proc / "status").write_text(f"Name:\tx\nUid:\t{uid}\t{uid}\t{uid}\t{uid}\n")
+        raw = argv if isinstance(argv, bytes) else b"".join(a.encode() + b"\0" for a in argv)
+        (proc / "cmdline").write_bytes(raw)
+        return proc
+
+    def remove(self, pid: int) -> None:
+        for name in ("stat", "status", "cmdline"):
+            (self.root / str(pid) / name).unlink()
+
+    def read(self, pid: int) -> Optional[ProcessInfo]:
+        return read_process(pid, str(self.root))

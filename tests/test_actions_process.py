@@ -19,7 +19,7 @@ from wsgireload.actions._process import (
     record_master,
 )
 
-from .proc_tree import ProcTree
+from .conftest import ProcTree
 
 GUNICORN = ["/usr/bin/python3", "/usr/local/bin/gunicorn", "-w", "3", "app:app"]
 UWSGI = ["/venv/bin/uwsgi", "--master", "--processes", "3", "--module", "wsgi"]

@@ -24,8 +24,7 @@ from wsgireload.actions.uwsgi import (
 )
 from wsgireload.policy import ChangeSet
 
-from .conftest import FakeClock
-from .proc_tree import ProcTree
+from .conftest import FakeClock, ProcTree
 
 MASTER = 4100
 WORKER = 4101
