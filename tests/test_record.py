@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import stat
-import time
 from pathlib import Path
 from typing import List
 
@@ -257,34 +256,34 @@ def test_xdg_runtime_dir_is_used_only_when_private(
 # -- the actions' part: one reload request per deploy, a floor, lines logged once ------------
 def test_two_workers_racing_for_one_deploy_make_one_claim(record: Record) -> None:
     # both workers booted at 10; they saw the deploy with different file sets (fingerprints)
-    assert claim_reload(record, booted=10.0, now=100.0)[0] is Outcome.CLAIMED
-    assert claim_reload(record, booted=10.0, now=100.3)[0] is Outcome.COVERED
+    assert claim_reload(record, 10.0, lambda: 100.0)[0] is Outcome.CLAIMED
+    assert claim_reload(record, 10.0, lambda: 100.3)[0] is Outcome.COVERED
 
 
 def test_a_later_deploy_seen_by_a_new_worker_makes_a_new_claim(record: Record) -> None:
-    assert claim_reload(record, 10.0, 100.0, min_interval=3.0)[0] is Outcome.CLAIMED
+    assert claim_reload(record, 10.0, lambda: 100.0, min_interval=3.0)[0] is Outcome.CLAIMED
     # a worker that booted after the reload sees the next deploy
-    assert claim_reload(record, 100.1, 200.0, min_interval=3.0)[0] is Outcome.CLAIMED
+    assert claim_reload(record, 100.1, lambda: 200.0, min_interval=3.0)[0] is Outcome.CLAIMED
     # its siblings, booted at the same time, are covered by that one
-    assert claim_reload(record, 100.2, 200.1, min_interval=3.0)[0] is Outcome.COVERED
+    assert claim_reload(record, 100.2, lambda: 200.1, min_interval=3.0)[0] is Outcome.COVERED
 
 
 def test_the_rate_floor_defers_a_second_reload(record: Record) -> None:
-    assert claim_reload(record, 10.0, 100.0, min_interval=3.0)[0] is Outcome.CLAIMED
-    outcome, wait = claim_reload(record, 100.5, 101.0, min_interval=3.0)
+    assert claim_reload(record, 10.0, lambda: 100.0, min_interval=3.0)[0] is Outcome.CLAIMED
+    outcome, wait = claim_reload(record, 100.5, lambda: 101.0, min_interval=3.0)
     assert outcome is Outcome.WAIT and wait == pytest.approx(2.0)
-    assert claim_reload(record, 100.5, 103.0, min_interval=3.0)[0] is Outcome.CLAIMED
+    assert claim_reload(record, 100.5, lambda: 103.0, min_interval=3.0)[0] is Outcome.CLAIMED
 
 
 def test_a_request_from_before_a_reboot_is_ignored(record: Record) -> None:
-    claim_reload(record, 10.0, 5000.0)
+    claim_reload(record, 10.0, lambda: 5000.0)
     # the monotonic clock restarted; pid 42 is a new master without /proc
-    assert claim_reload(record, 20.0, 50.0)[0] is Outcome.CLAIMED
+    assert claim_reload(record, 20.0, lambda: 50.0)[0] is Outcome.CLAIMED
 
 
 def test_a_garbled_request_counts_as_none(record: Record) -> None:
     record.update(lambda data: {"reload_request": {"at": "garbage"}})
-    assert claim_reload(record, 0.0, 1.0)[0] is Outcome.CLAIMED
+    assert claim_reload(record, 0.0, lambda: 1.0)[0] is Outcome.CLAIMED
     assert _record.last_request(record)["at"] == 1.0
 
 
@@ -294,7 +293,7 @@ def test_masters_are_independent(tmp_path: Path) -> None:
     for master, start in ((42, "7"), (43, "7"), (42, "8")):  # 42-8: a new master, reused pid
         record, _ = open_record("gunicorn", master, rundir, alive=alive, start=start)
         assert record is not None
-        assert claim_reload(record, 10.0, 100.0)[0] is Outcome.CLAIMED
+        assert claim_reload(record, 10.0, lambda: 100.0)[0] is Outcome.CLAIMED
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
@@ -308,7 +307,7 @@ def test_real_processes_racing_make_exactly_one_claim(record: Record) -> None:
         if pid == 0:  # pragma: no cover - child
             try:
                 os.read(go_read, 1)  # start together
-                outcome, _ = claim_reload(record, 0.0, time.monotonic())
+                outcome, _ = claim_reload(record, 0.0)
                 os.write(out_write, b"1" if outcome is Outcome.CLAIMED else b"0")
             finally:
                 os._exit(0)
@@ -345,7 +344,7 @@ def test_for_master_asks_the_actions_view_of_proc_who_is_alive(tmp_path: Path) -
     )
     record, _ = _record.for_master("gunicorn", master, rundir, procs.get)
     assert record is not None and record.path.endswith(f"gunicorn-42-7{_record.SUFFIX}")
-    claim_reload(record, 0.0, 1.0)
+    claim_reload(record, 0.0, lambda: 1.0)
     del procs[42]  # the master is gone: the next open cleans its record
     other = ProcessInfo(43, "9", 0, ("gunicorn",))
     _record.for_master("gunicorn", other, rundir, {43: other}.get)

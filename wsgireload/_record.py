@@ -242,20 +242,27 @@ class Outcome(enum.Enum):
 
 
 def claim_reload(
-    record: Record, booted: float, now: float, min_interval: float = 0.0, chain: bool = False
+    record: Record,
+    booted: float,
+    clock: Callable[[], float] = time.monotonic,
+    min_interval: float = 0.0,
+    chain: bool = False,
 ) -> Tuple[Outcome, float]:
     """Claim the master's next reload for a process started at ``booted``; (outcome, wait).
 
     Why the *last reload* rather than a claim per change set: workers scan at different
     moments, so one may settle on files 1-50 and another on 1-100 of one deploy. A worker that
     started before the master's latest reload will be replaced by it and must not ask again;
-    one started after it holds newer code, so a change it sees is new. ``booted`` and ``now``
-    are ``time.monotonic()``: one clock for every process of the machine. Raises OSError.
+    one started after it holds newer code, so a change it sees is new. ``booted`` and
+    ``clock`` are ``time.monotonic()``: one clock for every process of the machine. The clock
+    is read under the lock: a time read before it could predate a sibling's claim and look
+    like one from before a reboot. Raises OSError.
     """
     result = (Outcome.CLAIMED, 0.0)
 
     def change(data: Data) -> Optional[Data]:
         nonlocal result
+        now = clock()
         last = (data.get("reload_request") or {}).get("at")
         if not isinstance(last, (int, float)) or last > now:
             last = None  # none yet, or written before this machine booted (the clock restarted)

@@ -210,7 +210,7 @@ class GunicornAction(MasterAction):
         if record is not None:
             try:
                 outcome, wait = _record.claim_reload(
-                    record, self.boot_time(), self.clock(), self.min_interval
+                    record, self.boot_time(), self.clock, self.min_interval
                 )
             except OSError as exc:
                 reason = f"cannot update {record.path}: {exc.strerror or exc}"

@@ -331,7 +331,9 @@ class UwsgiAction(MasterAction):
         outcome = _record.Outcome.CLAIMED
         if record is not None:
             try:
-                outcome, _ = _record.claim_reload(record, booted, now, chain=self.method == CHAIN)
+                outcome, _ = _record.claim_reload(
+                    record, booted, self.clock, chain=self.method == CHAIN
+                )
             except OSError as exc:
                 problem = f"cannot update {record.path}: {exc.strerror or exc}"
                 record = None
