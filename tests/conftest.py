@@ -1,14 +1,27 @@
-"""Shared fixtures: a throwaway importable package, a fake clock, a log capture."""
+"""Shared fixtures and helpers of the unit tests: a fake clock, file edits without sleeping,
+a throwaway importable package, a Reloader whose reload can be made due on demand, a minimal
+WSGI "server", a forked child reporting back, and a crafted /proc tree."""
 
 from __future__ import annotations
 
 import importlib
+import io
+import json
+import os
+import signal
 import sys
 import textwrap
+import threading
+import time
 from pathlib import Path
-from typing import Callable, Iterator, List
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import pytest
+
+from wsgireload import Reloader
+from wsgireload.actions import Action
+from wsgireload.actions._process import ProcessInfo, read_process
+from wsgireload.policy import ChangeSet
 
 
 class FakeClock:
@@ -22,6 +35,16 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
+
+
+class Alive:
+    """Which fake (pid, start) processes run."""
+
+    def __init__(self, *pids: int) -> None:
+        self.pids = set(pids)
+
+    def __call__(self, pid: int, start: Optional[str]) -> bool:
+        return pid in self.pids
 
 
 @pytest.fixture
@@ -60,6 +83,242 @@ def pkg(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[s
 def bump(path: Path, seconds: int = 5) -> None:
     """Move a file's mtime without sleeping."""
     st = path.stat()
-    import os
-
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + seconds * 1_000_000_000))
+
+
+def edit(path: Path, text: str) -> None:
+    """Rewrite ``path`` and move its mtime on by a second, so no wall clock is needed."""
+    before = path.stat().st_mtime_ns if path.exists() else 0
+    path.write_text(text)
+    os.utime(path, ns=(before + 1_000_000_000, before + 1_000_000_000))
+
+
+class Recorder:
+    """An ``action=`` callback that records every call (thread-safe)."""
+
+    def __init__(self, on_call: Optional[Callable[[ChangeSet], None]] = None) -> None:
+        self.calls: List[ChangeSet] = []
+        self.lock = threading.Lock()
+        self.on_call = on_call
+
+    def __call__(self, changes: ChangeSet) -> None:
+        if self.on_call is not None:
+            self.on_call(changes)
+        with self.lock:
+            self.calls.append(changes)
+
+    @property
+    def count(self) -> int:
+        with self.lock:
+            return len(self.calls)
+
+
+class DrainingRecorder(Action):
+    """A recording action that, like exit/exec, needs every in-flight response counted."""
+
+    name = "draining-recorder"
+    requires_drain = True
+
+    def __init__(self, recorder: Recorder) -> None:
+        self.recorder = recorder
+
+    def __call__(self, changes: ChangeSet) -> None:
+        self.recorder(changes)
+
+
+def make_reloader(
+    app: Any, watched: Path, action: Any, clock: Optional[FakeClock] = None, **options: Any
+) -> Tuple[Reloader, FakeClock]:
+    """A Reloader watching ``watched`` that acts at once (settle 0) and never scans by itself."""
+    clock = clock or FakeClock()
+    options.setdefault("interval", 3600.0)  # the watcher thread sleeps; the test steps it
+    options.setdefault("validate", None)
+    options.setdefault("mode", "thread")
+    reloader = Reloader(
+        app,
+        extra_files=[str(watched)],
+        settle=0,
+        settle_max=0,
+        action=action,
+        clock=clock,
+        **options,
+    )
+    return reloader, clock
+
+
+_bump = [0]
+_bump_lock = threading.Lock()
+
+
+def touch(path: Path) -> None:
+    """Give ``path`` a new, never used mtime (no sleeping)."""
+    with _bump_lock:
+        _bump[0] += 1
+        n = _bump[0]
+    ns = 1_500_000_000_000_000_000 + n * 1_000_000_000
+    os.utime(path, ns=(ns, ns))
+
+
+def force_due(reloader: Reloader, watched: Path, clock: FakeClock) -> ChangeSet:
+    """Change ``watched`` and step the watcher until a reload is due; return the change set."""
+    touch(watched)
+    clock.now += 1.0
+    changes = reloader.run_step(clock.now)
+    assert changes is not None, "a changed watched file must make a reload due at settle=0"
+    assert reloader.reload_due is changes
+    return changes
+
+
+def environ(**extra: Any) -> Dict[str, Any]:
+    """A complete PEP 3333 environ for a GET /."""
+    env: Dict[str, Any] = {
+        "REQUEST_METHOD": "GET",
+        "SCRIPT_NAME": "",
+        "PATH_INFO": "/",
+        "QUERY_STRING": "",
+        "SERVER_NAME": "localhost",
+        "SERVER_PORT": "80",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "wsgi.version": (1, 0),
+        "wsgi.url_scheme": "http",
+        "wsgi.input": io.BytesIO(b""),
+        "wsgi.errors": io.StringIO(),
+        "wsgi.multithread": True,
+        "wsgi.multiprocess": False,
+        "wsgi.run_once": False,
+    }
+    env.update(extra)
+    return env
+
+
+def serve(
+    app: Callable[..., Iterable[bytes]],
+    env: Dict[str, Any],
+    before_close: Optional[Callable[[], None]] = None,
+) -> Tuple[List[bytes], List[Tuple[str, BaseException]]]:
+    """What a PEP 3333 server does with one request: call, iterate, always close.
+
+    Returns the chunks received and the (stage, exception) pairs seen.
+    """
+    got: List[bytes] = []
+    errors: List[Tuple[str, BaseException]] = []
+
+    def start_response(status: str, headers: Any, exc_info: Any = None) -> Callable[[bytes], None]:
+        return got.append
+
+    try:
+        result = app(env, start_response)
+    except Exception as exc:
+        errors.append(("call", exc))
+        return got, errors
+    try:
+        for chunk in result:
+            got.append(chunk)
+    except Exception as exc:
+        errors.append(("iter", exc))
+    finally:
+        if before_close is not None:
+            before_close()
+        close = getattr(result, "close", None)
+        if close is not None:
+            try:
+                close()
+            except Exception as exc:
+                errors.append(("close", exc))
+    return got, errors
+
+
+def thread_names() -> List[str]:
+    return sorted(t.name for t in threading.enumerate())
+
+
+def run_in_child(body: Any, timeout: float = 20.0) -> Dict[str, Any]:
+    """Fork; run ``body()`` in the child, which returns a JSON-able dict; return that dict."""
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child
+        code = 0
+        try:
+            os.close(read_fd)
+            result = body()
+        except BaseException as exc:
+            result = {"error": repr(exc)}
+            code = 1
+        try:
+            os.write(write_fd, json.dumps(result).encode())
+        finally:
+            os._exit(code)
+    os.close(write_fd)
+    chunks: List[bytes] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            assert time.monotonic() < deadline, "the forked child hung"
+            done, status = os.waitpid(pid, os.WNOHANG)
+            chunk = _read_nonblocking(read_fd)
+            if chunk:
+                chunks.append(chunk)
+            if done:
+                while True:
+                    chunk = _read_nonblocking(read_fd)
+                    if not chunk:
+                        break
+                    chunks.append(chunk)
+                break
+            time.sleep(0.01)
+    except BaseException:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        raise
+    finally:
+        os.close(read_fd)
+    result = json.loads(b"".join(chunks) or b"{}")
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, result
+    return result
+
+
+def _read_nonblocking(fd: int) -> bytes:
+    os.set_blocking(fd, False)
+    try:
+        return os.read(fd, 65536)
+    except BlockingIOError:
+        return b""
+
+
+class ProcTree:
+    """``/proc/<pid>/{stat,status,cmdline}`` for made-up processes.
+
+    ``argv`` is a list (written NUL-separated, as the kernel shows a command line) or raw
+    bytes (a process title such as ``b"uWSGI master\\0\\0\\0"``).
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        (root / "self").mkdir(parents=True, exist_ok=True)
+        (root / "stat").write_text("cpu 0 0 0 0\nbtime 1700000000\n")
+
+    def add(
+        self,
+        pid: int,
+        argv: Union[Sequence[str], bytes],
+        *,
+        start: str = "1000",
+        uid: int = 1001,
+    ) -> Path:
+        proc = self.root / str(pid)
+        proc.mkdir(parents=True, exist_ok=True)
+        # Field 2 with spaces and parentheses, as a renamed process may have: must not shift
+        # field 22 (starttime, index 19 after the ")").
+        fields = ["S"] + ["0"] * 18 + [start] + ["0"] * 20
+        (proc / "stat").write_text(f"{pid} (we (ird) name) " + " ".join(fields) + "\n")
+        (proc / "status").write_text(f"Name:\tx\nUid:\t{uid}\t{uid}\t{uid}\t{uid}\n")
+        raw = argv if isinstance(argv, bytes) else b"".join(a.encode() + b"\0" for a in argv)
+        (proc / "cmdline").write_bytes(raw)
+        return proc
+
+    def remove(self, pid: int) -> None:
+        for name in ("stat", "status", "cmdline"):
+            (self.root / str(pid) / name).unlink()
+
+    def read(self, pid: int) -> Optional[ProcessInfo]:
+        return read_process(pid, str(self.root))

@@ -9,12 +9,12 @@ from typing import Callable, List, Optional, Set, Tuple
 
 import pytest
 
-from wsgireload.actions import REGISTRY, AutoAction, ProcessContext, resolve
-from wsgireload.actions._claim import ReloadLedger
+from wsgireload.actions import REGISTRY, ProcessContext, resolve
 from wsgireload.actions._process import ProcessInfo
 from wsgireload.actions.gunicorn import GunicornAction, RestartWorkerAction
-from wsgireload.actions.standalone import StandaloneAction
 from wsgireload.policy import ChangeSet
+
+from .conftest import FakeClock
 
 MASTER = ProcessInfo(
     4242, "1000", 1001, ("/usr/bin/python3", "/usr/local/bin/gunicorn", "app:app")
@@ -23,18 +23,10 @@ CHANGES = ChangeSet(("/srv/app/views.py",), "abc", 1.0, 1.0)
 GUNICORN_ENV = {"gunicorn.socket": object(), "SERVER_SOFTWARE": "gunicorn/27.0.1"}
 
 
-class Clock:
-    def __init__(self, now: float = 100.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
 class World:
     """The injected process world: who our parent is, what /proc says, who got signalled."""
 
-    def __init__(self, rundir: str, master: ProcessInfo = MASTER) -> None:
+    def __init__(self, rundir: Optional[str], master: ProcessInfo = MASTER) -> None:
         self.master = master
         self.parent = master.pid
         self.procs = {master.pid: master}
@@ -42,7 +34,7 @@ class World:
         self.refused: Set[int] = set()  # signals to the master the kernel refuses (EPERM)
         self.killed: List[Tuple[int, int]] = []
         self.scheduled: List[Tuple[float, Callable[[], None]]] = []
-        self.clock = Clock(100.0)
+        self.clock = FakeClock(100.0)
         self.rundir = rundir
 
     def kill(self, pid: int, sig: int) -> None:
@@ -69,7 +61,8 @@ class World:
             read_process=self.procs.get,
             boot_time=lambda: booted,
             master_pid=lambda: self.master.pid,
-            ledger=ReloadLedger(self.rundir, min_interval=3.0, clock=self.clock),
+            min_interval=3.0,
+            clock=self.clock,
             schedule=lambda delay, fn: self.scheduled.append((delay, fn)),
         )
         action.setup(ProcessContext(pid, pid if created_pid is None else created_pid, GUNICORN_ENV))
@@ -155,6 +148,31 @@ def test_an_unsafe_runtime_dir_refuses_to_signal(
         world.worker()(CHANGES)
     assert world.killed == []
     assert "no safe place to coordinate" in caplog.text
+
+
+def test_no_writable_place_for_the_record_refuses_in_every_worker(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A read-only filesystem with no writable temp directory: N workers would each HUP.
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    monkeypatch.setattr("tempfile.gettempdir", lambda: str(tmp_path / "read-only" / "tmp"))
+    world = World(None)  # the default runtime directory
+    with caplog.at_level(logging.WARNING, logger="wsgireload"):
+        for n in range(3):
+            world.worker(pid=5000 + n)(CHANGES)
+    assert world.killed == []
+    assert caplog.text.count("no safe place to coordinate workers (cannot create") == 3
+
+
+def test_a_record_that_cannot_be_written_refuses(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    Path(world.rundir).mkdir(mode=0o700)
+    Path(world.rundir, f"gunicorn-{MASTER.pid}-1000.master.json.lock").mkdir()
+    with caplog.at_level(logging.WARNING, logger="wsgireload"):
+        world.worker()(CHANGES)
+    assert world.killed == []
+    assert "no safe place to coordinate workers (cannot write" in caplog.text
 
 
 def test_preload_logs_one_error_per_master_and_never_signals(
@@ -273,13 +291,6 @@ def test_an_orphan_with_the_fallback_does_not_restart_itself(
     assert "no longer this worker's parent" in caplog.text
 
 
-def test_auto_under_gunicorn_falls_back_by_itself() -> None:
-    auto = AutoAction()
-    auto.setup(ProcessContext(5000, 5000, GUNICORN_ENV))
-    assert isinstance(auto.delegate, GunicornAction) and auto.delegate.restart_fallback
-    assert not GunicornAction().restart_fallback  # an explicit action='gunicorn' stays HUP
-
-
 def test_restart_worker_terminates_itself_only() -> None:
     killed: List[Tuple[int, int]] = []
     action = RestartWorkerAction(kill=lambda p, s: killed.append((p, s)), getpid=lambda: 5000)
@@ -317,20 +328,3 @@ def test_names_are_registered() -> None:
     assert isinstance(resolve("restart-worker"), RestartWorkerAction)
 
 
-def test_auto_picks_gunicorn_under_gunicorn() -> None:
-    auto = AutoAction()
-    auto.setup(ProcessContext(5000, 5000, GUNICORN_ENV))
-    assert isinstance(auto.delegate, GunicornAction)
-    assert not auto.requires_drain
-
-
-def test_auto_picks_the_warning_standalone_action_elsewhere(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    import sys
-
-    monkeypatch.delitem(sys.modules, "gunicorn.workers.base", raising=False)
-    auto = AutoAction()
-    auto.setup(ProcessContext(5000, 5000, {"SERVER_SOFTWARE": "waitress"}))
-    assert isinstance(auto.delegate, StandaloneAction)
-    assert not auto.requires_drain

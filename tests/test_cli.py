@@ -16,6 +16,8 @@ import pytest
 
 from wsgireload import cli
 
+from .conftest import edit
+
 _names = count()
 
 
@@ -168,12 +170,6 @@ class Script:
         self.steps.pop(0)()
 
 
-def bump(path: Path, text: str) -> None:
-    before = path.stat().st_mtime_ns if path.exists() else 0
-    path.write_text(text)
-    os.utime(path, ns=(before + 1_000_000_000, before + 1_000_000_000))
-
-
 def script(monkeypatch: pytest.MonkeyPatch, steps: List[Callable[[], None]]) -> Script:
     s = Script(steps)
     monkeypatch.setattr(cli, "_sleep", s.sleep)
@@ -193,9 +189,9 @@ def test_watch_paths_prints_changes_decisions_and_stops_cleanly(
     (src / "app.py").write_text("X = 1\n")
     (src / "app.pyc").write_text("ignored")
     script(monkeypatch, [
-        lambda: bump(src / "app.py", "def broken(:\n"),
+        lambda: edit(src / "app.py", "def broken(:\n"),
         nothing, nothing,  # settles, is refused
-        lambda: bump(src / "app.py", "X = 2\n"),
+        lambda: edit(src / "app.py", "X = 2\n"),
         nothing, nothing,  # settles, passes
     ])
     code, out, _ = run(["watch", "--settle", "1", "src"], capsys)
@@ -218,7 +214,7 @@ def test_watch_app_uses_its_reloader(
     page = workdir / "templates" / "index.html"
     page.write_text("<p>1</p>")
     name = module(workdir, APP)
-    script(monkeypatch, [lambda: bump(page, "<p>2</p>"), nothing, nothing])
+    script(monkeypatch, [lambda: edit(page, "<p>2</p>"), nothing, nothing])
     code, out, _ = run(["watch", f"{name}:application"], capsys)
     assert code == 0
     assert f"changed   {page}" in out and "reload    due now" in out
@@ -255,7 +251,7 @@ def test_watch_pidfile_signals_once_per_change_set(
         (workdir / "server.pid").write_text(str(server.pid))
         (workdir / "app.py").write_text("X = 1\n")
         script(monkeypatch, [
-            lambda: bump(workdir / "app.py", "X = 2\n"),
+            lambda: edit(workdir / "app.py", "X = 2\n"),
             lambda: (workdir / "server.pid").write_text(str(server.pid)),  # rewritten: ignored
             nothing, nothing, nothing,
         ])
@@ -343,9 +339,9 @@ def test_watch_import_boots_the_app_before_it_is_due(
     helper.write_text("def app(environ, start_response):\n    return []\n")
     monkeypatch.syspath_prepend(str(src))
     script(monkeypatch, [
-        lambda: bump(helper, "import a_module_that_does_not_exist\n"),
+        lambda: edit(helper, "import a_module_that_does_not_exist\n"),
         nothing, nothing,  # settles, compiles, cannot boot: refused
-        lambda: bump(helper, "def app(environ, start_response):\n    return []\n"),
+        lambda: edit(helper, "def app(environ, start_response):\n    return []\n"),
         nothing, nothing,  # settles, boots
     ])
     code, out, _ = run(["watch", "--settle", "1", "--import", "wsgi:application", "src"], capsys)

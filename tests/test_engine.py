@@ -20,7 +20,7 @@ from wsgireload.actions import Action
 from wsgireload.engine import Engine
 from wsgireload.policy import ChangeSet
 
-from .test_record import Alive, Wall
+from .conftest import Alive, FakeClock, edit
 
 
 class Recording(Action):
@@ -41,7 +41,7 @@ class Recording(Action):
 class Worker:
     """One simulated worker: an engine over the watched file, joined to the shared record."""
 
-    def __init__(self, record: Record, pid: int, watched: Path, wall: Wall, alive: Alive,
+    def __init__(self, record: Record, pid: int, watched: Path, wall: FakeClock, alive: Alive,
                  per_process: bool, born: Optional[float] = None) -> None:
         # compile only: these tests count the engine's lines (the boot check has its own tests)
         options = Options.build("test", extra_files=[str(watched.parent / "*.py")],
@@ -66,7 +66,7 @@ class Worker:
 class World:
     watched: Path
     record: Record
-    wall: Wall
+    wall: FakeClock
     alive: Alive
 
     def workers(self, per_process: bool, count: int = 3) -> List[Worker]:
@@ -83,13 +83,7 @@ def world(tmp_path: Path) -> World:
     rundir = tmp_path / "run"
     rundir.mkdir(mode=0o700)
     record = Record(str(rundir / "gunicorn-42-7.master.json"))
-    return World(watched, record, Wall(), Alive(1, 2, 3))
-
-
-def edit(path: Path, text: str) -> None:
-    before = path.stat().st_mtime_ns
-    path.write_text(text)
-    os.utime(path, ns=(before + 10**9, before + 10**9))
+    return World(watched, record, FakeClock(1_000_000.0), Alive(1, 2, 3))
 
 
 def tick(team: List[Worker], *times: float) -> None:

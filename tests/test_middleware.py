@@ -17,9 +17,8 @@ from wsgireload import Reloader
 from wsgireload.actions import Action
 from wsgireload.policy import ChangeSet
 
-from .conftest import FakeClock, bump
-from .hardening_support import environ as full_environ
-from .hardening_support import make_reloader, serve, touch
+from .conftest import FakeClock, bump, make_reloader, serve, touch
+from .conftest import environ as full_environ
 
 
 def hello(environ: dict, start_response: Callable[..., Any]) -> Iterable[bytes]:

@@ -5,34 +5,32 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from pathlib import Path
-from typing import Optional
+from typing import List
 
 import pytest
 
 from wsgireload import _record
-from wsgireload._record import Record, Share, forget_dead, open_record, read_all, where
+from wsgireload._record import (
+    Outcome,
+    Record,
+    Share,
+    claim_reload,
+    default_runtime_dir,
+    ensure_private_dir,
+    first_to_log,
+    forget_dead,
+    open_record,
+    read_all,
+    where,
+)
+from wsgireload.actions._process import ProcessInfo
+
+from .conftest import Alive, FakeClock
 
 
-class Wall:
-    def __init__(self, now: float = 1_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class Alive:
-    """Which fake (pid, start) processes run."""
-
-    def __init__(self, *pids: int) -> None:
-        self.pids = set(pids)
-
-    def __call__(self, pid: int, start: Optional[str]) -> bool:
-        return pid in self.pids
-
-
-def share(record: Record, pid: int, wall: Wall, alive: Alive, born: float = 0.0) -> Share:
+def share(record: Record, pid: int, wall: FakeClock, alive: Alive, born: float = 0.0) -> Share:
     member = Share(record, pid, f"st{pid}", born=born, lease=5.0, wall=wall, alive=alive)
     member.join()
     return member
@@ -82,9 +80,10 @@ def test_poll_reads_only_when_the_file_changed(
 
 def test_records_of_dead_masters_are_removed(tmp_path: Path) -> None:
     for name in ("gunicorn-42-7.master.json", "gunicorn-42-7.master.json.lock",
-                 "gunicorn-43-9.master.json", "uwsgi-44-1.json", "notes.txt",
+                 "gunicorn-43-9.master.json", "uwsgi-44-1.master.json", "notes.txt",
                  "gunicorn-43-9.master.json.50.tmp", "gunicorn-43-9.master.json.43.tmp"):
         (tmp_path / name).write_text("{}")
+    forget_dead(str(tmp_path / "absent"), Alive())  # no directory: nothing to do, no error
     forget_dead(str(tmp_path), Alive(43))  # 50 died between writing and renaming
     assert sorted(os.listdir(tmp_path)) == [
         "gunicorn-43-9.master.json", "gunicorn-43-9.master.json.43.tmp", "notes.txt"
@@ -109,7 +108,7 @@ def test_open_record_creates_one_private_record_per_master(tmp_path: Path) -> No
 
 
 def test_one_scanner_the_others_follow(record: Record) -> None:
-    wall, alive = Wall(), Alive(1, 2, 3)
+    wall, alive = FakeClock(1_000_000.0), Alive(1, 2, 3)
     first, second, third = (share(record, pid, wall, alive) for pid in (1, 2, 3))
     assert first.turn() and not second.turn() and not third.turn()
     wall.now += 1.0
@@ -118,7 +117,7 @@ def test_one_scanner_the_others_follow(record: Record) -> None:
 
 
 def test_the_lease_passes_on_when_its_holder_exits(record: Record) -> None:
-    wall, alive = Wall(), Alive(1, 2)
+    wall, alive = FakeClock(1_000_000.0), Alive(1, 2)
     first, second = share(record, 1, wall, alive), share(record, 2, wall, alive)
     assert first.turn() and not second.turn()
     alive.pids.discard(1)
@@ -129,7 +128,7 @@ def test_the_lease_passes_on_when_its_holder_exits(record: Record) -> None:
 
 
 def test_the_lease_passes_on_when_it_expires(record: Record) -> None:
-    wall, alive = Wall(), Alive(1, 2)
+    wall, alive = FakeClock(1_000_000.0), Alive(1, 2)
     first, second = share(record, 1, wall, alive), share(record, 2, wall, alive)
     assert first.turn() and not second.turn()
     wall.now += 5.0  # first is alive but stopped renewing (a stuck thread)
@@ -138,7 +137,7 @@ def test_the_lease_passes_on_when_it_expires(record: Record) -> None:
 
 
 def test_leave_hands_the_lease_over_at_once(record: Record) -> None:
-    wall, alive = Wall(), Alive(1, 2)
+    wall, alive = FakeClock(1_000_000.0), Alive(1, 2)
     first, second = share(record, 1, wall, alive), share(record, 2, wall, alive)
     assert first.turn() and not second.turn()
     first.leave()
@@ -146,7 +145,7 @@ def test_leave_hands_the_lease_over_at_once(record: Record) -> None:
 
 
 def test_generations_and_who_was_born_after_them(record: Record) -> None:
-    wall, alive = Wall(), Alive(1, 2)
+    wall, alive = FakeClock(1_000_000.0), Alive(1, 2)
     old = share(record, 1, wall, alive, born=wall.now - 10)
     assert old.decide({"files": ["a.py"], "per_process": True}, {}) == 1 and old.acted == 1
     young = share(record, 2, wall, alive, born=wall.now + 1)  # forked after the decision
@@ -156,7 +155,7 @@ def test_generations_and_who_was_born_after_them(record: Record) -> None:
 
 
 def test_validations_and_refusals_are_recorded(record: Record) -> None:
-    member = share(record, 1, Wall(), Alive(1))
+    member = share(record, 1, FakeClock(1_000_000.0), Alive(1))
     member.validated(["/app/mod.py"], "", "/app/mod.py:3: invalid syntax", {"/app/mod.py": None})
     member.validated(["/app/mod.py"], "f00", None, {})
     data = record.read()
@@ -180,7 +179,7 @@ def test_workers_that_exited_are_listed_for_a_while_and_in_bounded_number(
     record: Record, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(_record, "_GONE_MAX", 2)
-    wall, alive = Wall(), Alive(1)
+    wall, alive = FakeClock(1_000_000.0), Alive(1)
     scanner = share(record, 1, wall, alive)
     assert scanner.turn()
     for pid in (2, 3, 4):
@@ -196,3 +195,157 @@ def test_workers_that_exited_are_listed_for_a_while_and_in_bounded_number(
     scanner.scanning = False
     assert scanner.turn()
     assert sorted(record.read()["workers"]) == ["1"]
+
+
+# -- the directory ---------------------------------------------------------------------------
+def test_the_directory_is_created_private(tmp_path: Path) -> None:
+    rundir = str(tmp_path / "run")
+    assert ensure_private_dir(rundir) is None
+    assert stat.S_IMODE(os.stat(rundir).st_mode) == 0o700
+
+
+def test_a_directory_that_cannot_be_created_says_why(tmp_path: Path) -> None:
+    assert "cannot create" in (ensure_private_dir(str(tmp_path / "no" / "such")) or "")
+
+
+def test_a_directory_open_to_others_is_refused(tmp_path: Path) -> None:
+    rundir = tmp_path / "run"
+    rundir.mkdir(mode=0o700)
+    rundir.chmod(0o755)
+    record, why = open_record("gunicorn", 42, str(rundir), start="7")
+    assert record is None and "accessible to other users" in why
+    assert os.listdir(rundir) == []
+
+
+def test_a_symlinked_directory_is_refused(tmp_path: Path) -> None:
+    target = tmp_path / "elsewhere"
+    target.mkdir(mode=0o700)
+    (tmp_path / "run").symlink_to(target)
+    record, why = open_record("gunicorn", 42, str(tmp_path / "run"), start="7")
+    assert record is None and "not a directory" in why
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="chown to another user needs root")
+def test_a_directory_owned_by_someone_else_is_refused(tmp_path: Path) -> None:
+    rundir = tmp_path / "run"
+    rundir.mkdir(mode=0o700)
+    os.chown(rundir, 65534, 65534)
+    assert "belongs to uid 65534" in open_record("gunicorn", 42, str(rundir), start="7")[1]
+
+
+def test_a_symlinked_record_is_refused(tmp_path: Path) -> None:
+    rundir = tmp_path / "run"
+    ensure_private_dir(str(rundir))
+    os.symlink(tmp_path / "victim", rundir / f"gunicorn-42-7{_record.SUFFIX}.lock")
+    record, why = open_record("gunicorn", 42, str(rundir), alive=Alive(42), start="7")
+    assert record is None and "cannot write" in why
+    assert not (tmp_path / "victim").exists()
+
+
+def test_xdg_runtime_dir_is_used_only_when_private(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    xdg = tmp_path / "xdg"
+    xdg.mkdir(mode=0o700)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(xdg))
+    assert default_runtime_dir() == str(xdg / "wsgireload")
+    os.chmod(xdg, 0o777)
+    assert default_runtime_dir().endswith(f"wsgireload-{os.getuid()}")
+
+
+# -- the actions' part: one reload request per deploy, a floor, lines logged once ------------
+def test_two_workers_racing_for_one_deploy_make_one_claim(record: Record) -> None:
+    # both workers booted at 10; they saw the deploy with different file sets (fingerprints)
+    assert claim_reload(record, 10.0, lambda: 100.0)[0] is Outcome.CLAIMED
+    assert claim_reload(record, 10.0, lambda: 100.3)[0] is Outcome.COVERED
+
+
+def test_a_later_deploy_seen_by_a_new_worker_makes_a_new_claim(record: Record) -> None:
+    assert claim_reload(record, 10.0, lambda: 100.0, min_interval=3.0)[0] is Outcome.CLAIMED
+    # a worker that booted after the reload sees the next deploy
+    assert claim_reload(record, 100.1, lambda: 200.0, min_interval=3.0)[0] is Outcome.CLAIMED
+    # its siblings, booted at the same time, are covered by that one
+    assert claim_reload(record, 100.2, lambda: 200.1, min_interval=3.0)[0] is Outcome.COVERED
+
+
+def test_the_rate_floor_defers_a_second_reload(record: Record) -> None:
+    assert claim_reload(record, 10.0, lambda: 100.0, min_interval=3.0)[0] is Outcome.CLAIMED
+    outcome, wait = claim_reload(record, 100.5, lambda: 101.0, min_interval=3.0)
+    assert outcome is Outcome.WAIT and wait == pytest.approx(2.0)
+    assert claim_reload(record, 100.5, lambda: 103.0, min_interval=3.0)[0] is Outcome.CLAIMED
+
+
+def test_a_request_from_before_a_reboot_is_ignored(record: Record) -> None:
+    claim_reload(record, 10.0, lambda: 5000.0)
+    # the monotonic clock restarted; pid 42 is a new master without /proc
+    assert claim_reload(record, 20.0, lambda: 50.0)[0] is Outcome.CLAIMED
+
+
+def test_a_garbled_request_counts_as_none(record: Record) -> None:
+    record.update(lambda data: {"reload_request": {"at": "garbage"}})
+    assert claim_reload(record, 0.0, lambda: 1.0)[0] is Outcome.CLAIMED
+    assert _record.last_request(record)["at"] == 1.0
+
+
+def test_masters_are_independent(tmp_path: Path) -> None:
+    rundir = str(tmp_path / "run")
+    alive = Alive(42, 43)
+    for master, start in ((42, "7"), (43, "7"), (42, "8")):  # 42-8: a new master, reused pid
+        record, _ = open_record("gunicorn", master, rundir, alive=alive, start=start)
+        assert record is not None
+        assert claim_reload(record, 10.0, lambda: 100.0)[0] is Outcome.CLAIMED
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_real_processes_racing_make_exactly_one_claim(record: Record) -> None:
+    go_read, go_write = os.pipe()
+    results: List[int] = []
+    children = []
+    for _ in range(8):
+        out_read, out_write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - child
+            try:
+                os.read(go_read, 1)  # start together
+                outcome, _ = claim_reload(record, 0.0)
+                os.write(out_write, b"1" if outcome is Outcome.CLAIMED else b"0")
+            finally:
+                os._exit(0)
+        os.close(out_write)
+        children.append((pid, out_read))
+    os.write(go_write, b"x" * 8)
+    for pid, out_read in children:
+        with os.fdopen(out_read, "rb") as handle:
+            results.append(int(handle.read() or b"0"))
+        os.waitpid(pid, 0)
+    os.close(go_read)
+    os.close(go_write)
+    assert sum(results) == 1
+
+
+def test_first_to_log_is_true_for_the_first_caller_only(record: Record) -> None:
+    assert first_to_log(record, "preload-error")
+    assert not first_to_log(record, "preload-error")
+    assert _record.logged(record, "preload-error") and not _record.logged(record, "other")
+
+
+def test_first_to_log_says_log_it_without_a_record(tmp_path: Path) -> None:
+    assert first_to_log(None, "preload-error") and first_to_log(None, "preload-error")
+    broken = Record(str(tmp_path / "missing" / "x.master.json"))  # cannot be written
+    assert first_to_log(broken, "preload-error") and first_to_log(broken, "preload-error")
+
+
+def test_for_master_asks_the_actions_view_of_proc_who_is_alive(tmp_path: Path) -> None:
+    master = ProcessInfo(42, "7", 0, ("gunicorn",))
+    procs = {42: master}
+    rundir = str(tmp_path / "run")
+    assert _record.for_master("gunicorn", None, rundir, procs.get) == (
+        None, "no master was recorded"
+    )
+    record, _ = _record.for_master("gunicorn", master, rundir, procs.get)
+    assert record is not None and record.path.endswith(f"gunicorn-42-7{_record.SUFFIX}")
+    claim_reload(record, 0.0, lambda: 1.0)
+    del procs[42]  # the master is gone: the next open cleans its record
+    other = ProcessInfo(43, "9", 0, ("gunicorn",))
+    _record.for_master("gunicorn", other, rundir, {43: other}.get)
+    assert not os.path.exists(record.path)

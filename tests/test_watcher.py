@@ -13,12 +13,7 @@ from wsgireload.errors import ConfigurationError
 from wsgireload.policy import ChangeSet
 from wsgireload.watcher import Watcher
 
-
-def bump(path: Path, text: str) -> None:
-    """Rewrite ``path`` and move its mtime on by a second, so no wall clock is needed."""
-    before = path.stat().st_mtime_ns if path.exists() else 0
-    path.write_text(text)
-    os.utime(path, ns=(before + 1_000_000_000, before + 1_000_000_000))
+from .conftest import edit
 
 
 @pytest.fixture
@@ -45,7 +40,7 @@ def make(project: Path, **kw: Any) -> Tuple[Watcher, List[ChangeSet], List[Tuple
 def test_acts_once_after_settle(project: Path) -> None:
     watcher, acted, events = make(project)
     assert watcher.step(0.0) is None
-    bump(project / "mod.py", "X = 2\n")
+    edit(project / "mod.py", "X = 2\n")
     assert watcher.step(10.0) is None  # seen, not yet settled
     assert watcher.step(10.5) is None
     changes = watcher.step(11.0)
@@ -57,9 +52,9 @@ def test_acts_once_after_settle(project: Path) -> None:
 
 def test_new_change_restarts_settle(project: Path) -> None:
     watcher, acted, _ = make(project)
-    bump(project / "mod.py", "X = 2\n")
+    edit(project / "mod.py", "X = 2\n")
     watcher.step(10.0)
-    bump(project / "page.html", "<p>2</p>\n")
+    edit(project / "page.html", "<p>2</p>\n")
     watcher.step(10.9)
     assert watcher.step(11.5) is None  # only 0.6 s quiet
     changes = watcher.step(12.0)
@@ -68,14 +63,14 @@ def test_new_change_restarts_settle(project: Path) -> None:
 
 def test_syntax_error_blocks_then_fix_acts(project: Path, caplog: pytest.LogCaptureFixture) -> None:
     watcher, acted, events = make(project)
-    bump(project / "mod.py", "def broken(:\n")
+    edit(project / "mod.py", "def broken(:\n")
     watcher.step(10.0)
     assert watcher.step(12.0) is None and acted == []
     assert ("rejected", (str(project / "mod.py"),)) in events
     assert "mod.py:1" in caplog.text
     assert watcher.step(13.0) is None  # still broken: reported once only
     assert [kind for kind, _ in events].count("rejected") == 1
-    bump(project / "mod.py", "X = 3\n")
+    edit(project / "mod.py", "X = 3\n")
     watcher.step(14.0)
     assert watcher.step(15.0) is not None and len(acted) == 1
 
@@ -89,7 +84,7 @@ def test_failing_action_is_logged_not_raised(
     events: List[str] = []
     watcher = Watcher(modules=False, extra_files=[str(project / "*.py")], action=boom,
                       on_event=lambda kind, _: events.append(kind))
-    bump(project / "mod.py", "X = 2\n")
+    edit(project / "mod.py", "X = 2\n")
     watcher.step(10.0)
     assert watcher.step(11.0) is not None
     assert events[-1] == "failed" and "nope" in caplog.text
@@ -114,7 +109,7 @@ def test_modules_are_watched_by_default(tmp_path: Path, monkeypatch: pytest.Monk
     acted: List[ChangeSet] = []
     watcher = Watcher(action=acted.append)
     assert str(tmp_path / "wr_watcher_probe.py") in watcher.detector.watched()
-    bump(tmp_path / "wr_watcher_probe.py", "Y = 2\n")
+    edit(tmp_path / "wr_watcher_probe.py", "Y = 2\n")
     watcher.step(5.0)
     assert watcher.step(6.0) is not None
 
@@ -144,7 +139,7 @@ def test_thread_runs_steps(project: Path) -> None:
     watcher.start()
     try:
         assert watcher.start() is watcher  # idempotent
-        bump(project / "mod.py", "X = 2\n")
+        edit(project / "mod.py", "X = 2\n")
         assert done.wait(10)
     finally:
         watcher.stop()

@@ -104,8 +104,6 @@ def build_policy(
         settle=float(settle),
         settle_max=float(settle_max),
         validate=validate,
-        import_name=app_spec,
-        import_timeout=float(timeout),
         boot=BootCheck(app=app, creator=creator, timeout=float(timeout), smoke=smoke),
     )
 

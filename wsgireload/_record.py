@@ -2,20 +2,24 @@
 
 A JSON file in the private runtime directory, replaced atomically under a lock file, so a
 reader never sees half of it and a crash at any point leaves either the old or the new record.
+The actions keep their part in it too: the last reload request (one HUP per deploy, a minimum
+interval, uWSGI's chain wake window) and the lines already logged for the master.
 """
 
 from __future__ import annotations
 
+import enum
 import json
 import logging
 import os
 import re
+import stat
+import tempfile
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from .actions._claim import default_runtime_dir, ensure_private_dir
-from .actions._process import boot_ppid, proc_start_time
+from .actions._process import ProcessInfo, ReadProcess, boot_ppid, exists, proc_start_time
 
 try:
     import fcntl
@@ -29,7 +33,41 @@ SUFFIX = ".master.json"
 _VALIDATIONS_KEPT = 20
 _GONE_KEPT = 3600.0  # seconds a worker that exited stays listed (for "workers replaced")
 _GONE_MAX = 256  # workers that exited kept at most
+_ONCE_KEPT = 32  # names of lines already logged for the master
 _WHERE = re.compile(r"(/[^\s:'\"]+\.py)(?::|\", line )(\d+)")
+
+
+def default_runtime_dir() -> str:
+    """``$XDG_RUNTIME_DIR/wsgireload`` if usable, else ``<tempdir>/wsgireload-<uid>``."""
+    xdg = os.environ.get("XDG_RUNTIME_DIR")
+    if xdg and os.path.isabs(xdg) and _private_dir_problem(xdg) is None:
+        return os.path.join(xdg, "wsgireload")
+    return os.path.join(tempfile.gettempdir(), f"wsgireload-{os.getuid()}")
+
+
+def ensure_private_dir(path: str) -> Optional[str]:
+    """Create ``path`` 0700 if missing; return why it is unsafe to use, or None if it is ours."""
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        return f"cannot create {path}: {exc.strerror or exc}"
+    return _private_dir_problem(path)
+
+
+def _private_dir_problem(path: str) -> Optional[str]:
+    try:
+        info = os.lstat(path)  # lstat: a symlink planted by someone else is refused
+    except OSError as exc:
+        return f"cannot inspect {path}: {exc.strerror or exc}"
+    if not stat.S_ISDIR(info.st_mode):
+        return f"{path} is not a directory"
+    if info.st_uid != os.getuid():
+        return f"{path} belongs to uid {info.st_uid}, not to this process (uid {os.getuid()})"
+    if info.st_mode & 0o077:
+        return f"{path} is accessible to other users (mode {stat.S_IMODE(info.st_mode):o})"
+    return None
 
 
 def where(error: str) -> str:
@@ -45,13 +83,7 @@ def _alive(pid: int, start: Optional[str]) -> bool:
     if os.path.isdir("/proc/self"):
         now = proc_start_time(pid)
         return now is not None and (start is None or now == start)
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # exists, someone else's
-        return True
-    return True
+    return exists(pid)
 
 
 Alive = Callable[[int, Optional[str]], bool]
@@ -133,15 +165,20 @@ def master_of(environ: Any) -> Optional[Tuple[str, int]]:
 
 
 def open_record(
-    server: str, master: int, directory: Optional[str] = None, alive: Alive = _alive
+    server: str,
+    master: int,
+    directory: Optional[str] = None,
+    alive: Alive = _alive,
+    start: Optional[str] = None,
 ) -> Tuple[Optional[Record], str]:
     """The record of ``master`` (created if missing), or None and why there is none.
 
-    Records of masters that are gone are removed on the way (they are never needed again).
+    ``start`` is the master's start time (read from /proc if None). Records of masters that
+    are gone are removed on the way (they are never needed again).
     """
     if fcntl is None:  # pragma: no cover
         return None, "file locks are not available here"
-    start = proc_start_time(master)
+    start = start or proc_start_time(master)
     directory = directory or default_runtime_dir()
     problem = ensure_private_dir(directory)
     if problem is not None:
@@ -173,16 +210,105 @@ def forget_dead(directory: str, alive: Alive = _alive) -> None:
             if writer.isdigit() and not alive(int(writer), None):
                 _unlink(os.path.join(directory, name))
             continue
-        # Also the uWSGI action's own ``uwsgi-<pid>-<start>.json`` records, kept beside these.
-        suffix = SUFFIX if name.endswith(SUFFIX) else ".json"
-        if not name.endswith(suffix):
+        if not name.endswith(SUFFIX):
             continue
-        parts = name[: -len(suffix)].rsplit("-", 2)
+        parts = name[: -len(SUFFIX)].rsplit("-", 2)
         if len(parts) != 3 or not parts[1].isdigit():
             continue
         start = None if parts[2] in ("na", "unknown") else parts[2]  # no /proc when made
         if not alive(int(parts[1]), start):
             Record(os.path.join(directory, name)).remove()
+
+
+def for_master(
+    server: str, master: Optional[ProcessInfo], directory: Optional[str], read: ReadProcess
+) -> Tuple[Optional[Record], str]:
+    """The record of an action's recorded ``master``; whether a master is alive is asked of
+    ``read`` (the action's view of /proc)."""
+    if master is None:
+        return None, "no master was recorded"
+
+    def alive(pid: int, start: Optional[str]) -> bool:
+        info = read(pid)
+        return info is not None and (start is None or info.start_time in (None, start))
+
+    return open_record(server, master.pid, directory, alive, master.start_time)
+
+
+class Outcome(enum.Enum):
+    CLAIMED = "claimed"  # the caller reloads the master now
+    COVERED = "covered"  # a reload since the caller started will replace it: do nothing
+    WAIT = "wait"  # the last reload was too recent: try again later
+
+
+def claim_reload(
+    record: Record,
+    booted: float,
+    clock: Callable[[], float] = time.monotonic,
+    min_interval: float = 0.0,
+    chain: bool = False,
+) -> Tuple[Outcome, float]:
+    """Claim the master's next reload for a process started at ``booted``; (outcome, wait).
+
+    Why the *last reload* rather than a claim per change set: workers scan at different
+    moments, so one may settle on files 1-50 and another on 1-100 of one deploy. A worker that
+    started before the master's latest reload will be replaced by it and must not ask again;
+    one started after it holds newer code, so a change it sees is new. ``booted`` and
+    ``clock`` are ``time.monotonic()``: one clock for every process of the machine. The clock
+    is read under the lock: a time read before it could predate a sibling's claim and look
+    like one from before a reboot. Raises OSError.
+    """
+    result = (Outcome.CLAIMED, 0.0)
+
+    def change(data: Data) -> Optional[Data]:
+        nonlocal result
+        now = clock()
+        last = (data.get("reload_request") or {}).get("at")
+        if not isinstance(last, (int, float)) or last > now:
+            last = None  # none yet, or written before this machine booted (the clock restarted)
+        if last is not None and last >= booted:
+            result = (Outcome.COVERED, 0.0)
+            return None
+        if last is not None and now - last < min_interval:
+            result = (Outcome.WAIT, min_interval - (now - last))
+            return None
+        return {**data, "reload_request": {"at": now, "chain": chain, "by": os.getpid()}}
+
+    record.update(change)
+    return result
+
+
+def last_request(record: Record) -> Data:
+    """The master's last reload request: ``at`` (monotonic), ``chain``, ``by``; {} if none."""
+    request = record.read().get("reload_request")
+    return request if isinstance(request, dict) and "at" in request else {}
+
+
+def first_to_log(record: Optional[Record], name: str) -> bool:
+    """True for the first process of the master to log the line ``name``; also without a
+    record or when it fails (better a repeated line than a lost one)."""
+    if record is None:
+        return True
+    first = False
+
+    def change(data: Data) -> Optional[Data]:
+        nonlocal first
+        logged = [n for n in data.get("logged", ()) if isinstance(n, str)]
+        if name in logged:
+            return None
+        first = True
+        return {**data, "logged": (logged + [name])[-_ONCE_KEPT:]}
+
+    try:
+        record.update(change)
+    except OSError:
+        return True
+    return first
+
+
+def logged(record: Optional[Record], name: str) -> bool:
+    """Whether some process of the master logged the line ``name``."""
+    return record is not None and name in (record.read().get("logged") or ())
 
 
 def read_all(directory: Optional[str] = None, alive: Alive = _alive) -> List[Data]:

@@ -102,30 +102,29 @@ def parse_target(spec: str, *, default_attr: Optional[str] = "application") -> T
     )
 
 
-def _text(value: Any) -> Optional[str]:
-    if isinstance(value, (list, tuple)):
-        value = value[0] if value else None
-    if isinstance(value, bytes):
-        value = value.decode("utf-8", "replace")
-    return value if isinstance(value, str) and value else None
-
-
-def _all_text(value: Any) -> List[str]:
+def opt_texts(value: Any) -> List[str]:
+    """The non-empty strings of a ``uwsgi.opt`` value: bytes, str, or a list of those."""
     values = value if isinstance(value, (list, tuple)) else [value]
-    return [text for text in (_text(v) for v in values) if text]
+    texts = (os.fsdecode(v) if isinstance(v, bytes) else v for v in values)
+    return [text for text in texts if isinstance(text, str) and text]
+
+
+def opt_text(value: Any, default: Optional[str] = None) -> Optional[str]:
+    """The first of ``opt_texts(value)``, else ``default``."""
+    return next(iter(opt_texts(value)), default)
 
 
 def uwsgi_targets(opt: Mapping[str, Any]) -> List[Target]:
     """The apps a uWSGI instance loads, from its ``uwsgi.opt``."""
-    callable_name = _text(opt.get("callable")) or "application"
+    callable_name = opt_text(opt.get("callable")) or "application"
     found: List[Target] = []
     for key in ("module", "wsgi"):
-        for spec in _all_text(opt.get(key)):
+        for spec in opt_texts(opt.get(key)):
             found.append(_uwsgi_target(spec, callable_name))
     for key in ("wsgi-file", "file"):
-        for spec in _all_text(opt.get(key)):
+        for spec in opt_texts(opt.get(key)):
             found.append(Target(path=os.path.abspath(spec), attr=callable_name, spec=spec))
-    for mount in _all_text(opt.get("mount")):
+    for mount in opt_texts(opt.get("mount")):
         _, _, spec = mount.partition("=")
         if spec:
             found.append(_uwsgi_target(spec, callable_name))

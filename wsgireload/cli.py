@@ -324,7 +324,7 @@ def cmd_watch(args: argparse.Namespace, out: TextIO) -> int:
         detector=detector,
         on_event=printer,
     )
-    if args.pidfile and watcher.policy.boot is not None and pid is not None:
+    if args.pidfile and pid is not None:
         # Boot the app from where the server imports it: the master's working directory.
         server_cwd = _proc_cwd(pid)
         if server_cwd is not None:

@@ -44,7 +44,7 @@ class Engine:
         modified after it count as changed at the first step (the Detector's rule).
     :param master: (server, pid) of the master whose workers share one record; None: find
         it from the first request's environ (``setup``), or scan alone.
-    :param runtime_dir: private directory for the records (default: the claim directory).
+    :param runtime_dir: private directory for the records (``_record.default_runtime_dir()``).
     :param creator: the module that created the Reloader: the boot check's last resort.
     """
 
@@ -96,7 +96,7 @@ class Engine:
     def setup(self, environ: Mapping[str, Any]) -> None:
         """Let the action look at this process and join the master's record. Never raises."""
         self.pid = os.getpid()
-        if self.policy.boot is not None and environ:
+        if environ:
             self.policy.boot.note_environ(environ)  # the server's app (mod_wsgi's script)
         try:
             self.action.setup(ProcessContext(self.pid, self.created_pid, environ))
@@ -123,7 +123,7 @@ class Engine:
             record,
             self.pid,
             _process.proc_start_time(self.pid),
-            born=forked_at(),
+            born=_process.born(),
             lease=max(LEASE, 20 * self.options.interval),
         )
         share.join()
@@ -305,17 +305,9 @@ def _same(recorded: Any, identity: Any) -> bool:
 
 # -- the one place that resets per-process state in a forked child -------------------------
 _engines: "weakref.WeakSet[Engine]" = weakref.WeakSet()
-_forked_at = time.time()
-
-
-def forked_at() -> float:
-    """Wall-clock time this process was forked (or imported wsgireload, if later)."""
-    return _forked_at
 
 
 def _after_fork_in_child() -> None:
-    global _forked_at
-    _forked_at = time.time()
     _process.after_fork()
     classic.after_fork()
     events.after_fork()

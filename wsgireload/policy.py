@@ -9,11 +9,10 @@ import importlib.util
 import logging
 import os
 import stat
-import sys
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
-from .boot import BootCheck, Target, find_python, parse_target, run_checker
+from .boot import BootCheck
 from .detect import Snapshot, fingerprint
 
 log = logging.getLogger("wsgireload")
@@ -86,15 +85,6 @@ def compile_errors(paths: Iterable[str]) -> List[_Problem]:
     return problems
 
 
-def import_error(module: str, *, timeout: float, path: Sequence[str]) -> Optional[str]:
-    """Boot ``module`` in a fresh interpreter with ``path`` as sys.path; None if it worked."""
-    python = find_python()
-    if python is None:
-        return "no Python interpreter found for the boot check"
-    target = parse_target(module, default_attr=None)
-    return run_checker(python, [target], timeout=timeout, path=path).problem
-
-
 def remove_stale_bytecode(paths: Iterable[str]) -> List[str]:
     """Delete cached bytecode of each changed ``.py`` and return what was removed.
 
@@ -129,33 +119,20 @@ class Policy:
     :param settle_max: seconds after the first change when it is acted on anyway, so that a
         file rewritten every second still reloads.
     :param validate: ``"boot"`` (compile, then boot the app in a fresh interpreter),
-        ``"compile"`` or None; ``"import"`` is an alias of ``"boot"``.
-    :param import_name: the app to boot (``module:app``); None lets the boot check find it.
-    :param boot: the boot check itself (built from the ``import_*`` fields when None).
+        ``"compile"`` or None (``_options.build_policy`` checks it and maps ``"import"``).
+    :param boot: the boot check (by default one that finds the server's app itself).
     """
 
     settle: float = 1.0
     settle_max: float = 30.0
     validate: Optional[str] = "boot"
-    import_name: Optional[str] = None
-    import_timeout: float = 30.0  # seconds
-    import_path: Callable[[], Sequence[str]] = lambda: list(sys.path)
-    boot: Optional[BootCheck] = None
+    boot: BootCheck = field(default_factory=BootCheck)
     _pending: Dict[str, None] = field(default_factory=dict)
     _first: float = 0.0
     _last: float = 0.0
     _version: int = 0
     _rejected_version: int = -1
     refusal: Optional[str] = None  # why the last change set was refused (for the record)
-
-    def __post_init__(self) -> None:
-        if self.validate == "import":
-            self.validate = "boot"
-        if self.boot is None:
-            app: Optional[Target] = None
-            if self.import_name:
-                app = parse_target(self.import_name, default_attr=None)
-            self.boot = BootCheck(app=app, timeout=self.import_timeout, path=self.import_path)
 
     @property
     def pending(self) -> Tuple[str, ...]:
@@ -210,7 +187,7 @@ class Policy:
         if problems:
             extra = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
             return f"{problems[0]}{extra}"
-        if self.validate == "boot" and self.boot is not None:
+        if self.validate == "boot":
             # A stale .pyc of a same-size edit within one second would boot the old code.
             remove_stale_bytecode(files)
             return self.boot.check()

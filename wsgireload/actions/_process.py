@@ -16,9 +16,9 @@ API (small on purpose; the gunicorn, uWSGI and pidfile actions import it):
   Its ``kind`` (a ``Refusal``) lets an action react: FOREIGN_USER is "our master, but a user
   this process may not signal" (``gunicorn --user``).
 - ``signal_denied(info)``: why this process may not signal ``info`` (EPERM), or None.
-- ``verify_master(recorded, names)``: the same as a bool, logging a WARNING with the reason.
-- ``boot_time()``: the ``time.monotonic()`` at which this process started running its code
-  (fork or import), comparable across processes of one machine.
+- ``boot_time()``, ``born()``: the ``time.monotonic()`` and the wall-clock time at which this
+  process started running its code (fork or import), comparable across processes of one
+  machine.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ def read_process(pid: int, root: str = PROC_ROOT) -> Optional[ProcessInfo]:
     Without a ``/proc`` only the pid is known and the other fields are None.
     """
     if not os.path.isdir(root):
-        return ProcessInfo(pid, None, None, None) if _exists(pid) else None
+        return ProcessInfo(pid, None, None, None) if exists(pid) else None
     base = os.path.join(root, str(pid))
     start_time = proc_start_time(pid, root)
     if start_time is None:
@@ -99,7 +99,8 @@ def proc_start_time(pid: Union[int, str], root: str = PROC_ROOT) -> Optional[str
     return fields[19] if len(fields) > 19 else None
 
 
-def _exists(pid: int) -> bool:
+def exists(pid: int) -> bool:
+    """Whether ``pid`` exists (another user's too), asked with signal 0."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -165,25 +166,27 @@ def matching_name(argv: Union[str, Sequence[str]], names: Names) -> Optional[str
     return None
 
 
-def names_program(argv: Union[str, Sequence[str]], names: Names) -> bool:
-    """True if the program ``argv`` runs is one of ``names``."""
-    return matching_name(argv, names) is not None
-
-
 def _names(names: Names) -> Tuple[str, ...]:
     return (names,) if isinstance(names, str) else tuple(names)
 
 
 # -- this process's own start: recorded at import and again in a forked child ------------
 _boot_time = time.monotonic()
+_born = time.time()
 _boot_ppid = os.getppid()
 
 
 def after_fork() -> None:
     """Called in a forked child (by ``wsgireload.engine``'s one fork hook)."""
-    global _boot_time, _boot_ppid
+    global _boot_time, _born, _boot_ppid
     _boot_time = time.monotonic()
+    _born = time.time()
     _boot_ppid = os.getppid()
+
+
+def born() -> float:
+    """Wall-clock time this process forked (or imported wsgireload, if later)."""
+    return _born
 
 
 def boot_time() -> float:
@@ -278,7 +281,7 @@ def master_problem(
         return MasterProblem(
             Refusal.UID_CHANGED, f"the master {pid} changed uid ({recorded.uid} -> {now.uid})"
         )
-    if now.argv is not None and not names_program(now.argv, names):
+    if now.argv is not None and matching_name(now.argv, names) is None:
         return MasterProblem(
             Refusal.NOT_THE_SERVER,
             f"the master {pid} does not look like {' or '.join(_names(names))} "
@@ -306,22 +309,3 @@ def signal_denied(
         f"the master {info.pid} runs as uid {info.uid} and this worker as uid {geteuid()}, "
         "so the worker may not signal it"
     )
-
-
-def verify_master(
-    recorded: Optional[ProcessInfo],
-    names: Names,
-    *,
-    getppid: Callable[[], int] = os.getppid,
-    read: ReadProcess = read_process,
-    getuid: Callable[[], int] = os.getuid,
-    geteuid: Callable[[], int] = os.geteuid,
-) -> bool:
-    """True if ``recorded`` may be signalled now; else log a WARNING saying why."""
-    problem = master_problem(
-        recorded, names, getppid=getppid, read=read, getuid=getuid, geteuid=geteuid
-    )
-    if problem is None:
-        return True
-    log.warning("wsgireload: not signalling the master: %s; restart the server yourself", problem)
-    return False

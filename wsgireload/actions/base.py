@@ -1,15 +1,18 @@
 """The action interface and the two actions that need no server: callback and log-only.
 
-Server actions subclass Action and register a name in ``wsgireload.actions.REGISTRY``.
+Server actions subclass Action (MasterAction when they signal their worker's master) and
+register a name in ``wsgireload.actions.REGISTRY``.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Mapping
+from typing import Any, Callable, ClassVar, Mapping, Optional, Sequence, Tuple
 
+from .. import _record
 from ..policy import ChangeSet
+from . import _process
 
 log = logging.getLogger("wsgireload")
 
@@ -61,6 +64,43 @@ class Action:
     def describe(self) -> str:
         """A short phrase for the reload log line."""
         return self.name
+
+
+class MasterAction(Action):
+    """An action that asks its worker's recorded master to reload (gunicorn, uWSGI): the one
+    master check before a signal, and the master's record shared with the sibling workers."""
+
+    server: ClassVar[str] = ""  # the record's server name
+
+    def __init__(
+        self,
+        server_names: Sequence[str],
+        runtime_dir: Optional[str],
+        read_process: _process.ReadProcess,
+        getppid: Callable[[], int],
+        getuid: Callable[[], int],
+        geteuid: Callable[[], int],
+    ) -> None:
+        self.server_names: Tuple[str, ...] = tuple(server_names)
+        self.runtime_dir = runtime_dir
+        self.read_process = read_process
+        self.getppid = getppid
+        self.getuid = getuid
+        self.geteuid = geteuid
+        self.master: Optional[_process.ProcessInfo] = None
+
+    def _problem(self) -> Optional[_process.MasterProblem]:
+        return _process.master_problem(
+            self.master,
+            self.server_names,
+            getppid=self.getppid,
+            read=self.read_process,
+            getuid=self.getuid,
+            geteuid=self.geteuid,
+        )
+
+    def _master_record(self) -> Tuple[Optional[_record.Record], str]:
+        return _record.for_master(self.server, self.master, self.runtime_dir, self.read_process)
 
 
 class CallbackAction(Action):

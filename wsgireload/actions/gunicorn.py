@@ -10,13 +10,14 @@ import logging
 import os
 import signal
 import threading
-from typing import Callable, Optional, Sequence, Tuple
+import time
+from typing import Callable, Optional, Sequence
 
+from .. import _record
 from ..policy import ChangeSet
 from . import _process
-from ._claim import Claim, Outcome, ReloadLedger, default_runtime_dir, mark_once
-from ._process import MasterProblem, ProcessInfo, ReadProcess, Refusal
-from .base import Action, ProcessContext
+from ._process import ReadProcess, Refusal
+from .base import Action, MasterAction, ProcessContext
 
 log = logging.getLogger("wsgireload")
 
@@ -39,10 +40,21 @@ def _timer(delay: float, function: Callable[[], None]) -> None:
     timer.start()
 
 
-class GunicornAction(Action):
+def terminate_self(kill: Kill, getpid: Callable[[], int]) -> None:
+    """SIGTERM to this worker: gunicorn's worker finishes its requests and exits, and the
+    master spawns a fresh one. (``sys.exit()`` would be caught by gunicorn: no restart.)"""
+    pid = getpid()
+    if pid <= 1:  # never terminate an init process (a container's only process)
+        log.warning("wsgireload: not restarting pid %d", pid)
+        return
+    kill(pid, signal.SIGTERM)
+
+
+class GunicornAction(MasterAction):
     """SIGHUP to this worker's gunicorn master: a graceful reload of every worker.
 
-    Only one worker of a master signals per deploy (see ``_claim.ReloadLedger``), only a master
+    Only one worker of a master signals per deploy (``_record.claim_reload`` in the master's
+    record; no record, no signal: N workers would each HUP), only a master
     verified as unchanged since the worker started is signalled, and two reloads of one
     master are at least ``min_interval`` seconds apart.
 
@@ -53,12 +65,12 @@ class GunicornAction(Action):
     with EPERM. Without it, a WARNING says what to do.
 
     :param min_interval: seconds between two reloads of one master.
-    :param runtime_dir: private directory for the shared reload records.
+    :param runtime_dir: private directory for the master's record.
     :param server_names: names one of which the master's program must be.
     :param restart_fallback: restart each worker when the master cannot be signalled.
     """
 
-    name = "gunicorn"
+    name = server = "gunicorn"
     summary = (
         "one SIGHUP per deploy to the verified master (graceful reload of every worker); "
         "with --preload, one ERROR and no reload"
@@ -79,23 +91,18 @@ class GunicornAction(Action):
         read_process: ReadProcess = _process.read_process,
         boot_time: Callable[[], float] = _process.boot_time,
         master_pid: Callable[[], int] = _process.boot_ppid,
-        ledger: Optional[ReloadLedger] = None,
+        clock: Callable[[], float] = time.monotonic,
         schedule: Schedule = _timer,
     ) -> None:
-        self.server_names: Tuple[str, ...] = tuple(server_names)
-        self.runtime_dir = runtime_dir
+        super().__init__(server_names, runtime_dir, read_process, getppid, getuid, geteuid)
         self.restart_fallback = restart_fallback
         self.kill = kill
-        self.getppid = getppid
         self.getpid = getpid
-        self.getuid = getuid
-        self.geteuid = geteuid
-        self.read_process = read_process
         self.boot_time = boot_time
         self.master_pid = master_pid
-        self.ledger = ledger or ReloadLedger(runtime_dir, min_interval=min_interval)
+        self.min_interval = float(min_interval)
+        self.clock = clock
         self.schedule = schedule
-        self.master: Optional[ProcessInfo] = None
         self.disabled: Optional[str] = None  # why this action does nothing in this process
         self.restarting: Optional[str] = None  # why each worker restarts itself instead
         self._retry_pending = False
@@ -104,7 +111,7 @@ class GunicornAction(Action):
         self.master = _process.record_master(self.master_pid(), read=self.read_process)
         if context.preloaded:
             self.disabled = "--preload"
-            if mark_once(self.runtime_dir, f"{self._key()}.preload-error"):
+            if _record.first_to_log(self._master_record()[0], "preload-error"):
                 log.error(PRELOAD_ERROR)
             return
         problem = self._problem()
@@ -127,22 +134,6 @@ class GunicornAction(Action):
             advice = "restart gunicorn yourself to load code changes"
         log.warning("wsgireload: gunicorn reload will be refused: %s; %s", problem, advice)
 
-    def _problem(self) -> Optional[MasterProblem]:
-        return _process.master_problem(
-            self.master,
-            self.server_names,
-            getppid=self.getppid,
-            read=self.read_process,
-            getuid=self.getuid,
-            geteuid=self.geteuid,
-        )
-
-    def _key(self) -> str:
-        master = self.master
-        if master is None:
-            return "gunicorn-0-0"
-        return f"gunicorn-{master.pid}-{master.start_time or 'na'}"
-
     def __call__(self, changes: ChangeSet) -> None:
         if self.disabled is not None:
             log.debug("wsgireload: not reloading (%s): %s", self.disabled, changes.describe())
@@ -162,17 +153,12 @@ class GunicornAction(Action):
     def _restart_instead(self, why: str) -> None:
         """From now on this worker restarts itself for each change set; say so once."""
         self.restarting = why
-        if mark_once(self.runtime_dir, f"{self._key()}.restart-worker"):
+        if _record.first_to_log(self._master_record()[0], "restart-worker"):
             log.info(
                 "wsgireload: %s: each worker restarts itself after its response instead "
                 "(gunicorn replaces it gracefully)",
                 why,
             )
-
-    def _others_restart(self) -> bool:
-        """A sibling switched to restarting itself (``_restart_instead`` marked it)."""
-        directory = self.runtime_dir or default_runtime_dir()
-        return os.path.exists(os.path.join(directory, f"{self._key()}.restart-worker"))
 
     def _restart_self(self) -> None:
         problem = self._problem()
@@ -182,11 +168,7 @@ class GunicornAction(Action):
                 "wsgireload: not restarting this worker: %s; restart gunicorn yourself", problem
             )
             return
-        pid = self.getpid()
-        if pid <= 1:  # never terminate an init process
-            log.warning("wsgireload: not restarting pid %d", pid)
-            return
-        self.kill(pid, signal.SIGTERM)
+        terminate_self(self.kill, self.getpid)
 
     def _denied(self, exc: OSError) -> None:
         assert self.master is not None
@@ -224,41 +206,52 @@ class GunicornAction(Action):
             log.warning("wsgireload: gunicorn master %d is gone; restart gunicorn yourself",
                         self.master.pid)
             return
-        claim: Claim = self.ledger.claim(self._key(), self.boot_time())
-        if claim.outcome is Outcome.COVERED and self.restart_fallback and self._others_restart():
+        record, reason = self._master_record()
+        if record is not None:
+            try:
+                outcome, wait = _record.claim_reload(
+                    record, self.boot_time(), self.clock, self.min_interval
+                )
+            except OSError as exc:
+                reason = f"cannot update {record.path}: {exc.strerror or exc}"
+                record = None
+        if record is None:
+            # Without a shared record every worker would send its own HUP, and each is a
+            # full reload cycle of the master.
+            log.warning(
+                "wsgireload: not reloading: no safe place to coordinate workers (%s); "
+                "pass runtime_dir= a private directory, or restart gunicorn yourself",
+                reason,
+            )
+            return
+        if outcome is _record.Outcome.COVERED and self.restart_fallback and _record.logged(
+            record, "restart-worker"
+        ):
             # The claim covering us was a HUP the kernel refused: do as the sibling did.
             self._restart_instead("another worker found the master out of reach")
             self._restart_self()
-        elif claim.outcome is Outcome.COVERED:
+        elif outcome is _record.Outcome.COVERED:
             log.debug(
                 "wsgireload: gunicorn master %d already reloaded since this worker started; "
                 "it will be replaced",
                 self.master.pid,
             )
-        elif claim.outcome is Outcome.WAIT:
+        elif outcome is _record.Outcome.WAIT:
             log.info(
                 "wsgireload: the last reload of gunicorn master %d was too recent; "
                 "retrying in %.1fs",
                 self.master.pid,
-                claim.wait,
+                wait,
             )
             if not self._retry_pending:
                 self._retry_pending = True
-                self.schedule(claim.wait, self._retry)
-        elif claim.outcome is Outcome.REFUSED:
-            log.warning(
-                "wsgireload: not reloading: no safe place to coordinate workers (%s); "
-                "pass runtime_dir= a private directory, or restart gunicorn yourself",
-                claim.reason,
-            )
+                self.schedule(wait, self._retry)
         else:
             log.debug("wsgireload: sending SIGHUP to gunicorn master %d", self.master.pid)
             try:
                 self.kill(self.master.pid, signal.SIGHUP)
             except PermissionError as exc:
                 self._denied(exc)
-                return
-            self.ledger.forget_dead(lambda pid: self.read_process(pid) is not None)
 
     @property
     def per_process(self) -> bool:  # type: ignore[override]
@@ -301,21 +294,16 @@ class RestartWorkerAction(Action):
         if context.preloaded:
             self.disabled = "--preload"
             master = _process.record_master()
-            key = f"gunicorn-{master.pid}-{master.start_time or 'na'}" if master else "gunicorn-0-0"
-            if mark_once(self.runtime_dir, f"{key}.preload-error"):
+            record, _ = _record.for_master("gunicorn", master, self.runtime_dir,
+                                           _process.read_process)
+            if _record.first_to_log(record, "preload-error"):
                 log.error(PRELOAD_ERROR)
 
     def __call__(self, changes: ChangeSet) -> None:
         if self.disabled is not None:
             log.debug("wsgireload: not reloading (%s): %s", self.disabled, changes.describe())
             return
-        pid = self.getpid()
-        if pid <= 1:  # never terminate an init process (a container's only process)
-            log.warning("wsgireload: not restarting pid %d", pid)
-            return
-        # gunicorn's worker handles SIGTERM gracefully: it finishes and exits, the master
-        # spawns a fresh one. (sys.exit() would be caught by gunicorn and not restart it.)
-        self.kill(pid, signal.SIGTERM)
+        terminate_self(self.kill, self.getpid)
 
     def describe(self) -> str:
         if self.disabled is not None:

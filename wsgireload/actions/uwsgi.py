@@ -1,36 +1,134 @@
 """uWSGI: ask this worker's verified master for one graceful reload per change set.
 
 Chain reload through the master FIFO with --lazy-apps, else ``uwsgi.reload()``; never a reload
-that would kill the server (pyuwsgi in a virtualenv without --binary-path).
+that would kill the server (pyuwsgi in a virtualenv without --binary-path). The ``uwsgi``
+module, /proc and the FIFO writer are injectable: unit-tested without uWSGI.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import stat
 import sys
 import threading
 import time
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 
+from .. import _record
+from ..boot import opt_text, opt_texts
 from ..policy import ChangeSet
 from . import _process
-from ._process import MasterProblem, ProcessInfo, ReadProcess, Refusal
-from ._uwsgi_support import (
-    PROC_ROOT,
-    MasterLedger,
-    UwsgiOptions,
-    first_fifo,
-    process_start,
-    write_fifo,
-)
-from .base import Action, ProcessContext
+from ._process import PROC_ROOT, MasterProblem, ReadProcess, Refusal
+from .base import MasterAction, ProcessContext
 
 log = logging.getLogger("wsgireload")
 
+_FALSE_WORDS = frozenset({b"", b"0", b"false", b"no", b"off"})
+
+
+# -- uwsgi.opt --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class UwsgiOptions:
+    """The few uWSGI options that decide how to reload."""
+
+    lazy_apps: bool = False  # --lazy-apps or --lazy: each worker imports the app itself
+    master_fifos: Tuple[str, ...] = ()  # --master-fifo paths; uWSGI reads the first one
+    binary_path: Optional[str] = None  # --binary-path: what a full reload re-executes
+    master: bool = False
+    processes: int = 1  # --processes / --workers
+    master_title: Optional[str] = None  # --procname-master / --procname, with its prefix
+
+    @classmethod
+    def parse(cls, opt: Mapping[Any, Any]) -> "UwsgiOptions":
+        """Read ``uwsgi.opt``: keys are str or bytes, values bytes, True, or lists of those."""
+        values: Dict[str, Any] = {}
+        for key, value in opt.items():
+            name = key.decode("utf-8", "replace") if isinstance(key, bytes) else str(key)
+            values[name] = value
+        return cls(
+            lazy_apps=_flag(values.get("lazy-apps")) or _flag(values.get("lazy")),
+            master_fifos=tuple(opt_texts(values.get("master-fifo"))),
+            binary_path=opt_text(values.get("binary-path")),
+            master=_flag(values.get("master")),
+            processes=_number(values.get("processes", values.get("workers"))),
+            master_title=_title(values),
+        )
+
+
+def _title(values: Mapping[str, Any]) -> Optional[str]:
+    """The command line uWSGI gives its master when told to rename it, or None."""
+    name = opt_text(values.get("procname-master"))
+    name = name or opt_text(values.get("procname"))
+    if name is None and _flag(values.get("auto-procname")):
+        name = "uWSGI master"
+    if name is None:
+        return None
+    prefix = opt_text(values.get("procname-prefix"), "")
+    spaced = opt_text(values.get("procname-prefix-spaced"), "")
+    return (prefix or (spaced + " " if spaced else "")) + name
+
+
+def _flag(value: Any) -> bool:
+    if isinstance(value, list):
+        return any(_flag(item) for item in value)
+    if value is None or value is False:
+        return False
+    if value is True:
+        return True
+    if isinstance(value, str):
+        value = value.encode("utf-8", "replace")
+    if isinstance(value, bytes):
+        return value.strip().lower() not in _FALSE_WORDS
+    return bool(value)
+
+
+def _number(value: Any) -> int:
+    for text in opt_texts(value):
+        try:
+            return int(text)
+        except ValueError:
+            continue
+    return 1
+
+
+# -- the master FIFO --------------------------------------------------------------------
+def write_fifo(path: str, command: bytes) -> None:
+    """Write a command to a uWSGI master FIFO; raise OSError saying why it was not possible.
+
+    Non-blocking: with nobody reading (the master is gone), opening fails with ENXIO at once
+    instead of hanging the worker.
+    """
+    flags = os.O_WRONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+    fd = os.open(path, flags)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISFIFO(info.st_mode):
+            raise OSError(errno.EINVAL, f"{path} is not a FIFO")
+        if info.st_uid != os.getuid():
+            raise OSError(errno.EPERM, f"{path} belongs to uid {info.st_uid}")
+        os.write(fd, command)
+    finally:
+        os.close(fd)
+
+
+def first_fifo(paths: Tuple[str, ...]) -> Optional[str]:
+    """The configured FIFO that exists. uWSGI creates only the active (first) one, and
+    ``uwsgi.opt`` keeps only the last of repeated options, so check rather than trust."""
+    for path in paths:
+        try:
+            if stat.S_ISFIFO(os.stat(path).st_mode):
+                return path
+        except OSError:
+            continue
+    return None
+
+
+# -- the action ----------------------------------------------------------------------------
 CHAIN = "chain"
 RELOAD = "reload"
-_REFUSALS_KEPT = 20  # fingerprints remembered per master, to log each refusal once
 # uWSGI's master advances a chain reload only when its event loop wakes up, once a second when
 # idle: two wake-ups per worker (reap the old one, see the new one accepting), so 3 workers
 # took ~5 s here. A newline written to the master FIFO is ignored by uWSGI but wakes the
@@ -40,31 +138,32 @@ WAKE_FOR = 10.0  # seconds after the chain started, plus WAKE_PER_WORKER per wor
 WAKE_PER_WORKER = 2.0  # seconds
 
 
-class UwsgiAction(Action):
+class UwsgiAction(MasterAction):
     """Reload uWSGI gracefully: a chain reload (workers replaced one by one) when the app is
     loaded per worker (``--lazy-apps``) and a ``--master-fifo`` exists, else ``uwsgi.reload()``
     (the master re-executes itself and its workers).
 
     Only the master recorded at this worker's setup is asked (pid 1 too: a container's
     uWSGI), after checking it is still our parent, the same process, a user this worker may
-    signal, and a uWSGI (``_process.master_problem``). Workers share a record per master: a
-    worker started before the latest reload request is replaced by that reload, so it does not
-    ask again; N workers seeing one deploy make one request.
+    signal, and a uWSGI (``_process.master_problem``). Workers share their master's record
+    (``_record.claim_reload``): a worker started before the latest reload request is replaced
+    by that reload, so it does not ask again; N workers seeing one deploy make one request.
 
     :param uwsgi_module: the ``uwsgi`` module (tests pass a fake); imported at setup if None.
     :param server_names: names one of which the master's program must be (besides the
         ``--procname-master`` title, read from ``uwsgi.opt``).
     :param proc_root: where procfs is mounted (tests point it at a fake tree).
-    :param ledger: the per-master record shared by workers.
+    :param runtime_dir: private directory for the master's record.
     :param fifo_writer: writes a command to the master FIFO.
-    :param booted: when this worker started, on the ``clock``; read from /proc if None.
+    :param booted: when this worker loaded its code, on the ``clock`` (``_process.boot_time``
+        if None: its fork, or its import of wsgireload under --lazy-apps).
     :param pyuwsgi: running from the pyuwsgi wheel; detected from ``sys.modules`` if None.
     :param virtualenv: running in a virtualenv; detected from ``sys.prefix`` if None.
     :param waker: ``waker(fifo, until)`` wakes the master until the clock reads ``until``;
         None starts a daemon thread writing newlines to the FIFO.
     """
 
-    name = "uwsgi"
+    name = server = "uwsgi"
     summary = (
         "chain reload through the master FIFO with --lazy-apps and --master-fifo, else "
         "uwsgi.reload() of the verified master; refuses pyuwsgi in a venv without --binary-path"
@@ -80,7 +179,7 @@ class UwsgiAction(Action):
         getuid: Callable[[], int] = os.getuid,
         geteuid: Callable[[], int] = os.geteuid,
         read_process: Optional[ReadProcess] = None,
-        ledger: Optional[MasterLedger] = None,
+        runtime_dir: Optional[str] = None,
         fifo_writer: Callable[[str, bytes], None] = write_fifo,
         clock: Callable[[], float] = time.monotonic,
         booted: Optional[float] = None,
@@ -88,16 +187,16 @@ class UwsgiAction(Action):
         virtualenv: Optional[bool] = None,
         waker: Optional[Callable[[str, float], None]] = None,
     ) -> None:
-        self.uwsgi = uwsgi_module
-        self.server_names: Tuple[str, ...] = tuple(server_names)
-        self.proc_root = proc_root
-        self.getppid = getppid
-        self.getuid = getuid
-        self.geteuid = geteuid
-        self.read_process: ReadProcess = read_process or (
-            lambda pid: _process.read_process(pid, proc_root)
+        super().__init__(
+            server_names,
+            runtime_dir,
+            read_process or (lambda pid: _process.read_process(pid, proc_root)),
+            getppid,
+            getuid,
+            geteuid,
         )
-        self.ledger = ledger or MasterLedger()
+        self.uwsgi = uwsgi_module
+        self.proc_root = proc_root
         self.fifo_writer = fifo_writer
         self.clock = clock
         self.booted = booted
@@ -107,7 +206,6 @@ class UwsgiAction(Action):
         self.method: Optional[str] = None  # CHAIN or RELOAD; None: cannot reload (see why)
         self.why_not = "setup has not run"
         self.fifo: Optional[str] = None
-        self.master: Optional[ProcessInfo] = None
         self.refusal: Optional[str] = None  # set when a full reload would kill the server
         self.waker = waker or self._wake_in_thread
         self.workers = 1
@@ -142,8 +240,7 @@ class UwsgiAction(Action):
             )
             return
         if self.booted is None:
-            started = process_start(self.proc_root)
-            self.booted = started if started is not None else self.clock()
+            self.booted = _process.boot_time()
         if self.pyuwsgi is None:
             self.pyuwsgi = "pyuwsgi" in sys.modules
         if self.virtualenv is None:
@@ -224,48 +321,34 @@ class UwsgiAction(Action):
                 f"uWSGI's master pid changed from {self.master.pid} to {pid_now} since this "
                 "worker started",
             )
-        return _process.master_problem(
-            self.master,
-            self.server_names,
-            getppid=self.getppid,
-            read=self.read_process,
-            getuid=self.getuid,
-            geteuid=self.geteuid,
-        )
-
-    def _key(self) -> str:
-        assert self.master is not None
-        return f"uwsgi-{self.master.pid}-{self.master.start_time or 'unknown'}"
+        return super()._problem()
 
     def _claim(self) -> bool:
         """Record this reload request for the master, unless one since our start covers us."""
-        booted = self.booted if self.booted is not None else self.clock()
+        booted = self.booted if self.booted is not None else _process.boot_time()
         now = self.clock()
-        covered_by: Dict[str, float] = {}
-
-        def decide(record: Dict[str, Any]) -> Optional[Dict[str, Any]]:
-            last = record.get("reload")
-            if isinstance(last, (int, float)) and last >= booted:
-                covered_by["at"] = float(last)
-                return None
-            record["reload"] = now
-            if self.method == CHAIN:
-                record["chain"] = now
-            return record
-
-        _, problem = self.ledger.update(self._key(), decide)
-        if problem is not None:
+        record, problem = self._master_record()
+        outcome = _record.Outcome.CLAIMED
+        if record is not None:
+            try:
+                outcome, _ = _record.claim_reload(
+                    record, booted, self.clock, chain=self.method == CHAIN
+                )
+            except OSError as exc:
+                problem = f"cannot update {record.path}: {exc.strerror or exc}"
+                record = None
+        if record is None:
             # uWSGI itself ignores reload requests that arrive during a reload (measured), so
             # going ahead without the record is still safe, only less tidy.
             log.warning("wsgireload: no shared reload record (%s); asking uWSGI anyway", problem)
             return True
-        if covered_by:
+        if outcome is _record.Outcome.COVERED:
             if self.method == CHAIN:
                 self._help_chain()
             log.info(
                 "wsgireload: another worker asked uWSGI to reload %.1fs ago, after this worker "
                 "started; that reload replaces this worker",
-                max(0.0, now - covered_by["at"]),
+                max(0.0, now - float(_record.last_request(record).get("at", now))),
             )
             return False
         return True
@@ -277,11 +360,11 @@ class UwsgiAction(Action):
         """Wake the master until the chain reload recorded for it has had time to finish."""
         if self.fifo is None or self.master is None:
             return
-        record, problem = self.ledger.update(self._key(), lambda record: None)
-        started = record.get("chain") if record else None
-        if problem is not None or not isinstance(started, (int, float)):
+        record, _ = self._master_record()
+        request = _record.last_request(record) if record is not None else {}
+        if not request.get("chain"):
             return
-        until = float(started) + self._wake_window()
+        until = float(request["at"]) + self._wake_window()
         if until > self.clock():
             self.waker(self.fifo, until)
 
@@ -298,19 +381,8 @@ class UwsgiAction(Action):
 
     def _refuse(self, changes: ChangeSet) -> None:
         """Log the refusal once per change set across the master's workers."""
-        first: Dict[str, bool] = {}
-
-        def decide(record: Dict[str, Any]) -> Optional[Dict[str, Any]]:
-            kept = record.get("refused")
-            seen = [i for i in kept if isinstance(i, str)] if isinstance(kept, list) else []
-            if changes.fingerprint in seen:
-                return None
-            first["yes"] = True
-            record["refused"] = (seen + [changes.fingerprint])[-_REFUSALS_KEPT:]
-            return record
-
-        _, problem = self.ledger.update(self._key(), decide)
-        if problem is not None or first:
+        record, _ = self._master_record()
+        if _record.first_to_log(record, f"refused {changes.fingerprint}"):
             log.error("wsgireload: not reloading (%s): %s", changes.describe(), self.refusal)
         else:
             log.debug("wsgireload: not reloading (%s): refused, logged by another worker",

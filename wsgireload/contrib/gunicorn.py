@@ -9,8 +9,8 @@ import logging
 import os
 from typing import Any, Callable, Optional
 
+from ..actions._process import born
 from ..boot import gunicorn_app_uri_of
-from ..engine import forked_at
 from ..watcher import Watcher
 
 log = logging.getLogger("wsgireload")
@@ -34,7 +34,7 @@ def start_watcher(worker: Any, **options: Any) -> Watcher:
         created_pid = getattr(worker, "ppid", None)
     # The worker imported the app before this hook ran: a file edited in between would be
     # recorded as it is now, while the worker runs the older code; its fork bounds that.
-    options.setdefault("changed_since", forked_at())
+    options.setdefault("changed_since", born())
     master = getattr(worker, "ppid", None)
     if isinstance(master, int) and master > 1:
         options.setdefault("master", ("gunicorn", master))

@@ -16,7 +16,7 @@ from wsgireload.actions.pidfile import PidfileAction, parse_signal
 from wsgireload.errors import ConfigurationError
 from wsgireload.policy import ChangeSet
 
-from .proc_tree import ProcTree
+from .conftest import ProcTree
 
 CHANGES = ChangeSet(("a.py",), "f" * 16, 0.0, 0.0)
 needs_proc = pytest.mark.skipif(not os.path.isfile("/proc/stat"), reason="needs procfs")

@@ -22,7 +22,7 @@ from wsgireload import Reloader
 from wsgireload.detect import Detector, fingerprint
 from wsgireload.policy import Policy, compile_errors
 
-from .hardening_support import FakeClock, Recorder, environ, run_in_child, serve
+from .conftest import FakeClock, Recorder, bump, environ, run_in_child, serve
 
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 
@@ -31,11 +31,6 @@ def detector(*patterns: Any) -> Detector:
     d = Detector(extra_files=[str(p) for p in patterns], modules=False)
     d.scan()
     return d
-
-
-def bump(path: Path, seconds: int = 1) -> None:
-    st = os.stat(path)
-    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + seconds * 1_000_000_000))
 
 
 def bounded(fn: Callable[[], Any], seconds: float) -> Any:

@@ -19,7 +19,7 @@ import webtest.lint
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from .hardening_support import (
+from .conftest import (
     DrainingRecorder,
     Recorder,
     environ,

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from .hardening_support import Recorder, environ, force_due, make_reloader, serve
+from .conftest import Recorder, environ, force_due, make_reloader, serve
 
 SETTINGS = settings(
     max_examples=40,
@@ -251,7 +251,7 @@ def test_overlapping_slow_responses_cannot_postpone_a_reload_for_ever(
     ends the process abruptly (requires_drain) must keep waiting: killing the open response
     would be worse.
     """
-    from .hardening_support import DrainingRecorder
+    from .conftest import DrainingRecorder
 
     app = EchoApp()
     recorder = Recorder()

@@ -21,7 +21,7 @@ import pytest
 from wsgireload import Reloader
 from wsgireload.policy import ChangeSet
 
-from .hardening_support import Recorder
+from .conftest import Recorder
 from .servers.harness import Load, wait_for
 
 
@@ -187,7 +187,7 @@ def test_inline_mode_on_a_threaded_server_reports_each_change_once(
     Two overlapping scans both saw the same new file; the second reported it again after the
     first change set had fired, so one change caused two actions.
     """
-    from .hardening_support import environ, serve
+    from .conftest import environ, serve
 
     root = tmp_path / "conf"
     root.mkdir()
@@ -253,7 +253,7 @@ def test_overlapping_ticks_during_a_slow_validation_fire_once(tmp_path: Path) ->
     validated the same pending files again; both became due one after the other, so one
     change fired the action twice.
     """
-    from .hardening_support import FakeClock, environ, serve
+    from .conftest import FakeClock, environ, serve
 
     watched = tmp_path / "w.cfg"
     watched.write_text("1")

@@ -18,7 +18,7 @@ import pytest
 
 from wsgireload import Reloader
 
-from .hardening_support import Recorder, environ, force_due, make_reloader, serve
+from .conftest import Recorder, environ, force_due, make_reloader, serve
 
 
 def ok_app(env: Any, start_response: Any) -> List[bytes]:
@@ -77,11 +77,6 @@ def test_close_is_idempotent_and_safe_in_any_state(watched: Path) -> None:
     assert serve(reloader, environ()) == ([b"ok"], [])
     assert not watcher_threads()
     reloader.close()
-
-
-def test_close_docstring_says_what_it_does() -> None:
-    doc = Reloader.close.__doc__ or ""
-    assert "Idempotent" in doc and "thread" in doc
 
 
 def test_no_action_after_close(watched: Path) -> None:
