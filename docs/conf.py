@@ -38,7 +38,7 @@ nitpick_ignore_regex = [
     (r"py:class", r"(int|str|float|bool|bytes|object|None|Exception|ValueError)"),
     (r"py:class", r"wsgireload\..*\._[A-Za-z]\w*"),  # private bases are not documented
     # Internal helpers that appear in signatures (injected in tests), not part of the API.
-    (r"py:class", r"(Detector|MasterCheck|MasterLedger|ReloadLedger|ProcessInfo|ReadProcess)"),
+    (r"py:class", r"(Detector|ProcessInfo|ReadProcess)"),
     (r"py:class", r"(Kill|Schedule)"),
 ]
 

@@ -453,7 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="print changes as detected, with settle and validation decisions",
         description="Watch an app's files (MODULE:APP) or PATHs (directories recurse) and print "
         "each change, settle and validation decision. With --pidfile, signal the server named "
-        "in it once per settled, compiling change set.",
+        "in it once per settled change set that validates (compiles and, with --import, boots).",
     )
     watch.add_argument("targets", nargs="+", metavar="MODULE:APP|PATH")
     watch.add_argument("--interval", type=float, help="seconds between scans (default 1)")

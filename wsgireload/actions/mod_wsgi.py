@@ -28,7 +28,7 @@ class ModWsgiAction(Action):
 
     name = "mod_wsgi"
     summary = (
-        "daemon mode: each process sends itself SIGINT after its last response; "
+        "daemon mode: each process sends itself SIGINT once no response is in flight; "
         "embedded mode: a WARNING that reload needs daemon mode"
     )
     per_process = True
