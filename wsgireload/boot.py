@@ -21,7 +21,18 @@ import threading
 import time
 import types
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import (
+    Any,
+    Callable,
+    Dict,
+    Iterable,
+    Iterator,
+    List,
+    Mapping,
+    Optional,
+    Sequence,
+    Tuple,
+)
 
 from .errors import ConfigurationError
 
@@ -138,18 +149,30 @@ def _uwsgi_target(spec: str, callable_name: str) -> Target:
     return Target(module=module, attr=obj or callable_name, spec=spec)
 
 
+def gunicorn_frame_objects() -> Iterator[Any]:
+    """The ``self`` of each gunicorn frame on the main thread's stack, innermost first.
+
+    In a worker these are its Worker (``init_process``, ``load_wsgi``, ``run``) inside the
+    arbiter's ``spawn_worker``; in the arbiter (``--preload``) the Arbiter and its app only.
+    """
+    if "gunicorn" not in sys.modules:
+        return
+    main = threading.main_thread().ident
+    frame = sys._current_frames().get(main) if main is not None else None
+    while frame is not None:
+        if "gunicorn" in frame.f_code.co_filename:
+            yield frame.f_locals.get("self")
+        frame = frame.f_back
+
+
 def gunicorn_app_uri() -> Optional[str]:
     """The app URI this gunicorn worker's master was started with (CLI or ``wsgi_app``)."""
     if "gunicorn" not in sys.modules:
         return None
-    main = threading.main_thread().ident
-    frame = sys._current_frames().get(main) if main is not None else None
-    while frame is not None:  # the worker runs inside the arbiter's spawn_worker call
-        if "gunicorn" in frame.f_code.co_filename:
-            uri = _app_uri(frame.f_locals.get("self"))
-            if uri:
-                return uri
-        frame = frame.f_back
+    for obj in gunicorn_frame_objects():
+        uri = _app_uri(obj)
+        if uri:
+            return uri
     base = sys.modules.get("gunicorn.app.base")
     kind = getattr(base, "BaseApplication", None)
     if kind is None:
@@ -483,7 +506,7 @@ class BootCheck:
                 sys.version_info[0], sys.version_info[1],
             )
             return None
-        uwsgi = _uwsgi_module()
+        uwsgi = uwsgi_module()
         self.runs += 1
         outcome = self.runner(
             python,
@@ -507,7 +530,7 @@ class BootCheck:
 
 def _server_targets() -> List[Target]:
     """The app as uWSGI's options or gunicorn's app URI name it, if this is such a worker."""
-    uwsgi = _uwsgi_module()
+    uwsgi = uwsgi_module()
     if uwsgi is not None:
         found = uwsgi_targets(getattr(uwsgi, "opt", {}) or {})
         if found:
@@ -521,7 +544,7 @@ def _server_targets() -> List[Target]:
     return []
 
 
-def _uwsgi_module() -> Any:
+def uwsgi_module() -> Any:
     """The real ``uwsgi`` module when this process runs inside uWSGI, else None."""
     module = sys.modules.get("uwsgi")
     if module is None or not hasattr(module, "opt"):

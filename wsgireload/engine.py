@@ -305,9 +305,19 @@ def _same(recorded: Any, identity: Any) -> bool:
 
 # -- the one place that resets per-process state in a forked child -------------------------
 _engines: "weakref.WeakSet[Engine]" = weakref.WeakSet()
+_reset_in = os.getpid()  # the process whose state is current (the reset below ran in it)
+
+
+def after_fork_if_missed() -> None:
+    """Reset now if this process was forked without Python's fork hooks (uWSGI's workers:
+    it calls them only with --py-call-osafterfork); a no-op where they ran."""
+    if _reset_in != os.getpid():
+        _after_fork_in_child()
 
 
 def _after_fork_in_child() -> None:
+    global _reset_in
+    _reset_in = os.getpid()
     _process.after_fork()
     classic.after_fork()
     events.after_fork()

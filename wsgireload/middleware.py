@@ -25,9 +25,9 @@ from typing import (
 
 from ._options import Options
 from .actions import Action, ActionSpec, resolve
-from .boot import calling_module, validating
+from .boot import calling_module, gunicorn_frame_objects, uwsgi_module, validating
 from .detect import Detector
-from .engine import Engine
+from .engine import Engine, after_fork_if_missed
 from .errors import ConfigurationError
 from .events import EventDetector
 from .policy import ChangeSet, Policy
@@ -54,6 +54,9 @@ class Reloader:
 
     A due reload runs at once from the watcher thread when no response is in flight, else
     after the last one closes. The workers of one master share one scanner (see ``engine``).
+    The watcher starts as soon as a worker exists where that is known (a gunicorn worker
+    without ``--preload``; a uWSGI worker, with or without ``--lazy-apps``), else at the
+    process's first request.
 
     :param app: the WSGI application to wrap.
     :param interval: seconds between two scans of the watched files.
@@ -129,6 +132,8 @@ class Reloader:
         self.engine.on_fork = _weak(self._reset_process_state)
         self._reset_process_state()
         self._closed = inert
+        if not inert:
+            self._start_early()
 
     @property
     def action(self) -> Action:
@@ -224,10 +229,38 @@ class Reloader:
                 daemon=True,
             )
             thread.start()
+            self._thread = thread
             # A Reloader dropped without close() wakes its thread, which then finds it gone.
             weakref.finalize(self, self._stop.set)
-            self._thread = thread
             self._steady = self._due is None and not self.action.requires_drain
+
+    def _start_early(self, where: Optional[str] = None) -> None:
+        """Start watching without waiting for a request where this process is known to be a
+        worker that will serve (``created_in``); elsewhere, or if anything fails, the first
+        request starts it as before. Never raises: this runs inside the server's worker boot.
+        """
+        try:
+            where = where or created_in()
+            if where == IN_UWSGI_MASTER:  # the workers are forked after this import
+                _after_uwsgi_fork(uwsgi_module(), _weak(self._start_after_fork))
+            elif where is not None:
+                self._start_process(_server_environ(where))
+        except Exception as exc:
+            self._early_failed(exc)
+
+    def _start_after_fork(self) -> None:
+        """uWSGI's post-fork hook, in each process its master forks (workers only start)."""
+        try:
+            after_fork_if_missed()  # uWSGI forks without Python's own fork hooks
+            if not self._closed and created_in() == IN_UWSGI_WORKER:
+                self._start_process(_server_environ(IN_UWSGI_WORKER))
+        except Exception as exc:
+            self._early_failed(exc)
+
+    def _early_failed(self, exc: Exception) -> None:
+        if self._thread is None:
+            self._pid = None  # the first request sets this process up again
+        log.debug("wsgireload: the watcher starts at this worker's first request (%r)", exc)
 
     def run_step(self, now: float) -> Optional[ChangeSet]:
         """One watcher tick: the engine's step; a change set it hands out becomes due."""
@@ -370,6 +403,78 @@ def _watch(ref: "weakref.ReferenceType[Reloader]", stop: threading.Event) -> Non
     except BaseException:  # pragma: no cover - interpreter shutdown tears modules down
         if not sys.is_finalizing():
             raise
+
+
+# -- where a Reloader is created: can its watcher start before any request? ----------------
+IN_GUNICORN_WORKER = "gunicorn"  # a gunicorn worker importing the app (no --preload)
+IN_UWSGI_WORKER = "uwsgi"  # a uWSGI worker importing the app (--lazy-apps) or just forked
+IN_UWSGI_MASTER = "uwsgi-master"  # a uWSGI master importing the app before forking workers
+
+
+def created_in(
+    *,
+    frame_objects: Callable[[], Iterable[Any]] = gunicorn_frame_objects,
+    worker_class: Optional[type] = None,  # gunicorn's Worker (default: if gunicorn is loaded)
+    find_uwsgi: Callable[[], Any] = uwsgi_module,
+    getpid: Callable[[], int] = os.getpid,
+    getppid: Callable[[], int] = os.getppid,
+) -> Optional[str]:
+    """Where this process runs: one of the ``IN_*`` values, or None (a gunicorn arbiter with
+    ``--preload``, a uWSGI without master, waitress, mod_wsgi, a script: wait for a request).
+    """
+    uwsgi = find_uwsgi()
+    if uwsgi is not None:
+        master, worker, pid = int(uwsgi.masterpid()), int(uwsgi.worker_id()), getpid()
+        if master <= 0:  # no master: nobody to reload the workers; nothing to gain
+            return None
+        if worker > 0 and master != pid:
+            return IN_UWSGI_WORKER
+        return IN_UWSGI_MASTER if worker == 0 and master == pid else None  # (not a mule)
+    if worker_class is None:
+        worker_class = getattr(sys.modules.get("gunicorn.workers.base"), "Worker", None)
+    if not isinstance(worker_class, type):
+        return None
+    for obj in frame_objects():
+        if isinstance(obj, worker_class):
+            # The worker's own process (spawn_worker sets its pid in the child), forked by
+            # the arbiter it names: never the arbiter, which only holds Worker objects.
+            mine = getattr(obj, "pid", None) == getpid() and getattr(obj, "ppid", None) == getppid()
+            return IN_GUNICORN_WORKER if mine else None
+    return None
+
+
+def _server_environ(where: str) -> Environ:
+    """What a first request's environ tells setup about the server (``detect_server``,
+    ``_record.master_of``, ``_threads_available`` read only these keys)."""
+    if where == IN_GUNICORN_WORKER:
+        return {"gunicorn.socket": None}
+    return {"uwsgi.version": getattr(uwsgi_module(), "version", b"")}
+
+
+def _after_uwsgi_fork(uwsgi: Any, hook: Callable[[], None]) -> None:
+    """Have uWSGI call ``hook`` in each process it forks, after the hooks already set.
+
+    ``uwsgidecorators`` keeps its own chain (and replaces ``uwsgi.post_fork_hook`` when it is
+    imported, so it is never imported here): join that chain if it is the hook, else wrap the
+    hook there. A hook set later without the chain replaces this one: then the first request
+    starts the watcher, as everywhere else.
+    """
+    previous = getattr(uwsgi, "post_fork_hook", None)
+    decorators = sys.modules.get("uwsgidecorators")
+    chain = getattr(decorators, "postfork_chain", None)
+    if previous is not None and previous is getattr(decorators, "postfork_chain_hook", None):
+        if isinstance(chain, list):
+            chain.append(hook)
+            return
+
+    def post_fork() -> None:
+        try:
+            if callable(previous):
+                previous()
+        finally:
+            hook()
+
+    uwsgi.post_fork_hook = post_fork
 
 
 def _threads_available(environ: Environ) -> bool:
