@@ -20,11 +20,13 @@ log = logging.getLogger("wsgireload")
 @dataclass(frozen=True)
 class ProcessContext:
     """What a worker process knows about itself, gathered once when its watcher is set up
-    (at its first request, or at a Watcher's first step)."""
+    (as the worker starts under gunicorn or uWSGI, else at its first request; or at a
+    Watcher's first step)."""
 
     pid: int
     created_pid: int  # the pid that created the Reloader (imported the app)
-    environ: Mapping[str, Any] = field(repr=False)  # the first request's environ
+    # the first request's environ, or the server's own keys when set up without a request
+    environ: Mapping[str, Any] = field(repr=False)
 
     @property
     def preloaded(self) -> bool:
@@ -36,9 +38,9 @@ class Action:
     """How to reload. Called once per change set: from the watcher thread when no response
     is in flight, else after the last one closed (``after_close_only``: only then).
 
-    Subclasses set ``name`` and implement ``__call__``. ``setup`` runs once per process (at
-    its first request, or at a Watcher's first step) to look at the server; keep it cheap
-    and never let it raise.
+    Subclasses set ``name`` and implement ``__call__``. ``setup`` runs once per process (as a
+    gunicorn or uWSGI worker starts, else at its first request; or at a Watcher's first step)
+    to look at the server; keep it cheap and never let it raise.
     """
 
     name: ClassVar[str] = "action"
@@ -56,7 +58,7 @@ class Action:
     after_close_only: ClassVar[bool] = False
 
     def setup(self, context: ProcessContext) -> None:
-        """Inspect the process and server once (first request, or a Watcher's first step)."""
+        """Inspect the process and server once (worker start or first request; Watcher step)."""
 
     def __call__(self, changes: ChangeSet) -> None:
         raise NotImplementedError
