@@ -157,6 +157,23 @@ class LoadResult:
         return [body for when, body in self.bodies if when >= t0]
 
 
+def assert_no_failed_requests(result: "LoadResult", uwsgi_full_reloads: int = 0) -> None:
+    """Every request answered; the one exception is uWSGI's own full reload.
+
+    ``uwsgi.reload()`` (SIGHUP to the master) SIGHUPs every worker at once, and a worker
+    interrupted while it reads a request drops that connection (unbit/uwsgi#1371, #1375).
+    Measured here: one reset in ~3,200 requests, in about one run of ten. That is the server's
+    race, not wsgireload's: only a connection reset, at most one per full reload, is allowed;
+    any other failure (a refused connection, an HTTP error, a timeout) fails the test. Chain
+    reloads (``--lazy-apps`` with ``--master-fifo``) and gunicorn get no allowance.
+    """
+    resets = [e for e in result.errors if e.startswith("ConnectionResetError")]
+    others = [e for e in result.errors if not e.startswith("ConnectionResetError")]
+    assert len(result.errors) == result.failed, result.errors[:5]
+    assert not others, others[:5]
+    assert len(resets) <= uwsgi_full_reloads, result.errors[:5]
+
+
 class Load:
     """Bounded client load from threads: each thread loops GETs until stopped or deadline."""
 
