@@ -92,7 +92,8 @@ class Gunicorn:
         self.name, self.workers, self.port = name, workers, free_port()
         self.watching = target != "wsgi:plain"
         app_dir = cwd
-        self.log = open(os.path.join(app_dir, f"{name}.log"), "wb")
+        # The log goes to the server's own temp dir: the Django example runs from the repo.
+        self.log = open(os.path.join(env["TMPDIR"], f"{name}.log"), "wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "-w", str(workers), "-b", f"{HOST}:{self.port}",
              *no_control_socket(), target],
