@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 from typing import Iterator, List
 
 import pytest
 
 from .harness import Server
+
+
+@pytest.fixture
+def watchers() -> Iterator[List["subprocess.Popen[str]"]]:
+    """Append started `wsgireload watch` processes; they are killed and reaped afterwards."""
+    started: List["subprocess.Popen[str]"] = []
+    yield started
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=10)
 
 
 @pytest.fixture

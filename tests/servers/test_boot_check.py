@@ -14,7 +14,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence
 
 import pytest
 
@@ -355,16 +355,6 @@ def test_gunicorn_config_hook_refuses_unbootable_deploys(
 
 
 # -- wsgireload watch --pidfile --import ----------------------------------------------------
-@pytest.fixture
-def watchers() -> Iterator[List["subprocess.Popen[str]"]]:
-    started: List["subprocess.Popen[str]"] = []
-    yield started
-    for proc in started:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(timeout=10)
-
-
 def test_pidfile_watcher_boot_checks_before_hup(
     tmp_path: Path, servers: List[Server], watchers: List["subprocess.Popen[str]"]
 ) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
-from typing import Iterator, List
+from typing import List
 
 import pytest
 
@@ -36,16 +36,6 @@ def application(environ, start_response):
     start_response("200 OK", [("Content-Type", "text/plain")])
     return [mod.VERSION.encode()]
 """
-
-
-@pytest.fixture
-def watchers() -> Iterator[List["subprocess.Popen[str]"]]:
-    started: List["subprocess.Popen[str]"] = []
-    yield started
-    for proc in started:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(timeout=10)
 
 
 def test_pidfile_watcher_reloads_gunicorn_once_per_change_set(

@@ -107,19 +107,7 @@ def test_uwsgi_master_as_pid_1_reloads_each_worker_once(
 ) -> None:
     app_dir = uwsgi_tests.make_app(tmp_path)
     port = free_port()
-    argv = [
-        *UNSHARE, bin_path("uwsgi"),
-        "--http-socket", f"{HOST}:{port}",
-        "--master",
-        "--processes", str(WORKERS),
-        "--die-on-term",
-        "--need-app",
-        "--pythonpath", str(app_dir),
-        "--module", "wsgi",
-        "--reload-mercy", "5",
-        "--worker-reload-mercy", "5",
-        "--disable-logging",
-    ]
+    argv = uwsgi_tests.uwsgi_argv(port, app_dir, binary=[*UNSHARE, bin_path("uwsgi")])
     server = NamespacedUwsgi(
         argv, cwd=app_dir, port=port, log_path=tmp_path / "uwsgi.log",
         env={"TMPDIR": str(tmp_path), "XDG_RUNTIME_DIR": ""},

@@ -116,14 +116,11 @@ def make_app(root: Path) -> Path:
     return app_dir
 
 
-def start_uwsgi(
-    servers: List[Server],
-    app_dir: Path,
-    extra: Sequence[str] = (),
-    binary: Optional[Sequence[str]] = None,
-) -> Server:
-    port = free_port()
-    argv = list(binary or [bin_path("uwsgi")]) + [
+def uwsgi_argv(
+    port: int, app_dir: Path, extra: Sequence[str] = (), binary: Optional[Sequence[str]] = None
+) -> List[str]:
+    """The uWSGI command line of these tests: WORKERS workers of app_dir's wsgi module."""
+    return list(binary or [bin_path("uwsgi")]) + [
         "--http-socket", f"{HOST}:{port}",
         "--master",
         "--processes", str(WORKERS),
@@ -136,6 +133,16 @@ def start_uwsgi(
         "--disable-logging",  # no request lines: the log holds boots and wsgireload lines
         *extra,
     ]
+
+
+def start_uwsgi(
+    servers: List[Server],
+    app_dir: Path,
+    extra: Sequence[str] = (),
+    binary: Optional[Sequence[str]] = None,
+) -> Server:
+    port = free_port()
+    argv = uwsgi_argv(port, app_dir, extra, binary)
     server = UwsgiServer(argv, cwd=app_dir, port=port, log_path=app_dir.parent / "uwsgi.log")
     servers.append(server)
     server.start()
