@@ -20,11 +20,18 @@ from wsgireload.watcher import Watcher
 class FakeUwsgi(types.ModuleType):
     """Records register_signal/add_timer calls; one signal table slot per worker id."""
 
-    def __init__(self, worker_id: int, taken: Tuple[int, ...] = ()) -> None:
+    def __init__(
+        self, worker_id: int, taken: Tuple[int, ...] = (), version: bytes = b"2.0.20"
+    ) -> None:
         super().__init__("uwsgi")
         self.wid = worker_id
         self.taken = set(taken)
         self.calls: List[Tuple[str, Any]] = []
+        self.version = version  # before 2.0.27: no Python threads without --enable-threads
+        self.opt: Dict[str, Any] = {}
+
+    def masterpid(self) -> int:
+        return 4242
 
     def worker_id(self) -> int:
         return self.wid
@@ -44,8 +51,8 @@ class FakeUwsgi(types.ModuleType):
 def fake_uwsgi(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     from wsgireload.contrib import uwsgi as helper
 
-    def install(worker_id: int, taken: Tuple[int, ...] = ()) -> FakeUwsgi:
-        fake = FakeUwsgi(worker_id, taken)
+    def install(worker_id: int, taken: Tuple[int, ...] = (), **kw: Any) -> FakeUwsgi:
+        fake = FakeUwsgi(worker_id, taken, **kw)
         monkeypatch.setitem(sys.modules, "uwsgi", fake)
         helper._reset()
         return fake
@@ -77,8 +84,34 @@ def test_uwsgi_lazy_worker_one_adds_the_timer(fake_uwsgi: Any) -> None:
 
 def test_uwsgi_lazy_other_workers_only_register(fake_uwsgi: Any) -> None:
     fake = fake_uwsgi(2)
-    register()
+    watcher = register()
     assert fake.calls == [("register_signal", (120, "workers"))]
+    assert watcher.engine.master is None  # ticked one at a time: each scans for itself
+
+
+@pytest.mark.parametrize("version, opt", [(b"2.0.31", {}), (b"2.0.20", {"enable-threads": True})])
+def test_uwsgi_lazy_worker_with_threads_watches_from_a_thread(
+    fake_uwsgi: Any, version: bytes, opt: Dict[str, Any]
+) -> None:
+    # uWSGI's master routes a lazy app's timer to one worker per tick: a thread reaches each.
+    fake = fake_uwsgi(2, version=version)
+    fake.opt.update(opt)
+    watcher = register()
+    try:
+        assert fake.calls == []  # no signal, no timer
+        assert watcher._thread is not None and watcher._thread.is_alive()
+        assert watcher.engine.master == ("uwsgi", 4242)  # the workers share one scanner
+        assert register() is watcher
+    finally:
+        watcher.stop()
+
+
+def test_uwsgi_master_with_threads_still_uses_the_timer(fake_uwsgi: Any) -> None:
+    fake = fake_uwsgi(0, version=b"2.0.31")
+    watcher = register()
+    assert fake.calls == [("register_signal", (120, "workers")), ("add_timer", (120, 1))]
+    assert watcher._thread is None
+    assert watcher.engine.master == ("uwsgi", 4242)
 
 
 def test_uwsgi_recreated_worker_reregisters_without_a_timer(fake_uwsgi: Any) -> None:

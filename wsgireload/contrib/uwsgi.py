@@ -11,6 +11,7 @@ import time
 from typing import Any, Optional
 
 from ..errors import ConfigurationError
+from ..middleware import _threads_available
 from ..watcher import Watcher
 
 log = logging.getLogger("wsgireload")
@@ -47,7 +48,8 @@ def register(
 
     :param target: which processes run the check. ``"workers"`` (default): every worker is
         ticked, and as with the middleware one of them scans for the master while the others
-        only look at the master's record. ``"worker"``: one worker per tick, whichever is
+        only look at the master's record (under ``--lazy-apps``, from a thread in each
+        worker, as explained below). ``"worker"``: one worker per tick, whichever is
         free (each then scans for itself; a change set is settled across ticks that may land
         on different workers, so it can take a few ticks longer). ``"active-workers"``:
         every worker not being reloaded.
@@ -56,10 +58,13 @@ def register(
         ``settle``, ``action``...).
 
     Call it at the top level of the module uWSGI loads. Registering twice in one process
-    returns the first Watcher. Timers never accumulate: without ``--lazy-apps`` the master
-    adds the one timer before forking; with it, every worker registers its own handler (uWSGI
-    keeps a signal table per worker) but only the first worker's first incarnation adds the
-    timer, so a chain reload re-registers handlers without adding timers.
+    returns the first Watcher. Without ``--lazy-apps`` the master adds the one timer before
+    forking. With it, uWSGI's master routes a timer's signal by its own signal table, which an
+    app loaded in a worker never fills, so every tick goes to one worker of its choosing
+    whatever the target: each worker then runs the check from a thread of its own instead
+    (where Python threads run: uWSGI 2.0.27 or later, or ``--enable-threads``). Without threads
+    every worker registers its handler, only the first worker's first incarnation adds the
+    timer (a chain reload adds none), and each worker scans for itself when it is ticked.
     """
     global _registration
     uwsgi = importlib.import_module("uwsgi")  # only importable inside uWSGI
@@ -80,12 +85,20 @@ def register(
         return _registration.watcher
     options.setdefault("interval", float(interval))
     master = int(getattr(uwsgi, "masterpid", lambda: 0)())
-    if target != "worker" and master > 0:
-        # Every worker ticks: they share one scanner. ("worker" ticks one at a time, so a
-        # lease holder might not be ticked for a while: each then scans for itself.)
+    in_worker = uwsgi.worker_id() > 0  # the app is imported in a worker: --lazy-apps
+    # A lazy app's ticks reach one worker at a time (see above): a thread per worker instead.
+    threaded = in_worker and target != "worker" and _threads_available(
+        {"uwsgi.version": getattr(uwsgi, "version", b"")}
+    )
+    if master > 0 and (threaded or (target != "worker" and not in_worker)):
+        # Every worker steps: they share one scanner. (Where ticks reach one worker at a
+        # time, a lease holder might not be ticked for a while: each then scans for itself.)
         options.setdefault("master", ("uwsgi", master))
     watcher = Watcher(**options)
-    in_worker = uwsgi.worker_id() > 0  # the app is imported in a worker: --lazy-apps
+    if threaded:
+        _registration = _Registration(signum, target, watcher)
+        log.debug("wsgireload: --lazy-apps: a watcher thread in this worker, no uWSGI timer")
+        return watcher.start()
     taken = bool(uwsgi.signal_registered(signum))
     if taken and not in_worker:
         raise ConfigurationError(
