@@ -1,4 +1,4 @@
-"""Sphinx configuration for the wsgireload documentation (``sphinx-build -W docs docs/_build/html``)."""
+"""Sphinx configuration for the wsgireload docs (``sphinx-build -W docs docs/_build/html``)."""
 
 from __future__ import annotations
 
