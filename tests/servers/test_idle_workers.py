@@ -84,11 +84,14 @@ def first_request(port: int) -> bytes:
     return body
 
 
+@pytest.mark.parametrize("worker_class", ["sync", "gthread"])
 def test_gunicorn_idle_workers_reload_twice_without_a_request(
-    tmp_path: Path, servers: List[Server]
+    tmp_path: Path, servers: List[Server], worker_class: str
 ) -> None:
     make_app(tmp_path, extra=MARK)
-    plain = gunicorn(tmp_path, free_port(), workers=WORKERS)
+    threads = ["--threads", "4"] if worker_class == "gthread" else []
+    extra = ["--worker-class", worker_class, *threads]
+    plain = gunicorn(tmp_path, free_port(), workers=WORKERS, extra=extra)
     server = Unprobed(plain.argv, cwd=tmp_path, port=plain.port, log_path=plain.log_path,
                       env=plain.env)
     server.ready = lambda: gunicorn_boots(server) == WORKERS and imports(tmp_path) == WORKERS
@@ -96,7 +99,7 @@ def test_gunicorn_idle_workers_reload_twice_without_a_request(
     took = two_idle_deploys(server, tmp_path, lambda: gunicorn_boots(server),
                             new_imports=WORKERS)
     body = first_request(server.port)
-    print(f"\ngunicorn sync {WORKERS} workers, no request: all replaced "
+    print(f"\ngunicorn {worker_class} {WORKERS} workers, no request: all replaced "
           f"{took[0]:.2f}s and {took[1]:.2f}s after each edit; first request: {body!r}")
     assert body.endswith(b"value=v3"), body
 
