@@ -16,7 +16,7 @@ import time
 import zipimport
 from operator import attrgetter
 from types import ModuleType
-from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple
 
 # A file's identity on disk. Compared with != only: clocks go backwards and rsync/cp -p keep
 # mtimes, so "newer" means nothing; the inode catches replace-by-rename and symlink swaps.
@@ -50,20 +50,19 @@ def _norm_dir(path: str) -> str:
     return os.path.join(os.path.normcase(os.path.abspath(path)), "")
 
 
+def _config_dirs(*keys: str) -> Set[str]:
+    paths = sysconfig.get_paths()
+    return {_norm_dir(paths[key]) for key in keys if paths.get(key)}
+
+
 def stdlib_dirs() -> Tuple[str, ...]:
     """Directories holding the interpreter's own standard library."""
-    paths = sysconfig.get_paths()
-    dirs = {_norm_dir(paths[key]) for key in ("stdlib", "platstdlib") if paths.get(key)}
-    return tuple(sorted(dirs))
+    return tuple(sorted(_config_dirs("stdlib", "platstdlib")))
 
 
 def site_dirs() -> Tuple[str, ...]:
     """Directories third-party packages install into (they may sit inside the stdlib dir)."""
-    dirs: Set[str] = set()
-    paths = sysconfig.get_paths()
-    for key in ("purelib", "platlib"):
-        if paths.get(key):
-            dirs.add(_norm_dir(paths[key]))
+    dirs = _config_dirs("purelib", "platlib")
     try:
         dirs.update(_norm_dir(p) for p in site.getsitepackages())
     except AttributeError:  # pragma: no cover - old virtualenv's site.py
@@ -128,9 +127,10 @@ class Detector:
         changed_since_ns: Optional[int] = None,
     ) -> None:
         patterns = [os.fspath(p) for p in extra_files]
-        self._extra_paths = [os.path.abspath(p) for p in patterns if not _MAGIC_GLOB & set(p)]
+        listed = [os.path.abspath(p) for p in patterns if not _MAGIC_GLOB & set(p)]
         self._extra_globs = [os.path.abspath(p) for p in patterns if _MAGIC_GLOB & set(p)]
         self._exclude = tuple(os.fspath(p) for p in exclude) + ("*/__pycache__/*",)
+        self._extra_wanted = [p for p in listed if self._wanted(p)]  # excludes never change
         self._modules = modules
         self.changed_since_ns = changed_since_ns
         self._skip_dirs = () if include_stdlib else stdlib_dirs()
@@ -146,13 +146,11 @@ class Detector:
         self._orphans: List[str] = []
         self._orphans_key: object = None
         self._orphans_size = -1
-        # Excludes never change: filter the listed extra files once.
-        self._extra_wanted = [p for p in self._extra_paths if self._wanted(p)]
         self._glob_result: List[str] = []
         self._glob_dirs: Optional[Dict[str, Optional[Tuple[int, int]]]] = None
         self._glob_scans = 0
         self._glob_version = 0
-        self._extra: List[str] = list(self._extra_wanted)
+        self._extra: List[str] = []  # the listed and globbed files (built by the first scan)
         self._extra_version = -1
 
     # -- listing --------------------------------------------------------------------------
@@ -164,9 +162,7 @@ class Detector:
 
     def _is_stdlib(self, path: str) -> bool:
         norm = os.path.normcase(path)
-        if not norm.startswith(self._skip_dirs):
-            return False
-        return not norm.startswith(self._keep_dirs)
+        return norm.startswith(self._skip_dirs) and not norm.startswith(self._keep_dirs)
 
     def module_paths(self) -> List[str]:
         """Source files of the loaded modules (cached while ``len(sys.modules)`` is unchanged)."""
@@ -257,7 +253,7 @@ class Detector:
     def watched(self) -> List[str]:
         """Every file watched right now."""
         paths = set(self.module_paths())
-        paths.update(p for p in self._extra_paths if self._wanted(p))
+        paths.update(self._extra_wanted)
         paths.update(self.glob_paths())
         paths.update(self._baseline)
         return sorted(paths)
@@ -290,46 +286,24 @@ class Detector:
 
     def _scan(self, changed: List[str]) -> None:
         baseline = self._baseline
-        get = baseline.get
-        stat = os.stat
-        identity_of = _identity_of
-        unseen = _UNSEEN
         first = not self._scanned
         since = self.changed_since_ns
         now = time.time_ns() if since is not None else 0
-        # The hot loop: one stat, one C call, one lookup and one compare per file. An unseen
-        # path compares unequal to any identity, so the steady state takes a single branch.
-        for path in self.module_paths():
-            try:
-                ident: Optional[Identity] = identity_of(stat(path))
-            except (OSError, ValueError):
-                ident = None
-            old = get(path, unseen)
-            if old != ident:
-                baseline[path] = ident
-                if old is not unseen:
-                    changed.append(path)
-                elif since is not None and ident is not None and since < ident[0] <= now:
-                    # First seen, yet modified after the process took its baseline: the
-                    # module may have been imported before that edit (a lazy import, Django's
-                    # URLconf at the first request). At worst one reload too many; an mtime
-                    # in the future never counts, so clock skew cannot make a reload loop.
-                    changed.append(path)
+
+        def modified_late(ident: Optional[Identity]) -> bool:
+            # First seen, yet modified after the process took its baseline: the module may
+            # have been imported before that edit (a lazy import, Django's URLconf at the
+            # first request). At worst one reload too many; an mtime in the future never
+            # counts, so clock skew cannot make a reload loop.
+            return since is not None and ident is not None and since < ident[0] <= now
+
+        _stat_into(self.module_paths(), baseline, changed, modified_late)
         globbed = self.glob_paths()
         if self._extra_version != self._glob_version:
             self._extra = self._extra_wanted + globbed
             self._extra_version = self._glob_version
         extra = self._extra
-        for path in extra:
-            try:
-                ident = identity_of(stat(path))
-            except (OSError, ValueError):
-                ident = None
-            old = get(path, unseen)
-            if old != ident:
-                baseline[path] = ident
-                if old is not unseen or (not first and ident is not None):
-                    changed.append(path)
+        _stat_into(extra, baseline, changed, lambda ident: not first and ident is not None)
         # Files no longer listed (a module dropped from sys.modules, a file that left a glob,
         # a file added after a failed import) stay watched. The set is recomputed only when
         # the listing changed, so a steady scan costs one stat per file and nothing more.
@@ -340,14 +314,7 @@ class Detector:
             self._orphans = [p for p in baseline if p not in listed]
             self._orphans_key = key
             self._orphans_size = len(baseline)
-        for path in self._orphans:
-            try:
-                ident = identity_of(stat(path))
-            except (OSError, ValueError):
-                ident = None
-            if baseline[path] != ident:
-                baseline[path] = ident
-                changed.append(path)
+        _stat_into(self._orphans, baseline, changed, bool)  # in the baseline: never first seen
         self._scanned = True
 
     def modified_since(self, since_ns: int) -> List[str]:
@@ -367,6 +334,32 @@ class Detector:
         return self._baseline
 
 
+def _stat_into(
+    paths: Iterable[str],
+    baseline: Snapshot,
+    changed: List[str],
+    first_seen_counts: Callable[[Optional[Identity]], bool],
+) -> None:
+    """Adopt each path's identity into ``baseline``; list in ``changed`` those that differ,
+    and those first seen for which ``first_seen_counts(identity)``."""
+    get = baseline.get
+    stat = os.stat
+    identity_of = _identity_of
+    unseen = _UNSEEN
+    # The hot loop: one stat, one C call, one lookup and one compare per file. An unseen
+    # path compares unequal to any identity, so the steady state takes a single branch.
+    for path in paths:
+        try:
+            ident: Optional[Identity] = identity_of(stat(path))
+        except (OSError, ValueError):
+            ident = None
+        old = get(path, unseen)
+        if old != ident:
+            baseline[path] = ident
+            if old is not unseen or first_seen_counts(ident):
+                changed.append(path)
+
+
 def _glob(pattern: str) -> List[str]:
     """``glob.glob(pattern, recursive=True)``, except that ``**`` enters each directory once.
 
@@ -380,27 +373,29 @@ def _glob(pattern: str) -> List[str]:
     head, tail = os.sep.join(parts[:i]) or os.sep, parts[i + 1 :]
     found: List[str] = []
     for top in glob.glob(head) if _MAGIC_GLOB & set(head) else [head]:
-        seen: Set[Tuple[int, int]] = set()
-        for dirpath, dirnames, _ in os.walk(top, followlinks=True):
-            try:
-                st = os.stat(dirpath)
-            except (OSError, ValueError):
-                dirnames[:] = []
-                continue
-            if (st.st_dev, st.st_ino) in seen:
-                dirnames[:] = []  # a loop or a second alias: its files are listed already
-                continue
-            seen.add((st.st_dev, st.st_ino))
+        for dirpath, dirnames in _walk_once(top):
             dirnames[:] = [d for d in dirnames if not d.startswith(".")]  # as glob's ``**``
             found.extend(_glob(os.path.join(glob.escape(dirpath), *(tail or ["*"]))))
     return found
 
 
-class _Unseen:
-    __slots__ = ()  # compares by identity: unequal to every Identity and to None
+def _walk_once(top: str) -> Iterator[Tuple[str, List[str]]]:
+    """``os.walk(top, followlinks=True)`` entering each real directory once: a symlink loop
+    or a second alias is pruned (its files are listed already)."""
+    seen: Set[Tuple[int, int]] = set()
+    for dirpath, dirnames, _ in os.walk(top, followlinks=True):
+        try:
+            st = os.stat(dirpath)
+        except (OSError, ValueError):
+            st = None
+        if st is None or (st.st_dev, st.st_ino) in seen:
+            dirnames[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        yield dirpath, dirnames
 
 
-_UNSEEN: object = _Unseen()
+_UNSEEN = object()  # compares by identity: unequal to every Identity and to None
 _FORGOTTEN: Identity = (-1, -1, -1)  # equals no file's identity: reported at the next scan
 
 
@@ -417,17 +412,7 @@ def glob_dirs(pattern: str) -> List[str]:
     rest = parts[index:]
     depth = None if "**" in rest else len(rest) - 1
     found = [root]
-    seen: Set[Tuple[int, int]] = set()
-    for current, dirs, _ in os.walk(root, followlinks=True):
-        try:
-            st = os.stat(current)
-        except OSError:
-            dirs[:] = []
-            continue
-        if (st.st_dev, st.st_ino) in seen:  # a symlink loop
-            dirs[:] = []
-            continue
-        seen.add((st.st_dev, st.st_ino))
+    for current, dirs in _walk_once(root):
         level = 0 if current == root else current[len(root) :].strip(os.sep).count(os.sep) + 1
         if depth is not None and level >= depth:
             dirs[:] = []
