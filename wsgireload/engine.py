@@ -16,8 +16,8 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 from . import _record, classic, events
 from ._options import Options, run_action
-from .actions import Action, ProcessContext, _process
-from .boot import Target
+from .actions import ActionSpec, ProcessContext, _process, resolve
+from .boot import Target, validating
 from .detect import Detector
 from .events import EventDetector
 from .policy import ChangeSet
@@ -38,7 +38,8 @@ class Engine:
 
     :param options: what to watch and when to act.
     :param action: how to reload (``setup`` runs once per process, from ``setup``).
-    :param detector: use this detector (and its baseline) instead of one built from options.
+    :param detector: use this detector (and its baseline) instead of one built from options
+        (inside the boot check's interpreter: one that watches nothing).
     :param created_pid: the pid that imported the app (to see gunicorn ``--preload``).
     :param since_ns: wall-clock time (``time.time_ns()``) the loaded code dates from; files
         modified after it count as changed at the first step (the Detector's rule).
@@ -51,7 +52,7 @@ class Engine:
     def __init__(
         self,
         options: Options,
-        action: Action,
+        action: ActionSpec,
         *,
         clock: Callable[[], float] = time.monotonic,
         detector: Optional[Union[Detector, EventDetector]] = None,
@@ -64,9 +65,11 @@ class Engine:
     ) -> None:
         self.options = options
         self.policy = options.policy(creator)
-        self.action = action
+        self.action = resolve(action)
         self.clock = clock
-        self.detector = detector if detector is not None else options.detector()
+        if detector is None:
+            detector = Detector(modules=False) if validating() else options.detector()
+        self.detector = detector
         self.created_pid = os.getpid() if created_pid is None else created_pid
         self.since_ns = since_ns
         self.master = master
@@ -189,8 +192,8 @@ class Engine:
             log.debug("wsgireload: changed: %s", ", ".join(changed))
             self.policy.observe(changed, now)
             for path in changed:
-                self._event("changed", path)
-            self._event("settling", self.policy.settle)
+                self.event("changed", path)
+            self.event("settling", self.policy.settle)
         if not decide:
             return None
         policy = self.policy
@@ -207,9 +210,9 @@ class Engine:
             ))
         if changes is None:
             if validating:
-                self._event("rejected", pending)
+                self.event("rejected", pending)
             return None
-        self._event("due", changes)
+        self.event("due", changes)
         self._decided = changes
         if share is not None:
             generation = {
@@ -267,16 +270,14 @@ class Engine:
             return run_action(self.action, changes, logging.DEBUG)  # decided by another worker
         note = ""
         if self.share is not None and self.action.per_process:
-            note = f" (and so does every other worker of master {self._master_pid()})"
+            master = self._master[1] if self._master is not None else 0
+            note = f" (and so does every other worker of master {master})"
         return run_action(self.action, changes, logging.INFO, note)
-
-    def _master_pid(self) -> int:
-        return self._master[1] if self._master is not None else 0
 
     def note_import_failure(self, files: List[str]) -> None:
         self._failures.extend(files)
 
-    def _event(self, kind: str, detail: Any) -> None:
+    def event(self, kind: str, detail: Any) -> None:
         if self.on_event is not None:
             self.on_event(kind, detail)
 

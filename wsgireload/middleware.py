@@ -13,18 +13,10 @@ import threading
 import time
 import traceback
 import weakref
-from typing import (
-    Any,
-    Callable,
-    Dict,
-    Iterable,
-    Iterator,
-    Optional,
-    Union,
-)
+from typing import Any, Callable, Dict, Iterable, Iterator, Optional, Union
 
 from ._options import Options
-from .actions import Action, ActionSpec, resolve
+from .actions import Action, ActionSpec
 from .boot import calling_module, gunicorn_frame_objects, uwsgi_module, validating
 from .detect import Detector
 from .engine import Engine, after_fork_if_missed
@@ -37,11 +29,6 @@ log = logging.getLogger("wsgireload")
 Environ = Dict[str, Any]
 StartResponse = Callable[..., Any]
 WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
-
-# Seconds a due reload waits for a moment with no response in flight. Under steady load (or a
-# client keeping slow responses overlapping) that moment may never come; server-graceful
-# actions then fire at the next response close. Instances may override it.
-DRAIN_TIMEOUT = 60.0
 
 
 class Reloader:
@@ -90,19 +77,10 @@ class Reloader:
     :param clock: monotonic clock in seconds (tests inject one).
     """
 
-    drain_timeout = DRAIN_TIMEOUT  # seconds
-    # The gate's per-process state (see _reset_process_state).
-    _lock: threading.Lock
-    _pid: Optional[int]
-    _steady: bool
-    _inline: bool
-    _next_scan: float
-    _inflight: int
-    _due: Optional[ChangeSet]
-    _due_at: float
-    _firing: bool
-    _thread: Optional[threading.Thread]
-    _stop: threading.Event
+    # Seconds a due reload waits for a moment with no response in flight. Under steady load
+    # (or a client keeping slow responses overlapping) that moment may never come;
+    # server-graceful actions then fire at the next response close. Instances may override it.
+    drain_timeout = 60.0
 
     def __init__(
         self,
@@ -122,18 +100,26 @@ class Reloader:
         # The baseline is what this process imported; forked workers inherit it, so a change
         # made between a worker's start and its first request is still seen.
         inert = validating()  # inside the boot check's interpreter: pass requests through
-        self.engine = Engine(
-            self.options,
-            resolve(action),
-            clock=clock,
-            detector=Detector(modules=False) if inert else None,
-            creator=calling_module(),
-        )
+        self.engine = Engine(self.options, action, clock=clock, creator=calling_module())
         self.engine.on_fork = _weak(self._reset_process_state)
         self._reset_process_state()
         self._closed = inert
         if not inert:
             self._start_early()
+
+    def _reset_process_state(self) -> None:
+        """The gate's state, which belongs to one process: rebuilt in a forked child."""
+        self._lock = threading.Lock()
+        self._pid: Optional[int] = None
+        self._steady = False  # True: nothing to do on the request path
+        self._inline = False
+        self._next_scan = 0.0
+        self._inflight = 0
+        self._due: Optional[ChangeSet] = None
+        self._due_at = 0.0  # policy clock
+        self._firing = False
+        self._thread: Optional[threading.Thread] = None
+        self._stop = threading.Event()
 
     @property
     def action(self) -> Action:
@@ -174,38 +160,19 @@ class Reloader:
                 with self._lock:
                     self._inflight += 1
         except Exception as exc:  # never let the watcher fail a request
-            self._log_failure(exc)
+            self.engine.log_failure(exc)
             track = False
-        if not track:
-            try:
-                return self.app(environ, start_response)
-            except (ImportError, SyntaxError) as exc:
-                self._note_import_failure(exc)
-                raise
         try:
             result = self.app(environ, start_response)
         except BaseException as exc:
             if isinstance(exc, (ImportError, SyntaxError)):
                 self._note_import_failure(exc)
-            self._response_closed()
+            if track:
+                self._response_closed()
             raise
-        return _ClosingIterator(result, self._response_closed)
+        return _ClosingIterator(result, self._response_closed) if track else result
 
     # -- process and thread -------------------------------------------------------------
-    def _reset_process_state(self) -> None:
-        """The gate's state, which belongs to one process: rebuilt in a forked child."""
-        self._lock = threading.Lock()
-        self._pid = None
-        self._steady = False  # True: nothing to do on the request path
-        self._inline = False
-        self._next_scan = 0.0
-        self._inflight = 0
-        self._due = None
-        self._due_at = 0.0  # policy clock
-        self._firing = False
-        self._thread = None
-        self._stop = threading.Event()
-
     def _start_process(self, environ: Environ) -> None:
         with self._lock:
             pid = os.getpid()
@@ -314,20 +281,12 @@ class Reloader:
     def _note_import_failure(self, exc: BaseException) -> None:
         """Keep watching the files of a failed import: the fix will touch one of them."""
         try:
-            files = []
             filename = getattr(exc, "filename", None)
-            if isinstance(filename, str) and os.path.isabs(filename):
-                files.append(filename)
-            for frame, _ in traceback.walk_tb(exc.__traceback__):
-                name = frame.f_code.co_filename
-                if os.path.isabs(name):
-                    files.append(name)
-            self.engine.note_import_failure(files)
+            files = [filename] if isinstance(filename, str) else []
+            files += [frame.f_code.co_filename for frame, _ in traceback.walk_tb(exc.__traceback__)]
+            self.engine.note_import_failure([name for name in files if os.path.isabs(name)])
         except Exception:  # pragma: no cover - defensive: we are on an error path already
             pass
-
-    def _log_failure(self, exc: BaseException) -> None:
-        self.engine.log_failure(exc)
 
     # -- lifecycle ----------------------------------------------------------------------
     def close(self) -> None:
@@ -387,19 +346,15 @@ class _ClosingIterator:
 def _watch(ref: "weakref.ReferenceType[Reloader]", stop: threading.Event) -> None:
     """The watcher thread's loop. It holds the Reloader weakly so that it can be freed."""
     try:
-        while True:
-            reloader = ref()
-            if reloader is None or reloader._closed:
-                return
+        reloader = ref()
+        while reloader is not None and not reloader._closed:
             interval = reloader.engine.pause(reloader.interval)
             del reloader
             if stop.wait(interval):
                 return
             reloader = ref()
-            if reloader is None or reloader._closed:
-                return
-            reloader._tick()
-            del reloader
+            if reloader is not None and not reloader._closed:
+                reloader._tick()
     except BaseException:  # pragma: no cover - interpreter shutdown tears modules down
         if not sys.is_finalizing():
             raise

@@ -13,7 +13,7 @@ import time
 from typing import Any, Callable, Mapping, Optional
 
 from ._options import Options
-from .actions import ActionSpec, resolve
+from .actions import ActionSpec
 from .boot import validating
 from .detect import Detector
 from .engine import Engine, EventHook, Master
@@ -76,12 +76,9 @@ class Watcher:
         self.options = Options.build("Watcher", **options)
         self.interval = self.options.interval
         self.clock = clock
-        self.on_event = on_event
-        if detector is None and validating():  # in the boot check: no scan cost
-            detector = Detector(modules=False)
         self.engine = Engine(
             self.options,
-            resolve(action),
+            action,
             clock=clock,
             detector=detector,
             created_pid=created_pid,
@@ -104,12 +101,8 @@ class Watcher:
         changes = self.engine.step(self.clock() if now is None else now)
         if changes is not None:
             failure = self.engine.act(changes)
-            self._event("failed" if failure is not None else "acted", failure or changes)
+            self.engine.event("failed" if failure is not None else "acted", failure or changes)
         return changes
-
-    def _event(self, kind: str, detail: Any) -> None:
-        if self.on_event is not None:
-            self.on_event(kind, detail)
 
     # -- as a thread ------------------------------------------------------------------
     def start(self) -> "Watcher":
