@@ -13,16 +13,14 @@ import threading
 import time
 import traceback
 import weakref
-from typing import Any, Callable, Dict, Iterable, Iterator, Optional, Union
+from typing import Any, Callable, Dict, Iterable, Iterator, Optional
 
 from ._options import Options
-from .actions import Action, ActionSpec
+from .actions import ActionSpec
 from .boot import calling_module, gunicorn_frame_objects, uwsgi_module, validating
-from .detect import Detector
 from .engine import Engine, after_fork_if_missed
 from .errors import ConfigurationError
-from .events import EventDetector
-from .policy import ChangeSet, Policy
+from .policy import ChangeSet
 
 log = logging.getLogger("wsgireload")
 
@@ -95,13 +93,15 @@ class Reloader:
         self.options = Options.build("Reloader", **options)
         self.app = app
         self.interval = self.options.interval
-        self.mode = self.options.mode
         self.clock = clock
         # The baseline is what this process imported; forked workers inherit it, so a change
         # made between a worker's start and its first request is still seen.
         inert = validating()  # inside the boot check's interpreter: pass requests through
-        self.engine = Engine(self.options, action, clock=clock, creator=calling_module())
-        self.engine.on_fork = _weak(self._reset_process_state)
+        self.engine = engine = Engine(self.options, action, clock=clock, creator=calling_module())
+        self.action = engine.action
+        self.policy = engine.policy
+        self.detector = engine.detector
+        engine.on_fork = _weak(self._reset_process_state)
         self._reset_process_state()
         self._closed = inert
         if not inert:
@@ -120,18 +120,6 @@ class Reloader:
         self._firing = False
         self._thread: Optional[threading.Thread] = None
         self._stop = threading.Event()
-
-    @property
-    def action(self) -> Action:
-        return self.engine.action
-
-    @property
-    def policy(self) -> Policy:
-        return self.engine.policy
-
-    @property
-    def detector(self) -> Union[Detector, EventDetector]:
-        return self.engine.detector
 
     # -- the request path ---------------------------------------------------------------
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
@@ -181,9 +169,8 @@ class Reloader:
             self._pid = pid
             self._stop = threading.Event()
             self.engine.setup(environ)
-            self._inline = self.mode == "inline" or (
-                self.mode == "auto" and not _threads_available(environ)
-            )
+            mode = self.options.mode
+            self._inline = mode == "inline" or (mode == "auto" and not _threads_available(environ))
             if self._inline:
                 self._next_scan = self.clock() + self.interval
                 return
@@ -273,9 +260,7 @@ class Reloader:
     def _overdue(self) -> bool:
         """Responses kept overlapping for drain_timeout: fire anyway, unless that would cut
         them off (an action that ends the process needs a real drain)."""
-        if self.action.requires_drain:
-            return False
-        return self.clock() - self._due_at >= self.drain_timeout
+        return not self.action.requires_drain and self.clock() - self._due_at >= self.drain_timeout
 
     # -- failures -----------------------------------------------------------------------
     def _note_import_failure(self, exc: BaseException) -> None:
