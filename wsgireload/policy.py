@@ -119,7 +119,7 @@ class Policy:
     :param settle_max: seconds after the first change when it is acted on anyway, so that a
         file rewritten every second still reloads.
     :param validate: ``"boot"`` (compile, then boot the app in a fresh interpreter),
-        ``"compile"`` or None (``_options.build_policy`` checks it and maps ``"import"``).
+        ``"compile"`` or None (``Options.policy`` checks it and maps ``"import"``).
     :param boot: the boot check (by default one that finds the server's app itself).
     """
 
