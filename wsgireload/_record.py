@@ -8,6 +8,7 @@ interval, uWSGI's chain wake window) and the lines already logged for the master
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import json
 import logging
@@ -143,10 +144,8 @@ class Record:
 
 
 def _unlink(path: str) -> None:
-    try:
+    with contextlib.suppress(OSError):
         os.unlink(path)
-    except OSError:
-        pass
 
 
 def master_of(environ: Any) -> Optional[Tuple[str, int]]:
@@ -280,8 +279,8 @@ def claim_reload(
 
 def last_request(record: Record) -> Data:
     """The master's last reload request: ``at`` (monotonic), ``chain``, ``by``; {} if none."""
-    request = record.read().get("reload_request")
-    return request if isinstance(request, dict) and "at" in request else {}
+    request = _dict(record.read(), "reload_request")
+    return request if "at" in request else {}
 
 
 def first_to_log(record: Optional[Record], name: str) -> bool:
@@ -355,7 +354,7 @@ class Share:
         """List this worker; a generation decided before it was born is not its to act on."""
         me = {"start": self.start, "born": self.born}
         data = self.record.update(lambda d: {**d, "workers": {**_workers(d), str(self.pid): me}})
-        generation = _generation(data)
+        generation = _dict(data, "generation")
         number = int(generation.get("n", 0))
         self.acted = number if float(generation.get("at", 0.0)) < self.born else number - 1
         self.record.poll()
@@ -435,18 +434,18 @@ class Share:
         """Publish a new generation (the reload of this change set); return its number."""
 
         def change(data: Data) -> Data:
-            number = int(_generation(data).get("n", 0)) + 1
+            number = int(_dict(data, "generation").get("n", 0)) + 1
             generation.update(n=number, at=self.wall(), by=self.pid)
             known = {**decided_files(data), **identities}
             return {**self._stats(data), "generation": generation, "decided": known}
 
         data = self.record.update(change)
-        self.acted = int(_generation(data)["n"])
+        self.acted = int(data["generation"]["n"])
         return self.acted
 
     def generation(self) -> Data:
         """The generation last read from the record ({} if none)."""
-        return _generation(self.record._data or self.record.read())
+        return _dict(self.record._data or self.record.read(), "generation")
 
     def leave(self) -> None:
         """Give the lease up (a process closing its watcher), so another worker scans at once."""
@@ -460,26 +459,20 @@ class Share:
                 return None
             return {k: v for k, v in data.items() if k != "lease"}
 
-        try:
+        with contextlib.suppress(OSError):
             self.record.update(change)
-        except OSError:
-            pass
+
+
+def _dict(data: Data, key: str) -> Data:
+    value = data.get(key)
+    return value if isinstance(value, dict) else {}
 
 
 def _workers(data: Data) -> Dict[str, Any]:
-    workers = data.get("workers")
-    return {k: dict(v) for k, v in workers.items() if isinstance(v, dict)} if isinstance(
-        workers, dict
-    ) else {}
+    return {k: dict(v) for k, v in _dict(data, "workers").items() if isinstance(v, dict)}
 
 
 def decided_files(data: Data) -> Data:
     """Each file as it was when last decided or refused: a new scanner must not decide it again."""
-    decided = data.get("decided")
-    return decided if isinstance(decided, dict) else {}
-
-
-def _generation(data: Data) -> Data:
-    generation = data.get("generation")
-    return generation if isinstance(generation, dict) else {}
+    return _dict(data, "decided")
 
