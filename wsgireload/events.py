@@ -146,7 +146,6 @@ class EventDetector:
         return self.poller.modified_since(since_ns)
 
     def add(self, paths: Iterable[str]) -> None:
-        paths = list(paths)
         self.poller.add(paths)
         with self._lock:
             self._rescan = True  # new files may live in directories not watched yet
@@ -168,7 +167,7 @@ class EventDetector:
             changed = self.poller.scan()
             self._pid = pid
             self._thread = None  # a thread inherited through fork does not run here
-            self._refresh_dirs(force=True)
+            self._refresh_dirs()
             return changed
         thread = self._thread
         if thread is None or not thread.is_alive():
@@ -220,12 +219,9 @@ class EventDetector:
         stop, thread = self._stop, self._thread
         self._thread = None
         self._pid = -1
-        if stop is not None:
-            stop.set()
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout=5.0)
+        _end(stop, thread)
 
-    def _refresh_dirs(self, force: bool = False) -> None:
+    def _refresh_dirs(self) -> None:
         """Point the watcher at the directories of the watched files (restart if they moved)."""
         watched = frozenset(self.poller.watched())
         globs = self.poller._extra_globs
@@ -252,17 +248,13 @@ class EventDetector:
             # An event on a watched directory itself (moved, deleted) counts too.
             self._watched = watched.union(directory for directory, _ in existing)
             self._roots = roots
-        if existing == self._dirs and not force and self._thread is not None:
+        if existing == self._dirs and self._thread is not None:
             return
         self._dirs = existing
         self._restart(sorted(directory for directory, _ in existing))
 
     def _restart(self, dirs: List[str]) -> None:
-        old_stop, old_thread = self._stop, self._thread
-        if old_stop is not None:
-            old_stop.set()
-        if old_thread is not None and old_thread is not threading.current_thread():
-            old_thread.join(timeout=5.0)
+        _end(self._stop, self._thread)
         if not dirs:
             self._thread = None
             return
@@ -320,6 +312,13 @@ class EventDetector:
         stop = self._stop
         if stop is not None:
             stop.set()
+
+
+def _end(stop: Optional[threading.Event], thread: Optional[threading.Thread]) -> None:
+    if stop is not None:
+        stop.set()
+    if thread is not None and thread is not threading.current_thread():
+        thread.join(timeout=5.0)
 
 
 def available() -> bool:
