@@ -150,8 +150,7 @@ class Detector:
         self._glob_dirs: Optional[Dict[str, Optional[Tuple[int, int]]]] = None
         self._glob_scans = 0
         self._glob_version = 0
-        self._extra: List[str] = []  # the listed and globbed files (built by the first scan)
-        self._extra_version = -1
+        self._extra = list(self._extra_wanted)  # and the globbed files
 
     # -- listing --------------------------------------------------------------------------
     def _wanted(self, path: str) -> bool:
@@ -212,6 +211,7 @@ class Detector:
         if result != self._glob_result:
             self._glob_result = result
             self._glob_version += 1
+            self._extra = self._extra_wanted + result
         self._glob_dirs = self._snapshot_glob_dirs(started - _RACY_NS)
         self._glob_scans = 0
         return self._glob_result
@@ -223,14 +223,10 @@ class Detector:
         dirs: Dict[str, Optional[Tuple[int, int]]] = {}
         for pattern in self._extra_globs:
             for directory in glob_dirs(pattern):
-                try:
-                    st = os.stat(directory)
-                except (OSError, ValueError):
-                    dirs[directory] = None
-                    continue
-                if st.st_mtime_ns > racy_after:
+                key = _dir_key(directory)
+                if key is not None and key[0] > racy_after:
                     return None
-                dirs[directory] = (st.st_mtime_ns, st.st_ino)
+                dirs[directory] = key
         return dirs
 
     def _glob_dirs_unchanged(self) -> bool:
@@ -238,15 +234,8 @@ class Detector:
         self._glob_scans += 1
         if self._glob_scans >= _GLOB_REFRESH_SCANS:
             return False
-        stat = os.stat
         for directory, old in self._glob_dirs.items():
-            try:
-                st = stat(directory)
-            except (OSError, ValueError):
-                if old is not None:
-                    return False
-                continue
-            if old is None or st.st_mtime_ns != old[0] or st.st_ino != old[1]:
+            if _dir_key(directory) != old:
                 return False
         return True
 
@@ -298,16 +287,13 @@ class Detector:
             return since is not None and ident is not None and since < ident[0] <= now
 
         _stat_into(self.module_paths(), baseline, changed, modified_late)
-        globbed = self.glob_paths()
-        if self._extra_version != self._glob_version:
-            self._extra = self._extra_wanted + globbed
-            self._extra_version = self._glob_version
+        self.glob_paths()
         extra = self._extra
         _stat_into(extra, baseline, changed, lambda ident: not first and ident is not None)
         # Files no longer listed (a module dropped from sys.modules, a file that left a glob,
         # a file added after a failed import) stay watched. The set is recomputed only when
         # the listing changed, so a steady scan costs one stat per file and nothing more.
-        key = (self._module_count, self._extra_version)
+        key = (self._module_count, self._glob_version)
         if key != self._orphans_key or len(baseline) != self._orphans_size:
             listed = set(self._module_paths)
             listed.update(extra)
@@ -332,6 +318,14 @@ class Detector:
     def baseline(self) -> Snapshot:
         """The identity of every watched file as last scanned (read it, do not change it)."""
         return self._baseline
+
+
+def _dir_key(path: str) -> Optional[Tuple[int, int]]:
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return (st.st_mtime_ns, st.st_ino)
 
 
 def _stat_into(

@@ -54,7 +54,6 @@ class Engine:
         options: Options,
         action: ActionSpec,
         *,
-        clock: Callable[[], float] = time.monotonic,
         detector: Optional[Union[Detector, EventDetector]] = None,
         created_pid: Optional[int] = None,
         since_ns: Optional[int] = None,
@@ -66,7 +65,6 @@ class Engine:
         self.options = options
         self.policy = options.policy(creator)
         self.action = resolve(action)
-        self.clock = clock
         if detector is None:
             detector = Detector(modules=False) if validating() else options.detector()
         self.detector = detector

@@ -97,7 +97,7 @@ class Reloader:
         # The baseline is what this process imported; forked workers inherit it, so a change
         # made between a worker's start and its first request is still seen.
         inert = validating()  # inside the boot check's interpreter: pass requests through
-        self.engine = engine = Engine(self.options, action, clock=clock, creator=calling_module())
+        self.engine = engine = Engine(self.options, action, creator=calling_module())
         self.action = engine.action
         self.policy = engine.policy
         self.detector = engine.detector

@@ -79,7 +79,6 @@ class Watcher:
         self.engine = Engine(
             self.options,
             action,
-            clock=clock,
             detector=detector,
             created_pid=created_pid,
             since_ns=None if changed_since is None else int(changed_since * 1e9),
