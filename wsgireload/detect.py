@@ -37,13 +37,17 @@ _RACY_NS = 2_000_000_000
 _GLOB_REFRESH_SCANS = 60
 
 
-def identity(path: str) -> Optional[Identity]:
-    """Return the identity of ``path`` (following symlinks), or None if it cannot be stat'ed."""
+def stat_or_none(path: str) -> Optional[os.stat_result]:
     try:
-        st = os.stat(path)
+        return os.stat(path)
     except (OSError, ValueError):  # ValueError: embedded NUL byte
         return None
-    return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+def identity(path: str) -> Optional[Identity]:
+    """Return the identity of ``path`` (following symlinks), or None if it cannot be stat'ed."""
+    st = stat_or_none(path)
+    return None if st is None else (st.st_mtime_ns, st.st_size, st.st_ino)
 
 
 def _norm_dir(path: str) -> str:
@@ -321,11 +325,8 @@ class Detector:
 
 
 def _dir_key(path: str) -> Optional[Tuple[int, int]]:
-    try:
-        st = os.stat(path)
-    except (OSError, ValueError):
-        return None
-    return (st.st_mtime_ns, st.st_ino)
+    st = stat_or_none(path)
+    return None if st is None else (st.st_mtime_ns, st.st_ino)
 
 
 def _stat_into(
@@ -378,10 +379,7 @@ def _walk_once(top: str) -> Iterator[Tuple[str, List[str]]]:
     or a second alias is pruned (its files are listed already)."""
     seen: Set[Tuple[int, int]] = set()
     for dirpath, dirnames, _ in os.walk(top, followlinks=True):
-        try:
-            st = os.stat(dirpath)
-        except (OSError, ValueError):
-            st = None
+        st = stat_or_none(dirpath)
         if st is None or (st.st_dev, st.st_ino) in seen:
             dirnames[:] = []
             continue

@@ -14,7 +14,7 @@ import threading
 import weakref
 from typing import AbstractSet, Any, Callable, Iterable, List, Optional, Sequence, Set, Tuple
 
-from .detect import _MAGIC_GLOB, Detector, Snapshot, glob_dirs
+from .detect import _MAGIC_GLOB, Detector, Snapshot, glob_dirs, stat_or_none
 
 log = logging.getLogger("wsgireload")
 
@@ -65,11 +65,8 @@ def glob_root(pattern: str) -> str:
 
 
 def _dir_inode(path: str) -> Optional[int]:
-    try:
-        st = os.stat(path)
-    except (OSError, ValueError):
-        return None
-    return st.st_ino if stat.S_ISDIR(st.st_mode) else None
+    st = stat_or_none(path)
+    return st.st_ino if st is not None and stat.S_ISDIR(st.st_mode) else None
 
 
 def _load_watch() -> Optional[Callable[..., Any]]:
