@@ -192,10 +192,8 @@ class Detector:
         return self._module_paths
 
     def glob_paths(self) -> List[str]:
-        """Files currently matching the ``extra_files`` patterns (directories skipped).
-
-        Re-listed only when a directory the patterns reach changed since the last listing.
-        """
+        """Files currently matching the ``extra_files`` patterns (directories skipped),
+        re-listed only when a directory the patterns reach changed since the last listing."""
         if not self._extra_globs:
             return []
         if self._glob_dirs is not None and self._glob_dirs_unchanged():
@@ -356,10 +354,9 @@ def _stat_into(
 
 
 def _glob(pattern: str) -> List[str]:
-    """``glob.glob(pattern, recursive=True)``, except that ``**`` enters each directory once.
-
-    glob follows directory symlinks under ``**`` without noticing loops: two links to ``..``
-    made it walk 2**40 aliases and hang the watcher. Symlinked directories are still followed.
+    """``glob.glob(pattern, recursive=True)``, except that ``**`` enters each directory once:
+    glob follows directory symlinks under ``**`` without noticing loops (two links to ``..``
+    made it walk 2**40 aliases and hang the watcher). Symlinked directories are still followed.
     """
     parts = pattern.split(os.sep)
     if "**" not in parts:

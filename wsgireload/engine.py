@@ -142,9 +142,7 @@ class Engine:
     # -- one step ------------------------------------------------------------------------
     def step(self, now: float, *, decide: bool = True) -> Optional[ChangeSet]:
         """Scan (or, as a follower, check the record); the change set to act on, if any.
-
-        ``decide=False`` only scans: the owner still has a change set to act on. Never raises.
-        """
+        ``decide=False`` only scans: the owner still has a change set to act on. Never raises."""
         if not self._stepping.acquire(blocking=False):
             return None  # one step at a time (inline mode on a threaded server)
         try:

@@ -202,9 +202,7 @@ class EventDetector:
     # -- the watchfiles thread ------------------------------------------------------------------
     def start(self) -> bool:
         """Watch in this process from the next scan on; False (polling) without watchfiles.
-
-        Call it in the process that serves (after any fork), then scan from one thread.
-        """
+        Call it in the process that serves (after any fork), then scan from one thread."""
         if self._failed:
             return False
         self._wanted_pid = os.getpid()

@@ -189,10 +189,8 @@ class Reloader:
             self._steady = self._due is None and not self.action.requires_drain
 
     def _start_early(self, where: Optional[str] = None) -> None:
-        """Start watching without waiting for a request where this process is known to be a
-        worker that will serve (``created_in``); elsewhere, or if anything fails, the first
-        request starts it as before. Never raises: this runs inside the server's worker boot.
-        """
+        """Start watching in a process known to be a serving worker (``created_in``); elsewhere,
+        or if anything fails, the first request starts it. Never raises (in a worker's boot)."""
         try:
             where = where or created_in()
             if where == IN_UWSGI_MASTER:  # the workers are forked after this import
@@ -360,8 +358,7 @@ def created_in(
     getppid: Callable[[], int] = os.getppid,
 ) -> Optional[str]:
     """Where this process runs: one of the ``IN_*`` values, or None (a gunicorn arbiter with
-    ``--preload``, a uWSGI without master, waitress, mod_wsgi, a script: wait for a request).
-    """
+    ``--preload``, a uWSGI without master, waitress, mod_wsgi, a script: wait for a request)."""
     uwsgi = find_uwsgi()
     if uwsgi is not None:
         master, worker, pid = int(uwsgi.masterpid()), int(uwsgi.worker_id()), getpid()
@@ -392,13 +389,9 @@ def _server_environ(where: str) -> Environ:
 
 
 def _after_uwsgi_fork(uwsgi: Any, hook: Callable[[], None]) -> None:
-    """Have uWSGI call ``hook`` in each process it forks, after the hooks already set.
-
-    ``uwsgidecorators`` keeps its own chain (and replaces ``uwsgi.post_fork_hook`` when it is
-    imported, so it is never imported here): join that chain if it is the hook, else wrap the
-    hook there. A hook set later without the chain replaces this one: then the first request
-    starts the watcher, as everywhere else.
-    """
+    """Have uWSGI call ``hook`` in each process it forks, after the hooks already set: in
+    ``uwsgidecorators``' chain if that is the hook (never imported here: importing it replaces
+    ``uwsgi.post_fork_hook``). A hook set later replaces this one: the first request starts."""
     previous = getattr(uwsgi, "post_fork_hook", None)
     decorators = sys.modules.get("uwsgidecorators")
     chain = getattr(decorators, "postfork_chain", None)
