@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from .actions._process import ProcessInfo, ReadProcess, boot_ppid, exists, proc_start_time
+from .detect import identity
 
 try:
     import fcntl
@@ -108,11 +109,7 @@ class Record:
 
     def poll(self) -> Optional[Data]:
         """The record if it changed since the last poll (one ``os.stat``), else None."""
-        try:
-            st = os.stat(self.path)
-            seen = (st.st_mtime_ns, st.st_size, st.st_ino)
-        except OSError:
-            seen = (0, 0, 0)
+        seen = identity(self.path) or (0, 0, 0)
         if seen == self._seen:
             return None
         self._seen = seen

@@ -64,8 +64,7 @@ class Reloader:
     :param smoke: a path such as ``"/healthz"`` to GET once from the booted app: a 5xx
         status refuses the deploy.
     :param import_name: the old name of ``boot_app``.
-    :param action: ``"auto"``, another action name, an Action, or a callable taking the
-        ChangeSet.
+    :param action: ``"auto"``, another action name, an Action, or a callable taking the ChangeSet.
     :param mode: ``"thread"`` (a watcher thread per worker), ``"inline"`` (scan on the request
         path at most once per interval, for servers without threads) or ``"auto"``.
     :param backend: ``"poll"`` (stat every watched file each interval: works everywhere),

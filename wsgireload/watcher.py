@@ -45,16 +45,14 @@ class Watcher:
     :param import_name: the old name of ``boot_app``.
     :param backend: ``"poll"``, ``"events"`` or ``"auto"``, as for the Reloader (used when no
         ``detector`` is given); ``mode`` is accepted too and has no effect here.
-    :param action: ``"auto"``, another action name, an Action, or a callable taking the
-        ChangeSet.
+    :param action: ``"auto"``, another action name, an Action, or a callable taking the ChangeSet.
     :param created_pid: pid of the process that imported the app (defaults to this one); a
         hook in a preforked worker passes its master's pid so actions can see ``--preload``.
     :param detector: use this Detector (and its baseline) instead of building one from the
         options above (the CLI reuses the one of a Reloader it found in the app).
     :param changed_since: wall-clock time (``time.time()``) before this process imported its
-        code, such as its fork: a watched file modified after it may be newer than what was
-        imported, so it counts as changed at once (at worst one extra reload, never a missed
-        one).
+        code, such as its fork: a watched file modified after it counts as changed at once (at
+        worst one extra reload, never a missed one).
     :param master: ``(server, pid)`` of the master whose workers share one scanner and one
         record (the gunicorn hook and the uWSGI timer pass it); None: this process alone.
     :param on_event: called with ``(kind, detail)`` as things happen (the CLI prints them).
