@@ -86,7 +86,7 @@ def module_file(module: ModuleType) -> Optional[str]:
     loader = getattr(spec, "loader", None) or getattr(module, "__loader__", None)
     if isinstance(loader, zipimport.zipimporter):
         return loader.archive
-    path = getattr(spec, "origin", None) if spec is not None else None
+    path = getattr(spec, "origin", None)
     if not path or not getattr(spec, "has_location", True):
         path = getattr(module, "__file__", None)
     if not isinstance(path, str) or not path or path in ("built-in", "frozen"):

@@ -97,8 +97,7 @@ class Engine:
     def setup(self, environ: Mapping[str, Any]) -> None:
         """Let the action look at this process and join the master's record. Never raises."""
         self.pid = os.getpid()
-        if environ:
-            self.policy.boot.note_environ(environ)  # the server's app (mod_wsgi's script)
+        self.policy.boot.note_environ(environ)  # the server's app (mod_wsgi's script)
         try:
             self.action.setup(ProcessContext(self.pid, self.created_pid, environ))
         except Exception as exc:

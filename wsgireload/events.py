@@ -106,29 +106,24 @@ class EventDetector:
         self.poller = detector
         self.verify_every = verify_every
         self._watch = watch if watch is not None else _load_watch()
-        self._lock = threading.Lock()
-        self._dirty: Set[str] = set()
-        self._thread: Optional[threading.Thread] = None
-        self._stop: Optional[threading.Event] = None
+        self._after_fork()
         self._pid = -1  # the process the running thread belongs to
         self._wanted_pid = -1  # the process start() was called in
         self._failed = self._watch is None
         self._watched: AbstractSet[str] = frozenset()
         self._roots: Tuple[str, ...] = ()
-        self._dirs: Set[Tuple[str, int]] = set()
         self._module_key: object = None
         self._ticks = 0
         self._suspects: Set[str] = set()
-        self._rescan = True
         self._suspect_scans = 0
         _detectors.add(self)
 
     def _after_fork(self) -> None:
         self._lock = threading.Lock()
-        self._dirty = set()
-        self._thread = None
-        self._stop = None
-        self._dirs = set()
+        self._dirty: Set[str] = set()
+        self._thread: Optional[threading.Thread] = None
+        self._stop: Optional[threading.Event] = None
+        self._dirs: Set[Tuple[str, int]] = set()
         self._rescan = True
 
     # -- the Detector interface ---------------------------------------------------------------
