@@ -349,3 +349,15 @@ def test_for_master_asks_the_actions_view_of_proc_who_is_alive(tmp_path: Path) -
     other = ProcessInfo(43, "9", 0, ("gunicorn",))
     _record.for_master("gunicorn", other, rundir, {43: other}.get)
     assert not os.path.exists(record.path)
+
+
+def test_master_of_names_the_server_a_worker_belongs_to() -> None:
+    from wsgireload.actions._process import boot_ppid
+
+    assert _record.master_of({"gunicorn.socket": None}) == ("gunicorn", boot_ppid())
+    # mod_wsgi daemon mode: the processes of one group share the record of Apache's parent;
+    # two groups (two apps) never share one, and a group name makes a safe file name.
+    assert _record.master_of({"mod_wsgi.process_group": "app"}) == ("mod_wsgi.app", boot_ppid())
+    assert _record.master_of({"mod_wsgi.process_group": "a/b c"})[0] == "mod_wsgi.a_b_c"  # type: ignore[index]
+    assert _record.master_of({"mod_wsgi.process_group": ""}) is None  # embedded mode
+    assert _record.master_of({"wsgi.version": (1, 0)}) is None  # waitress, a script

@@ -150,7 +150,14 @@ def _unlink(path: str) -> None:
 
 
 def master_of(environ: Any) -> Optional[Tuple[str, int]]:
-    """(server, master pid) of a preforking server this process is a worker of, or None."""
+    """(server, master pid) of a preforking server this process is a worker of, or None.
+
+    mod_wsgi: the daemon processes of one process group are the workers of Apache's parent
+    process; the group is part of the name, as two groups run two different apps.
+    """
+    group = environ.get("mod_wsgi.process_group")
+    if isinstance(group, str) and group:
+        return "mod_wsgi." + re.sub(r"[^A-Za-z0-9_.]", "_", group)[:64], boot_ppid()
     if "uwsgi.version" in environ:
         try:
             import uwsgi  # type: ignore[import-not-found,import-untyped,unused-ignore]
