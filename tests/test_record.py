@@ -136,6 +136,25 @@ def test_the_lease_passes_on_when_it_expires(record: Record) -> None:
     assert not first.turn()  # its next renewal finds the lease taken: it follows
 
 
+def test_a_worker_born_after_the_last_reload_takes_over_from_one_it_replaces(
+    record: Record,
+) -> None:
+    # After a HUP the old scanner may take a while to exit (gevent: up to a second) while
+    # still holding a valid lease; a new worker deferring to it would sleep half a lease.
+    wall, alive = FakeClock(1_000_000.0), Alive(1, 2, 3)
+    old = share(record, 1, wall, alive, born=wall.now - 100)
+    assert old.turn()
+    old.decide({"files": ["a.py"], "per_process": False}, {})  # the reload
+    sibling = share(record, 2, wall, alive, born=wall.now - 50)  # replaced by it as well
+    assert not sibling.turn()  # an old worker does not take the lease from another one
+    wall.now += 1.0
+    new = share(record, 3, wall, alive, born=wall.now)  # forked by the reload
+    assert new.turn() and new.took_over
+    assert record.read()["lease"]["pid"] == 3
+    wall.now += 3.0
+    assert not old.turn()  # its next renewal finds the lease taken: it follows
+
+
 def test_leave_hands_the_lease_over_at_once(record: Record) -> None:
     wall, alive = FakeClock(1_000_000.0), Alive(1, 2)
     first, second = share(record, 1, wall, alive), share(record, 2, wall, alive)
