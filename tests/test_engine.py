@@ -263,3 +263,29 @@ def test_with_no_writable_place_for_the_record_a_worker_scans_and_acts_alone(
     edit(watched, "X = 2\n")
     changes = engine.step(2.0)
     assert changes is not None and engine.act(changes) is None and len(action.calls) == 1
+
+
+class FallsBack(Recording):
+    """A per-master action that finds the master out of reach when it acts (EPERM on the
+    HUP) and falls back to restarting each worker."""
+
+    def __call__(self, changes: ChangeSet) -> None:
+        super().__call__(changes)
+        self._per_process = True
+
+
+def test_an_action_that_falls_back_to_per_process_while_acting_reaches_every_worker(
+    world: World,
+) -> None:
+    team = world.workers(per_process=False)
+    for worker in team:
+        worker.action = FallsBack(per_process=False)
+        worker.engine.action = worker.action
+    tick(team, 1.0)
+    edit(world.watched, "X = 2\n")
+    tick(team, 2.0, 3.0, 4.0)
+    assert [len(w.action.calls) for w in team] == [1, 1, 1]  # each worker once
+    generation = world.record.read()["generation"]
+    assert generation["n"] == 2 and generation["per_process"]
+    tick(team, 5.0, 6.0)
+    assert [len(w.action.calls) for w in team] == [1, 1, 1]

@@ -136,6 +136,25 @@ def test_the_lease_passes_on_when_it_expires(record: Record) -> None:
     assert not first.turn()  # its next renewal finds the lease taken: it follows
 
 
+def test_a_worker_born_after_the_last_reload_takes_over_from_one_it_replaces(
+    record: Record,
+) -> None:
+    # After a HUP the old scanner may take a while to exit (gevent: up to a second) while
+    # still holding a valid lease; a new worker deferring to it would sleep half a lease.
+    wall, alive = FakeClock(1_000_000.0), Alive(1, 2, 3)
+    old = share(record, 1, wall, alive, born=wall.now - 100)
+    assert old.turn()
+    old.decide({"files": ["a.py"], "per_process": False}, {})  # the reload
+    sibling = share(record, 2, wall, alive, born=wall.now - 50)  # replaced by it as well
+    assert not sibling.turn()  # an old worker does not take the lease from another one
+    wall.now += 1.0
+    new = share(record, 3, wall, alive, born=wall.now)  # forked by the reload
+    assert new.turn() and new.took_over
+    assert record.read()["lease"]["pid"] == 3
+    wall.now += 3.0
+    assert not old.turn()  # its next renewal finds the lease taken: it follows
+
+
 def test_leave_hands_the_lease_over_at_once(record: Record) -> None:
     wall, alive = FakeClock(1_000_000.0), Alive(1, 2)
     first, second = share(record, 1, wall, alive), share(record, 2, wall, alive)
@@ -349,3 +368,15 @@ def test_for_master_asks_the_actions_view_of_proc_who_is_alive(tmp_path: Path) -
     other = ProcessInfo(43, "9", 0, ("gunicorn",))
     _record.for_master("gunicorn", other, rundir, {43: other}.get)
     assert not os.path.exists(record.path)
+
+
+def test_master_of_names_the_server_a_worker_belongs_to() -> None:
+    from wsgireload.actions._process import boot_ppid
+
+    assert _record.master_of({"gunicorn.socket": None}) == ("gunicorn", boot_ppid())
+    # mod_wsgi daemon mode: the processes of one group share the record of Apache's parent;
+    # two groups (two apps) never share one, and a group name makes a safe file name.
+    assert _record.master_of({"mod_wsgi.process_group": "app"}) == ("mod_wsgi.app", boot_ppid())
+    assert _record.master_of({"mod_wsgi.process_group": "a/b c"})[0] == "mod_wsgi.a_b_c"  # type: ignore[index]
+    assert _record.master_of({"mod_wsgi.process_group": ""}) is None  # embedded mode
+    assert _record.master_of({"wsgi.version": (1, 0)}) is None  # waitress, a script

@@ -146,7 +146,14 @@ def _unlink(path: str) -> None:
 
 
 def master_of(environ: Any) -> Optional[Tuple[str, int]]:
-    """(server, master pid) of a preforking server this process is a worker of, or None."""
+    """(server, master pid) of a preforking server this process is a worker of, or None.
+
+    mod_wsgi: the daemon processes of one process group are the workers of Apache's parent
+    process; the group is part of the name, as two groups run two different apps.
+    """
+    group = environ.get("mod_wsgi.process_group")
+    if isinstance(group, str) and group:
+        return "mod_wsgi." + re.sub(r"[^A-Za-z0-9_.]", "_", group)[:64], boot_ppid()
     if "uwsgi.version" in environ:
         try:
             import uwsgi  # type: ignore[import-not-found,import-untyped,unused-ignore]
@@ -368,6 +375,8 @@ class Share:
             holder = data.get("lease") or {}
             self._expires = float(holder.get("expires", 0.0))
             self._holder = (int(holder.get("pid", 0)), holder.get("start"))
+            if self._outgoing(data, holder):
+                self._expires = 0.0
         if self._holder[0] and not self.alive(*self._holder):
             self._expires = 0.0  # its holder exited or was replaced
         if now >= self._expires:
@@ -381,8 +390,11 @@ class Share:
         now = self.wall()
         holder = data.get("lease") or {}
         mine = holder.get("pid") == self.pid and holder.get("start") == self.start
-        free = not holder or float(holder.get("expires", 0.0)) <= now or not self.alive(
-            int(holder.get("pid", 0)), holder.get("start")
+        free = (
+            not holder
+            or float(holder.get("expires", 0.0)) <= now
+            or not self.alive(int(holder.get("pid", 0)), holder.get("start"))
+            or self._outgoing(data, holder)
         )
         if not (mine or free):
             self.scanning = False
@@ -401,6 +413,17 @@ class Share:
         workers = {p: w for p, w in workers.items() if now - w.get("gone", now) < _GONE_KEPT}
         lease = {"pid": self.pid, "start": self.start, "expires": now + self.lease}
         return {**self._stats(data), "lease": lease, "workers": workers}
+
+    def _outgoing(self, data: Data, holder: Data) -> bool:
+        """Whether the lease holder is on its way out: born before the master's last reload,
+        which replaces it, while this worker was born after it. (An old worker can take a
+        while to exit, gevent's up to a second; a follower that deferred to it would sleep
+        for half a lease before it noticed.)"""
+        worker = _workers(data).get(str(holder.get("pid")))
+        if worker is None or holder.get("pid") == self.pid:
+            return False
+        last_reload = float(_dict(data, "generation").get("at", 0.0))
+        return float(worker.get("born", 0.0)) < last_reload <= self.born
 
     def note_scan(self, watched: int, seconds: float) -> None:
         """Remember the scan's size and cost for ``status`` (written with the next renewal)."""

@@ -157,8 +157,12 @@ def gunicorn_frame_objects() -> Iterator[Any]:
     """
     if "gunicorn" not in sys.modules:
         return
-    main = threading.main_thread().ident
-    frame = sys._current_frames().get(main) if main is not None else None
+    if threading.current_thread() is threading.main_thread():
+        # (gevent's workers patch thread idents: sys._current_frames() has no key for it)
+        frame: Optional[types.FrameType] = sys._getframe(1)
+    else:
+        main = threading.main_thread().ident
+        frame = sys._current_frames().get(main) if main is not None else None
     while frame is not None:
         if "gunicorn" in frame.f_code.co_filename:
             yield frame.f_locals.get("self")

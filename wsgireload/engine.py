@@ -210,15 +210,19 @@ class Engine:
         self.event("due", changes)
         self._decided = changes
         if share is not None:
-            generation = {
-                "files": list(changes.files),
-                "fingerprint": changes.fingerprint,
-                "action": self.action.describe(),
-                "per_process": self.action.per_process,
-            }
-            identities = self._identities(changes.files)
-            self._shared(lambda: share.decide(generation, identities))
+            self._publish(share, changes)
         return changes
+
+    def _publish(self, share: _record.Share, changes: ChangeSet) -> None:
+        """A new generation: the reload of ``changes``, as the action now stands."""
+        generation = {
+            "files": list(changes.files),
+            "fingerprint": changes.fingerprint,
+            "action": self.action.describe(),
+            "per_process": self.action.per_process,
+        }
+        identities = self._identities(changes.files)
+        self._shared(lambda: share.decide(generation, identities))
 
     def _shared(self, operation: Callable[[], Any]) -> Any:
         """Run a record operation; if it fails (disk full, a foreign file), scan alone."""
@@ -267,7 +271,14 @@ class Engine:
         if self.share is not None and self.action.per_process:
             master = self._master[1] if self._master is not None else 0
             note = f" (and so does every other worker of master {master})"
-        return run_action(self.action, changes, logging.INFO, note)
+        per_process = self.action.per_process
+        failure = run_action(self.action, changes, logging.INFO, note)
+        share = self.share
+        if share is not None and self.action.per_process and not per_process:
+            # The master refused the signal (EPERM) and the action fell back to restarting
+            # this worker: every other worker must restart itself too, so decide it again.
+            self._publish(share, changes)
+        return failure
 
     def note_import_failure(self, files: List[str]) -> None:
         self._failures.extend(files)

@@ -176,7 +176,9 @@ def test_callback_runs_in_each_worker_after_the_response_in_flight(
 
 # -- issue 3: one graceful reload per deploy ---------------------------------------------------
 @pytest.mark.parametrize(
-    "worker_args", [[], ["-k", "gthread", "--threads", "4"]], ids=["sync", "gthread"]
+    "worker_args",
+    [[], ["-k", "gthread", "--threads", "4"], ["-k", "gevent"]],
+    ids=["sync", "gthread", "gevent"],
 )
 def test_one_edit_under_load_reloads_each_worker_once(
     tmp_path: Path, servers: List[Server], worker_args: List[str]

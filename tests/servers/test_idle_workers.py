@@ -84,7 +84,7 @@ def first_request(port: int) -> bytes:
     return body
 
 
-@pytest.mark.parametrize("worker_class", ["sync", "gthread"])
+@pytest.mark.parametrize("worker_class", ["sync", "gthread", "gevent"])
 def test_gunicorn_idle_workers_reload_twice_without_a_request(
     tmp_path: Path, servers: List[Server], worker_class: str
 ) -> None:

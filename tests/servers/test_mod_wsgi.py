@@ -3,6 +3,7 @@ embedded mode warns and keeps serving. Skipped unless apache2 and mod_wsgi are i
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -67,6 +68,8 @@ def root() -> Iterator[Path]:
     path = Path(tempfile.mkdtemp(prefix="wsgireload-apache-", dir="/tmp"))
     path.chmod(0o755)
     (path / "run").mkdir()
+    (path / "tmp").mkdir()
+    (path / "tmp").chmod(0o1777)  # the daemon processes' TMPDIR: their record is read below
     yield path
     shutil.rmtree(path, ignore_errors=True)
 
@@ -86,7 +89,8 @@ def start_apache(servers: List[Server], root: Path, daemon: bool) -> Server:
     )
     (root / "httpd.conf").write_text(conf)
     server = Server([str(APACHE), "-f", str(root / "httpd.conf"), "-DFOREGROUND"], cwd=root,
-                    port=port, log_path=root / "error.log")
+                    port=port, log_path=root / "error.log",
+                    env={"TMPDIR": str(root / "tmp"), "XDG_RUNTIME_DIR": ""})
     servers.append(server)
     server.start()
     return server
@@ -112,6 +116,15 @@ def test_daemon_mode_each_process_restarts_itself_once(
     assert load.result.failed == 0, load.result.errors[:5]
     assert len(BOOT.findall(server.log())) == 2 * PROCESSES
     assert "mod_wsgi daemon restart (SIGINT to itself" in server.log()
+    # The processes of the group share one record: one scanned, one boot check ran, one INFO
+    # line for the deploy (the others restart themselves, logging at DEBUG).
+    reloading = [line for line in server.log().splitlines() if "reloading with" in line]
+    assert len(reloading) == 1, reloading
+    assert "(and so does every other worker of master" in reloading[0]
+    (path,) = (root / "tmp").glob("wsgireload-*/mod_wsgi.app-*.master.json")
+    record = json.loads(path.read_text())
+    assert [v["verdict"] for v in record["validations"]] == ["ok"]
+    assert record["generation"]["n"] == 1 and record["generation"]["per_process"]
     print(f"\nmod_wsgi daemon: {load.result.ok} ok, {load.result.failed} failed, last old "
           f"response {last_old - edited:.2f}s after the edit, max latency {load.max_latency:.3f}s")
     assert last_old - edited < 5.0
