@@ -91,14 +91,11 @@ class Options:
                 values[name] = tuple(os.fspath(p) for p in as_list(name, values[name]))
         options = cls(**values)
         options.policy()  # checks the timing and validation options
-        if options.mode not in MODES:
-            raise ConfigurationError(
-                f"mode={options.mode!r} is not allowed; use 'auto', 'thread' or 'inline'"
-            )
-        if options.backend not in BACKENDS:
-            raise ConfigurationError(
-                f"backend={options.backend!r} is not allowed; use 'poll', 'events' or 'auto'"
-            )
+        for name, allowed in (("mode", MODES), ("backend", BACKENDS)):
+            value = getattr(options, name)
+            if value not in allowed:
+                choices = ", ".join(repr(a) for a in allowed[:-1]) + f" or {allowed[-1]!r}"
+                raise ConfigurationError(f"{name}={value!r} is not allowed; use {choices}")
         return options
 
     def policy(self, creator: Optional[Target] = None) -> Policy:
