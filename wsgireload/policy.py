@@ -140,13 +140,11 @@ class Policy:
 
     def observe(self, changed: Iterable[str], now: float) -> None:
         """Record files reported changed at time ``now``."""
-        new = False
-        for path in changed:
+        paths = list(changed)
+        if paths:
             if not self._pending:
                 self._first = now
-            self._pending[path] = None
-            new = True
-        if new:
+            self._pending.update(dict.fromkeys(paths))
             self._last = now
             self._version += 1
 
