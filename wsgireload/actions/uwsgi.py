@@ -187,10 +187,10 @@ class UwsgiAction(MasterAction):
             getppid,
             getuid,
             geteuid,
+            clock,
         )
         self.uwsgi = uwsgi_module
         self.fifo_writer = fifo_writer
-        self.clock = clock
         self.booted = booted
         self.pyuwsgi = pyuwsgi
         self.virtualenv = virtualenv
@@ -312,21 +312,13 @@ class UwsgiAction(MasterAction):
         """Record this reload request for the master, unless one since our start covers us."""
         booted = self.booted if self.booted is not None else _process.boot_time()
         now = self.clock()
-        record, problem = self._master_record()
-        outcome = _record.Outcome.CLAIMED
-        if record is not None:
-            try:
-                outcome, _ = _record.claim_reload(
-                    record, booted, self.clock, chain=self.method == CHAIN
-                )
-            except OSError as exc:
-                problem = f"cannot update {record.path}: {exc.strerror or exc}"
-                record = None
-        if record is None:
+        claim = self._claim_reload(booted, chain=self.method == CHAIN)
+        if isinstance(claim, str):
             # uWSGI itself ignores reload requests that arrive during a reload (measured), so
             # going ahead without the record is still safe, only less tidy.
-            log.warning("wsgireload: no shared reload record (%s); asking uWSGI anyway", problem)
+            log.warning("wsgireload: no shared reload record (%s); asking uWSGI anyway", claim)
             return True
+        record, outcome, _ = claim
         if outcome is _record.Outcome.COVERED:
             if self.method == CHAIN:
                 self._help_chain()
