@@ -74,7 +74,6 @@ class PidfileAction(Action):
         self._known: Optional[Tuple[int, Optional[int]]] = None  # (pid, start ticks)
         self.sent = 0
 
-    # -- the checks -----------------------------------------------------------------------
     def target(self) -> Tuple[Optional[int], str]:
         """The pid to signal and a description, or None and the reason not to."""
         try:
@@ -155,7 +154,6 @@ class PidfileAction(Action):
             pass
         return 0.0
 
-    # -- the action -----------------------------------------------------------------------
     def __call__(self, changes: ChangeSet) -> None:
         pid, about = self.target()
         if pid is None:

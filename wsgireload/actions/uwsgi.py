@@ -59,8 +59,7 @@ class UwsgiOptions:
 
 def _title(values: Mapping[str, Any]) -> Optional[str]:
     """The command line uWSGI gives its master when told to rename it, or None."""
-    name = opt_text(values.get("procname-master"))
-    name = name or opt_text(values.get("procname"))
+    name = opt_text(values.get("procname-master")) or opt_text(values.get("procname"))
     if name is None and _flag(values.get("auto-procname")):
         name = "uWSGI master"
     if name is None:
