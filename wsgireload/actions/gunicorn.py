@@ -53,10 +53,9 @@ def terminate_self(kill: Kill, getpid: Callable[[], int]) -> None:
 class GunicornAction(MasterAction):
     """SIGHUP to this worker's gunicorn master: a graceful reload of every worker.
 
-    Only one worker of a master signals per deploy (``_record.claim_reload`` in the master's
-    record; no record, no signal: N workers would each HUP), only a master
-    verified as unchanged since the worker started is signalled, and two reloads of one
-    master are at least ``min_interval`` seconds apart.
+    One worker of a master signals per deploy (``_record.claim_reload`` in the master's record;
+    no record, no signal: N workers would each HUP), only a master verified as unchanged since
+    the worker started, and two reloads of one master at least ``min_interval`` seconds apart.
 
     A master this worker may not signal (``gunicorn --user``: the master stays root, the
     workers drop privileges) makes the reload impossible. With ``restart_fallback`` (what

@@ -249,9 +249,8 @@ def inherited_sockets() -> List[socket.socket]:
     for item in raw.split(","):
         if not item.strip().isdigit():
             continue
-        fd = int(item)
         try:
-            sock = socket.socket(fileno=fd)
+            sock = socket.socket(fileno=int(item))
         except OSError:
             continue
         sock.set_inheritable(False)  # from now on ours again, until the next exec
