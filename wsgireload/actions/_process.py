@@ -139,10 +139,7 @@ def matching_name(argv: Union[str, Sequence[str]], names: Names) -> Optional[str
     """The one of ``names`` that the program of ``argv`` is (``gunicorn3`` is gunicorn; case
     does not matter: ``uWSGI master`` is uwsgi), or None."""
     program = program_name(argv).lower()
-    for name in _names(names):
-        if name and program.startswith(name.lower()):
-            return name
-    return None
+    return next((name for name in _names(names) if name and program.startswith(name.lower())), None)
 
 
 def _names(names: Names) -> Tuple[str, ...]:
