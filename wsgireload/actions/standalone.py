@@ -214,16 +214,11 @@ def listening_sockets(max_fd: int = 1024) -> List[int]:
         try:
             if not stat.S_ISSOCK(os.fstat(fd).st_mode):
                 continue
-            probe = socket.socket(fileno=os.dup(fd))
+            with socket.socket(fileno=os.dup(fd)) as probe:
+                if probe.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+                    fds.append(fd)
         except OSError:
             continue
-        try:
-            if probe.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
-                fds.append(fd)
-        except OSError:
-            pass
-        finally:
-            probe.close()
     return fds
 
 
