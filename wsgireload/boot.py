@@ -308,8 +308,7 @@ def run_checker(
         "stub_uwsgi": stub_uwsgi,
         "uwsgi_opt": _jsonable(uwsgi_opt or {}),
     }
-    environment = dict(os.environ if env is None else env)
-    environment[VALIDATING_ENV] = "1"
+    environment = {**(os.environ if env is None else env), VALIDATING_ENV: "1"}
     started = time.monotonic()
     names = ", ".join(t.describe() for t in targets)
     try:
@@ -343,11 +342,9 @@ def run_checker(
 
 
 def _interpreter_flags() -> List[str]:
-    """This interpreter's -O, -W, -X... flags: an ``assert`` or a warning filter at import
-    behaves in the checker as in the worker."""
-    flags = getattr(subprocess, "_args_from_interpreter_flags", None)
+    """This interpreter's -O, -W, -X flags: an assert or warning filter acts as in the worker."""
     try:
-        return list(flags()) if flags is not None else []
+        return list(subprocess._args_from_interpreter_flags())  # type: ignore[attr-defined]
     except Exception:  # pragma: no cover - a private helper: never let it break the check
         return []
 
@@ -398,10 +395,9 @@ def describe_failure(result: Mapping[str, Any]) -> str:
     if stage == "urlconf":
         context = f"importing Django's URLconf and views, as {target}'s first request would"
     elif stage == "smoke":
-        if result.get("status"):
-            return f"the smoke request GET {result.get('path')} to {target} answered " \
-                   f"{result['status']}"
         context = f"the smoke request GET {result.get('path')} to {target}"
+        if result.get("status"):
+            return f"{context} answered {result['status']}"
     else:
         context = f"booting {target} as the server would, in a fresh interpreter"
     return f"{where}{what} ({context})"
@@ -446,13 +442,8 @@ class BootCheck:
         pid = os.getpid()
         if self._server is None or self._server[0] != pid:  # once per process: it may search
             self._server = (pid, _server_targets())
-        if self._server[1]:
-            return list(self._server[1])
-        if self._environ_target is not None:
-            return [self._environ_target]
-        if self.creator is not None:
-            return [self.creator]
-        return []
+        fallbacks = [t for t in (self._environ_target, self.creator) if t is not None]
+        return list(self._server[1]) or fallbacks[:1]
 
     def check(self) -> Optional[str]:
         """Boot the app; the problem as one line, or None (booted, or nothing to boot)."""
