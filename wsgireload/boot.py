@@ -26,19 +26,7 @@ import time
 import traceback
 import types
 from dataclasses import dataclass, field
-from typing import (
-    Any,
-    Callable,
-    Dict,
-    Iterable,
-    Iterator,
-    List,
-    Mapping,
-    Optional,
-    Sequence,
-    Tuple,
-    Union,
-)
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 from .errors import ConfigurationError
 
@@ -667,8 +655,8 @@ def _walk_urlconf() -> Optional[str]:
     return str(settings.ROOT_URLCONF)
 
 
-def smoke_request(app: Any, path: str) -> Union[str, BaseException]:
-    """GET ``path`` from ``app`` once; the status line, or the error (the app's, or no answer)."""
+def smoke_request(app: Any, path: str) -> str:
+    """GET ``path`` from ``app`` once; the status line. Raises what the app raises."""
     path_info, _, query = path.partition("?")
     environ = {
         "REQUEST_METHOD": "GET", "SCRIPT_NAME": "", "PATH_INFO": path_info,
@@ -684,16 +672,15 @@ def smoke_request(app: Any, path: str) -> Union[str, BaseException]:
         status[:] = [line]
         return lambda data: None
 
+    body = app(environ, start_response)
     try:
-        body = app(environ, start_response)
-        try:
-            for _ in body:
-                pass
-        finally:
-            getattr(body, "close", lambda: None)()
-    except Exception as exc:
-        return exc
-    return status[0] if status else RuntimeError("the app returned without calling start_response")
+        for _ in body:
+            pass
+    finally:
+        getattr(body, "close", lambda: None)()
+    if not status:
+        raise RuntimeError("the app returned without calling start_response")
+    return status[0]
 
 
 def _checker_main(payload: Dict[str, Any]) -> None:
@@ -734,9 +721,10 @@ def _check(payload: Dict[str, Any]) -> Dict[str, Any]:
         if not callable(app):
             error = LookupError("no WSGI app found to send it to: pass boot_app='module:app'")
             return _failure("smoke", spec, error, path=smoke)
-        status = smoke_request(app, smoke)
-        if isinstance(status, BaseException):
-            return _failure("smoke", spec, status, path=smoke)
+        try:
+            status = smoke_request(app, smoke)
+        except Exception as exc:
+            return _failure("smoke", spec, exc, path=smoke)
         code = status.split(" ", 1)[0]
         if not code.isdigit() or int(code) >= 500:
             return {"ok": False, "stage": "smoke", "target": spec, "path": smoke,
