@@ -414,7 +414,7 @@ class BootCheck:
     python: Callable[[], Optional[str]] = find_python
     _environ_target: Optional[Target] = None
     _server: Optional[Tuple[int, List[Target]]] = None  # (pid, what the server names)
-    _said: Dict[str, bool] = field(default_factory=dict)
+    _said: Dict[str, bool] = field(default_factory=dict)  # the messages logged once already
 
     def note_environ(self, environ: Mapping[str, Any]) -> None:
         """mod_wsgi names its script only in the environ: remember it (first request)."""
@@ -438,7 +438,6 @@ class BootCheck:
         targets = self.targets()
         if not targets:
             self._once(
-                "target",
                 logging.INFO,
                 "wsgireload: cannot tell which app the server boots, so a deploy is only "
                 "checked to compile; to boot-check it, pass boot_app='your.module:application' "
@@ -448,7 +447,6 @@ class BootCheck:
         python = self.python()
         if python is None:
             self._once(
-                "python",
                 logging.WARNING,
                 "wsgireload: no Python %d.%d interpreter found for the boot check (looked in "
                 "%s/bin, sys._base_executable and PATH), so a deploy is only checked to "
@@ -471,9 +469,9 @@ class BootCheck:
         log.debug("wsgireload: boot check of %s took %.2fs", targets[0].describe(), outcome.seconds)
         return outcome.problem
 
-    def _once(self, key: str, level: int, message: str, *args: Any) -> None:
-        if not self._said.get(key):
-            self._said[key] = True
+    def _once(self, level: int, message: str, *args: Any) -> None:
+        if message not in self._said:
+            self._said[message] = True
             log.log(level, message, *args)
 
 
