@@ -106,18 +106,14 @@ def _group(path: str, cwd: str, sites: Sequence[str]) -> Tuple[int, str]:
     norm = os.path.normcase(path)
     roots: List[Tuple[str, int, str]] = [(os.path.join(os.path.normcase(cwd), ""), 0, "")]
     roots += [(site, 2, " (site-packages)") for site in sites]
-    for entry in sys.path:
-        if entry:
-            roots.append((os.path.join(os.path.normcase(os.path.abspath(entry)), ""), 1,
-                          f" (in {entry})"))
-    best: Optional[Tuple[str, int, str]] = None
-    for root in roots:
-        if norm.startswith(root[0]) and (best is None or len(root[0]) > len(best[0])):
-            best = root
-    if best is None:
+    roots += [(os.path.join(os.path.normcase(os.path.abspath(entry)), ""), 1, f" (in {entry})")
+              for entry in sys.path if entry]
+    matching = [root for root in roots if norm.startswith(root[0])]
+    if not matching:
         return 3, os.path.dirname(path) + "/"
-    head = path[len(best[0]):].split(os.sep, 1)
-    return best[1], head[0] + ("/" if len(head) > 1 else "") + best[2]
+    prefix, rank, where = max(matching, key=lambda root: len(root[0]))
+    head = path[len(prefix):].split(os.sep, 1)
+    return rank, head[0] + ("/" if len(head) > 1 else "") + where
 
 
 def _server_lines() -> List[str]:
