@@ -176,9 +176,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     if problems:
         for problem in problems[: None if args.verbose else 5]:
             print(f"  {problem}")
-        first = problems[0]
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-        raise AppError(f"{first}{more}: a reload would be refused until it compiles")
+        raise AppError(f"{problems[0]}{more}: a reload would be refused until it compiles")
     return 0
 
 
@@ -394,8 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Production-safe code reloading for WSGI apps: diagnostics and watcher.",
     )
     parser.add_argument("--version", action="version", version=f"wsgireload {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    sub.required = True
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     check = sub.add_parser(
         "check",
