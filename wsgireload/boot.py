@@ -374,9 +374,7 @@ def _jsonable(opt: Mapping[str, Any]) -> Dict[str, Any]:
 
 def describe_failure(result: Mapping[str, Any]) -> str:
     """One line: ``file:line: Type: message (what was being done)``."""
-    where = ""
-    if result.get("file"):
-        where = f"{result['file']}:{result.get('line') or 0}: "
+    where = f"{result['file']}:{result.get('line') or 0}: " if result.get("file") else ""
     what = f"{result.get('type') or 'Error'}: {result.get('message') or ''}".rstrip(": ")
     stage = result.get("stage")
     target = result.get("target") or "the app"
@@ -701,7 +699,7 @@ def _checker_main(payload: Dict[str, Any]) -> None:
 def _check(payload: Dict[str, Any]) -> Dict[str, Any]:
     apps = []
     for target in payload["targets"]:
-        spec = target.get("spec") or target.get("module") or target.get("path")
+        spec = target["spec"]  # Target.as_json() always names it
         try:
             apps.append((spec, _load(target)))
         except BaseException as exc:  # SystemExit at import is a boot failure too
