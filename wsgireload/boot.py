@@ -8,31 +8,25 @@ from __future__ import annotations
 
 import ast
 import gc
+import importlib.machinery
+import importlib.util
+import io
 import json
 import logging
 import os
 import re
 import shutil
 import signal
+import site
 import subprocess
 import sys
 import sysconfig
 import threading
 import time
+import traceback
 import types
 from dataclasses import dataclass, field
-from typing import (
-    Any,
-    Callable,
-    Dict,
-    Iterable,
-    Iterator,
-    List,
-    Mapping,
-    Optional,
-    Sequence,
-    Tuple,
-)
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 from .errors import ConfigurationError
 
@@ -64,9 +58,7 @@ class Target:
         return self.spec or (self.module or self.path or "?")
 
     def as_json(self) -> Dict[str, Any]:
-        call = None
-        if self.call is not None:
-            call = [list(self.call[0]), dict(self.call[1])]
+        call = None if self.call is None else [list(self.call[0]), dict(self.call[1])]
         return {"module": self.module, "path": self.path, "attr": self.attr, "call": call,
                 "spec": self.describe()}
 
@@ -129,24 +121,16 @@ def uwsgi_targets(opt: Mapping[str, Any]) -> List[Target]:
     """The apps a uWSGI instance loads, from its ``uwsgi.opt``."""
     callable_name = opt_text(opt.get("callable")) or "application"
     found: List[Target] = []
-    for key in ("module", "wsgi"):
+    for key in ("module", "wsgi", "wsgi-file", "file", "mount"):
         for spec in opt_texts(opt.get(key)):
-            found.append(_uwsgi_target(spec, callable_name))
-    for key in ("wsgi-file", "file"):
-        for spec in opt_texts(opt.get(key)):
-            found.append(Target(path=os.path.abspath(spec), attr=callable_name, spec=spec))
-    for mount in opt_texts(opt.get("mount")):
-        _, _, spec = mount.partition("=")
-        if spec:
-            found.append(_uwsgi_target(spec, callable_name))
+            if key == "mount":
+                spec = spec.partition("=")[2]
+            if key in ("wsgi-file", "file") or spec.endswith(".py") or os.sep in spec:
+                found.append(Target(path=os.path.abspath(spec), attr=callable_name, spec=spec))
+            elif spec:
+                module, _, obj = spec.partition(":")
+                found.append(Target(module=module, attr=obj or callable_name, spec=spec))
     return found
-
-
-def _uwsgi_target(spec: str, callable_name: str) -> Target:
-    if spec.endswith(".py") or os.sep in spec:
-        return Target(path=os.path.abspath(spec), attr=callable_name, spec=spec)
-    module, _, obj = spec.partition(":")
-    return Target(module=module, attr=obj or callable_name, spec=spec)
 
 
 def gunicorn_frame_objects() -> Iterator[Any]:
@@ -171,48 +155,28 @@ def gunicorn_frame_objects() -> Iterator[Any]:
 
 def gunicorn_app_uri() -> Optional[str]:
     """The app URI this gunicorn worker's master was started with (CLI or ``wsgi_app``)."""
-    if "gunicorn" not in sys.modules:
-        return None
-    for obj in gunicorn_frame_objects():
-        uri = _app_uri(obj)
-        if uri:
-            return uri
-    base = sys.modules.get("gunicorn.app.base")
-    kind = getattr(base, "BaseApplication", None)
-    if kind is None:
-        return None
-    for obj in gc.get_objects():  # an async worker's main thread runs elsewhere: look it up
-        if isinstance(obj, kind):
-            uri = _app_uri(obj)
-            if uri:
-                return uri
+    uri = gunicorn_app_uri_of(*gunicorn_frame_objects())
+    kind = getattr(sys.modules.get("gunicorn.app.base"), "BaseApplication", None)
+    if uri is None and kind is not None:  # an async worker's main thread runs elsewhere
+        uri = gunicorn_app_uri_of(*(obj for obj in gc.get_objects() if isinstance(obj, kind)))
+    return uri
+
+
+def gunicorn_app_uri_of(*objs: Any) -> Optional[str]:
+    """The app URI of the first gunicorn worker or application among ``objs`` that has one."""
+    for obj in objs:
+        for candidate in (obj, getattr(obj, "app", None)):
+            for uri in (getattr(candidate, "app_uri", None),
+                        getattr(getattr(candidate, "cfg", None), "wsgi_app", None)):
+                if isinstance(uri, str) and uri:
+                    return uri
     return None
 
 
-def gunicorn_app_uri_of(worker: Any) -> Optional[str]:
-    """The app URI of a gunicorn worker object (what a config hook is given)."""
-    return _app_uri(worker)
-
-
-def _app_uri(obj: Any) -> Optional[str]:
-    for candidate in (obj, getattr(obj, "app", None)):
-        uri = getattr(candidate, "app_uri", None)
-        if isinstance(uri, str) and uri:
-            return uri
-        cfg = getattr(candidate, "cfg", None)
-        uri = getattr(cfg, "wsgi_app", None) if cfg is not None else None
-        if isinstance(uri, str) and uri:
-            return uri
-    return None
-
-
-def calling_module(skip: str = "wsgireload") -> Optional[Target]:
+def calling_module() -> Optional[Target]:
     """The module creating a Reloader at its top level (skipping wsgireload's own frames)."""
     frame: Optional[types.FrameType] = sys._getframe(1)
-    while frame is not None:
-        caller = str(frame.f_globals.get("__name__", ""))
-        if caller != skip and not caller.startswith(skip + "."):
-            break
+    while frame is not None and str(frame.f_globals.get("__name__")).split(".")[0] == "wsgireload":
         frame = frame.f_back
     if frame is None or frame.f_code.co_name != "<module>":
         return None
@@ -288,13 +252,11 @@ def find_python(
     version = (sys.version_info[0], sys.version_info[1]) if version is None else version
     key = (executable, prefix, base_executable, version, which, probe)
     if key not in _found:
+        candidates = python_candidates(executable=executable, prefix=prefix,
+                                       base_executable=base_executable, version=version,
+                                       which=which)
         wanted = f"{version[0]}.{version[1]}"
-        _found[key] = next(
-            (c for c in python_candidates(executable=executable, prefix=prefix,
-                                          base_executable=base_executable, version=version,
-                                          which=which) if probe(c) == wanted),
-            None,
-        )
+        _found[key] = next((c for c in candidates if probe(c) == wanted), None)
     return _found[key]
 
 
@@ -338,8 +300,7 @@ def run_checker(
         "stub_uwsgi": stub_uwsgi,
         "uwsgi_opt": _jsonable(uwsgi_opt or {}),
     }
-    environment = dict(os.environ if env is None else env)
-    environment[VALIDATING_ENV] = "1"
+    environment = {**(os.environ if env is None else env), VALIDATING_ENV: "1"}
     started = time.monotonic()
     names = ", ".join(t.describe() for t in targets)
     try:
@@ -373,11 +334,9 @@ def run_checker(
 
 
 def _interpreter_flags() -> List[str]:
-    """This interpreter's -O, -W, -X... flags: an ``assert`` or a warning filter at import
-    behaves in the checker as in the worker."""
-    flags = getattr(subprocess, "_args_from_interpreter_flags", None)
+    """This interpreter's -O, -W, -X flags: an assert or warning filter acts as in the worker."""
     try:
-        return list(flags()) if flags is not None else []
+        return list(subprocess._args_from_interpreter_flags())  # type: ignore[attr-defined]
     except Exception:  # pragma: no cover - a private helper: never let it break the check
         return []
 
@@ -419,19 +378,16 @@ def _jsonable(opt: Mapping[str, Any]) -> Dict[str, Any]:
 
 def describe_failure(result: Mapping[str, Any]) -> str:
     """One line: ``file:line: Type: message (what was being done)``."""
-    where = ""
-    if result.get("file"):
-        where = f"{result['file']}:{result.get('line') or 0}: "
+    where = f"{result['file']}:{result.get('line') or 0}: " if result.get("file") else ""
     what = f"{result.get('type') or 'Error'}: {result.get('message') or ''}".rstrip(": ")
     stage = result.get("stage")
     target = result.get("target") or "the app"
     if stage == "urlconf":
         context = f"importing Django's URLconf and views, as {target}'s first request would"
     elif stage == "smoke":
-        if result.get("status"):
-            return f"the smoke request GET {result.get('path')} to {target} answered " \
-                   f"{result['status']}"
         context = f"the smoke request GET {result.get('path')} to {target}"
+        if result.get("status"):
+            return f"{context} answered {result['status']}"
     else:
         context = f"booting {target} as the server would, in a fresh interpreter"
     return f"{where}{what} ({context})"
@@ -458,11 +414,9 @@ class BootCheck:
     cwd: Optional[str] = None  # None: this process's working directory
     runner: Callable[..., Outcome] = run_checker
     python: Callable[[], Optional[str]] = find_python
-    last: Optional[Outcome] = None
-    runs: int = 0
     _environ_target: Optional[Target] = None
     _server: Optional[Tuple[int, List[Target]]] = None  # (pid, what the server names)
-    _said: Dict[str, bool] = field(default_factory=dict)
+    _said: Dict[str, bool] = field(default_factory=dict)  # the messages logged once already
 
     def note_environ(self, environ: Mapping[str, Any]) -> None:
         """mod_wsgi names its script only in the environ: remember it (first request)."""
@@ -478,20 +432,14 @@ class BootCheck:
         pid = os.getpid()
         if self._server is None or self._server[0] != pid:  # once per process: it may search
             self._server = (pid, _server_targets())
-        if self._server[1]:
-            return list(self._server[1])
-        if self._environ_target is not None:
-            return [self._environ_target]
-        if self.creator is not None:
-            return [self.creator]
-        return []
+        fallbacks = [t for t in (self._environ_target, self.creator) if t is not None]
+        return list(self._server[1]) or fallbacks[:1]
 
     def check(self) -> Optional[str]:
         """Boot the app; the problem as one line, or None (booted, or nothing to boot)."""
         targets = self.targets()
         if not targets:
             self._once(
-                "target",
                 logging.INFO,
                 "wsgireload: cannot tell which app the server boots, so a deploy is only "
                 "checked to compile; to boot-check it, pass boot_app='your.module:application' "
@@ -501,7 +449,6 @@ class BootCheck:
         python = self.python()
         if python is None:
             self._once(
-                "python",
                 logging.WARNING,
                 "wsgireload: no Python %d.%d interpreter found for the boot check (looked in "
                 "%s/bin, sys._base_executable and PATH), so a deploy is only checked to "
@@ -511,7 +458,6 @@ class BootCheck:
             )
             return None
         uwsgi = uwsgi_module()
-        self.runs += 1
         outcome = self.runner(
             python,
             targets,
@@ -519,16 +465,15 @@ class BootCheck:
             path=self.path(),
             smoke=self.smoke,
             stub_uwsgi=uwsgi is not None,
-            uwsgi_opt=getattr(uwsgi, "opt", None) if uwsgi is not None else None,
+            uwsgi_opt=getattr(uwsgi, "opt", None),
             cwd=self.cwd,
         )
-        self.last = outcome
         log.debug("wsgireload: boot check of %s took %.2fs", targets[0].describe(), outcome.seconds)
         return outcome.problem
 
-    def _once(self, key: str, level: int, message: str, *args: Any) -> None:
-        if not self._said.get(key):
-            self._said[key] = True
+    def _once(self, level: int, message: str, *args: Any) -> None:
+        if message not in self._said:
+            self._said[message] = True
             log.log(level, message, *args)
 
 
@@ -551,9 +496,7 @@ def _server_targets() -> List[Target]:
 def uwsgi_module() -> Any:
     """The real ``uwsgi`` module when this process runs inside uWSGI, else None."""
     module = sys.modules.get("uwsgi")
-    if module is None or not hasattr(module, "opt"):
-        return None
-    if getattr(module, "__wsgireload_stub__", False):
+    if not hasattr(module, "opt") or getattr(module, "__wsgireload_stub__", False):
         return None
     return module
 
@@ -575,17 +518,24 @@ def check_options(*, app: Optional[str], smoke: Optional[str], timeout: Any) -> 
 
 
 # -- the checker (runs in the fresh interpreter) -----------------------------------------------
+def _site_packages() -> List[str]:
+    """The site-packages (and Debian's dist-packages) entries of ``sys.path``."""
+    names = ("site-packages", "dist-packages")
+    return [entry for entry in sys.path if os.path.basename(entry.rstrip(os.sep)) in names]
+
+
 def _library_dirs() -> List[str]:
-    dirs = set()
     paths = sysconfig.get_paths()
-    for key in ("stdlib", "platstdlib", "purelib", "platlib"):
-        if paths.get(key):
-            dirs.add(paths[key])
-    for entry in sys.path:
-        if entry and os.path.basename(entry.rstrip(os.sep)) in ("site-packages", "dist-packages"):
-            dirs.add(entry)
-    dirs.add(os.path.dirname(os.path.abspath(__file__)))  # wsgireload itself
-    return [os.path.join(os.path.normcase(os.path.abspath(d)), "") for d in dirs]
+    dirs = {paths[key] for key in ("stdlib", "platstdlib", "purelib", "platlib") if paths.get(key)}
+    return [_dir_prefix(d) for d in dirs.union(_site_packages())]
+
+
+def _norm(path: str) -> str:
+    return os.path.normcase(os.path.abspath(path))
+
+
+def _dir_prefix(path: str) -> str:
+    return os.path.join(_norm(path), "")
 
 
 def user_location(exc: BaseException, library: Optional[Sequence[str]] = None) -> Tuple[
@@ -594,28 +544,15 @@ def user_location(exc: BaseException, library: Optional[Sequence[str]] = None) -
     """The ``file, line`` in the user's code where ``exc`` arose (not the checker's own)."""
     if isinstance(exc, SyntaxError) and exc.filename and not exc.filename.startswith("<"):
         return exc.filename, exc.lineno
-    library = _library_dirs() if library is None else library
-    frames = [(f.f_code.co_filename, line) for f, line in _walk_tb(exc.__traceback__)]
-    real = [(name, line) for name, line in frames if name and not name.startswith("<")]
-
-    def in_library(name: str) -> bool:
-        norm = os.path.normcase(os.path.abspath(name))
-        return any(norm.startswith(d) for d in library)
-
-    own = os.path.join(os.path.normcase(os.path.dirname(os.path.abspath(__file__))), "")
-    real = [f for f in real if not os.path.normcase(os.path.abspath(f[0])).startswith(own)]
+    library = tuple(_library_dirs() if library is None else library)
+    own = _dir_prefix(os.path.dirname(__file__))
+    frames = [(f.f_code.co_filename, line) for f, line in traceback.walk_tb(exc.__traceback__)]
+    real = [(name, line) for name, line in frames
+            if name and not name.startswith("<") and not _norm(name).startswith(own)]
+    user = [(name, line) for name, line in real if not _norm(name).startswith(library)]
     # The user's innermost frame; else a library's (an error raised inside Django); never the
     # checker's own line, which would send the user to the wrong file.
-    for tier in ([f for f in real if not in_library(f[0])], real):
-        if tier:
-            return tier[-1]
-    return None, None
-
-
-def _walk_tb(tb: Optional[types.TracebackType]) -> Iterable[Tuple[types.FrameType, int]]:
-    while tb is not None:
-        yield tb.tb_frame, tb.tb_lineno
-        tb = tb.tb_next
+    return (user or real)[-1] if real else (None, None)
 
 
 def _exc_name(exc: BaseException) -> str:
@@ -654,15 +591,13 @@ def _decorator_or_none(*args: Any, **kwargs: Any) -> Any:
 def install_uwsgi_stubs(opt: Mapping[str, Any]) -> None:
     """Harmless ``uwsgi`` and ``uwsgidecorators`` modules, as the app sees them in a worker."""
     uwsgi = types.ModuleType("uwsgi", "wsgireload boot-check stand-in for uWSGI's module")
-    values = {
+    vars(uwsgi).update({
         "__wsgireload_stub__": True,
         "opt": {k: (v.encode() if isinstance(v, str) else v) for k, v in opt.items()},
         "version": b"0.0.0-wsgireload-boot-check",
         "numproc": 1,
         "applications": None,
-    }
-    for key, value in values.items():
-        setattr(uwsgi, key, value)
+    })
     for name in ("worker_id", "mule_id", "masterpid", "signal_registered", "cache_exists"):
         setattr(uwsgi, name, lambda *a, **k: 0)
     stub = _Anything()
@@ -674,10 +609,6 @@ def install_uwsgi_stubs(opt: Mapping[str, Any]) -> None:
 
 
 def _load(target: Mapping[str, Any]) -> Any:
-    import importlib
-    import importlib.machinery
-    import importlib.util
-
     if target.get("path"):
         path = target["path"]
         name = "__wsgireload_boot__"
@@ -705,8 +636,6 @@ def _load(target: Mapping[str, Any]) -> Any:
 
 def _walk_urlconf() -> Optional[str]:
     """Import Django's URLconf and every view module, as the first request would."""
-    import importlib
-
     conf = sys.modules.get("django.conf")
     apps = getattr(sys.modules.get("django.apps"), "apps", None)
     if conf is None or apps is None or not getattr(apps, "ready", False):
@@ -726,10 +655,8 @@ def _walk_urlconf() -> Optional[str]:
     return str(settings.ROOT_URLCONF)
 
 
-def smoke_request(app: Any, path: str) -> Tuple[Optional[str], Optional[BaseException]]:
-    """GET ``path`` from ``app`` once; the status line (None if never started) or the error."""
-    import io
-
+def smoke_request(app: Any, path: str) -> str:
+    """GET ``path`` from ``app`` once; the status line. Raises what the app raises."""
     path_info, _, query = path.partition("?")
     environ = {
         "REQUEST_METHOD": "GET", "SCRIPT_NAME": "", "PATH_INFO": path_info,
@@ -745,18 +672,15 @@ def smoke_request(app: Any, path: str) -> Tuple[Optional[str], Optional[BaseExce
         status[:] = [line]
         return lambda data: None
 
+    body = app(environ, start_response)
     try:
-        body = app(environ, start_response)
-        try:
-            for _ in body:
-                pass
-        finally:
-            close = getattr(body, "close", None)
-            if close is not None:
-                close()
-    except Exception as exc:
-        return (status[0] if status else None), exc
-    return (status[0] if status else None), None
+        for _ in body:
+            pass
+    finally:
+        getattr(body, "close", lambda: None)()
+    if not status:
+        raise RuntimeError("the app returned without calling start_response")
+    return status[0]
 
 
 def _checker_main(payload: Dict[str, Any]) -> None:
@@ -765,11 +689,8 @@ def _checker_main(payload: Dict[str, Any]) -> None:
     os.dup2(2, 1)  # whatever the app prints goes to stderr; stdout carries the result only
     sys.argv[:] = payload.get("argv") or [""]
     if payload.get("prefix") != sys.prefix:  # not the worker's venv: read its .pth files too
-        import site
-
-        for entry in list(sys.path):
-            if os.path.basename(entry.rstrip(os.sep)) in ("site-packages", "dist-packages"):
-                site.addsitedir(entry)
+        for entry in _site_packages():
+            site.addsitedir(entry)
     if payload.get("stub_uwsgi"):
         install_uwsgi_stubs(payload.get("uwsgi_opt") or {})
     result = _check(payload)
@@ -782,7 +703,7 @@ def _checker_main(payload: Dict[str, Any]) -> None:
 def _check(payload: Dict[str, Any]) -> Dict[str, Any]:
     apps = []
     for target in payload["targets"]:
-        spec = target.get("spec") or target.get("module") or target.get("path")
+        spec = target["spec"]  # Target.as_json() always names it
         try:
             apps.append((spec, _load(target)))
         except BaseException as exc:  # SystemExit at import is a boot failure too
@@ -798,16 +719,12 @@ def _check(payload: Dict[str, Any]) -> Dict[str, Any]:
         if isinstance(app, types.ModuleType):
             app = getattr(app, "application", None) or getattr(app, "app", None)
         if not callable(app):
-            return {"ok": False, "stage": "smoke", "target": spec, "path": smoke,
-                    "type": "LookupError", "file": None, "line": None,
-                    "message": "no WSGI app found to send it to: pass boot_app='module:app'"}
-        status, error = smoke_request(app, smoke)
-        if error is not None:
+            error = LookupError("no WSGI app found to send it to: pass boot_app='module:app'")
             return _failure("smoke", spec, error, path=smoke)
-        if status is None:
-            return {"ok": False, "stage": "smoke", "target": spec, "path": smoke, "file": None,
-                    "line": None, "type": "RuntimeError",
-                    "message": "the app returned without calling start_response"}
+        try:
+            status = smoke_request(app, smoke)
+        except Exception as exc:
+            return _failure("smoke", spec, exc, path=smoke)
         code = status.split(" ", 1)[0]
         if not code.isdigit() or int(code) >= 500:
             return {"ok": False, "stage": "smoke", "target": spec, "path": smoke,

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import collections
 import importlib
 import json
 import logging
@@ -13,7 +14,7 @@ import os
 import sys
 import time
 import traceback
-from typing import Any, Callable, Dict, List, Optional, Sequence, TextIO, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from . import __version__, _record
 from ._options import Options
@@ -105,128 +106,101 @@ def _group(path: str, cwd: str, sites: Sequence[str]) -> Tuple[int, str]:
     norm = os.path.normcase(path)
     roots: List[Tuple[str, int, str]] = [(os.path.join(os.path.normcase(cwd), ""), 0, "")]
     roots += [(site, 2, " (site-packages)") for site in sites]
-    for entry in sys.path:
-        if entry:
-            roots.append((os.path.join(os.path.normcase(os.path.abspath(entry)), ""), 1,
-                          f" (in {entry})"))
-    best: Optional[Tuple[str, int, str]] = None
-    for root in roots:
-        if norm.startswith(root[0]) and (best is None or len(root[0]) > len(best[0])):
-            best = root
-    if best is None:
+    roots += [(os.path.join(os.path.normcase(os.path.abspath(entry)), ""), 1, f" (in {entry})")
+              for entry in sys.path if entry]
+    matching = [root for root in roots if norm.startswith(root[0])]
+    if not matching:
         return 3, os.path.dirname(path) + "/"
-    head = path[len(best[0]):].split(os.sep, 1)
-    return best[1], head[0] + ("/" if len(head) > 1 else "") + best[2]
+    prefix, rank, where = max(matching, key=lambda root: len(root[0]))
+    head = path[len(prefix):].split(os.sep, 1)
+    return rank, head[0] + ("/" if len(head) > 1 else "") + where
 
 
-def _server_lines(environ: Dict[str, Any]) -> List[str]:
-    here = detect_server(environ)
+def _server_lines() -> List[str]:
+    here = detect_server({})
     if here == "gunicorn":
         why = "gunicorn's worker module is loaded in this process"
     else:
         why = "no server module loaded; in a worker the first request's environ tells"
     lines = [f"here: {here} ({why})"]
     for server in ("gunicorn", "uwsgi", "mod_wsgi", "standalone"):
-        factory = REGISTRY.get(server)
-        summary = getattr(factory, "summary", "") if factory is not None else ""
-        what = summary or "warns once and does not reload"
+        what = getattr(REGISTRY.get(server), "summary", "") or "warns once and does not reload"
         lines.append(f"under {server}: {what}")
     return lines
 
 
-def cmd_check(args: argparse.Namespace, out: TextIO) -> int:
+def cmd_check(args: argparse.Namespace) -> int:
     app, name = load_app(args.target)
     reloader, where = find_reloader(app)
-    print(f"app:       {name} ({type(app).__name__})", file=out)
+    print(f"app:       {name} ({type(app).__name__})")
     if reloader is not None:
         action = reloader.action
         named = "auto" if isinstance(action, AutoAction) else action.describe()
-        print(
-            f"reloader:  {where} (action {named}, interval {reloader.interval:g}s, "
-            f"settle {reloader.policy.settle:g}s, validate {reloader.policy.validate})",
-            file=out,
-        )
+        print(f"reloader:  {where} (action {named}, interval {reloader.interval:g}s, "
+              f"settle {reloader.policy.settle:g}s, validate {reloader.policy.validate})")
         detector = reloader.detector
     else:
-        print(
-            "reloader:  none found in the app; showing what Reloader(app) would watch (or the "
-            "gunicorn hook, or `wsgireload watch --pidfile`)",
-            file=out,
-        )
-        action = AutoAction()
+        print("reloader:  none found in the app; showing what Reloader(app) would watch (or the "
+              "gunicorn hook, or `wsgireload watch --pidfile`)")
+        named = "auto"
         detector = Detector()
         detector.scan()
     files = detector.watched()
     cwd = os.getcwd()
     sites = site_dirs()
-    groups: Dict[Tuple[int, str], int] = {}
-    for path in files:
-        group = _group(path, cwd, sites)
-        groups[group] = groups.get(group, 0) + 1
-    print(f"watching:  {len(files)} files (this directory first)", file=out)
+    groups = collections.Counter(_group(path, cwd, sites) for path in files)
+    print(f"watching:  {len(files)} files (this directory first)")
     ranked = sorted(groups.items(), key=lambda item: (item[0][0], -item[1], item[0][1]))
     shown = ranked if args.verbose else ranked[:15]
     for (_, key), count in shown:
-        print(f"  {count:6d}  {key}", file=out)
+        print(f"  {count:6d}  {key}")
     if len(ranked) > len(shown):
         rest = sum(count for _, count in ranked[len(shown):])
-        print(f"  {rest:6d}  ... in {len(ranked) - len(shown)} more directories", file=out)
+        print(f"  {rest:6d}  ... in {len(ranked) - len(shown)} more directories")
     if args.verbose:
         for path in files:
-            print(f"    {path}", file=out)
+            print(f"    {path}")
     started = time.perf_counter()
     detector.scan()
     scan_ms = (time.perf_counter() - started) * 1000
-    print(f"one scan:  {scan_ms:.2f} ms for {len(files)} files", file=out)
+    print(f"one scan:  {scan_ms:.2f} ms for {len(files)} files")
     sources = [path for path in files if path.endswith(".py")]
     started = time.perf_counter()
     problems = compile_errors(sources)
     compile_s = time.perf_counter() - started
-    print(
-        f"compile:   {len(sources) - len(problems)} of {len(sources)} .py files compile "
-        f"({compile_s:.2f} s)",
-        file=out,
-    )
-    describe = action.describe() if not isinstance(action, AutoAction) else "auto"
-    print(f"action:    {describe}", file=out)
-    for line in _server_lines({}):
-        print(f"  {line}", file=out)
+    print(f"compile:   {len(sources) - len(problems)} of {len(sources)} .py files compile "
+          f"({compile_s:.2f} s)")
+    print(f"action:    {named}")
+    for line in _server_lines():
+        print(f"  {line}")
     if problems:
         for problem in problems[: None if args.verbose else 5]:
-            print(f"  {problem}", file=out)
-        first = problems[0]
+            print(f"  {problem}")
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-        raise AppError(f"{first}{more}: a reload would be refused until it compiles")
+        raise AppError(f"{problems[0]}{more}: a reload would be refused until it compiles")
     return 0
 
 
 # -- watch ---------------------------------------------------------------------------------
-class _Printer:
-    """Turns watcher events into one line each, with the time."""
+def _line(text: str) -> None:
+    print(f"{time.strftime('%H:%M:%S')} {text}", flush=True)
 
-    def __init__(self, out: TextIO) -> None:
-        self.out = out
 
-    def line(self, text: str) -> None:
-        print(f"{time.strftime('%H:%M:%S')} {text}", file=self.out, flush=True)
+# Each watcher event as the line that reports it.
+_EVENTS: Dict[str, Callable[[Any], str]] = {
+    "changed": lambda path: f"changed   {path}",
+    "settling": lambda seconds: f"settling  waiting for {seconds:g}s without a further change",
+    "rejected": lambda files: f"refused   {len(files)} file(s) do not validate; waiting for a fix",
+    "due": lambda changes: f"settled   {len(changes.files)} file(s) validated, change set "
+                           f"{changes.fingerprint}",
+    "acted": lambda _: "acted",
+    "failed": lambda error: f"failed    {error!r}",
+}
 
-    def __call__(self, kind: str, detail: Any) -> None:
-        if kind == "changed":
-            self.line(f"changed   {detail}")
-        elif kind == "settling":
-            self.line(f"settling  waiting for {detail:g}s without a further change")
-        elif kind == "rejected":
-            self.line(f"refused   {len(detail)} file(s) do not validate; waiting for a fix")
-        elif kind == "due":
-            assert isinstance(detail, ChangeSet)
-            self.line(
-                f"settled   {len(detail.files)} file(s) validated, change set "
-                f"{detail.fingerprint}"
-            )
-        elif kind == "acted":
-            self.line("acted")
-        elif kind == "failed":
-            self.line(f"failed    {detail!r}")
+
+def _on_event(kind: str, detail: Any) -> None:
+    if kind in _EVENTS:
+        _line(_EVENTS[kind](detail))
 
 
 class _ReportOnly(Action):
@@ -234,26 +208,16 @@ class _ReportOnly(Action):
 
     name = "report-only"
 
-    def __init__(self, printer: _Printer) -> None:
-        self.printer = printer
-
     def __call__(self, changes: ChangeSet) -> None:
-        self.printer.line("reload    due now (no --pidfile: nothing signalled)")
+        _line("reload    due now (no --pidfile: nothing signalled)")
 
     def describe(self) -> str:
         return "nothing (watch without --pidfile)"
 
 
 class _LogToOut(logging.Handler):
-    def __init__(self, printer: _Printer) -> None:
-        super().__init__()
-        self.printer = printer
-
     def emit(self, record: logging.LogRecord) -> None:
-        message = record.getMessage()
-        if message.startswith("wsgireload: "):
-            message = message[len("wsgireload: "):]
-        self.printer.line(f"{record.levelname.lower():9s} {message}")
+        _line(f"{record.levelname.lower():9s} {record.getMessage().removeprefix('wsgireload: ')}")
 
 
 def _path_patterns(paths: Sequence[str]) -> List[str]:
@@ -268,15 +232,13 @@ def _path_patterns(paths: Sequence[str]) -> List[str]:
     return patterns
 
 
-def cmd_watch(args: argparse.Namespace, out: TextIO) -> int:
-    printer = _Printer(out)
+def cmd_watch(args: argparse.Namespace) -> int:
     targets: List[str] = args.targets
     is_app = len(targets) == 1 and ":" in targets[0] and not os.path.exists(targets[0])
-    detector: Optional[Detector] = None
     defaults = Options()  # or the options of a Reloader found in the app
     if is_app:
-        app, name = load_app(targets[0])
-        reloader, where = find_reloader(app)
+        app, label = load_app(targets[0])
+        reloader, _ = find_reloader(app)
         if reloader is not None:
             found = reloader.detector
             # The event backend wraps a polling Detector; watching from here polls.
@@ -285,68 +247,70 @@ def cmd_watch(args: argparse.Namespace, out: TextIO) -> int:
         else:
             detector = Detector(exclude=args.exclude)
             detector.scan()
-        what = f"{name} ({len(detector.watched())} files)"
     else:
+        label = ", ".join(targets)
         patterns = _path_patterns(targets)
-        excludes = list(DIR_EXCLUDES) + list(args.exclude)
+        excludes = [*DIR_EXCLUDES, *args.exclude]
         if args.pidfile:
             excludes.append(os.path.abspath(args.pidfile))  # servers rewrite it on reload
         detector = Detector(extra_files=patterns, exclude=excludes, modules=False)
         detector.scan()
-        what = f"{', '.join(targets)} ({len(detector.watched())} files)"
     if args.no_validate and (args.import_app or args.smoke):
         raise AppError("--import and --smoke boot the app before a reload, --no-validate skips "
                        "that: pick one")
     boot_app = None if args.no_validate else (args.import_app or (targets[0] if is_app else None))
-    action: Any
-    pid: Optional[int] = None
+    action: Action = _ReportOnly()
+    server_cwd = None
     if args.pidfile:
-        action = PidfileAction(
+        pidfile = PidfileAction(
             args.pidfile, signal=parse_signal(args.signal), expect=args.expect or DEFAULT_EXPECT
         )
-        pid, about = action.target()
+        pid, about = pidfile.target()
         if pid is None:
             raise AppError(about)
-        printer.line(f"target    {about} (from {action.pidfile}); checked again before each signal")
-    else:
-        action = _ReportOnly(printer)
+        _line(f"target    {about} (from {pidfile.pidfile}); checked again before each signal")
+        action = pidfile
+        server_cwd = _proc_cwd(pid)
+    settle = defaults.settle if args.settle is None else args.settle
+    settle_max = defaults.settle_max if args.settle_max is None else args.settle_max
     watcher = Watcher(
-        interval=args.interval if args.interval is not None else defaults.interval,
-        settle=args.settle if args.settle is not None else defaults.settle,
-        settle_max=max(
-            args.settle_max if args.settle_max is not None else defaults.settle_max,
-            args.settle if args.settle is not None else defaults.settle,
-        ),
+        interval=defaults.interval if args.interval is None else args.interval,
+        settle=settle,
+        settle_max=max(settle_max, settle),
         validate=None if args.no_validate else "boot",
         boot_app=boot_app,
         smoke=args.smoke,
         action=action,
         detector=detector,
-        on_event=printer,
+        on_event=_on_event,
     )
-    if args.pidfile and pid is not None:
+    if server_cwd is not None:
         # Boot the app from where the server imports it: the master's working directory.
-        server_cwd = _proc_cwd(pid)
-        if server_cwd is not None:
-            watcher.policy.boot.cwd = server_cwd
-            watcher.policy.boot.path = lambda: [server_cwd, *sys.path]
-    handler = _LogToOut(printer)
-    handler.setLevel(logging.DEBUG if args.verbose else logging.INFO)
+        watcher.policy.boot.cwd = server_cwd
+        watcher.policy.boot.path = lambda: [server_cwd, *sys.path]
+    handler = _LogToOut(logging.DEBUG if args.verbose else logging.INFO)
     log.addHandler(handler)
     old_level = log.level
     if log.getEffectiveLevel() > handler.level:
         log.setLevel(handler.level)
-    printer.line(f"watching  {what}; Ctrl-C to stop")
+    _line(f"watching  {label} ({len(detector.watched())} files); Ctrl-C to stop")
     try:
         while True:
             watcher.step(_clock())
             _sleep(watcher.interval)
     except KeyboardInterrupt:
-        printer.line("stopped")
+        _line("stopped")
         return 0
     finally:
         log.removeHandler(handler)
         log.setLevel(old_level)
+
+
+def _proc_cwd(pid: int) -> Optional[str]:
+    try:
+        return os.readlink(f"/proc/{pid}/cwd")
+    except OSError:
+        return None
 
 
 # -- status --------------------------------------------------------------------------------
@@ -392,40 +356,34 @@ def _when(at: Any) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(at))) if at else "?"
 
 
-def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
+def cmd_status(args: argparse.Namespace) -> int:
     now = time.time()
     masters = [master_status(data, now) for data in _record.read_all(args.runtime_dir)]
     if args.json:
-        json.dump(masters, out, indent=2)
-        print(file=out)
+        print(json.dumps(masters, indent=2))
         return 0
     if not masters:
-        print("no running master with a wsgireload record (readable by this user)", file=out)
+        print("no running master with a wsgireload record (readable by this user)")
         return 0
     for m in masters:
         print(f"{m['server']} master {m['master']}: {len(m['workers'])} workers seen "
-              f"({', '.join(map(str, m['workers']))})", file=out)
+              f"({', '.join(map(str, m['workers']))})")
         print(f"  scanner:      {m['scanner'] or 'none at the moment'}; {m['watched']} files, "
-              f"last scan {m['scan_ms'] if m['scan_ms'] is not None else '?'} ms", file=out)
+              f"last scan {m['scan_ms'] if m['scan_ms'] is not None else '?'} ms")
         deploy = m["last_deploy"]
         if deploy:
             print(f"  last deploy:  {_when(deploy['at'])}: {', '.join(deploy['files'][:3])}"
                   f"{' ...' if len(deploy['files']) > 3 else ''}; {deploy['action']}; "
-                  f"{deploy['workers_replaced']} workers replaced", file=out)
+                  f"{deploy['workers_replaced']} workers replaced")
         else:
-            print("  last deploy:  none since the master started", file=out)
+            print("  last deploy:  none since the master started")
         refusal = m["last_refusal"]
         if refusal:
             where = refusal["where"]
             named = not where or refusal["error"].startswith(where)
             print(f"  last refusal: {_when(refusal['at'])}: {refusal['error']}"
-                  f"{'' if named else f' (at {where})'}", file=out)
+                  f"{'' if named else f' (at {where})'}")
     return 0
-def _proc_cwd(pid: int) -> Optional[str]:
-    try:
-        return os.readlink(f"/proc/{pid}/cwd")
-    except OSError:
-        return None
 
 
 # -- entry point ---------------------------------------------------------------------------
@@ -435,8 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Production-safe code reloading for WSGI apps: diagnostics and watcher.",
     )
     parser.add_argument("--version", action="version", version=f"wsgireload {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    sub.required = True
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     check = sub.add_parser(
         "check",
@@ -495,13 +452,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the command line; return the exit status (0 fine, 1 a problem, 2 bad usage)."""
     args = build_parser().parse_args(argv)
-    out = sys.stdout
+    commands = {"check": cmd_check, "status": cmd_status, "watch": cmd_watch}
     try:
-        if args.command == "check":
-            return cmd_check(args, out)
-        if args.command == "status":
-            return cmd_status(args, out)
-        return cmd_watch(args, out)
+        return commands[args.command](args)
     except (AppError, ConfigurationError) as exc:
         if args.verbose:
             traceback.print_exception(type(exc), exc, exc.__traceback__)

@@ -1,24 +1,8 @@
 """Who may be signalled: one /proc reader and one rule, shared by every action that signals.
 
-Nothing here signals anyone by itself; actions ask ``master_problem`` before they do.
-
-API (small on purpose; the gunicorn, uWSGI and pidfile actions import it):
-
-- ``ProcessInfo``: pid, start time, uid and argv of a process as seen once.
-- ``read_process(pid, root)``: a ProcessInfo from ``/proc`` (start time, uid and argv are None
-  where there is no ``/proc``, e.g. macOS).
-- ``program_name(argv)``: the program a command line runs, never a word among its arguments.
-- ``record_master(pid=None)``: the master as seen when this worker started (the parent at
-  fork, or at import when wsgireload was imported in the worker). Pid 1 is a master like any
-  other here: in a container without an init the server *is* pid 1.
-- ``master_problem(recorded, names)``: why signalling ``recorded`` now is unsafe or impossible
-  (a ``MasterProblem``), or None.
-  Its ``kind`` (a ``Refusal``) lets an action react: FOREIGN_USER is "our master, but a user
-  this process may not signal" (``gunicorn --user``).
-- ``signal_denied(info)``: why this process may not signal ``info`` (EPERM), or None.
-- ``boot_time()``, ``born()``: the ``time.monotonic()`` and the wall-clock time at which this
-  process started running its code (fork or import), comparable across processes of one
-  machine.
+Nothing here signals anyone by itself; actions ask ``master_problem`` before they do. Its
+``kind`` (a ``Refusal``) lets an action react: FOREIGN_USER is "our master, but a user this
+process may not signal" (``gunicorn --user``).
 """
 
 from __future__ import annotations
@@ -73,13 +57,9 @@ def read_process(pid: int, root: str = PROC_ROOT) -> Optional[ProcessInfo]:
             status = handle.read().decode("utf-8", "replace")
     except OSError:  # gone, or a pid that was never there
         return None
-    uid: Optional[int] = None
-    for line in status.splitlines():
-        if line.startswith("Uid:"):
-            parts = line.split()
-            if len(parts) > 1 and parts[1].isdigit():
-                uid = int(parts[1])
-            break
+    # "Uid:\t<real>\t<effective>\t<saved>\t<filesystem>": the first Uid line, its real uid.
+    real = next((line.split()[1:2] for line in status.splitlines() if line.startswith("Uid:")), [])
+    uid = int(real[0]) if real and real[0].isdigit() else None
     # A process title (setproctitle, uWSGI's procname) pads the area with NULs: drop the
     # empty strings they leave.
     argv = tuple(os.fsdecode(part) for part in raw.split(b"\0") if part)
@@ -110,7 +90,6 @@ def exists(pid: int) -> bool:
     return True
 
 
-# -- the one rule for "is this the server" ------------------------------------------------
 _INTERPRETERS = ("python", "pypy")
 
 
@@ -160,28 +139,22 @@ def matching_name(argv: Union[str, Sequence[str]], names: Names) -> Optional[str
     """The one of ``names`` that the program of ``argv`` is (``gunicorn3`` is gunicorn; case
     does not matter: ``uWSGI master`` is uwsgi), or None."""
     program = program_name(argv).lower()
-    for name in _names(names):
-        if name and program.startswith(name.lower()):
-            return name
-    return None
+    return next((name for name in _names(names) if name and program.startswith(name.lower())), None)
 
 
 def _names(names: Names) -> Tuple[str, ...]:
     return (names,) if isinstance(names, str) else tuple(names)
 
 
-# -- this process's own start: recorded at import and again in a forked child ------------
-_boot_time = time.monotonic()
-_born = time.time()
-_boot_ppid = os.getppid()
-
-
 def after_fork() -> None:
-    """Called in a forked child (by ``wsgireload.engine``'s one fork hook)."""
+    """Take this process's start again: at import, and in a forked child (by
+    ``wsgireload.engine``'s one fork hook)."""
     global _boot_time, _born, _boot_ppid
-    _boot_time = time.monotonic()
-    _born = time.time()
-    _boot_ppid = os.getppid()
+    _boot_time, _born, _boot_ppid = time.monotonic(), time.time(), os.getppid()
+
+
+_boot_time, _born, _boot_ppid = 0.0, 0.0, 0
+after_fork()
 
 
 def born() -> float:
@@ -211,11 +184,8 @@ def record_master(
     None if there is none (pid 0) or it is already gone. Pid 1 is recorded like any pid: the
     checks before a signal decide whether it is a server (a container's) or init.
     """
-    if pid is None:
-        pid = boot_ppid()
-    if pid < 1:
-        return None
-    return read(pid)
+    pid = boot_ppid() if pid is None else pid
+    return read(pid) if pid >= 1 else None
 
 
 class Refusal(enum.Enum):

@@ -8,6 +8,7 @@ from typing import Any, Mapping, Optional
 
 from ..policy import ChangeSet
 from .base import Action, ProcessContext
+from .gunicorn import GunicornAction
 
 log = logging.getLogger("wsgireload")
 
@@ -43,8 +44,6 @@ class AutoAction(Action):
         from . import REGISTRY
 
         if server == "gunicorn":
-            from .gunicorn import GunicornAction
-
             # A master out of this worker's reach (gunicorn --user) still gets new code: each
             # worker restarts itself instead.
             return GunicornAction(restart_fallback=True)

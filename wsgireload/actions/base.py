@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, ClassVar, Mapping, Optional, Sequence, Tuple, Union
 
 from .. import _record
 from ..policy import ChangeSet
@@ -82,6 +82,7 @@ class MasterAction(Action):
         getppid: Callable[[], int],
         getuid: Callable[[], int],
         geteuid: Callable[[], int],
+        clock: Callable[[], float],
     ) -> None:
         self.server_names: Tuple[str, ...] = tuple(server_names)
         self.runtime_dir = runtime_dir
@@ -89,6 +90,7 @@ class MasterAction(Action):
         self.getppid = getppid
         self.getuid = getuid
         self.geteuid = geteuid
+        self.clock = clock
         self.master: Optional[_process.ProcessInfo] = None
 
     def _problem(self) -> Optional[_process.MasterProblem]:
@@ -103,6 +105,20 @@ class MasterAction(Action):
 
     def _master_record(self) -> Tuple[Optional[_record.Record], str]:
         return _record.for_master(self.server, self.master, self.runtime_dir, self.read_process)
+
+    def _claim_reload(
+        self, booted: float, min_interval: float = 0.0, chain: bool = False
+    ) -> Union[str, Tuple[_record.Record, _record.Outcome, float]]:
+        """``_record.claim_reload`` in the master's record: (record, outcome, wait), or why
+        there is no usable record."""
+        record, reason = self._master_record()
+        if record is None:
+            return reason
+        try:
+            outcome, wait = _record.claim_reload(record, booted, self.clock, min_interval, chain)
+        except OSError as exc:
+            return f"cannot update {record.path}: {exc.strerror or exc}"
+        return record, outcome, wait
 
 
 class CallbackAction(Action):

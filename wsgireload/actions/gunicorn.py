@@ -53,10 +53,9 @@ def terminate_self(kill: Kill, getpid: Callable[[], int]) -> None:
 class GunicornAction(MasterAction):
     """SIGHUP to this worker's gunicorn master: a graceful reload of every worker.
 
-    Only one worker of a master signals per deploy (``_record.claim_reload`` in the master's
-    record; no record, no signal: N workers would each HUP), only a master
-    verified as unchanged since the worker started is signalled, and two reloads of one
-    master are at least ``min_interval`` seconds apart.
+    One worker of a master signals per deploy (``_record.claim_reload`` in the master's record;
+    no record, no signal: N workers would each HUP), only a master verified as unchanged since
+    the worker started, and two reloads of one master at least ``min_interval`` seconds apart.
 
     A master this worker may not signal (``gunicorn --user``: the master stays root, the
     workers drop privileges) makes the reload impossible. With ``restart_fallback`` (what
@@ -94,14 +93,13 @@ class GunicornAction(MasterAction):
         clock: Callable[[], float] = time.monotonic,
         schedule: Schedule = _timer,
     ) -> None:
-        super().__init__(server_names, runtime_dir, read_process, getppid, getuid, geteuid)
+        super().__init__(server_names, runtime_dir, read_process, getppid, getuid, geteuid, clock)
         self.restart_fallback = restart_fallback
         self.kill = kill
         self.getpid = getpid
         self.boot_time = boot_time
         self.master_pid = master_pid
         self.min_interval = float(min_interval)
-        self.clock = clock
         self.schedule = schedule
         self.disabled: Optional[str] = None  # why this action does nothing in this process
         self.restarting: Optional[str] = None  # why each worker restarts itself instead
@@ -117,33 +115,30 @@ class GunicornAction(MasterAction):
         problem = self._problem()
         if problem is None:
             return
-        if problem.kind is Refusal.FOREIGN_USER:
-            if self.restart_fallback:
-                self._restart_instead(f"{problem} (gunicorn --user)")
-                return
+        if problem.kind is Refusal.FOREIGN_USER and self.restart_fallback:
+            self._restart_instead(f"{problem} (gunicorn --user)")
+        elif problem.kind is Refusal.FOREIGN_USER:
             log.warning(
                 "wsgireload: gunicorn reload will be refused: %s (gunicorn --user). Use "
                 "action='restart-worker' or action='auto', so that each worker restarts "
                 "itself after its response instead",
                 problem,
             )
-            return
-        if problem.kind is Refusal.NOT_THE_SERVER:
-            advice = "pass GunicornAction(server_names=...) if the master runs under another name"
         else:
-            advice = "restart gunicorn yourself to load code changes"
-        log.warning("wsgireload: gunicorn reload will be refused: %s; %s", problem, advice)
+            advice = (
+                "pass GunicornAction(server_names=...) if the master runs under another name"
+                if problem.kind is Refusal.NOT_THE_SERVER
+                else "restart gunicorn yourself to load code changes"
+            )
+            log.warning("wsgireload: gunicorn reload will be refused: %s; %s", problem, advice)
 
     def __call__(self, changes: ChangeSet) -> None:
         if self.disabled is not None:
             log.debug("wsgireload: not reloading (%s): %s", self.disabled, changes.describe())
-            return
-        if self.restarting is not None:
+        elif self.restarting is not None:
             self._restart_self()
-            return
-        if self._retry_pending:
-            return  # the scheduled retry will reload for this change set too
-        self._attempt()
+        elif not self._retry_pending:  # else the scheduled retry reloads for this change set too
+            self._attempt()
 
     def _retry(self) -> None:
         self._retry_pending = False
@@ -206,24 +201,17 @@ class GunicornAction(MasterAction):
             log.warning("wsgireload: gunicorn master %d is gone; restart gunicorn yourself",
                         self.master.pid)
             return
-        record, reason = self._master_record()
-        if record is not None:
-            try:
-                outcome, wait = _record.claim_reload(
-                    record, self.boot_time(), self.clock, self.min_interval
-                )
-            except OSError as exc:
-                reason = f"cannot update {record.path}: {exc.strerror or exc}"
-                record = None
-        if record is None:
+        claim = self._claim_reload(self.boot_time(), self.min_interval)
+        if isinstance(claim, str):
             # Without a shared record every worker would send its own HUP, and each is a
             # full reload cycle of the master.
             log.warning(
                 "wsgireload: not reloading: no safe place to coordinate workers (%s); "
                 "pass runtime_dir= a private directory, or restart gunicorn yourself",
-                reason,
+                claim,
             )
             return
+        record, outcome, wait = claim
         if outcome is _record.Outcome.COVERED and self.restart_fallback and _record.logged(
             record, "restart-worker"
         ):

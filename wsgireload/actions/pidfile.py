@@ -24,10 +24,6 @@ DEFAULT_EXPECT = ("gunicorn", "uwsgi")
 _START_SLACK = 2.0  # seconds
 
 
-def _ticks(start_time: Optional[str]) -> Optional[int]:
-    return int(start_time) if start_time is not None and start_time.isdigit() else None
-
-
 def parse_signal(name: str) -> _signal.Signals:
     """``HUP``, ``SIGHUP`` or ``1`` -> signal.SIGHUP; ConfigurationError if unknown."""
     text = name.strip().upper()
@@ -74,7 +70,6 @@ class PidfileAction(Action):
         self._known: Optional[Tuple[int, Optional[int]]] = None  # (pid, start ticks)
         self.sent = 0
 
-    # -- the checks -----------------------------------------------------------------------
     def target(self) -> Tuple[Optional[int], str]:
         """The pid to signal and a description, or None and the reason not to."""
         try:
@@ -119,7 +114,8 @@ class PidfileAction(Action):
                 "(a stale pidfile whose pid was reused? pass --expect NAME if the server is "
                 "another one)"
             )
-        start = _ticks(info.start_time) if info is not None else None
+        ticks = info.start_time if info is not None else None
+        start = int(ticks) if ticks is not None and ticks.isdigit() else None
         if start is not None:
             started_at = self._boot_time() + start / os.sysconf("SC_CLK_TCK")
             if started_at > mtime + _START_SLACK:
@@ -155,7 +151,6 @@ class PidfileAction(Action):
             pass
         return 0.0
 
-    # -- the action -----------------------------------------------------------------------
     def __call__(self, changes: ChangeSet) -> None:
         pid, about = self.target()
         if pid is None:

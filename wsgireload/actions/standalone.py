@@ -30,14 +30,10 @@ _launcher_takes_sockets = False
 
 def _flush_logs() -> None:
     """Flush every handler and the std streams: os._exit and os.execv skip Python's cleanup."""
-    for handler in list(logging.getLogger().handlers) + list(log.handlers):
+    targets: List[Any] = [*logging.getLogger().handlers, *log.handlers, sys.stdout, sys.stderr]
+    for target in targets:
         try:
-            handler.flush()
-        except Exception:
-            pass
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
+            target.flush()
         except Exception:
             pass
 
@@ -52,12 +48,8 @@ def _waitress_map(environ: Mapping[str, Any]) -> Optional[Any]:
 
 
 def _waitress_quiesce(socket_map: Any, timeout: float) -> int:
-    """Stop waitress accepting and wait until every connection is idle or closed.
-
-    New connections wait in the kernel's backlog meanwhile. Returns how many connections
-    were still busy when ``timeout`` seconds ran out (0: nothing in progress is lost).
-    """
-    busy = 0
+    """Stop waitress accepting (new connections wait in the kernel's backlog) and wait until
+    every connection is idle or closed; how many were still busy after ``timeout`` seconds."""
     for dispatcher in list(socket_map.values()):
         if hasattr(dispatcher, "accept_connections"):  # a listener (one per --listen)
             dispatcher.accepting = False
@@ -91,20 +83,17 @@ def _waitress_busy(channel: Any) -> bool:
         return False
     try:
         return bool(sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
-    except (BlockingIOError, InterruptedError):
-        return False  # nothing unread: idle
     except OSError:
-        return False  # closed or reset: nothing to answer
+        return False  # nothing unread (idle), or closed or reset: nothing to answer
 
 
 class _Restart(Action):
     """Shared by exit and exec: end this process once nothing in it is in progress.
 
-    The middleware calls the action once no request is in the app (``requires_drain``).
-    Under waitress, responses may still sit in its output buffers and connections it
-    accepted may not have reached the app yet, so in a separate thread (the caller is a
-    request's ``close()``, which must return for its own response to be flushed) waitress is
-    told to stop accepting and waited for, then the process ends.
+    Called once no request is in the app (``requires_drain``). Under waitress, responses may
+    still sit in its output buffers and accepted connections may not have reached the app, so
+    a thread (the caller may be a ``close()``, which must return for its response to be
+    flushed) stops waitress accepting and waits for it, then the process ends.
     """
 
     requires_drain = True
@@ -225,16 +214,11 @@ def listening_sockets(max_fd: int = 1024) -> List[int]:
         try:
             if not stat.S_ISSOCK(os.fstat(fd).st_mode):
                 continue
-            probe = socket.socket(fileno=os.dup(fd))
+            with socket.socket(fileno=os.dup(fd)) as probe:
+                if probe.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+                    fds.append(fd)
         except OSError:
             continue
-        try:
-            if probe.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
-                fds.append(fd)
-        except OSError:
-            pass
-        finally:
-            probe.close()
     return fds
 
 
@@ -260,9 +244,8 @@ def inherited_sockets() -> List[socket.socket]:
     for item in raw.split(","):
         if not item.strip().isdigit():
             continue
-        fd = int(item)
         try:
-            sock = socket.socket(fileno=fd)
+            sock = socket.socket(fileno=int(item))
         except OSError:
             continue
         sock.set_inheritable(False)  # from now on ours again, until the next exec
@@ -278,10 +261,7 @@ def reexec_argv() -> List[str]:
     main = sys.modules.get("__main__")
     spec = getattr(main, "__spec__", None)
     if spec is not None and getattr(spec, "name", None):
-        name = spec.name
-        if name.endswith(".__main__"):
-            name = name[: -len(".__main__")]
-        return [sys.executable, "-m", name] + sys.argv[1:]
+        return [sys.executable, "-m", spec.name.removesuffix(".__main__")] + sys.argv[1:]
     return [sys.executable] + sys.argv
 
 

@@ -29,7 +29,6 @@ log = logging.getLogger("wsgireload")
 _FALSE_WORDS = frozenset({b"", b"0", b"false", b"no", b"off"})
 
 
-# -- uwsgi.opt --------------------------------------------------------------------------
 @dataclass(frozen=True)
 class UwsgiOptions:
     """The few uWSGI options that decide how to reload."""
@@ -44,10 +43,10 @@ class UwsgiOptions:
     @classmethod
     def parse(cls, opt: Mapping[Any, Any]) -> "UwsgiOptions":
         """Read ``uwsgi.opt``: keys are str or bytes, values bytes, True, or lists of those."""
-        values: Dict[str, Any] = {}
-        for key, value in opt.items():
-            name = key.decode("utf-8", "replace") if isinstance(key, bytes) else str(key)
-            values[name] = value
+        values: Dict[str, Any] = {
+            key.decode("utf-8", "replace") if isinstance(key, bytes) else str(key): value
+            for key, value in opt.items()
+        }
         return cls(
             lazy_apps=_flag(values.get("lazy-apps")) or _flag(values.get("lazy")),
             master_fifos=tuple(opt_texts(values.get("master-fifo"))),
@@ -60,8 +59,7 @@ class UwsgiOptions:
 
 def _title(values: Mapping[str, Any]) -> Optional[str]:
     """The command line uWSGI gives its master when told to rename it, or None."""
-    name = opt_text(values.get("procname-master"))
-    name = name or opt_text(values.get("procname"))
+    name = opt_text(values.get("procname-master")) or opt_text(values.get("procname"))
     if name is None and _flag(values.get("auto-procname")):
         name = "uWSGI master"
     if name is None:
@@ -74,10 +72,6 @@ def _title(values: Mapping[str, Any]) -> Optional[str]:
 def _flag(value: Any) -> bool:
     if isinstance(value, list):
         return any(_flag(item) for item in value)
-    if value is None or value is False:
-        return False
-    if value is True:
-        return True
     if isinstance(value, str):
         value = value.encode("utf-8", "replace")
     if isinstance(value, bytes):
@@ -94,7 +88,6 @@ def _number(value: Any) -> int:
     return 1
 
 
-# -- the master FIFO --------------------------------------------------------------------
 def write_fifo(path: str, command: bytes) -> None:
     """Write a command to a uWSGI master FIFO; raise OSError saying why it was not possible.
 
@@ -126,7 +119,6 @@ def first_fifo(paths: Tuple[str, ...]) -> Optional[str]:
     return None
 
 
-# -- the action ----------------------------------------------------------------------------
 CHAIN = "chain"
 RELOAD = "reload"
 # uWSGI's master advances a chain reload only when its event loop wakes up, once a second when
@@ -194,11 +186,10 @@ class UwsgiAction(MasterAction):
             getppid,
             getuid,
             geteuid,
+            clock,
         )
         self.uwsgi = uwsgi_module
-        self.proc_root = proc_root
         self.fifo_writer = fifo_writer
-        self.clock = clock
         self.booted = booted
         self.pyuwsgi = pyuwsgi
         self.virtualenv = virtualenv
@@ -208,9 +199,7 @@ class UwsgiAction(MasterAction):
         self.fifo: Optional[str] = None
         self.refusal: Optional[str] = None  # set when a full reload would kill the server
         self.waker = waker or self._wake_in_thread
-        self.workers = 1
 
-    # -- once per process ---------------------------------------------------------------
     def setup(self, context: ProcessContext) -> None:
         if self.uwsgi is None:
             try:
@@ -255,23 +244,18 @@ class UwsgiAction(MasterAction):
                 )
         self.method = CHAIN if self.fifo is not None else RELOAD
         if self.pyuwsgi and self.virtualenv and not self.options.binary_path:
-            self.refusal = self._refusal_text()
-        self.workers = max(1, self.options.processes)
+            python = os.path.join(sys.prefix, "bin", "python")
+            self.refusal = (
+                "this uWSGI is the pyuwsgi wheel inside the virtualenv "
+                f"{sys.prefix}: a full reload would re-execute "
+                f"{getattr(sys, '_base_executable', 'the base Python')} without it and kill the "
+                f"server. Fix: start uWSGI with --binary-path {python} (or install the compiled "
+                "'uwsgi' package instead of 'pyuwsgi'; or use --lazy-apps with --master-fifo "
+                "for chain reloads). Restart the server yourself to load this change"
+            )
         if self.method == CHAIN:
             self._help_chain()  # a worker born in a chain reload helps it go on
 
-    def _refusal_text(self) -> str:
-        python = os.path.join(sys.prefix, "bin", "python")
-        return (
-            "this uWSGI is the pyuwsgi wheel inside the virtualenv "
-            f"{sys.prefix}: a full reload would re-execute "
-            f"{getattr(sys, '_base_executable', 'the base Python')} without it and kill the "
-            f"server. Fix: start uWSGI with --binary-path {python} (or install the compiled "
-            "'uwsgi' package instead of 'pyuwsgi'; or use --lazy-apps with --master-fifo for "
-            "chain reloads). Restart the server yourself to load this change"
-        )
-
-    # -- once per change set ------------------------------------------------------------
     def __call__(self, changes: ChangeSet) -> None:
         if self.method is None or self.master is None or self.uwsgi is None:
             log.warning("wsgireload: not reloading uWSGI: %s", self.why_not)
@@ -327,21 +311,13 @@ class UwsgiAction(MasterAction):
         """Record this reload request for the master, unless one since our start covers us."""
         booted = self.booted if self.booted is not None else _process.boot_time()
         now = self.clock()
-        record, problem = self._master_record()
-        outcome = _record.Outcome.CLAIMED
-        if record is not None:
-            try:
-                outcome, _ = _record.claim_reload(
-                    record, booted, self.clock, chain=self.method == CHAIN
-                )
-            except OSError as exc:
-                problem = f"cannot update {record.path}: {exc.strerror or exc}"
-                record = None
-        if record is None:
+        claim = self._claim_reload(booted, chain=self.method == CHAIN)
+        if isinstance(claim, str):
             # uWSGI itself ignores reload requests that arrive during a reload (measured), so
             # going ahead without the record is still safe, only less tidy.
-            log.warning("wsgireload: no shared reload record (%s); asking uWSGI anyway", problem)
+            log.warning("wsgireload: no shared reload record (%s); asking uWSGI anyway", claim)
             return True
+        record, outcome, _ = claim
         if outcome is _record.Outcome.COVERED:
             if self.method == CHAIN:
                 self._help_chain()
@@ -354,7 +330,7 @@ class UwsgiAction(MasterAction):
         return True
 
     def _wake_window(self) -> float:
-        return WAKE_FOR + WAKE_PER_WORKER * self.workers
+        return WAKE_FOR + WAKE_PER_WORKER * max(1, self.options.processes)
 
     def _help_chain(self) -> None:
         """Wake the master until the chain reload recorded for it has had time to finish."""

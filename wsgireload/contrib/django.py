@@ -20,17 +20,8 @@ def _django(name: str) -> Any:
     return importlib.import_module(name)
 
 
-def _django_dir() -> str:
-    django = _django("django")
-    return os.path.join(os.path.dirname(os.path.abspath(django.__file__)), "")
-
-
 def template_dirs() -> List[str]:
-    """Template directories of every configured engine: ``DIRS`` plus each app's ``templates``.
-
-    Directories inside Django itself are left out: only a Django upgrade changes them, and
-    that changes its modules too.
-    """
+    """Template directories of every configured engine: ``DIRS`` plus each app's ``templates``."""
     engines = _django("django.template").engines
     get_app_template_dirs = _django("django.template.utils").get_app_template_dirs
     found: Set[str] = set()
@@ -38,10 +29,7 @@ def template_dirs() -> List[str]:
         found.update(os.fspath(d) for d in getattr(engine, "dirs", ()) or ())
         if getattr(engine, "app_dirs", False):
             found.update(os.fspath(d) for d in get_app_template_dirs(engine.app_dirname))
-    django_dir = _django_dir()
-    return sorted(
-        os.path.abspath(d) for d in found if not os.path.abspath(d).startswith(django_dir)
-    )
+    return _outside_django(found)
 
 
 def locale_dirs() -> List[str]:
@@ -52,10 +40,14 @@ def locale_dirs() -> List[str]:
     found: Set[str] = {os.fspath(p) for p in getattr(settings, "LOCALE_PATHS", ())}
     for config in apps.get_app_configs():
         found.add(os.path.join(config.path, "locale"))
-    django_dir = _django_dir()
-    return sorted(
-        os.path.abspath(d) for d in found if not os.path.abspath(d).startswith(django_dir)
-    )
+    return _outside_django(found)
+
+
+def _outside_django(dirs: Iterable[str]) -> List[str]:
+    """``dirs`` made absolute, sorted, without those inside Django itself: only a Django upgrade
+    changes them, and that changes its modules too."""
+    django_dir = os.path.join(os.path.dirname(os.path.abspath(_django("django").__file__)), "")
+    return sorted(d for d in map(os.path.abspath, dirs) if not d.startswith(django_dir))
 
 
 def django_extra_files() -> List[str]:

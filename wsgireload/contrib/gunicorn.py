@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 from ..actions._process import born
 from ..boot import gunicorn_app_uri_of
@@ -26,23 +26,20 @@ def start_watcher(worker: Any, **options: Any) -> Watcher:
     modules are the baseline. Acting right away is safe: gunicorn's reload (SIGHUP to the
     master) lets in-flight requests finish.
     """
-    cfg = getattr(worker, "cfg", None)
-    created_pid: Optional[int] = None
-    if cfg is not None and getattr(cfg, "preload_app", False):
-        # With --preload the master imported the app: tell the action, which must not
-        # expect a HUP to load new code there.
-        created_pid = getattr(worker, "ppid", None)
+    master = getattr(worker, "ppid", None)
+    # With --preload the master imported the app: tell the action, which must not expect a
+    # HUP to load new code there.
+    preload = getattr(getattr(worker, "cfg", None), "preload_app", False)
     # The worker imported the app before this hook ran: a file edited in between would be
     # recorded as it is now, while the worker runs the older code; its fork bounds that.
     options.setdefault("changed_since", born())
-    master = getattr(worker, "ppid", None)
     if isinstance(master, int) and master > 1:
         options.setdefault("master", ("gunicorn", master))
     uri = gunicorn_app_uri_of(worker)
     boot_wanted = options.get("validate", "boot") in ("boot", "import")
     if uri and boot_wanted and options.get("boot_app") is None and not options.get("import_name"):
         options["boot_app"] = uri  # boot exactly what this master boots
-    watcher = Watcher(created_pid=created_pid, **options)
+    watcher = Watcher(created_pid=master if preload else None, **options)
     watcher.start()
     log.debug("wsgireload: watcher started in gunicorn worker %d", os.getpid())
     return watcher

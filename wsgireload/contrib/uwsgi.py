@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any, Optional
 
 from ..errors import ConfigurationError
@@ -25,11 +26,10 @@ DEFAULT_SIGNUM = 120  # a fixed number: a worker re-created under --lazy-apps mu
 _registration: Optional["_Registration"] = None
 
 
+@dataclass
 class _Registration:
-    def __init__(self, signum: int, target: str, watcher: Watcher) -> None:
-        self.signum = signum
-        self.target = target
-        self.watcher = watcher
+    signum: int
+    watcher: Watcher
 
     def __call__(self, signum: int) -> None:
         # Runs in whichever worker uWSGI picked; each worker keeps its own baseline (forked
@@ -96,7 +96,7 @@ def register(
         options.setdefault("master", ("uwsgi", master))
     watcher = Watcher(**options)
     if threaded:
-        _registration = _Registration(signum, target, watcher)
+        _registration = _Registration(signum, watcher)
         log.debug("wsgireload: --lazy-apps: a watcher thread in this worker, no uWSGI timer")
         return watcher.start()
     taken = bool(uwsgi.signal_registered(signum))
@@ -104,7 +104,7 @@ def register(
         raise ConfigurationError(
             f"uWSGI signal {signum} is already registered; pass another signum= to register()"
         )
-    registration = _Registration(signum, target, watcher)
+    registration = _Registration(signum, watcher)
     uwsgi.register_signal(signum, target, registration)
     # A worker that finds its slot taken is a re-created worker (chain reload, respawn): its
     # predecessor's timer still runs, so another one would double the checks each reload.
