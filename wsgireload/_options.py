@@ -6,7 +6,6 @@ One place says what a valid interval, settle or validate value is, and logs a re
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import logging
 import os
 import time
@@ -56,68 +55,13 @@ def as_list(name: str, value: Any) -> List[Any]:
     return items
 
 
-def build_policy(
-    *,
-    interval: float,
-    settle: float,
-    settle_max: float,
-    validate: Optional[str],
-    import_name: Optional[str],
-    import_timeout: float,
-    boot_app: Optional[str] = None,
-    boot_timeout: Optional[float] = None,
-    smoke: Optional[str] = None,
-    creator: Optional[Target] = None,
-) -> Policy:
-    """Check the timing and validation options; the Policy they describe.
-
-    ``import_name``/``import_timeout`` are the 0.1 names of ``boot_app``/``boot_timeout``.
-    """
-    positive("interval", interval)
-    non_negative("settle", settle)
-    non_negative("settle_max", settle_max)
-    positive("import_timeout", import_timeout)
-    if settle_max < settle:
-        raise ConfigurationError(
-            f"settle_max ({settle_max}) must be at least settle ({settle}): it caps how "
-            "long a change set may keep growing"
-        )
-    if validate not in VALIDATE_CHOICES:
-        raise ConfigurationError(
-            f"validate={validate!r} is not allowed; use 'boot' (the default), 'compile' or None"
-        )
-    if validate == "import":
-        validate = "boot"
-    if import_name is not None and boot_app is not None and import_name != boot_app:
-        raise ConfigurationError(
-            f"import_name={import_name!r} and boot_app={boot_app!r} disagree: import_name is "
-            "the old name of boot_app, give only boot_app"
-        )
-    app_spec = boot_app if boot_app is not None else import_name
-    timeout = import_timeout if boot_timeout is None else boot_timeout
-    app = check_options(app=app_spec, smoke=smoke, timeout=timeout)
-    if validate != "boot" and (boot_app is not None or smoke is not None):
-        raise ConfigurationError(
-            f"boot_app and smoke need validate='boot' (got validate={validate!r})"
-        )
-    return Policy(
-        settle=float(settle),
-        settle_max=float(settle_max),
-        validate=validate,
-        boot=BootCheck(app=app, creator=creator, timeout=float(timeout), smoke=smoke),
-    )
-
-
 MODES = ("auto", "thread", "inline")
 BACKENDS = ("poll", "events", "auto")
 
 
 @dataclasses.dataclass(frozen=True)
 class Options:
-    """What to watch and when to act, checked once: build it with :meth:`build`.
-
-    A new option is one field here (``build_policy`` receives the fields it names).
-    """
+    """What to watch and when to act, checked once: build it with :meth:`build`."""
 
     interval: float = 1.0  # seconds between two scans
     settle: float = 1.0  # seconds without a further change before acting
@@ -147,20 +91,52 @@ class Options:
                 values[name] = tuple(os.fspath(p) for p in as_list(name, values[name]))
         options = cls(**values)
         options.policy()  # checks the timing and validation options
-        if options.mode not in MODES:
-            raise ConfigurationError(
-                f"mode={options.mode!r} is not allowed; use 'auto', 'thread' or 'inline'"
-            )
-        if options.backend not in BACKENDS:
-            raise ConfigurationError(
-                f"backend={options.backend!r} is not allowed; use 'poll', 'events' or 'auto'"
-            )
+        for name, allowed in (("mode", MODES), ("backend", BACKENDS)):
+            value = getattr(options, name)
+            if value not in allowed:
+                choices = ", ".join(repr(a) for a in allowed[:-1]) + f" or {allowed[-1]!r}"
+                raise ConfigurationError(f"{name}={value!r} is not allowed; use {choices}")
         return options
 
     def policy(self, creator: Optional[Target] = None) -> Policy:
-        """The Policy; ``creator`` is the module that created the Reloader (a boot target)."""
-        wanted = [name for name in inspect.signature(build_policy).parameters if name != "creator"]
-        return build_policy(**{name: getattr(self, name) for name in wanted}, creator=creator)
+        """The Policy, after checking the timing and validation options; ``creator`` is the
+        module that created the Reloader (a boot target)."""
+        settle, settle_max, validate = self.settle, self.settle_max, self.validate
+        positive("interval", self.interval)
+        non_negative("settle", settle)
+        non_negative("settle_max", settle_max)
+        positive("import_timeout", self.import_timeout)
+        if settle_max < settle:
+            raise ConfigurationError(
+                f"settle_max ({settle_max}) must be at least settle ({settle}): it caps how "
+                "long a change set may keep growing"
+            )
+        if validate not in VALIDATE_CHOICES:
+            raise ConfigurationError(
+                f"validate={validate!r} is not allowed; use 'boot' (the default), 'compile' or None"
+            )
+        if validate == "import":
+            validate = "boot"
+        boot_app, import_name, smoke = self.boot_app, self.import_name, self.smoke
+        if import_name is not None and boot_app is not None and import_name != boot_app:
+            raise ConfigurationError(
+                f"import_name={import_name!r} and boot_app={boot_app!r} disagree: import_name is "
+                "the old name of boot_app, give only boot_app"
+            )
+        timeout = self.import_timeout if self.boot_timeout is None else self.boot_timeout
+        app = check_options(
+            app=boot_app if boot_app is not None else import_name, smoke=smoke, timeout=timeout
+        )
+        if validate != "boot" and (boot_app is not None or smoke is not None):
+            raise ConfigurationError(
+                f"boot_app and smoke need validate='boot' (got validate={validate!r})"
+            )
+        return Policy(
+            settle=float(settle),
+            settle_max=float(settle_max),
+            validate=validate,
+            boot=BootCheck(app=app, creator=creator, timeout=float(timeout), smoke=smoke),
+        )
 
     def detector(self) -> Union[Detector, EventDetector]:
         """A Detector with its baseline taken now (what this process has loaded)."""

@@ -8,6 +8,7 @@ interval, uWSGI's chain wake window) and the lines already logged for the master
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import json
 import logging
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from .actions._process import ProcessInfo, ReadProcess, boot_ppid, exists, proc_start_time
+from .detect import identity
 
 try:
     import fcntl
@@ -107,11 +109,7 @@ class Record:
 
     def poll(self) -> Optional[Data]:
         """The record if it changed since the last poll (one ``os.stat``), else None."""
-        try:
-            st = os.stat(self.path)
-            seen = (st.st_mtime_ns, st.st_size, st.st_ino)
-        except OSError:
-            seen = (0, 0, 0)
+        seen = identity(self.path) or (0, 0, 0)
         if seen == self._seen:
             return None
         self._seen = seen
@@ -143,10 +141,8 @@ class Record:
 
 
 def _unlink(path: str) -> None:
-    try:
+    with contextlib.suppress(OSError):
         os.unlink(path)
-    except OSError:
-        pass
 
 
 def master_of(environ: Any) -> Optional[Tuple[str, int]]:
@@ -287,8 +283,8 @@ def claim_reload(
 
 def last_request(record: Record) -> Data:
     """The master's last reload request: ``at`` (monotonic), ``chain``, ``by``; {} if none."""
-    request = record.read().get("reload_request")
-    return request if isinstance(request, dict) and "at" in request else {}
+    request = _dict(record.read(), "reload_request")
+    return request if "at" in request else {}
 
 
 def first_to_log(record: Optional[Record], name: str) -> bool:
@@ -362,7 +358,7 @@ class Share:
         """List this worker; a generation decided before it was born is not its to act on."""
         me = {"start": self.start, "born": self.born}
         data = self.record.update(lambda d: {**d, "workers": {**_workers(d), str(self.pid): me}})
-        generation = _generation(data)
+        generation = _dict(data, "generation")
         number = int(generation.get("n", 0))
         self.acted = number if float(generation.get("at", 0.0)) < self.born else number - 1
         self.record.poll()
@@ -426,7 +422,7 @@ class Share:
         worker = _workers(data).get(str(holder.get("pid")))
         if worker is None or holder.get("pid") == self.pid:
             return False
-        last_reload = float(_generation(data).get("at", 0.0))
+        last_reload = float(_dict(data, "generation").get("at", 0.0))
         return float(worker.get("born", 0.0)) < last_reload <= self.born
 
     def note_scan(self, watched: int, seconds: float) -> None:
@@ -458,18 +454,18 @@ class Share:
         """Publish a new generation (the reload of this change set); return its number."""
 
         def change(data: Data) -> Data:
-            number = int(_generation(data).get("n", 0)) + 1
+            number = int(_dict(data, "generation").get("n", 0)) + 1
             generation.update(n=number, at=self.wall(), by=self.pid)
             known = {**decided_files(data), **identities}
             return {**self._stats(data), "generation": generation, "decided": known}
 
         data = self.record.update(change)
-        self.acted = int(_generation(data)["n"])
+        self.acted = int(data["generation"]["n"])
         return self.acted
 
     def generation(self) -> Data:
         """The generation last read from the record ({} if none)."""
-        return _generation(self.record._data or self.record.read())
+        return _dict(self.record._data or self.record.read(), "generation")
 
     def leave(self) -> None:
         """Give the lease up (a process closing its watcher), so another worker scans at once."""
@@ -483,26 +479,20 @@ class Share:
                 return None
             return {k: v for k, v in data.items() if k != "lease"}
 
-        try:
+        with contextlib.suppress(OSError):
             self.record.update(change)
-        except OSError:
-            pass
+
+
+def _dict(data: Data, key: str) -> Data:
+    value = data.get(key)
+    return value if isinstance(value, dict) else {}
 
 
 def _workers(data: Data) -> Dict[str, Any]:
-    workers = data.get("workers")
-    return {k: dict(v) for k, v in workers.items() if isinstance(v, dict)} if isinstance(
-        workers, dict
-    ) else {}
+    return {k: dict(v) for k, v in _dict(data, "workers").items() if isinstance(v, dict)}
 
 
 def decided_files(data: Data) -> Data:
     """Each file as it was when last decided or refused: a new scanner must not decide it again."""
-    decided = data.get("decided")
-    return decided if isinstance(decided, dict) else {}
-
-
-def _generation(data: Data) -> Data:
-    generation = data.get("generation")
-    return generation if isinstance(generation, dict) else {}
+    return _dict(data, "decided")
 

@@ -16,7 +16,7 @@ import time
 import zipimport
 from operator import attrgetter
 from types import ModuleType
-from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple
 
 # A file's identity on disk. Compared with != only: clocks go backwards and rsync/cp -p keep
 # mtimes, so "newer" means nothing; the inode catches replace-by-rename and symlink swaps.
@@ -37,33 +37,36 @@ _RACY_NS = 2_000_000_000
 _GLOB_REFRESH_SCANS = 60
 
 
-def identity(path: str) -> Optional[Identity]:
-    """Return the identity of ``path`` (following symlinks), or None if it cannot be stat'ed."""
+def stat_or_none(path: str) -> Optional[os.stat_result]:
     try:
-        st = os.stat(path)
+        return os.stat(path)
     except (OSError, ValueError):  # ValueError: embedded NUL byte
         return None
-    return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+def identity(path: str) -> Optional[Identity]:
+    """Return the identity of ``path`` (following symlinks), or None if it cannot be stat'ed."""
+    st = stat_or_none(path)
+    return None if st is None else (st.st_mtime_ns, st.st_size, st.st_ino)
 
 
 def _norm_dir(path: str) -> str:
     return os.path.join(os.path.normcase(os.path.abspath(path)), "")
 
 
+def _config_dirs(*keys: str) -> Set[str]:
+    paths = sysconfig.get_paths()
+    return {_norm_dir(paths[key]) for key in keys if paths.get(key)}
+
+
 def stdlib_dirs() -> Tuple[str, ...]:
     """Directories holding the interpreter's own standard library."""
-    paths = sysconfig.get_paths()
-    dirs = {_norm_dir(paths[key]) for key in ("stdlib", "platstdlib") if paths.get(key)}
-    return tuple(sorted(dirs))
+    return tuple(sorted(_config_dirs("stdlib", "platstdlib")))
 
 
 def site_dirs() -> Tuple[str, ...]:
     """Directories third-party packages install into (they may sit inside the stdlib dir)."""
-    dirs: Set[str] = set()
-    paths = sysconfig.get_paths()
-    for key in ("purelib", "platlib"):
-        if paths.get(key):
-            dirs.add(_norm_dir(paths[key]))
+    dirs = _config_dirs("purelib", "platlib")
     try:
         dirs.update(_norm_dir(p) for p in site.getsitepackages())
     except AttributeError:  # pragma: no cover - old virtualenv's site.py
@@ -83,7 +86,7 @@ def module_file(module: ModuleType) -> Optional[str]:
     loader = getattr(spec, "loader", None) or getattr(module, "__loader__", None)
     if isinstance(loader, zipimport.zipimporter):
         return loader.archive
-    path = getattr(spec, "origin", None) if spec is not None else None
+    path = getattr(spec, "origin", None)
     if not path or not getattr(spec, "has_location", True):
         path = getattr(module, "__file__", None)
     if not isinstance(path, str) or not path or path in ("built-in", "frozen"):
@@ -128,9 +131,10 @@ class Detector:
         changed_since_ns: Optional[int] = None,
     ) -> None:
         patterns = [os.fspath(p) for p in extra_files]
-        self._extra_paths = [os.path.abspath(p) for p in patterns if not _MAGIC_GLOB & set(p)]
+        listed = [os.path.abspath(p) for p in patterns if not _MAGIC_GLOB & set(p)]
         self._extra_globs = [os.path.abspath(p) for p in patterns if _MAGIC_GLOB & set(p)]
         self._exclude = tuple(os.fspath(p) for p in exclude) + ("*/__pycache__/*",)
+        self._extra_wanted = [p for p in listed if self._wanted(p)]  # excludes never change
         self._modules = modules
         self.changed_since_ns = changed_since_ns
         self._skip_dirs = () if include_stdlib else stdlib_dirs()
@@ -146,14 +150,11 @@ class Detector:
         self._orphans: List[str] = []
         self._orphans_key: object = None
         self._orphans_size = -1
-        # Excludes never change: filter the listed extra files once.
-        self._extra_wanted = [p for p in self._extra_paths if self._wanted(p)]
         self._glob_result: List[str] = []
         self._glob_dirs: Optional[Dict[str, Optional[Tuple[int, int]]]] = None
         self._glob_scans = 0
         self._glob_version = 0
-        self._extra: List[str] = list(self._extra_wanted)
-        self._extra_version = -1
+        self._extra = list(self._extra_wanted)  # and the globbed files
 
     # -- listing --------------------------------------------------------------------------
     def _wanted(self, path: str) -> bool:
@@ -164,9 +165,7 @@ class Detector:
 
     def _is_stdlib(self, path: str) -> bool:
         norm = os.path.normcase(path)
-        if not norm.startswith(self._skip_dirs):
-            return False
-        return not norm.startswith(self._keep_dirs)
+        return norm.startswith(self._skip_dirs) and not norm.startswith(self._keep_dirs)
 
     def module_paths(self) -> List[str]:
         """Source files of the loaded modules (cached while ``len(sys.modules)`` is unchanged)."""
@@ -193,10 +192,8 @@ class Detector:
         return self._module_paths
 
     def glob_paths(self) -> List[str]:
-        """Files currently matching the ``extra_files`` patterns (directories skipped).
-
-        Re-listed only when a directory the patterns reach changed since the last listing.
-        """
+        """Files currently matching the ``extra_files`` patterns (directories skipped),
+        re-listed only when a directory the patterns reach changed since the last listing."""
         if not self._extra_globs:
             return []
         if self._glob_dirs is not None and self._glob_dirs_unchanged():
@@ -216,6 +213,7 @@ class Detector:
         if result != self._glob_result:
             self._glob_result = result
             self._glob_version += 1
+            self._extra = self._extra_wanted + result
         self._glob_dirs = self._snapshot_glob_dirs(started - _RACY_NS)
         self._glob_scans = 0
         return self._glob_result
@@ -227,14 +225,10 @@ class Detector:
         dirs: Dict[str, Optional[Tuple[int, int]]] = {}
         for pattern in self._extra_globs:
             for directory in glob_dirs(pattern):
-                try:
-                    st = os.stat(directory)
-                except (OSError, ValueError):
-                    dirs[directory] = None
-                    continue
-                if st.st_mtime_ns > racy_after:
+                key = _dir_key(directory)
+                if key is not None and key[0] > racy_after:
                     return None
-                dirs[directory] = (st.st_mtime_ns, st.st_ino)
+                dirs[directory] = key
         return dirs
 
     def _glob_dirs_unchanged(self) -> bool:
@@ -242,22 +236,15 @@ class Detector:
         self._glob_scans += 1
         if self._glob_scans >= _GLOB_REFRESH_SCANS:
             return False
-        stat = os.stat
         for directory, old in self._glob_dirs.items():
-            try:
-                st = stat(directory)
-            except (OSError, ValueError):
-                if old is not None:
-                    return False
-                continue
-            if old is None or st.st_mtime_ns != old[0] or st.st_ino != old[1]:
+            if _dir_key(directory) != old:
                 return False
         return True
 
     def watched(self) -> List[str]:
         """Every file watched right now."""
         paths = set(self.module_paths())
-        paths.update(p for p in self._extra_paths if self._wanted(p))
+        paths.update(self._extra_wanted)
         paths.update(self.glob_paths())
         paths.update(self._baseline)
         return sorted(paths)
@@ -290,64 +277,32 @@ class Detector:
 
     def _scan(self, changed: List[str]) -> None:
         baseline = self._baseline
-        get = baseline.get
-        stat = os.stat
-        identity_of = _identity_of
-        unseen = _UNSEEN
         first = not self._scanned
         since = self.changed_since_ns
         now = time.time_ns() if since is not None else 0
-        # The hot loop: one stat, one C call, one lookup and one compare per file. An unseen
-        # path compares unequal to any identity, so the steady state takes a single branch.
-        for path in self.module_paths():
-            try:
-                ident: Optional[Identity] = identity_of(stat(path))
-            except (OSError, ValueError):
-                ident = None
-            old = get(path, unseen)
-            if old != ident:
-                baseline[path] = ident
-                if old is not unseen:
-                    changed.append(path)
-                elif since is not None and ident is not None and since < ident[0] <= now:
-                    # First seen, yet modified after the process took its baseline: the
-                    # module may have been imported before that edit (a lazy import, Django's
-                    # URLconf at the first request). At worst one reload too many; an mtime
-                    # in the future never counts, so clock skew cannot make a reload loop.
-                    changed.append(path)
-        globbed = self.glob_paths()
-        if self._extra_version != self._glob_version:
-            self._extra = self._extra_wanted + globbed
-            self._extra_version = self._glob_version
+
+        def modified_late(ident: Optional[Identity]) -> bool:
+            # First seen, yet modified after the process took its baseline: the module may
+            # have been imported before that edit (a lazy import, Django's URLconf at the
+            # first request). At worst one reload too many; an mtime in the future never
+            # counts, so clock skew cannot make a reload loop.
+            return since is not None and ident is not None and since < ident[0] <= now
+
+        _stat_into(self.module_paths(), baseline, changed, modified_late)
+        self.glob_paths()
         extra = self._extra
-        for path in extra:
-            try:
-                ident = identity_of(stat(path))
-            except (OSError, ValueError):
-                ident = None
-            old = get(path, unseen)
-            if old != ident:
-                baseline[path] = ident
-                if old is not unseen or (not first and ident is not None):
-                    changed.append(path)
+        _stat_into(extra, baseline, changed, lambda ident: not first and ident is not None)
         # Files no longer listed (a module dropped from sys.modules, a file that left a glob,
         # a file added after a failed import) stay watched. The set is recomputed only when
         # the listing changed, so a steady scan costs one stat per file and nothing more.
-        key = (self._module_count, self._extra_version)
+        key = (self._module_count, self._glob_version)
         if key != self._orphans_key or len(baseline) != self._orphans_size:
             listed = set(self._module_paths)
             listed.update(extra)
             self._orphans = [p for p in baseline if p not in listed]
             self._orphans_key = key
             self._orphans_size = len(baseline)
-        for path in self._orphans:
-            try:
-                ident = identity_of(stat(path))
-            except (OSError, ValueError):
-                ident = None
-            if baseline[path] != ident:
-                baseline[path] = ident
-                changed.append(path)
+        _stat_into(self._orphans, baseline, changed, bool)  # in the baseline: never first seen
         self._scanned = True
 
     def modified_since(self, since_ns: int) -> List[str]:
@@ -367,11 +322,41 @@ class Detector:
         return self._baseline
 
 
-def _glob(pattern: str) -> List[str]:
-    """``glob.glob(pattern, recursive=True)``, except that ``**`` enters each directory once.
+def _dir_key(path: str) -> Optional[Tuple[int, int]]:
+    st = stat_or_none(path)
+    return None if st is None else (st.st_mtime_ns, st.st_ino)
 
-    glob follows directory symlinks under ``**`` without noticing loops: two links to ``..``
-    made it walk 2**40 aliases and hang the watcher. Symlinked directories are still followed.
+
+def _stat_into(
+    paths: Iterable[str],
+    baseline: Snapshot,
+    changed: List[str],
+    first_seen_counts: Callable[[Optional[Identity]], bool],
+) -> None:
+    """Adopt each path's identity into ``baseline``; list in ``changed`` those that differ,
+    and those first seen for which ``first_seen_counts(identity)``."""
+    get = baseline.get
+    stat = os.stat
+    identity_of = _identity_of
+    unseen = _UNSEEN
+    # The hot loop: one stat, one C call, one lookup and one compare per file. An unseen
+    # path compares unequal to any identity, so the steady state takes a single branch.
+    for path in paths:
+        try:
+            ident: Optional[Identity] = identity_of(stat(path))
+        except (OSError, ValueError):
+            ident = None
+        old = get(path, unseen)
+        if old != ident:
+            baseline[path] = ident
+            if old is not unseen or first_seen_counts(ident):
+                changed.append(path)
+
+
+def _glob(pattern: str) -> List[str]:
+    """``glob.glob(pattern, recursive=True)``, except that ``**`` enters each directory once:
+    glob follows directory symlinks under ``**`` without noticing loops (two links to ``..``
+    made it walk 2**40 aliases and hang the watcher). Symlinked directories are still followed.
     """
     parts = pattern.split(os.sep)
     if "**" not in parts:
@@ -380,27 +365,26 @@ def _glob(pattern: str) -> List[str]:
     head, tail = os.sep.join(parts[:i]) or os.sep, parts[i + 1 :]
     found: List[str] = []
     for top in glob.glob(head) if _MAGIC_GLOB & set(head) else [head]:
-        seen: Set[Tuple[int, int]] = set()
-        for dirpath, dirnames, _ in os.walk(top, followlinks=True):
-            try:
-                st = os.stat(dirpath)
-            except (OSError, ValueError):
-                dirnames[:] = []
-                continue
-            if (st.st_dev, st.st_ino) in seen:
-                dirnames[:] = []  # a loop or a second alias: its files are listed already
-                continue
-            seen.add((st.st_dev, st.st_ino))
+        for dirpath, dirnames in _walk_once(top):
             dirnames[:] = [d for d in dirnames if not d.startswith(".")]  # as glob's ``**``
             found.extend(_glob(os.path.join(glob.escape(dirpath), *(tail or ["*"]))))
     return found
 
 
-class _Unseen:
-    __slots__ = ()  # compares by identity: unequal to every Identity and to None
+def _walk_once(top: str) -> Iterator[Tuple[str, List[str]]]:
+    """``os.walk(top, followlinks=True)`` entering each real directory once: a symlink loop
+    or a second alias is pruned (its files are listed already)."""
+    seen: Set[Tuple[int, int]] = set()
+    for dirpath, dirnames, _ in os.walk(top, followlinks=True):
+        st = stat_or_none(dirpath)
+        if st is None or (st.st_dev, st.st_ino) in seen:
+            dirnames[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        yield dirpath, dirnames
 
 
-_UNSEEN: object = _Unseen()
+_UNSEEN = object()  # compares by identity: unequal to every Identity and to None
 _FORGOTTEN: Identity = (-1, -1, -1)  # equals no file's identity: reported at the next scan
 
 
@@ -417,17 +401,7 @@ def glob_dirs(pattern: str) -> List[str]:
     rest = parts[index:]
     depth = None if "**" in rest else len(rest) - 1
     found = [root]
-    seen: Set[Tuple[int, int]] = set()
-    for current, dirs, _ in os.walk(root, followlinks=True):
-        try:
-            st = os.stat(current)
-        except OSError:
-            dirs[:] = []
-            continue
-        if (st.st_dev, st.st_ino) in seen:  # a symlink loop
-            dirs[:] = []
-            continue
-        seen.add((st.st_dev, st.st_ino))
+    for current, dirs in _walk_once(root):
         level = 0 if current == root else current[len(root) :].strip(os.sep).count(os.sep) + 1
         if depth is not None and level >= depth:
             dirs[:] = []

@@ -16,8 +16,8 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 from . import _record, classic, events
 from ._options import Options, run_action
-from .actions import Action, ProcessContext, _process
-from .boot import Target
+from .actions import ActionSpec, ProcessContext, _process, resolve
+from .boot import Target, validating
 from .detect import Detector
 from .events import EventDetector
 from .policy import ChangeSet
@@ -38,7 +38,8 @@ class Engine:
 
     :param options: what to watch and when to act.
     :param action: how to reload (``setup`` runs once per process, from ``setup``).
-    :param detector: use this detector (and its baseline) instead of one built from options.
+    :param detector: use this detector (and its baseline) instead of one built from options
+        (inside the boot check's interpreter: one that watches nothing).
     :param created_pid: the pid that imported the app (to see gunicorn ``--preload``).
     :param since_ns: wall-clock time (``time.time_ns()``) the loaded code dates from; files
         modified after it count as changed at the first step (the Detector's rule).
@@ -51,9 +52,8 @@ class Engine:
     def __init__(
         self,
         options: Options,
-        action: Action,
+        action: ActionSpec,
         *,
-        clock: Callable[[], float] = time.monotonic,
         detector: Optional[Union[Detector, EventDetector]] = None,
         created_pid: Optional[int] = None,
         since_ns: Optional[int] = None,
@@ -64,9 +64,10 @@ class Engine:
     ) -> None:
         self.options = options
         self.policy = options.policy(creator)
-        self.action = action
-        self.clock = clock
-        self.detector = detector if detector is not None else options.detector()
+        self.action = resolve(action)
+        if detector is None:
+            detector = Detector(modules=False) if validating() else options.detector()
+        self.detector = detector
         self.created_pid = os.getpid() if created_pid is None else created_pid
         self.since_ns = since_ns
         self.master = master
@@ -96,8 +97,7 @@ class Engine:
     def setup(self, environ: Mapping[str, Any]) -> None:
         """Let the action look at this process and join the master's record. Never raises."""
         self.pid = os.getpid()
-        if environ:
-            self.policy.boot.note_environ(environ)  # the server's app (mod_wsgi's script)
+        self.policy.boot.note_environ(environ)  # the server's app (mod_wsgi's script)
         try:
             self.action.setup(ProcessContext(self.pid, self.created_pid, environ))
         except Exception as exc:
@@ -141,9 +141,7 @@ class Engine:
     # -- one step ------------------------------------------------------------------------
     def step(self, now: float, *, decide: bool = True) -> Optional[ChangeSet]:
         """Scan (or, as a follower, check the record); the change set to act on, if any.
-
-        ``decide=False`` only scans: the owner still has a change set to act on. Never raises.
-        """
+        ``decide=False`` only scans: the owner still has a change set to act on. Never raises."""
         if not self._stepping.acquire(blocking=False):
             return None  # one step at a time (inline mode on a threaded server)
         try:
@@ -189,8 +187,8 @@ class Engine:
             log.debug("wsgireload: changed: %s", ", ".join(changed))
             self.policy.observe(changed, now)
             for path in changed:
-                self._event("changed", path)
-            self._event("settling", self.policy.settle)
+                self.event("changed", path)
+            self.event("settling", self.policy.settle)
         if not decide:
             return None
         policy = self.policy
@@ -207,9 +205,9 @@ class Engine:
             ))
         if changes is None:
             if validating:
-                self._event("rejected", pending)
+                self.event("rejected", pending)
             return None
-        self._event("due", changes)
+        self.event("due", changes)
         self._decided = changes
         if share is not None:
             self._publish(share, changes)
@@ -271,7 +269,8 @@ class Engine:
             return run_action(self.action, changes, logging.DEBUG)  # decided by another worker
         note = ""
         if self.share is not None and self.action.per_process:
-            note = f" (and so does every other worker of master {self._master_pid()})"
+            master = self._master[1] if self._master is not None else 0
+            note = f" (and so does every other worker of master {master})"
         per_process = self.action.per_process
         failure = run_action(self.action, changes, logging.INFO, note)
         share = self.share
@@ -281,13 +280,10 @@ class Engine:
             self._publish(share, changes)
         return failure
 
-    def _master_pid(self) -> int:
-        return self._master[1] if self._master is not None else 0
-
     def note_import_failure(self, files: List[str]) -> None:
         self._failures.extend(files)
 
-    def _event(self, kind: str, detail: Any) -> None:
+    def event(self, kind: str, detail: Any) -> None:
         if self.on_event is not None:
             self.on_event(kind, detail)
 

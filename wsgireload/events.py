@@ -14,7 +14,7 @@ import threading
 import weakref
 from typing import AbstractSet, Any, Callable, Iterable, List, Optional, Sequence, Set, Tuple
 
-from .detect import _MAGIC_GLOB, Detector, Snapshot, glob_dirs
+from .detect import _MAGIC_GLOB, Detector, Snapshot, glob_dirs, stat_or_none
 
 log = logging.getLogger("wsgireload")
 
@@ -65,11 +65,8 @@ def glob_root(pattern: str) -> str:
 
 
 def _dir_inode(path: str) -> Optional[int]:
-    try:
-        st = os.stat(path)
-    except (OSError, ValueError):
-        return None
-    return st.st_ino if stat.S_ISDIR(st.st_mode) else None
+    st = stat_or_none(path)
+    return st.st_ino if st is not None and stat.S_ISDIR(st.st_mode) else None
 
 
 def _load_watch() -> Optional[Callable[..., Any]]:
@@ -109,29 +106,24 @@ class EventDetector:
         self.poller = detector
         self.verify_every = verify_every
         self._watch = watch if watch is not None else _load_watch()
-        self._lock = threading.Lock()
-        self._dirty: Set[str] = set()
-        self._thread: Optional[threading.Thread] = None
-        self._stop: Optional[threading.Event] = None
+        self._after_fork()
         self._pid = -1  # the process the running thread belongs to
         self._wanted_pid = -1  # the process start() was called in
         self._failed = self._watch is None
         self._watched: AbstractSet[str] = frozenset()
         self._roots: Tuple[str, ...] = ()
-        self._dirs: Set[Tuple[str, int]] = set()
         self._module_key: object = None
         self._ticks = 0
         self._suspects: Set[str] = set()
-        self._rescan = True
         self._suspect_scans = 0
         _detectors.add(self)
 
     def _after_fork(self) -> None:
         self._lock = threading.Lock()
-        self._dirty = set()
-        self._thread = None
-        self._stop = None
-        self._dirs = set()
+        self._dirty: Set[str] = set()
+        self._thread: Optional[threading.Thread] = None
+        self._stop: Optional[threading.Event] = None
+        self._dirs: Set[Tuple[str, int]] = set()
         self._rescan = True
 
     # -- the Detector interface ---------------------------------------------------------------
@@ -146,7 +138,6 @@ class EventDetector:
         return self.poller.modified_since(since_ns)
 
     def add(self, paths: Iterable[str]) -> None:
-        paths = list(paths)
         self.poller.add(paths)
         with self._lock:
             self._rescan = True  # new files may live in directories not watched yet
@@ -168,7 +159,7 @@ class EventDetector:
             changed = self.poller.scan()
             self._pid = pid
             self._thread = None  # a thread inherited through fork does not run here
-            self._refresh_dirs(force=True)
+            self._refresh_dirs()
             return changed
         thread = self._thread
         if thread is None or not thread.is_alive():
@@ -206,9 +197,7 @@ class EventDetector:
     # -- the watchfiles thread ------------------------------------------------------------------
     def start(self) -> bool:
         """Watch in this process from the next scan on; False (polling) without watchfiles.
-
-        Call it in the process that serves (after any fork), then scan from one thread.
-        """
+        Call it in the process that serves (after any fork), then scan from one thread."""
         if self._failed:
             return False
         self._wanted_pid = os.getpid()
@@ -220,12 +209,9 @@ class EventDetector:
         stop, thread = self._stop, self._thread
         self._thread = None
         self._pid = -1
-        if stop is not None:
-            stop.set()
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout=5.0)
+        _end(stop, thread)
 
-    def _refresh_dirs(self, force: bool = False) -> None:
+    def _refresh_dirs(self) -> None:
         """Point the watcher at the directories of the watched files (restart if they moved)."""
         watched = frozenset(self.poller.watched())
         globs = self.poller._extra_globs
@@ -252,17 +238,13 @@ class EventDetector:
             # An event on a watched directory itself (moved, deleted) counts too.
             self._watched = watched.union(directory for directory, _ in existing)
             self._roots = roots
-        if existing == self._dirs and not force and self._thread is not None:
+        if existing == self._dirs and self._thread is not None:
             return
         self._dirs = existing
         self._restart(sorted(directory for directory, _ in existing))
 
     def _restart(self, dirs: List[str]) -> None:
-        old_stop, old_thread = self._stop, self._thread
-        if old_stop is not None:
-            old_stop.set()
-        if old_thread is not None and old_thread is not threading.current_thread():
-            old_thread.join(timeout=5.0)
+        _end(self._stop, self._thread)
         if not dirs:
             self._thread = None
             return
@@ -320,6 +302,13 @@ class EventDetector:
         stop = self._stop
         if stop is not None:
             stop.set()
+
+
+def _end(stop: Optional[threading.Event], thread: Optional[threading.Thread]) -> None:
+    if stop is not None:
+        stop.set()
+    if thread is not None and thread is not threading.current_thread():
+        thread.join(timeout=5.0)
 
 
 def available() -> bool:

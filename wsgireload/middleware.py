@@ -13,35 +13,20 @@ import threading
 import time
 import traceback
 import weakref
-from typing import (
-    Any,
-    Callable,
-    Dict,
-    Iterable,
-    Iterator,
-    Optional,
-    Union,
-)
+from typing import Any, Callable, Dict, Iterable, Iterator, Optional
 
 from ._options import Options
-from .actions import Action, ActionSpec, resolve
+from .actions import ActionSpec
 from .boot import calling_module, gunicorn_frame_objects, uwsgi_module, validating
-from .detect import Detector
 from .engine import Engine, after_fork_if_missed
 from .errors import ConfigurationError
-from .events import EventDetector
-from .policy import ChangeSet, Policy
+from .policy import ChangeSet
 
 log = logging.getLogger("wsgireload")
 
 Environ = Dict[str, Any]
 StartResponse = Callable[..., Any]
 WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
-
-# Seconds a due reload waits for a moment with no response in flight. Under steady load (or a
-# client keeping slow responses overlapping) that moment may never come; server-graceful
-# actions then fire at the next response close. Instances may override it.
-DRAIN_TIMEOUT = 60.0
 
 
 class Reloader:
@@ -79,8 +64,7 @@ class Reloader:
     :param smoke: a path such as ``"/healthz"`` to GET once from the booted app: a 5xx
         status refuses the deploy.
     :param import_name: the old name of ``boot_app``.
-    :param action: ``"auto"``, another action name, an Action, or a callable taking the
-        ChangeSet.
+    :param action: ``"auto"``, another action name, an Action, or a callable taking the ChangeSet.
     :param mode: ``"thread"`` (a watcher thread per worker), ``"inline"`` (scan on the request
         path at most once per interval, for servers without threads) or ``"auto"``.
     :param backend: ``"poll"`` (stat every watched file each interval: works everywhere),
@@ -90,19 +74,10 @@ class Reloader:
     :param clock: monotonic clock in seconds (tests inject one).
     """
 
-    drain_timeout = DRAIN_TIMEOUT  # seconds
-    # The gate's per-process state (see _reset_process_state).
-    _lock: threading.Lock
-    _pid: Optional[int]
-    _steady: bool
-    _inline: bool
-    _next_scan: float
-    _inflight: int
-    _due: Optional[ChangeSet]
-    _due_at: float
-    _firing: bool
-    _thread: Optional[threading.Thread]
-    _stop: threading.Event
+    # Seconds a due reload waits for a moment with no response in flight. Under steady load
+    # (or a client keeping slow responses overlapping) that moment may never come;
+    # server-graceful actions then fire at the next response close. Instances may override it.
+    drain_timeout = 60.0
 
     def __init__(
         self,
@@ -117,35 +92,33 @@ class Reloader:
         self.options = Options.build("Reloader", **options)
         self.app = app
         self.interval = self.options.interval
-        self.mode = self.options.mode
         self.clock = clock
         # The baseline is what this process imported; forked workers inherit it, so a change
         # made between a worker's start and its first request is still seen.
         inert = validating()  # inside the boot check's interpreter: pass requests through
-        self.engine = Engine(
-            self.options,
-            resolve(action),
-            clock=clock,
-            detector=Detector(modules=False) if inert else None,
-            creator=calling_module(),
-        )
-        self.engine.on_fork = _weak(self._reset_process_state)
+        self.engine = engine = Engine(self.options, action, creator=calling_module())
+        self.action = engine.action
+        self.policy = engine.policy
+        self.detector = engine.detector
+        engine.on_fork = _weak(self._reset_process_state)
         self._reset_process_state()
         self._closed = inert
         if not inert:
             self._start_early()
 
-    @property
-    def action(self) -> Action:
-        return self.engine.action
-
-    @property
-    def policy(self) -> Policy:
-        return self.engine.policy
-
-    @property
-    def detector(self) -> Union[Detector, EventDetector]:
-        return self.engine.detector
+    def _reset_process_state(self) -> None:
+        """The gate's state, which belongs to one process: rebuilt in a forked child."""
+        self._lock = threading.Lock()
+        self._pid: Optional[int] = None
+        self._steady = False  # True: nothing to do on the request path
+        self._inline = False
+        self._next_scan = 0.0
+        self._inflight = 0
+        self._due: Optional[ChangeSet] = None
+        self._due_at = 0.0  # policy clock
+        self._firing = False
+        self._thread: Optional[threading.Thread] = None
+        self._stop = threading.Event()
 
     # -- the request path ---------------------------------------------------------------
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
@@ -174,38 +147,19 @@ class Reloader:
                 with self._lock:
                     self._inflight += 1
         except Exception as exc:  # never let the watcher fail a request
-            self._log_failure(exc)
+            self.engine.log_failure(exc)
             track = False
-        if not track:
-            try:
-                return self.app(environ, start_response)
-            except (ImportError, SyntaxError) as exc:
-                self._note_import_failure(exc)
-                raise
         try:
             result = self.app(environ, start_response)
         except BaseException as exc:
             if isinstance(exc, (ImportError, SyntaxError)):
                 self._note_import_failure(exc)
-            self._response_closed()
+            if track:
+                self._response_closed()
             raise
-        return _ClosingIterator(result, self._response_closed)
+        return _ClosingIterator(result, self._response_closed) if track else result
 
     # -- process and thread -------------------------------------------------------------
-    def _reset_process_state(self) -> None:
-        """The gate's state, which belongs to one process: rebuilt in a forked child."""
-        self._lock = threading.Lock()
-        self._pid = None
-        self._steady = False  # True: nothing to do on the request path
-        self._inline = False
-        self._next_scan = 0.0
-        self._inflight = 0
-        self._due = None
-        self._due_at = 0.0  # policy clock
-        self._firing = False
-        self._thread = None
-        self._stop = threading.Event()
-
     def _start_process(self, environ: Environ) -> None:
         with self._lock:
             pid = os.getpid()
@@ -214,9 +168,8 @@ class Reloader:
             self._pid = pid
             self._stop = threading.Event()
             self.engine.setup(environ)
-            self._inline = self.mode == "inline" or (
-                self.mode == "auto" and not _threads_available(environ)
-            )
+            mode = self.options.mode
+            self._inline = mode == "inline" or (mode == "auto" and not _threads_available(environ))
             if self._inline:
                 self._next_scan = self.clock() + self.interval
                 return
@@ -235,10 +188,8 @@ class Reloader:
             self._steady = self._due is None and not self.action.requires_drain
 
     def _start_early(self, where: Optional[str] = None) -> None:
-        """Start watching without waiting for a request where this process is known to be a
-        worker that will serve (``created_in``); elsewhere, or if anything fails, the first
-        request starts it as before. Never raises: this runs inside the server's worker boot.
-        """
+        """Start watching in a process known to be a serving worker (``created_in``); elsewhere,
+        or if anything fails, the first request starts it. Never raises (in a worker's boot)."""
         try:
             where = where or created_in()
             if where == IN_UWSGI_MASTER:  # the workers are forked after this import
@@ -306,28 +257,18 @@ class Reloader:
     def _overdue(self) -> bool:
         """Responses kept overlapping for drain_timeout: fire anyway, unless that would cut
         them off (an action that ends the process needs a real drain)."""
-        if self.action.requires_drain:
-            return False
-        return self.clock() - self._due_at >= self.drain_timeout
+        return not self.action.requires_drain and self.clock() - self._due_at >= self.drain_timeout
 
     # -- failures -----------------------------------------------------------------------
     def _note_import_failure(self, exc: BaseException) -> None:
         """Keep watching the files of a failed import: the fix will touch one of them."""
         try:
-            files = []
             filename = getattr(exc, "filename", None)
-            if isinstance(filename, str) and os.path.isabs(filename):
-                files.append(filename)
-            for frame, _ in traceback.walk_tb(exc.__traceback__):
-                name = frame.f_code.co_filename
-                if os.path.isabs(name):
-                    files.append(name)
-            self.engine.note_import_failure(files)
+            files = [filename] if isinstance(filename, str) else []
+            files += [frame.f_code.co_filename for frame, _ in traceback.walk_tb(exc.__traceback__)]
+            self.engine.note_import_failure([name for name in files if os.path.isabs(name)])
         except Exception:  # pragma: no cover - defensive: we are on an error path already
             pass
-
-    def _log_failure(self, exc: BaseException) -> None:
-        self.engine.log_failure(exc)
 
     # -- lifecycle ----------------------------------------------------------------------
     def close(self) -> None:
@@ -387,19 +328,15 @@ class _ClosingIterator:
 def _watch(ref: "weakref.ReferenceType[Reloader]", stop: threading.Event) -> None:
     """The watcher thread's loop. It holds the Reloader weakly so that it can be freed."""
     try:
-        while True:
-            reloader = ref()
-            if reloader is None or reloader._closed:
-                return
+        reloader = ref()
+        while reloader is not None and not reloader._closed:
             interval = reloader.engine.pause(reloader.interval)
             del reloader
             if stop.wait(interval):
                 return
             reloader = ref()
-            if reloader is None or reloader._closed:
-                return
-            reloader._tick()
-            del reloader
+            if reloader is not None and not reloader._closed:
+                reloader._tick()
     except BaseException:  # pragma: no cover - interpreter shutdown tears modules down
         if not sys.is_finalizing():
             raise
@@ -420,8 +357,7 @@ def created_in(
     getppid: Callable[[], int] = os.getppid,
 ) -> Optional[str]:
     """Where this process runs: one of the ``IN_*`` values, or None (a gunicorn arbiter with
-    ``--preload``, a uWSGI without master, waitress, mod_wsgi, a script: wait for a request).
-    """
+    ``--preload``, a uWSGI without master, waitress, mod_wsgi, a script: wait for a request)."""
     uwsgi = find_uwsgi()
     if uwsgi is not None:
         master, worker, pid = int(uwsgi.masterpid()), int(uwsgi.worker_id()), getpid()
@@ -452,13 +388,9 @@ def _server_environ(where: str) -> Environ:
 
 
 def _after_uwsgi_fork(uwsgi: Any, hook: Callable[[], None]) -> None:
-    """Have uWSGI call ``hook`` in each process it forks, after the hooks already set.
-
-    ``uwsgidecorators`` keeps its own chain (and replaces ``uwsgi.post_fork_hook`` when it is
-    imported, so it is never imported here): join that chain if it is the hook, else wrap the
-    hook there. A hook set later without the chain replaces this one: then the first request
-    starts the watcher, as everywhere else.
-    """
+    """Have uWSGI call ``hook`` in each process it forks, after the hooks already set: in
+    ``uwsgidecorators``' chain if that is the hook (never imported here: importing it replaces
+    ``uwsgi.post_fork_hook``). A hook set later replaces this one: the first request starts."""
     previous = getattr(uwsgi, "post_fork_hook", None)
     decorators = sys.modules.get("uwsgidecorators")
     chain = getattr(decorators, "postfork_chain", None)

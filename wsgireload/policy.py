@@ -119,7 +119,7 @@ class Policy:
     :param settle_max: seconds after the first change when it is acted on anyway, so that a
         file rewritten every second still reloads.
     :param validate: ``"boot"`` (compile, then boot the app in a fresh interpreter),
-        ``"compile"`` or None (``_options.build_policy`` checks it and maps ``"import"``).
+        ``"compile"`` or None (``Options.policy`` checks it and maps ``"import"``).
     :param boot: the boot check (by default one that finds the server's app itself).
     """
 
@@ -140,13 +140,11 @@ class Policy:
 
     def observe(self, changed: Iterable[str], now: float) -> None:
         """Record files reported changed at time ``now``."""
-        new = False
-        for path in changed:
+        paths = list(changed)
+        if paths:
             if not self._pending:
                 self._first = now
-            self._pending[path] = None
-            new = True
-        if new:
+            self._pending.update(dict.fromkeys(paths))
             self._last = now
             self._version += 1
 

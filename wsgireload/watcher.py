@@ -13,7 +13,7 @@ import time
 from typing import Any, Callable, Mapping, Optional
 
 from ._options import Options
-from .actions import ActionSpec, resolve
+from .actions import ActionSpec
 from .boot import validating
 from .detect import Detector
 from .engine import Engine, EventHook, Master
@@ -45,16 +45,14 @@ class Watcher:
     :param import_name: the old name of ``boot_app``.
     :param backend: ``"poll"``, ``"events"`` or ``"auto"``, as for the Reloader (used when no
         ``detector`` is given); ``mode`` is accepted too and has no effect here.
-    :param action: ``"auto"``, another action name, an Action, or a callable taking the
-        ChangeSet.
+    :param action: ``"auto"``, another action name, an Action, or a callable taking the ChangeSet.
     :param created_pid: pid of the process that imported the app (defaults to this one); a
         hook in a preforked worker passes its master's pid so actions can see ``--preload``.
     :param detector: use this Detector (and its baseline) instead of building one from the
         options above (the CLI reuses the one of a Reloader it found in the app).
     :param changed_since: wall-clock time (``time.time()``) before this process imported its
-        code, such as its fork: a watched file modified after it may be newer than what was
-        imported, so it counts as changed at once (at worst one extra reload, never a missed
-        one).
+        code, such as its fork: a watched file modified after it counts as changed at once (at
+        worst one extra reload, never a missed one).
     :param master: ``(server, pid)`` of the master whose workers share one scanner and one
         record (the gunicorn hook and the uWSGI timer pass it); None: this process alone.
     :param on_event: called with ``(kind, detail)`` as things happen (the CLI prints them).
@@ -76,13 +74,9 @@ class Watcher:
         self.options = Options.build("Watcher", **options)
         self.interval = self.options.interval
         self.clock = clock
-        self.on_event = on_event
-        if detector is None and validating():  # in the boot check: no scan cost
-            detector = Detector(modules=False)
         self.engine = Engine(
             self.options,
-            resolve(action),
-            clock=clock,
+            action,
             detector=detector,
             created_pid=created_pid,
             since_ns=None if changed_since is None else int(changed_since * 1e9),
@@ -104,12 +98,8 @@ class Watcher:
         changes = self.engine.step(self.clock() if now is None else now)
         if changes is not None:
             failure = self.engine.act(changes)
-            self._event("failed" if failure is not None else "acted", failure or changes)
+            self.engine.event("failed" if failure is not None else "acted", failure or changes)
         return changes
-
-    def _event(self, kind: str, detail: Any) -> None:
-        if self.on_event is not None:
-            self.on_event(kind, detail)
 
     # -- as a thread ------------------------------------------------------------------
     def start(self) -> "Watcher":
