@@ -2,10 +2,11 @@
 
 Run from the repository root: ``python benchmarks/idle_cpu.py`` (``--seconds`` to measure
 longer, ``--django`` to add the Django example). Starts the servers at once on loopback, lets
-every worker serve until its watcher thread runs (it starts at the first request), then reads
+every worker serve until its watcher thread runs (it starts with the worker), then reads
 each worker's utime+stime from ``/proc/<pid>/stat`` over the same idle window and prints one
 table. One server has no usable directory for the shared record, so each of its workers scans
-for itself: what every worker did before.
+for itself: what every worker did before. The "no wsgireload" rows serve the same app (and
+Django) without it: gunicorn's own cost of idle workers.
 """
 
 from __future__ import annotations
@@ -23,18 +24,27 @@ import time
 from typing import Dict, List, Tuple
 
 HOST = "127.0.0.1"
-APP = """\
+# The app without wsgireload (gunicorn's own idle cost) in a module of its own: a Reloader
+# created at import starts watching with the worker, served or not.
+PLAIN = """\
 import os, time
-from wsgireload import Reloader
 
 def app(environ, start_response):
     time.sleep(0.05)  # a busy worker makes the others take the next requests
     body = str(os.getpid()).encode()
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
     return [body]
-
+"""
+APP = PLAIN + """
+from wsgireload import Reloader
 application = Reloader(app, interval={interval}, extra_files=[{pattern!r}])
-plain = app  # the same app without wsgireload: gunicorn's own idle cost
+"""
+DJANGO_PLAIN = """\
+import os
+from django.core.wsgi import get_wsgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "examples.django_project.settings")
+app = get_wsgi_application()
 """
 
 
@@ -90,7 +100,7 @@ class Gunicorn:
         self, name: str, workers: int, cwd: str, env: Dict[str, str], target: str
     ) -> None:
         self.name, self.workers, self.port = name, workers, free_port()
-        self.watching = target != "wsgi:plain"
+        self.watching = not target.endswith(":app")
         app_dir = cwd
         # The log goes to the server's own temp dir: the Django example runs from the repo.
         self.log = open(os.path.join(env["TMPDIR"], f"{name}.log"), "wb")
@@ -174,6 +184,9 @@ def main() -> int:
         with open(os.path.join(app_dir, "wsgi.py"), "w") as handle:
             handle.write(APP.format(interval=args.interval,
                                     pattern=os.path.join(files, "**", "*.py")))
+        for name, text in (("plain.py", PLAIN), ("django_plain.py", DJANGO_PLAIN)):
+            with open(os.path.join(app_dir, name), "w") as handle:
+                handle.write(text)
         repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         # A runtime directory other users could write to is refused: no record can be made.
         blocked = os.path.join(root, "tmp-shared")
@@ -186,17 +199,18 @@ def main() -> int:
             (f"{n} workers", n, "tmpN", "wsgi:application"),
             # No directory for the record: each worker scans alone, as every worker did before.
             (f"{n} workers, no record", n, blocked, "wsgi:application"),
-            (f"{n} workers, no wsgireload", n, "tmp0", "wsgi:plain"),
+            (f"{n} workers, no wsgireload", n, "tmp0", "plain:app"),
         ]
         if args.django:
             plans += [
                 ("Django example, 1 worker", 1, "tmpD1", "examples.django_wsgi:application"),
                 (f"Django example, {n} workers", n, "tmpDN", "examples.django_wsgi:application"),
+                (f"Django, {n} workers, no wsgireload", n, "tmpD0", "django_plain:app"),
             ]
         for name, workers, tmp, target in plans:
             tmp = os.path.join(root, tmp)
             os.makedirs(tmp, exist_ok=True)
-            cwd = repo if target.startswith("examples.") else app_dir
+            cwd = repo if target.startswith(("examples.", "django_plain")) else app_dir
             servers.append(Gunicorn(name, workers, cwd, dict(base, TMPDIR=tmp), target))
         for server in servers:
             server.warm()
