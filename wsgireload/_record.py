@@ -350,9 +350,7 @@ class Share:
     took_over: bool = False  # just became the scanner: drop what was already decided
     acted: int = 0  # the last generation this process acted on or was born after
     _renew_at: float = 0.0
-    _expires: float = 0.0
     _scan: Tuple[int, float] = (0, 0.0)  # files watched, milliseconds of the last scan
-    _holder: Tuple[int, Optional[str]] = (0, None)  # the lease holder last read
 
     def join(self) -> None:
         """List this worker; a generation decided before it was born is not its to act on."""
@@ -370,16 +368,8 @@ class Share:
             if now >= self._renew_at:
                 self.record.update(self._take)
             return self.scanning
-        data = self.record.poll()
-        if data is not None:
-            holder = data.get("lease") or {}
-            self._expires = float(holder.get("expires", 0.0))
-            self._holder = (int(holder.get("pid", 0)), holder.get("start"))
-            if self._outgoing(data, holder):
-                self._expires = 0.0
-        if self._holder[0] and not self.alive(*self._holder):
-            self._expires = 0.0  # its holder exited or was replaced
-        if now >= self._expires:
+        self.record.poll()  # one os.stat: the record is read again only when it changed
+        if self._free(self.record._data, now):
             self.record.update(self._take)
             self.took_over = self.scanning
             if self.scanning:
@@ -388,18 +378,10 @@ class Share:
 
     def _take(self, data: Data) -> Optional[Data]:
         now = self.wall()
-        holder = data.get("lease") or {}
+        holder = _dict(data, "lease")
         mine = holder.get("pid") == self.pid and holder.get("start") == self.start
-        free = (
-            not holder
-            or float(holder.get("expires", 0.0)) <= now
-            or not self.alive(int(holder.get("pid", 0)), holder.get("start"))
-            or self._outgoing(data, holder)
-        )
-        if not (mine or free):
+        if not (mine or self._free(data, now)):
             self.scanning = False
-            self._expires = float(holder.get("expires", 0.0))
-            self._holder = (int(holder.get("pid", 0)), holder.get("start"))
             return None
         self.scanning = True
         self._renew_at = now + self.lease / 2
@@ -414,13 +396,19 @@ class Share:
         lease = {"pid": self.pid, "start": self.start, "expires": now + self.lease}
         return {**self._stats(data), "lease": lease, "workers": workers}
 
-    def _outgoing(self, data: Data, holder: Data) -> bool:
-        """Whether the lease holder is on its way out: born before the master's last reload,
-        which replaces it, while this worker was born after it. (An old worker can take a
-        while to exit, gevent's up to a second; a follower that deferred to it would sleep
-        for half a lease before it noticed.)"""
-        worker = _workers(data).get(str(holder.get("pid")))
-        if worker is None or holder.get("pid") == self.pid:
+    def _free(self, data: Data, now: float) -> bool:
+        """Whether another worker may take the lease: there is none, it expired, its holder
+        exited, or its holder is on its way out (born before the master's last reload, which
+        replaces it, while this worker was born after it: an old worker can take a while to
+        exit, gevent's up to a second, and a follower deferring to it would sleep meanwhile)."""
+        holder = _dict(data, "lease")
+        if not holder:
+            return True
+        pid = int(holder.get("pid", 0))
+        if float(holder.get("expires", 0.0)) <= now or not self.alive(pid, holder.get("start")):
+            return True
+        worker = _dict(_dict(data, "workers"), str(pid))
+        if not worker or pid == self.pid:
             return False
         last_reload = float(_dict(data, "generation").get("at", 0.0))
         return float(worker.get("born", 0.0)) < last_reload <= self.born
