@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
+import pytest
+
 HOST = "127.0.0.1"
 
 
@@ -172,6 +174,23 @@ def assert_no_failed_requests(result: "LoadResult", uwsgi_full_reloads: int = 0)
     assert len(result.errors) == result.failed, result.errors[:5]
     assert not others, others[:5]
     assert len(resets) <= uwsgi_full_reloads, result.errors[:5]
+
+
+def gunicorn_version() -> Tuple[int, ...]:
+    import gunicorn
+
+    return tuple(gunicorn.version_info)
+
+
+def xfail_old_gthread_resets(result: "LoadResult", gthread: bool) -> None:
+    """Excuse gunicorn 23's own gthread bug, and only that: its gthread workers reset a few
+    connections on *any* SIGHUP (measured with a HUP sent by hand, without wsgireload; see
+    docs/servers/gunicorn.md, caveats); 24.0.0+ lose none. Python 3.9 cannot install 24+."""
+    if not (gthread and result.failed and gunicorn_version() < (24,)):
+        return
+    dropped = ("ConnectionResetError", "RemoteDisconnected", "BrokenPipeError")
+    if all(error.startswith(dropped) for error in result.errors):
+        pytest.xfail(f"gunicorn {gunicorn_version()} gthread drops connections on HUP")
 
 
 class Load:

@@ -13,7 +13,16 @@ from typing import Dict, List, Optional, Sequence, Set
 
 import pytest
 
-from .harness import Load, Server, free_port, get, gunicorn_no_control_socket, wait_for, write
+from .harness import (
+    Load,
+    Server,
+    free_port,
+    get,
+    gunicorn_no_control_socket,
+    wait_for,
+    write,
+    xfail_old_gthread_resets,
+)
 
 pytestmark = [pytest.mark.server, pytest.mark.skipif(sys.platform == "win32", reason="POSIX only")]
 
@@ -200,17 +209,8 @@ def test_one_edit_under_load_reloads_each_worker_once(
         f"{result.ok} ok, {result.failed} failed"
     )
     assert server.log().count("reloading with auto: gunicorn: SIGHUP") == 1  # one per master
-    if result.failed and worker_args and _gunicorn_version() < (24,):
-        # Measured: gunicorn 23's gthread workers reset a few connections on any HUP, sent by
-        # hand without wsgireload too; 24.0.0+ lose none. Python 3.9 cannot install gunicorn 24+.
-        pytest.xfail(f"gunicorn {_gunicorn_version()} gthread drops connections on HUP")
+    xfail_old_gthread_resets(result, gthread="gthread" in worker_args)
     assert result.failed == 0, result.errors[:5]
-
-
-def _gunicorn_version() -> tuple[int, ...]:
-    import gunicorn
-
-    return tuple(gunicorn.version_info)
 
 
 def test_restart_worker_replaces_each_worker_once(tmp_path: Path, servers: List[Server]) -> None:
