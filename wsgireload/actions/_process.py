@@ -30,11 +30,6 @@ class ProcessInfo:
     uid: Optional[int]  # real uid of the process
     argv: Optional[Tuple[str, ...]]  # /proc/<pid>/cmdline split at its NULs
 
-    @property
-    def cmdline(self) -> str:
-        """The command line for messages (argv joined with spaces)."""
-        return " ".join(self.argv or ())
-
 
 ReadProcess = Callable[[int], Optional[ProcessInfo]]
 
@@ -255,7 +250,7 @@ def master_problem(
         return MasterProblem(
             Refusal.NOT_THE_SERVER,
             f"the master {pid} does not look like {' or '.join(_names(names))} "
-            f"(command line {now.cmdline[:120]!r})",
+            f"(command line {' '.join(now.argv)[:120]!r})",
         )
     denied = signal_denied(now, getuid=getuid, geteuid=geteuid)
     if denied is not None:
