@@ -8,13 +8,10 @@ process may not signal" (``gunicorn --user``).
 from __future__ import annotations
 
 import enum
-import logging
 import os
 import time
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence, Tuple, Union
-
-log = logging.getLogger("wsgireload")
 
 PROC_ROOT = "/proc"
 
