@@ -8,13 +8,10 @@ process may not signal" (``gunicorn --user``).
 from __future__ import annotations
 
 import enum
-import logging
 import os
 import time
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence, Tuple, Union
-
-log = logging.getLogger("wsgireload")
 
 PROC_ROOT = "/proc"
 
@@ -29,11 +26,6 @@ class ProcessInfo:
     start_time: Optional[str]  # /proc/<pid>/stat field 22: clock ticks since boot
     uid: Optional[int]  # real uid of the process
     argv: Optional[Tuple[str, ...]]  # /proc/<pid>/cmdline split at its NULs
-
-    @property
-    def cmdline(self) -> str:
-        """The command line for messages (argv joined with spaces)."""
-        return " ".join(self.argv or ())
 
 
 ReadProcess = Callable[[int], Optional[ProcessInfo]]
@@ -255,7 +247,7 @@ def master_problem(
         return MasterProblem(
             Refusal.NOT_THE_SERVER,
             f"the master {pid} does not look like {' or '.join(_names(names))} "
-            f"(command line {now.cmdline[:120]!r})",
+            f"(command line {' '.join(now.argv)[:120]!r})",
         )
     denied = signal_denied(now, getuid=getuid, geteuid=geteuid)
     if denied is not None:

@@ -253,8 +253,7 @@ class UwsgiAction(MasterAction):
                 "'uwsgi' package instead of 'pyuwsgi'; or use --lazy-apps with --master-fifo "
                 "for chain reloads). Restart the server yourself to load this change"
             )
-        if self.method == CHAIN:
-            self._help_chain()  # a worker born in a chain reload helps it go on
+        self._help_chain()  # a worker born in a chain reload helps it go on
 
     def __call__(self, changes: ChangeSet) -> None:
         if self.method is None or self.master is None or self.uwsgi is None:
@@ -319,8 +318,7 @@ class UwsgiAction(MasterAction):
             return True
         record, outcome, _ = claim
         if outcome is _record.Outcome.COVERED:
-            if self.method == CHAIN:
-                self._help_chain()
+            self._help_chain()
             log.info(
                 "wsgireload: another worker asked uWSGI to reload %.1fs ago, after this worker "
                 "started; that reload replaces this worker",
