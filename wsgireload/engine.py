@@ -309,9 +309,8 @@ class Engine:
 
 
 def _same(recorded: Any, identity: Any) -> bool:
-    if recorded is None or identity is None:
-        return recorded is None and identity is None
-    return tuple(recorded) == tuple(identity)
+    """Whether an identity read back from the record (JSON: a list) is ``identity``."""
+    return (None if recorded is None else tuple(recorded)) == identity
 
 
 # -- the one place that resets per-process state in a forked child -------------------------
