@@ -18,7 +18,7 @@ from . import _record, classic, events
 from ._options import Options, run_action
 from .actions import ActionSpec, ProcessContext, _process, resolve
 from .boot import Target, validating
-from .detect import Detector
+from .detect import Detector, Identity
 from .events import EventDetector
 from .policy import ChangeSet
 
@@ -308,7 +308,7 @@ class Engine:
             self.detector.stop()
 
 
-def _same(recorded: Any, identity: Any) -> bool:
+def _same(recorded: Any, identity: Optional[Identity]) -> bool:
     """Whether an identity read back from the record (JSON: a list) is ``identity``."""
     return (None if recorded is None else tuple(recorded)) == identity
 
