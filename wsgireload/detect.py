@@ -153,10 +153,7 @@ class Detector:
 
     # -- listing --------------------------------------------------------------------------
     def _wanted(self, path: str) -> bool:
-        for pattern in self._exclude:
-            if fnmatch.fnmatchcase(path, pattern):
-                return False
-        return True
+        return not any(fnmatch.fnmatchcase(path, pattern) for pattern in self._exclude)
 
     def module_paths(self) -> List[str]:
         """Source files of the loaded modules (cached while ``len(sys.modules)`` is unchanged)."""
@@ -228,10 +225,7 @@ class Detector:
         self._glob_scans += 1
         if self._glob_scans >= _GLOB_REFRESH_SCANS:
             return False
-        for directory, old in self._glob_dirs.items():
-            if _dir_key(directory) != old:
-                return False
-        return True
+        return all(_dir_key(directory) == old for directory, old in self._glob_dirs.items())
 
     def watched(self) -> List[str]:
         """Every file watched right now."""

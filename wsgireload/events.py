@@ -49,8 +49,7 @@ def relevant(path: str, watched: AbstractSet[str], roots: Sequence[str]) -> bool
         or name.startswith(_IGNORED_PREFIXES)
     ):
         return False
-    parts = path.split(os.sep)
-    if _IGNORED_DIRS.intersection(parts):
+    if _IGNORED_DIRS.intersection(path.split(os.sep)):
         return False
     return bool(roots) and path.startswith(tuple(roots))
 
