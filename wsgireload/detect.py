@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fnmatch
 import glob
+import importlib.util
 import os
 import site
 import sys
@@ -91,14 +92,8 @@ def module_file(module: ModuleType) -> Optional[str]:
         path = getattr(module, "__file__", None)
     if not isinstance(path, str) or not path or path in ("built-in", "frozen"):
         return None
-    if path.endswith((".pyc", ".pyo")):
-        path = _source_for_bytecode(path)
-    return path
-
-
-def _source_for_bytecode(path: str) -> str:
-    import importlib.util
-
+    if not path.endswith((".pyc", ".pyo")):
+        return path
     try:
         source = importlib.util.source_from_cache(path)
     except ValueError:  # legacy layout: foo.pyc beside foo.py
@@ -158,14 +153,7 @@ class Detector:
 
     # -- listing --------------------------------------------------------------------------
     def _wanted(self, path: str) -> bool:
-        for pattern in self._exclude:
-            if fnmatch.fnmatchcase(path, pattern):
-                return False
-        return True
-
-    def _is_stdlib(self, path: str) -> bool:
-        norm = os.path.normcase(path)
-        return norm.startswith(self._skip_dirs) and not norm.startswith(self._keep_dirs)
+        return not any(fnmatch.fnmatchcase(path, pattern) for pattern in self._exclude)
 
     def module_paths(self) -> List[str]:
         """Source files of the loaded modules (cached while ``len(sys.modules)`` is unchanged)."""
@@ -183,7 +171,8 @@ class Detector:
                     continue
                 if not os.path.isabs(path):
                     path = os.path.abspath(path)
-                if self._skip_dirs and self._is_stdlib(path):
+                norm = os.path.normcase(path)
+                if norm.startswith(self._skip_dirs) and not norm.startswith(self._keep_dirs):
                     continue
                 if self._wanted(path):
                     seen.add(path)
@@ -236,10 +225,7 @@ class Detector:
         self._glob_scans += 1
         if self._glob_scans >= _GLOB_REFRESH_SCANS:
             return False
-        for directory, old in self._glob_dirs.items():
-            if _dir_key(directory) != old:
-                return False
-        return True
+        return all(_dir_key(directory) == old for directory, old in self._glob_dirs.items())
 
     def watched(self) -> List[str]:
         """Every file watched right now."""
@@ -388,17 +374,24 @@ _UNSEEN = object()  # compares by identity: unequal to every Identity and to Non
 _FORGOTTEN: Identity = (-1, -1, -1)  # equals no file's identity: reported at the next scan
 
 
+def glob_root(pattern: str) -> str:
+    """The deepest directory of ``pattern`` without a wildcard (where its matches live)."""
+    parts = pattern.split(os.sep)
+    for index, part in enumerate(parts):
+        if _MAGIC_GLOB & set(part):
+            return os.sep.join(parts[:index]) or os.sep
+    return os.path.dirname(pattern)
+
+
 def glob_dirs(pattern: str) -> List[str]:
-    """Directories whose listing decides what ``pattern`` matches (a superset).
+    """Directories whose listing decides what an absolute ``pattern`` matches (a superset).
 
     The deepest wildcard-free directory of the pattern and the directories below it down to
     the pattern's depth (all of them for ``**``), hidden ones included; symlinks followed,
     each real directory once.
     """
-    parts = pattern.split(os.sep)
-    index = next((i for i, part in enumerate(parts) if _MAGIC_GLOB & set(part)), len(parts) - 1)
-    root = os.sep.join(parts[:index]) or os.sep
-    rest = parts[index:]
+    root = glob_root(pattern)
+    rest = pattern[len(root) :].lstrip(os.sep).split(os.sep)
     depth = None if "**" in rest else len(rest) - 1
     found = [root]
     for current, dirs in _walk_once(root):

@@ -18,7 +18,7 @@ from . import _record, classic, events
 from ._options import Options, run_action
 from .actions import ActionSpec, ProcessContext, _process, resolve
 from .boot import Target, validating
-from .detect import Detector
+from .detect import Detector, Identity
 from .events import EventDetector
 from .policy import ChangeSet
 
@@ -308,10 +308,9 @@ class Engine:
             self.detector.stop()
 
 
-def _same(recorded: Any, identity: Any) -> bool:
-    if recorded is None or identity is None:
-        return recorded is None and identity is None
-    return tuple(recorded) == tuple(identity)
+def _same(recorded: Any, identity: Optional[Identity]) -> bool:
+    """Whether an identity read back from the record (JSON: a list) is ``identity``."""
+    return (None if recorded is None else tuple(recorded)) == identity
 
 
 # -- the one place that resets per-process state in a forked child -------------------------

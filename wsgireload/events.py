@@ -14,7 +14,7 @@ import threading
 import weakref
 from typing import AbstractSet, Any, Callable, Iterable, List, Optional, Sequence, Set, Tuple
 
-from .detect import _MAGIC_GLOB, Detector, Snapshot, glob_dirs, stat_or_none
+from .detect import Detector, Snapshot, glob_dirs, glob_root, stat_or_none
 
 log = logging.getLogger("wsgireload")
 
@@ -49,19 +49,9 @@ def relevant(path: str, watched: AbstractSet[str], roots: Sequence[str]) -> bool
         or name.startswith(_IGNORED_PREFIXES)
     ):
         return False
-    parts = path.split(os.sep)
-    if _IGNORED_DIRS.intersection(parts):
+    if _IGNORED_DIRS.intersection(path.split(os.sep)):
         return False
     return bool(roots) and path.startswith(tuple(roots))
-
-
-def glob_root(pattern: str) -> str:
-    """The deepest directory of ``pattern`` without a wildcard (where its matches live)."""
-    parts = pattern.split(os.sep)
-    for index, part in enumerate(parts):
-        if _MAGIC_GLOB & set(part):
-            return os.sep.join(parts[:index]) or os.sep
-    return os.path.dirname(pattern)
 
 
 def _dir_inode(path: str) -> Optional[int]:
@@ -161,8 +151,7 @@ class EventDetector:
             self._thread = None  # a thread inherited through fork does not run here
             self._refresh_dirs()
             return changed
-        thread = self._thread
-        if thread is None or not thread.is_alive():
+        if self.polling:  # no thread: no directory to watch, or it ended
             return self.poller.scan()
         with self._lock:
             dirty, self._dirty = self._dirty, set()

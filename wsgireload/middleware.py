@@ -353,14 +353,12 @@ def created_in(
     frame_objects: Callable[[], Iterable[Any]] = gunicorn_frame_objects,
     worker_class: Optional[type] = None,  # gunicorn's Worker (default: if gunicorn is loaded)
     find_uwsgi: Callable[[], Any] = uwsgi_module,
-    getpid: Callable[[], int] = os.getpid,
-    getppid: Callable[[], int] = os.getppid,
 ) -> Optional[str]:
     """Where this process runs: one of the ``IN_*`` values, or None (a gunicorn arbiter with
     ``--preload``, a uWSGI without master, waitress, mod_wsgi, a script: wait for a request)."""
     uwsgi = find_uwsgi()
     if uwsgi is not None:
-        master, worker, pid = int(uwsgi.masterpid()), int(uwsgi.worker_id()), getpid()
+        master, worker, pid = int(uwsgi.masterpid()), int(uwsgi.worker_id()), os.getpid()
         if master <= 0:  # no master: nobody to reload the workers; nothing to gain
             return None
         if worker > 0 and master != pid:
@@ -374,7 +372,8 @@ def created_in(
         if isinstance(obj, worker_class):
             # The worker's own process (spawn_worker sets its pid in the child), forked by
             # the arbiter it names: never the arbiter, which only holds Worker objects.
-            mine = getattr(obj, "pid", None) == getpid() and getattr(obj, "ppid", None) == getppid()
+            ids = getattr(obj, "pid", None), getattr(obj, "ppid", None)
+            mine = ids == (os.getpid(), os.getppid())
             return IN_GUNICORN_WORKER if mine else None
     return None
 
