@@ -431,8 +431,7 @@ UWSGI_APP = """\
 
 def test_uwsgi_imports_are_stubbed_when_the_worker_runs_under_uwsgi(app_dir: Path) -> None:
     write(app_dir, "uwapp.py", UWSGI_APP)
-    assert boot(app_dir, "uwapp:application", stub_uwsgi=True,
-                uwsgi_opt={"module": b"wsgi"}) is None
+    assert boot(app_dir, "uwapp:application", uwsgi_opt={"module": b"wsgi"}) is None
     assert "ModuleNotFoundError: No module named 'uwsgi'" in (boot(app_dir, "uwapp") or "")
 
 

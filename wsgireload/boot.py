@@ -285,8 +285,7 @@ def run_checker(
     timeout: float,
     path: Sequence[str],
     smoke: Optional[str] = None,
-    stub_uwsgi: bool = False,
-    uwsgi_opt: Optional[Mapping[str, Any]] = None,
+    uwsgi_opt: Optional[Mapping[str, Any]] = None,  # uWSGI's, for stand-in modules; None: none
     cwd: Optional[str] = None,
     env: Optional[Mapping[str, str]] = None,
 ) -> Outcome:
@@ -297,8 +296,7 @@ def run_checker(
         "prefix": sys.prefix,
         "targets": [t.as_json() for t in targets],
         "smoke": smoke,
-        "stub_uwsgi": stub_uwsgi,
-        "uwsgi_opt": _jsonable(uwsgi_opt or {}),
+        "uwsgi_opt": None if uwsgi_opt is None else _jsonable(uwsgi_opt),
     }
     environment = {**(os.environ if env is None else env), VALIDATING_ENV: "1"}
     started = time.monotonic()
@@ -464,8 +462,7 @@ class BootCheck:
             timeout=self.timeout,
             path=self.path(),
             smoke=self.smoke,
-            stub_uwsgi=uwsgi is not None,
-            uwsgi_opt=getattr(uwsgi, "opt", None),
+            uwsgi_opt=None if uwsgi is None else (uwsgi.opt or {}),
             cwd=self.cwd,
         )
         log.debug("wsgireload: boot check of %s took %.2fs", targets[0].describe(), outcome.seconds)
@@ -691,8 +688,8 @@ def _checker_main(payload: Dict[str, Any]) -> None:
     if payload.get("prefix") != sys.prefix:  # not the worker's venv: read its .pth files too
         for entry in _site_packages():
             site.addsitedir(entry)
-    if payload.get("stub_uwsgi"):
-        install_uwsgi_stubs(payload.get("uwsgi_opt") or {})
+    if payload.get("uwsgi_opt") is not None:
+        install_uwsgi_stubs(payload["uwsgi_opt"])
     result = _check(payload)
     with os.fdopen(result_fd, "w") as out:
         out.write(json.dumps(result) + "\n")
