@@ -366,6 +366,7 @@ def test_a_factory_is_called_and_its_errors_are_the_users(app_dir: Path) -> None
             return lambda environ, start_response: []
     """)
     assert boot(app_dir, "myapp:create_app('ok')") is None
+    assert boot(app_dir, "myapp:create_app(name='ok')") is None
     assert (boot(app_dir, "myapp:create_app()") or "").startswith(
         f"{factory}:3: RuntimeError: bad config x"
     )

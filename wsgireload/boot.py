@@ -25,7 +25,7 @@ import threading
 import time
 import traceback
 import types
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 from .errors import ConfigurationError
@@ -56,11 +56,6 @@ class Target:
 
     def describe(self) -> str:
         return self.spec or (self.module or self.path or "?")
-
-    def as_json(self) -> Dict[str, Any]:
-        call = None if self.call is None else [list(self.call[0]), dict(self.call[1])]
-        return {"module": self.module, "path": self.path, "attr": self.attr, "call": call,
-                "spec": self.describe()}
 
 
 def parse_target(spec: str, *, default_attr: Optional[str] = "application") -> Target:
@@ -294,7 +289,7 @@ def run_checker(
         "path": list(path),
         "argv": list(sys.argv),
         "prefix": sys.prefix,
-        "targets": [t.as_json() for t in targets],
+        "targets": [{**asdict(t), "spec": t.describe()} for t in targets],
         "smoke": smoke,
         "uwsgi_opt": None if uwsgi_opt is None else _jsonable(uwsgi_opt),
     }
@@ -626,8 +621,8 @@ def _load(target: Mapping[str, Any]) -> Any:
     for part in attr.split("."):
         app = getattr(app, part)
     if target.get("call") is not None:
-        args, kwargs = target["call"]
-        app = app(*args, **kwargs)
+        args, kwargs = target["call"]  # as JSON made them: lists, kwargs a list of pairs
+        app = app(*args, **dict(kwargs))
     return app
 
 
@@ -700,7 +695,7 @@ def _checker_main(payload: Dict[str, Any]) -> None:
 def _check(payload: Dict[str, Any]) -> Dict[str, Any]:
     apps = []
     for target in payload["targets"]:
-        spec = target["spec"]  # Target.as_json() always names it
+        spec = target["spec"]  # run_checker always names it
         try:
             apps.append((spec, _load(target)))
         except BaseException as exc:  # SystemExit at import is a boot failure too
