@@ -565,9 +565,8 @@ class _Anything:
     """Stands for any uWSGI API value: callable, falsy, and 0 where a number is expected."""
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        if len(args) == 1 and callable(args[0]) and not kwargs:
-            return args[0]  # used as a bare decorator (@postfork)
-        return _decorator_or_none
+        bare = _decorator_or_none(*args, **kwargs)  # @postfork: the function itself
+        return _decorator_or_none if bare is None else bare  # @timer(3): a decorator
 
     def __bool__(self) -> bool:
         return False
