@@ -20,7 +20,6 @@ import signal
 import site
 import subprocess
 import sys
-import sysconfig
 import threading
 import time
 import traceback
@@ -28,6 +27,7 @@ import types
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
 
+from .detect import _config_dirs, _norm_dir
 from .errors import ConfigurationError
 
 log = logging.getLogger("wsgireload")
@@ -517,17 +517,12 @@ def _site_packages() -> List[str]:
 
 
 def _library_dirs() -> List[str]:
-    paths = sysconfig.get_paths()
-    dirs = {paths[key] for key in ("stdlib", "platstdlib", "purelib", "platlib") if paths.get(key)}
-    return [_dir_prefix(d) for d in dirs.union(_site_packages())]
+    dirs = _config_dirs("stdlib", "platstdlib", "purelib", "platlib")
+    return [*dirs, *map(_norm_dir, _site_packages())]
 
 
 def _norm(path: str) -> str:
     return os.path.normcase(os.path.abspath(path))
-
-
-def _dir_prefix(path: str) -> str:
-    return os.path.join(_norm(path), "")
 
 
 def user_location(exc: BaseException, library: Optional[Sequence[str]] = None) -> Tuple[
@@ -537,7 +532,7 @@ def user_location(exc: BaseException, library: Optional[Sequence[str]] = None) -
     if isinstance(exc, SyntaxError) and exc.filename and not exc.filename.startswith("<"):
         return exc.filename, exc.lineno
     library = tuple(_library_dirs() if library is None else library)
-    own = _dir_prefix(os.path.dirname(__file__))
+    own = _norm_dir(os.path.dirname(__file__))
     frames = [(f.f_code.co_filename, line) for f, line in traceback.walk_tb(exc.__traceback__)]
     real = [(name, line) for name, line in frames
             if name and not name.startswith("<") and not _norm(name).startswith(own)]
