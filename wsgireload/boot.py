@@ -314,10 +314,7 @@ def run_checker(
             time.monotonic() - started,
         )
     seconds = time.monotonic() - started
-    try:  # whatever the app started at import (an agent, a pool) goes with the checker
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (OSError, AttributeError):
-        pass
+    _kill_group(proc)  # whatever the app started at import (an agent, a pool) goes too
     result = _last_json(out)
     if result is None:
         lines = err.decode("utf-8", "replace").strip().splitlines()
@@ -335,12 +332,13 @@ def _interpreter_flags() -> List[str]:
 
 
 def _kill_group(proc: "subprocess.Popen[bytes]") -> None:
+    """SIGKILL the checker's session: the checker if it still runs, and what the app started."""
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except (OSError, AttributeError):
-        proc.kill()
+        proc.kill()  # a no-op once the checker has exited and been waited for
     try:
-        proc.communicate(timeout=5)
+        proc.communicate(timeout=5)  # reap it; at once if it has been already
     except subprocess.TimeoutExpired:  # pragma: no cover - a process that survives SIGKILL
         pass
 
