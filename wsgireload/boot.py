@@ -280,7 +280,7 @@ def run_checker(
     timeout: float,
     path: Sequence[str],
     smoke: Optional[str] = None,
-    uwsgi_opt: Optional[Mapping[str, Any]] = None,  # uWSGI's, for stand-in modules; None: none
+    uwsgi_opt: Optional[Mapping[str, Any]] = None,  # stub uWSGI's modules with it; None: don't
     cwd: Optional[str] = None,
     env: Optional[Mapping[str, str]] = None,
 ) -> Outcome:
