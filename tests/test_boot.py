@@ -366,6 +366,7 @@ def test_a_factory_is_called_and_its_errors_are_the_users(app_dir: Path) -> None
             return lambda environ, start_response: []
     """)
     assert boot(app_dir, "myapp:create_app('ok')") is None
+    assert boot(app_dir, "myapp:create_app(name='ok')") is None
     assert (boot(app_dir, "myapp:create_app()") or "").startswith(
         f"{factory}:3: RuntimeError: bad config x"
     )
@@ -411,6 +412,21 @@ def test_boot_is_bounded_in_time(app_dir: Path) -> None:
     assert "took longer than 1s" in problem and "boot_timeout" in problem
 
 
+def test_what_the_app_starts_at_import_goes_with_the_checker(app_dir: Path) -> None:
+    write(app_dir, "spawner.py", """\
+        import subprocess, sys
+        quiet = dict(stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        agent = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], **quiet)
+        open("agent.pid", "w").write(str(agent.pid))
+    """)
+    assert boot(app_dir, "spawner") is None
+    stat_file = Path(f"/proc/{(app_dir / 'agent.pid').read_text()}/stat")
+    deadline = time.monotonic() + 5  # SIGKILL is sent before boot() returns; death is not instant
+    while stat_file.exists() and stat_file.read_text().split(")")[-1].split()[0] != "Z":
+        assert time.monotonic() < deadline, "the agent the app started outlived the boot check"
+        time.sleep(0.01)
+
+
 UWSGI_APP = """\
     import uwsgi
     from uwsgidecorators import postfork, timer
@@ -431,8 +447,7 @@ UWSGI_APP = """\
 
 def test_uwsgi_imports_are_stubbed_when_the_worker_runs_under_uwsgi(app_dir: Path) -> None:
     write(app_dir, "uwapp.py", UWSGI_APP)
-    assert boot(app_dir, "uwapp:application", stub_uwsgi=True,
-                uwsgi_opt={"module": b"wsgi"}) is None
+    assert boot(app_dir, "uwapp:application", uwsgi_opt={"module": b"wsgi"}) is None
     assert "ModuleNotFoundError: No module named 'uwsgi'" in (boot(app_dir, "uwapp") or "")
 
 

@@ -20,14 +20,14 @@ import signal
 import site
 import subprocess
 import sys
-import sysconfig
 import threading
 import time
 import traceback
 import types
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
 
+from .detect import _config_dirs, _norm_dir
 from .errors import ConfigurationError
 
 log = logging.getLogger("wsgireload")
@@ -56,11 +56,6 @@ class Target:
 
     def describe(self) -> str:
         return self.spec or (self.module or self.path or "?")
-
-    def as_json(self) -> Dict[str, Any]:
-        call = None if self.call is None else [list(self.call[0]), dict(self.call[1])]
-        return {"module": self.module, "path": self.path, "attr": self.attr, "call": call,
-                "spec": self.describe()}
 
 
 def parse_target(spec: str, *, default_attr: Optional[str] = "application") -> Target:
@@ -285,8 +280,7 @@ def run_checker(
     timeout: float,
     path: Sequence[str],
     smoke: Optional[str] = None,
-    stub_uwsgi: bool = False,
-    uwsgi_opt: Optional[Mapping[str, Any]] = None,
+    uwsgi_opt: Optional[Mapping[str, Any]] = None,  # stub uWSGI's modules with it; None: don't
     cwd: Optional[str] = None,
     env: Optional[Mapping[str, str]] = None,
 ) -> Outcome:
@@ -295,10 +289,9 @@ def run_checker(
         "path": list(path),
         "argv": list(sys.argv),
         "prefix": sys.prefix,
-        "targets": [t.as_json() for t in targets],
+        "targets": [{**asdict(t), "spec": t.describe()} for t in targets],
         "smoke": smoke,
-        "stub_uwsgi": stub_uwsgi,
-        "uwsgi_opt": _jsonable(uwsgi_opt or {}),
+        "uwsgi_opt": None if uwsgi_opt is None else _jsonable(uwsgi_opt),
     }
     environment = {**(os.environ if env is None else env), VALIDATING_ENV: "1"}
     started = time.monotonic()
@@ -321,10 +314,7 @@ def run_checker(
             time.monotonic() - started,
         )
     seconds = time.monotonic() - started
-    try:  # whatever the app started at import (an agent, a pool) goes with the checker
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (OSError, AttributeError):
-        pass
+    _kill_group(proc)  # whatever the app started at import (an agent, a pool) goes too
     result = _last_json(out)
     if result is None:
         lines = err.decode("utf-8", "replace").strip().splitlines()
@@ -342,12 +332,13 @@ def _interpreter_flags() -> List[str]:
 
 
 def _kill_group(proc: "subprocess.Popen[bytes]") -> None:
+    """SIGKILL the checker's session: the checker if it still runs, and what the app started."""
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except (OSError, AttributeError):
-        proc.kill()
+        proc.kill()  # a no-op once the checker has exited and been waited for
     try:
-        proc.communicate(timeout=5)
+        proc.communicate(timeout=5)  # reap it; at once if it has been already
     except subprocess.TimeoutExpired:  # pragma: no cover - a process that survives SIGKILL
         pass
 
@@ -464,8 +455,7 @@ class BootCheck:
             timeout=self.timeout,
             path=self.path(),
             smoke=self.smoke,
-            stub_uwsgi=uwsgi is not None,
-            uwsgi_opt=getattr(uwsgi, "opt", None),
+            uwsgi_opt=None if uwsgi is None else (uwsgi.opt or {}),
             cwd=self.cwd,
         )
         log.debug("wsgireload: boot check of %s took %.2fs", targets[0].describe(), outcome.seconds)
@@ -525,17 +515,12 @@ def _site_packages() -> List[str]:
 
 
 def _library_dirs() -> List[str]:
-    paths = sysconfig.get_paths()
-    dirs = {paths[key] for key in ("stdlib", "platstdlib", "purelib", "platlib") if paths.get(key)}
-    return [_dir_prefix(d) for d in dirs.union(_site_packages())]
+    dirs = _config_dirs("stdlib", "platstdlib", "purelib", "platlib")
+    return [*dirs, *map(_norm_dir, _site_packages())]
 
 
 def _norm(path: str) -> str:
     return os.path.normcase(os.path.abspath(path))
-
-
-def _dir_prefix(path: str) -> str:
-    return os.path.join(_norm(path), "")
 
 
 def user_location(exc: BaseException, library: Optional[Sequence[str]] = None) -> Tuple[
@@ -545,7 +530,7 @@ def user_location(exc: BaseException, library: Optional[Sequence[str]] = None) -
     if isinstance(exc, SyntaxError) and exc.filename and not exc.filename.startswith("<"):
         return exc.filename, exc.lineno
     library = tuple(_library_dirs() if library is None else library)
-    own = _dir_prefix(os.path.dirname(__file__))
+    own = _norm_dir(os.path.dirname(__file__))
     frames = [(f.f_code.co_filename, line) for f, line in traceback.walk_tb(exc.__traceback__)]
     real = [(name, line) for name, line in frames
             if name and not name.startswith("<") and not _norm(name).startswith(own)]
@@ -573,9 +558,8 @@ class _Anything:
     """Stands for any uWSGI API value: callable, falsy, and 0 where a number is expected."""
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        if len(args) == 1 and callable(args[0]) and not kwargs:
-            return args[0]  # used as a bare decorator (@postfork)
-        return _decorator_or_none
+        bare = _decorator_or_none(*args, **kwargs)  # @postfork: the function itself
+        return _decorator_or_none if bare is None else bare  # @timer(3): a decorator
 
     def __bool__(self) -> bool:
         return False
@@ -629,8 +613,8 @@ def _load(target: Mapping[str, Any]) -> Any:
     for part in attr.split("."):
         app = getattr(app, part)
     if target.get("call") is not None:
-        args, kwargs = target["call"]
-        app = app(*args, **kwargs)
+        args, kwargs = target["call"]  # as JSON made them: lists, kwargs a list of pairs
+        app = app(*args, **dict(kwargs))
     return app
 
 
@@ -691,8 +675,8 @@ def _checker_main(payload: Dict[str, Any]) -> None:
     if payload.get("prefix") != sys.prefix:  # not the worker's venv: read its .pth files too
         for entry in _site_packages():
             site.addsitedir(entry)
-    if payload.get("stub_uwsgi"):
-        install_uwsgi_stubs(payload.get("uwsgi_opt") or {})
+    if payload.get("uwsgi_opt") is not None:
+        install_uwsgi_stubs(payload["uwsgi_opt"])
     result = _check(payload)
     with os.fdopen(result_fd, "w") as out:
         out.write(json.dumps(result) + "\n")
@@ -703,7 +687,7 @@ def _checker_main(payload: Dict[str, Any]) -> None:
 def _check(payload: Dict[str, Any]) -> Dict[str, Any]:
     apps = []
     for target in payload["targets"]:
-        spec = target["spec"]  # Target.as_json() always names it
+        spec = target["spec"]  # run_checker always names it
         try:
             apps.append((spec, _load(target)))
         except BaseException as exc:  # SystemExit at import is a boot failure too

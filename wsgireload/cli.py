@@ -314,16 +314,11 @@ def _proc_cwd(pid: int) -> Optional[str]:
 
 
 # -- status --------------------------------------------------------------------------------
-def _entry(data: Dict[str, Any], key: str) -> Dict[str, Any]:
-    value = data.get(key)
-    return value if isinstance(value, dict) else {}
-
-
 def master_status(data: Dict[str, Any], now: float) -> Dict[str, Any]:
     """What ``status`` shows of one master's record (``now``: ``time.time()``)."""
-    workers = _entry(data, "workers")
-    lease = _entry(data, "lease")
-    deploy: Optional[Dict[str, Any]] = _entry(data, "generation") or None
+    workers = _record._dict(data, "workers")
+    lease = _record._dict(data, "lease")
+    deploy: Optional[Dict[str, Any]] = _record._dict(data, "generation") or None
     if deploy is not None:
         at = float(deploy.get("at", 0.0))
         replaced = len(
@@ -331,7 +326,7 @@ def master_status(data: Dict[str, Any], now: float) -> Dict[str, Any]:
         )
         deploy = {"at": at, "files": deploy.get("files", []), "action": deploy.get("action", ""),
                   "workers_replaced": replaced}
-    refusal: Optional[Dict[str, Any]] = _entry(data, "last_refusal") or None
+    refusal: Optional[Dict[str, Any]] = _record._dict(data, "last_refusal") or None
     if refusal is not None:
         refusal = {"at": refusal.get("at"), "files": refusal.get("files", []),
                    "error": refusal.get("error", ""), "where": refusal.get("where", "")}

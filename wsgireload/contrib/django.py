@@ -77,6 +77,5 @@ class DjangoReloader(Reloader):
         extra_files: Union[PathSpec, Iterable[PathSpec]] = (),
         **options: Any,
     ) -> None:
-        patterns: List[PathSpec] = list(django_extra_files())
-        patterns.extend(as_list("extra_files", extra_files))
+        patterns = [*django_extra_files(), *as_list("extra_files", extra_files)]
         super().__init__(app, extra_files=patterns, **options)

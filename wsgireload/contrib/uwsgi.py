@@ -95,8 +95,9 @@ def register(
         # time, a lease holder might not be ticked for a while: each then scans for itself.)
         options.setdefault("master", ("uwsgi", master))
     watcher = Watcher(**options)
+    registration = _Registration(signum, watcher)
     if threaded:
-        _registration = _Registration(signum, watcher)
+        _registration = registration
         log.debug("wsgireload: --lazy-apps: a watcher thread in this worker, no uWSGI timer")
         return watcher.start()
     taken = bool(uwsgi.signal_registered(signum))
@@ -104,7 +105,6 @@ def register(
         raise ConfigurationError(
             f"uWSGI signal {signum} is already registered; pass another signum= to register()"
         )
-    registration = _Registration(signum, watcher)
     uwsgi.register_signal(signum, target, registration)
     # A worker that finds its slot taken is a re-created worker (chain reload, respawn): its
     # predecessor's timer still runs, so another one would double the checks each reload.
