@@ -455,7 +455,7 @@ class BootCheck:
             timeout=self.timeout,
             path=self.path(),
             smoke=self.smoke,
-            uwsgi_opt=None if uwsgi is None else (uwsgi.opt or {}),
+            uwsgi_opt=None if uwsgi is None else (getattr(uwsgi, "opt", None) or {}),
             cwd=self.cwd,
         )
         log.debug("wsgireload: boot check of %s took %.2fs", targets[0].describe(), outcome.seconds)
