@@ -13,6 +13,7 @@ import sys
 import textwrap
 import threading
 import time
+import types
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -539,6 +540,22 @@ def booting_policy(runner: CountingRunner, **kw: Any) -> Policy:
     check = BootCheck(app=parse_target("wsgi:application"), runner=runner,
                       python=lambda: "/venv/bin/python", **kw)
     return Policy(settle=0.0, validate="boot", boot=check)
+
+
+@pytest.mark.parametrize(
+    "module, stubs",
+    [(None, None), (types.SimpleNamespace(opt={"module": b"wsgi"}), {"module": b"wsgi"}),
+     (types.SimpleNamespace(), {})],
+    ids=["no-uwsgi", "uwsgi", "uwsgi-without-opt"],
+)
+def test_the_checker_stubs_uwsgi_only_under_uwsgi_with_its_options(
+    monkeypatch: pytest.MonkeyPatch, module: Any, stubs: Optional[Dict[str, Any]]
+) -> None:
+    monkeypatch.setattr("wsgireload.boot.uwsgi_module", lambda: module)
+    runner = CountingRunner([])
+    check = BootCheck(app=parse_target("wsgi:application"), runner=runner, python=lambda: "/p")
+    assert check.check() is None
+    assert runner.calls[0]["uwsgi_opt"] == stubs
 
 
 def test_policy_boots_once_per_change_set_and_logs_one_error(
