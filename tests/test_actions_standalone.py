@@ -9,7 +9,7 @@ import sys
 import threading
 import time
 import types
-from typing import Iterator, List, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import pytest
 import webtest
@@ -303,6 +303,60 @@ def test_quiesce_polls_until_the_busy_connection_goes_idle() -> None:
     threading.Timer(0.05, channel.requests.clear).start()
     assert standalone._waitress_quiesce({7: channel}, timeout=5.0) == 0
     assert not channel.requests
+
+
+class FakeTrigger:
+    """waitress's trigger: thunks queued from any thread, run by the test as the main loop."""
+
+    def __init__(self) -> None:
+        self.thunks: List[Callable[[], None]] = []
+        self.queued = threading.Event()
+
+    def pull_trigger(self, thunk: Optional[Callable[[], None]] = None) -> None:
+        if thunk is not None:
+            self.thunks.append(thunk)
+            self.queued.set()
+
+    def next_round(self) -> None:
+        """Wait for the quiesce's next count, then run it (between two handlers)."""
+        assert self.queued.wait(5), "the quiesce did not ask the main loop to count"
+        self.queued.clear()
+        thunks, self.thunks = self.thunks, []
+        for thunk in thunks:
+            thunk()
+
+
+def test_quiesce_counts_in_the_main_loop_and_needs_two_idle_rounds() -> None:
+    listener, trigger = FakeListener(), FakeTrigger()
+    listener.trigger = trigger  # type: ignore[attr-defined]
+    channel = Channel(None)  # its request read from the socket, not parsed yet: looks idle
+    socket_map: Dict[int, object] = {3: listener, 7: channel}
+    result: List[int] = []
+    thread = threading.Thread(
+        target=lambda: result.append(standalone._waitress_quiesce(socket_map, timeout=10.0))
+    )
+    thread.start()
+    channel.requests.append("parsed")  # the main loop finishes that read before it counts
+    trigger.next_round()  # busy
+    channel.requests.clear()  # answered
+    trigger.next_round()  # idle once
+    socket_map[8] = late = Channel(None)  # accepted in the round before accepting stopped
+    late.creation_time = time.time()
+    trigger.next_round()  # busy again: just accepted
+    late.creation_time -= 60.0  # its client sent nothing: idle
+    trigger.next_round()
+    trigger.next_round()  # idle twice in a row
+    thread.join(5)
+    assert result == [0] and not thread.is_alive()
+
+
+def test_quiesce_counts_from_its_own_thread_when_the_main_loop_does_not_run_the_count() -> None:
+    listener, trigger = FakeListener(), FakeTrigger()  # a trigger nobody runs
+    listener.trigger = trigger  # type: ignore[attr-defined]
+    busy = Channel(None)
+    busy.requests = ["in the app"]
+    assert standalone._waitress_quiesce({3: listener, 7: busy}, timeout=0.0) == 1
+    assert len(trigger.thunks) == 1  # asked, then counted without waiting past the deadline
 
 
 def _restart_with(socket_map: object, drain_timeout: float) -> Tuple[ExitAction, threading.Event]:

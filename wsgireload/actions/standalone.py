@@ -49,22 +49,57 @@ def _waitress_map(environ: Mapping[str, Any]) -> Optional[Any]:
 
 def _waitress_quiesce(socket_map: Any, timeout: float) -> int:
     """Stop waitress accepting (new connections wait in the kernel's backlog) and wait until
-    every connection is idle or closed; how many were still busy after ``timeout`` seconds."""
+    every connection is idle or closed; how many were still busy after ``timeout`` seconds.
+
+    The connections are counted by waitress's main loop, between two of its handlers: counted
+    from another thread, a request the loop has read from its socket but not parsed yet looks
+    idle, and its response lost its body in a loaded re-exec. Idle twice in a row, so that a
+    connection the loop accepted in its round before it stopped accepting is seen (as just
+    accepted) by the second count.
+    """
+    trigger = None
     for dispatcher in list(socket_map.values()):
         if hasattr(dispatcher, "accept_connections"):  # a listener (one per --listen)
             dispatcher.accepting = False
             pull = getattr(dispatcher, "pull_trigger", None)
             if pull is not None:
                 pull()  # wake the main loop so it stops polling the listener now
+            trigger = getattr(dispatcher, "trigger", None) or trigger
     deadline = time.monotonic() + timeout
+    idle = 0
     while True:
-        busy = sum(
-            1 for dispatcher in list(socket_map.values())
-            if hasattr(dispatcher, "requests") and _waitress_busy(dispatcher)
-        )
-        if busy == 0 or time.monotonic() >= deadline:
+        busy = _count_in_main_loop(trigger, socket_map, deadline - time.monotonic())
+        idle = idle + 1 if busy == 0 else 0
+        if idle == 2 or time.monotonic() >= deadline:
             return busy
         time.sleep(0.005)
+
+
+def _count_busy(socket_map: Any) -> int:
+    return sum(
+        1 for dispatcher in list(socket_map.values())
+        if hasattr(dispatcher, "requests") and _waitress_busy(dispatcher)
+    )
+
+
+def _count_in_main_loop(trigger: Any, socket_map: Any, timeout: float) -> int:
+    """``_count_busy`` run as a thunk of waitress's trigger, in its main loop; from this thread
+    if there is no trigger or the loop does not run it within ``timeout`` (at most 1 s)."""
+    if trigger is None or not hasattr(trigger, "pull_trigger"):
+        return _count_busy(socket_map)
+    counted: List[int] = []
+    done = threading.Event()
+
+    def count() -> None:
+        try:
+            counted.append(_count_busy(socket_map))
+        finally:
+            done.set()
+
+    trigger.pull_trigger(count)
+    if done.wait(min(max(timeout, 0.0), 1.0)) and counted:
+        return counted[0]
+    return _count_busy(socket_map)
 
 
 _JUST_ACCEPTED = 0.1  # seconds: a connection this young may have its request on the wire
