@@ -12,14 +12,21 @@ from .harness import Server
 
 
 @pytest.fixture
-def watchers() -> Iterator[List["subprocess.Popen[str]"]]:
-    """Append started `wsgireload watch` processes; they are killed and reaped afterwards."""
+def watchers(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[List["subprocess.Popen[str]"]]:
+    """Append started `wsgireload watch` processes; they are killed and reaped afterwards, and
+    what they wrote to ``tmp_path/*.out`` is printed if the test failed."""
     started: List["subprocess.Popen[str]"] = []
     yield started
     for proc in started:
         if proc.poll() is None:
             proc.kill()
         proc.wait(timeout=10)
+    rep = getattr(request.node, "rep_call", None)
+    if rep is not None and rep.failed:
+        for out in sorted(tmp_path.glob("*.out")):
+            print(f"\n----- watcher output {out} -----\n{out.read_text(errors='replace')}")
 
 
 @pytest.fixture

@@ -87,7 +87,7 @@ def test_pidfile_watcher_reloads_gunicorn_once_per_change_set(
 
     # Ctrl-C: a clean exit.
     watcher.send_signal(2)
-    assert watcher.wait(timeout=15) == 0
+    assert watcher.wait(timeout=15) == 0, out_path.read_text()
     assert "stopped" in out_path.read_text() and "Traceback" not in out_path.read_text()
 
 
