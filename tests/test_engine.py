@@ -14,13 +14,15 @@ from typing import List, Optional
 
 import pytest
 
+from wsgireload import _record
 from wsgireload._options import Options
 from wsgireload._record import Record, Share
 from wsgireload.actions import Action
 from wsgireload.engine import Engine
 from wsgireload.policy import ChangeSet
 
-from .conftest import Alive, FakeClock, edit
+from .conftest import edit
+from .fakes import FakeSystem
 
 
 class Recording(Action):
@@ -41,7 +43,7 @@ class Recording(Action):
 class Worker:
     """One simulated worker: an engine over the watched file, joined to the shared record."""
 
-    def __init__(self, record: Record, pid: int, watched: Path, wall: FakeClock, alive: Alive,
+    def __init__(self, record: Record, pid: int, watched: Path, system: FakeSystem,
                  per_process: bool, born: Optional[float] = None) -> None:
         # compile only: these tests count the engine's lines (the boot check has its own tests)
         options = Options.build("test", extra_files=[str(watched.parent / "*.py")],
@@ -50,8 +52,8 @@ class Worker:
         self.engine = Engine(options, self.action)
         self.engine.pid = os.getpid()  # setup ran: the share below stands for joining
         self.engine._joined = True
-        share = Share(record, pid, f"st{pid}", born=wall.now - 100 if born is None else born,
-                      lease=5.0, wall=wall, alive=alive)
+        share = Share(record, pid, f"st{pid}", born=system.now - 100 if born is None else born,
+                      lease=5.0, system=system)
         share.join()
         self.engine.share = share
 
@@ -66,12 +68,11 @@ class Worker:
 class World:
     watched: Path
     record: Record
-    wall: FakeClock
-    alive: Alive
+    system: FakeSystem
 
     def workers(self, per_process: bool, count: int = 3) -> List[Worker]:
         return [
-            Worker(self.record, pid, self.watched, self.wall, self.alive, per_process)
+            Worker(self.record, pid, self.watched, self.system, per_process)
             for pid in range(1, count + 1)
         ]
 
@@ -83,7 +84,10 @@ def world(tmp_path: Path) -> World:
     rundir = tmp_path / "run"
     rundir.mkdir(mode=0o700)
     record = Record(str(rundir / "gunicorn-42-7.master.json"))
-    return World(watched, record, FakeClock(1_000_000.0), Alive(1, 2, 3))
+    system = FakeSystem(now=1_000_000.0)
+    for pid in (1, 2, 3):
+        system.add(pid, start=None)
+    return World(watched, record, system)
 
 
 def tick(team: List[Worker], *times: float) -> None:
@@ -119,14 +123,14 @@ def test_a_per_master_action_runs_once_and_one_line_is_logged(
 def test_a_per_process_action_runs_once_in_every_worker_born_before_it(
     world: World, caplog: pytest.LogCaptureFixture
 ) -> None:
-    watched, record, wall, alive = world.watched, world.record, world.wall, world.alive
+    watched, record, system = world.watched, world.record, world.system
     caplog.set_level(logging.DEBUG, logger="wsgireload")
     team = deploy(world, True, "X = 2\n")
     assert [len(w.action.calls) for w in team] == [1, 1, 1]
     assert len([r for r in caplog.records if r.levelno == logging.INFO]) == 1
     (line,) = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
     assert "every other worker of master" in line
-    newborn = Worker(record, 4, watched, wall, alive, per_process=True, born=wall.now + 1)
+    newborn = Worker(record, 4, watched, system, per_process=True, born=system.now + 1)
     for now in (5.0, 6.0):
         newborn.tick(now)
     assert newborn.action.calls == []  # forked after the decision: it runs the new code
@@ -150,13 +154,13 @@ def test_a_broken_deploy_is_validated_and_refused_once_per_master(
 
 
 def test_a_new_scanner_does_not_decide_again_what_was_decided(world: World) -> None:
-    watched, record, alive = world.watched, world.record, world.alive
+    watched, record, system = world.watched, world.record, world.system
     team = world.workers(per_process=False)
     tick(team, 1.0)
     edit(watched, "X = 2\n")
     team[0].tick(2.0)  # the scanner decides; the followers never scanned
     assert len(team[0].action.calls) == 1
-    alive.pids.discard(1)  # the scanner exits (replaced by the reload)
+    del system.procs[1]  # the scanner exits (replaced by the reload)
     record.update(lambda data: {**data, "lease": {**data["lease"], "expires": 0}})
     tick(team[1:], 3.0, 4.0, 5.0)
     assert record.read()["lease"]["pid"] == 2
@@ -195,7 +199,7 @@ def test_a_worker_that_takes_over_from_a_restarted_scanner_logs_its_own_restart_
     edit(world.watched, "X = 2\n")
     caplog.set_level(logging.DEBUG, logger="wsgireload")
     team[0].tick(2.0)  # decides and restarts itself...
-    world.alive.pids.discard(1)  # ...and is gone: the next follower takes the lease over
+    del world.system.procs[1]  # ...and is gone: the next follower takes the lease over
     tick(team[1:], 3.0, 4.0)
     assert [len(w.action.calls) for w in team] == [1, 1, 1]
     assert len([r for r in caplog.records if r.levelno == logging.INFO]) == 1
@@ -214,7 +218,7 @@ def test_a_long_lived_follower_taking_over_does_not_decide_old_deploys_again(
     edit(other, "Y = 2\n")
     tick(team, 3.0)  # generation 2: other.py
     assert [len(w.action.calls) for w in team] == [2, 2, 2]
-    world.alive.pids.discard(1)
+    del world.system.procs[1]
     world.record.update(lambda data: {**data, "lease": {**data["lease"], "expires": 0}})
     tick(team[1:], 4.0, 5.0, 6.0)
     assert [len(w.action.calls) for w in team] == [2, 2, 2]
@@ -246,19 +250,18 @@ def test_followers_of_a_per_master_action_wake_rarely(
 
 
 def test_with_no_writable_place_for_the_record_a_worker_scans_and_acts_alone(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     watched = tmp_path / "mod.py"
     watched.write_text("X = 1\n")
     blocker = tmp_path / "read-only"
     blocker.write_text("")  # a file where the runtime directory would go
+    monkeypatch.setattr(_record, "default_runtime_dir", lambda: str(blocker / "run"))
     action = Recording(per_process=False)
     options = Options.build(
         "test", extra_files=[str(watched)], modules=False, settle=0, settle_max=0
     )
-    engine = Engine(
-        options, action, master=("gunicorn", os.getppid()), runtime_dir=str(blocker / "run")
-    )
+    engine = Engine(options, action, master=("gunicorn", os.getppid()))
     assert engine.step(1.0) is None and engine.share is None
     edit(watched, "X = 2\n")
     changes = engine.step(2.0)
@@ -267,11 +270,17 @@ def test_with_no_writable_place_for_the_record_a_worker_scans_and_acts_alone(
 
 class FallsBack(Recording):
     """A per-master action that finds the master out of reach when it acts (EPERM on the
-    HUP) and falls back to restarting each worker."""
+    HUP), falls back to restarting each worker and says so to the engine."""
+
+    def __init__(self, engine: Engine) -> None:
+        super().__init__(per_process=False)
+        self.engine = engine
 
     def __call__(self, changes: ChangeSet) -> None:
         super().__call__(changes)
-        self._per_process = True
+        if not self._per_process:
+            self._per_process = True
+            self.engine.siblings.restart_each_worker()
 
 
 def test_an_action_that_falls_back_to_per_process_while_acting_reaches_every_worker(
@@ -279,7 +288,7 @@ def test_an_action_that_falls_back_to_per_process_while_acting_reaches_every_wor
 ) -> None:
     team = world.workers(per_process=False)
     for worker in team:
-        worker.action = FallsBack(per_process=False)
+        worker.action = FallsBack(worker.engine)
         worker.engine.action = worker.action
     tick(team, 1.0)
     edit(world.watched, "X = 2\n")

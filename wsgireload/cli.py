@@ -315,10 +315,11 @@ def _proc_cwd(pid: int) -> Optional[str]:
 
 # -- status --------------------------------------------------------------------------------
 def master_status(data: Dict[str, Any], now: float) -> Dict[str, Any]:
-    """What ``status`` shows of one master's record (``now``: ``time.time()``)."""
-    workers = _record._dict(data, "workers")
-    lease = _record._dict(data, "lease")
-    deploy: Optional[Dict[str, Any]] = _record._dict(data, "generation") or None
+    """What ``status`` shows of one master's record (``now``: ``time.monotonic()``, the
+    record's clock)."""
+    workers = _record.section(data, "workers")
+    lease = _record.section(data, "lease")
+    deploy: Optional[Dict[str, Any]] = _record.section(data, "generation") or None
     if deploy is not None:
         at = float(deploy.get("at", 0.0))
         replaced = len(
@@ -326,7 +327,7 @@ def master_status(data: Dict[str, Any], now: float) -> Dict[str, Any]:
         )
         deploy = {"at": at, "files": deploy.get("files", []), "action": deploy.get("action", ""),
                   "workers_replaced": replaced}
-    refusal: Optional[Dict[str, Any]] = _record._dict(data, "last_refusal") or None
+    refusal: Optional[Dict[str, Any]] = _record.section(data, "last_refusal") or None
     if refusal is not None:
         refusal = {"at": refusal.get("at"), "files": refusal.get("files", []),
                    "error": refusal.get("error", ""), "where": refusal.get("where", "")}
@@ -348,11 +349,13 @@ def master_status(data: Dict[str, Any], now: float) -> Dict[str, Any]:
 
 
 def _when(at: Any) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(at))) if at else "?"
+    """A ``time.monotonic()`` of the record as local wall-clock time."""
+    wall = time.time() - (time.monotonic() - float(at)) if at else None
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(wall)) if wall else "?"
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    now = time.time()
+    now = time.monotonic()
     masters = [master_status(data, now) for data in _record.read_all(args.runtime_dir)]
     if args.json:
         print(json.dumps(masters, indent=2))

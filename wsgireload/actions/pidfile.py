@@ -11,10 +11,10 @@ import signal as _signal
 import subprocess
 from typing import Callable, Optional, Sequence, Tuple
 
+from .._system import read_process
 from ..errors import ConfigurationError
 from ..policy import ChangeSet
-from . import _process
-from .base import Action
+from ..servers.base import Action, matching_name, signal_denied
 
 log = logging.getLogger("wsgireload")
 
@@ -40,7 +40,7 @@ class PidfileAction(Action):
 
     Checks, each time: the pidfile holds a pid (1 included: a container's server) that is
     neither this process nor its parent; the process is alive and ours (same uid, or we are
-    root); its program is one of ``expect`` (``_process.program_name``: never a word among
+    root); its program is one of ``expect`` (``servers.base.program_name``: never a word among
     its arguments); it started before the pidfile was written (else the pid was recycled
     after the server died); and, for a pid seen before, its start time is unchanged.
 
@@ -94,18 +94,18 @@ class PidfileAction(Action):
         except PermissionError:
             return None, f"pid {pid} from {self.pidfile} belongs to another user"
         have_proc = os.path.isfile(os.path.join(self.proc_root, "stat"))
-        info = _process.read_process(pid, self.proc_root) if have_proc else None
+        info = read_process(pid, self.proc_root) if have_proc else None
         if have_proc:
             if info is None:
                 return None, f"pid {pid} vanished while being checked"
-            if _process.signal_denied(info) is not None:
+            if signal_denied(info) is not None:
                 return None, (
                     f"pid {pid} runs as uid {info.uid}, not as this watcher ({os.getuid()})"
                 )
         argv = info.argv if info is not None else self._ps_argv(pid)
         if not argv:
             return None, f"cannot read the command line of pid {pid}"
-        matched = _process.matching_name(argv, self.expect)
+        matched = matching_name(argv, self.expect)
         if matched is None:
             shown = " ".join(argv)[:80]
             names = " or ".join(self.expect)

@@ -1,27 +1,60 @@
-"""``action="auto"``: pick the server's own graceful reload, and stay safe where there is none."""
+"""The servers wsgireload knows, one module each, and ``action="auto"`` picking among them.
+
+A server module holds everything about its server: ``serves(environ)`` (recognising it from a
+request's environ), ``master_of(environ)`` (the master whose workers share one record),
+``auto_action()``, and where they apply ``boot_targets()``, ``threads_available(environ)``,
+``early_environ()`` and ``before_workers(hook)`` (starting before the first request). A
+server that is none of them is "standalone": no master to reload it.
+"""
 
 from __future__ import annotations
 
 import logging
-import sys
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
+from ..boot import Target
 from ..policy import ChangeSet
+from . import gunicorn, mod_wsgi, uwsgi
 from .base import Action, ProcessContext
-from .gunicorn import GunicornAction
+from .standalone import StandaloneAction
 
 log = logging.getLogger("wsgireload")
 
+Environ = Mapping[str, Any]
 
-def detect_server(environ: Mapping[str, Any]) -> str:
+# In the order they are recognised: the keys of uWSGI and mod_wsgi are their own, while
+# gunicorn is also recognised by its worker module, which an embedding app may have loaded.
+SERVERS = (uwsgi, mod_wsgi, gunicorn)
+
+
+def detect_server(environ: Environ) -> str:
     """Name the server from keys only the server sets (clients only reach ``HTTP_*`` keys)."""
-    if "uwsgi.version" in environ:
-        return "uwsgi"
-    if "mod_wsgi.process_group" in environ:
-        return "mod_wsgi"
-    if "gunicorn.socket" in environ or "gunicorn.workers.base" in sys.modules:
-        return "gunicorn"
-    return "standalone"
+    return next((server.NAME for server in SERVERS if server.serves(environ)), "standalone")
+
+
+def master_of(environ: Environ) -> Optional[Tuple[str, int]]:
+    """(record name, master pid) of a preforking server this process is a worker of, or None."""
+    return next((found for server in SERVERS if (found := server.master_of(environ))), None)
+
+
+def boot_targets() -> List[Target]:
+    """The app as the server's own options name it (uWSGI's, gunicorn's app URI), if any."""
+    return uwsgi.boot_targets() or gunicorn.boot_targets()
+
+
+def threads_available(environ: Environ) -> bool:
+    return uwsgi.threads_available(environ)
+
+
+def start_early(start: Callable[[Dict[str, Any]], None], after_fork: Callable[[], None]) -> bool:
+    """Call ``start`` with the server's keys if this process is a serving worker already, or
+    have ``after_fork`` called in each worker a uWSGI master forks; False: neither (wait for
+    the first request)."""
+    environ = uwsgi.early_environ() or gunicorn.early_environ()
+    if environ is not None:
+        start(environ)
+        return True
+    return uwsgi.before_workers(after_fork)
 
 
 class AutoAction(Action):
@@ -41,14 +74,8 @@ class AutoAction(Action):
 
     def choose(self, server: str, context: ProcessContext) -> Optional[Action]:
         """The action for ``server``; None means warn and do nothing."""
-        from . import REGISTRY
-
-        if server == "gunicorn":
-            # A master out of this worker's reach (gunicorn --user) still gets new code: each
-            # worker restarts itself instead.
-            return GunicornAction(restart_fallback=True)
-        factory = REGISTRY.get(server)
-        return factory() if factory is not None else None
+        found = next((module for module in SERVERS if module.NAME == server), None)
+        return found.auto_action() if found is not None else StandaloneAction()
 
     @property
     def requires_drain(self) -> bool:  # type: ignore[override]

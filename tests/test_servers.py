@@ -1,4 +1,4 @@
-"""action="auto": each server's own action, chosen from what only the server sets."""
+"""The servers: which one this is, its master, and action="auto" choosing its action."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from wsgireload.actions import (
     resolve,
 )
 from wsgireload.policy import ChangeSet
+from wsgireload.servers import master_of
 
 GUNICORN_ENV = {"gunicorn.socket": object(), "SERVER_SOFTWARE": "gunicorn/27.0.1"}
 
@@ -73,3 +74,16 @@ def test_auto_picks_the_warning_standalone_action_elsewhere(
     auto.setup(ProcessContext(5000, 5000, {"SERVER_SOFTWARE": "waitress"}))
     assert isinstance(auto.delegate, StandaloneAction)
     assert not auto.requires_drain
+
+
+def test_master_of_names_the_server_a_worker_belongs_to() -> None:
+    from wsgireload._system import SYSTEM
+
+    parent = SYSTEM.parent_at_start()
+    assert master_of({"gunicorn.socket": None}) == ("gunicorn", parent)
+    # mod_wsgi daemon mode: the processes of one group share the record of Apache's parent;
+    # two groups (two apps) never share one, and a group name makes a safe file name.
+    assert master_of({"mod_wsgi.process_group": "app"}) == ("mod_wsgi.app", parent)
+    assert master_of({"mod_wsgi.process_group": "a/b c"})[0] == "mod_wsgi.a_b_c"  # type: ignore[index]
+    assert master_of({"mod_wsgi.process_group": ""}) is None  # embedded mode
+    assert master_of({"wsgi.version": (1, 0)}) is None  # waitress, a script
