@@ -197,9 +197,9 @@ def test_gunicorn_app_uri_of_an_async_worker_is_looked_up(monkeypatch: pytest.Mo
     base = pytest.importorskip("gunicorn.app.base")
     application = object.__new__(base.BaseApplication)
     application.app_uri = "async.wsgi:app"  # type: ignore[attr-defined]
-    monkeypatch.setattr("wsgireload.servers.gunicorn.gc.get_objects", lambda: [object(), application])
+    monkeypatch.setattr("gc.get_objects", lambda: [object(), application])
     assert gunicorn_app_uri() == "async.wsgi:app"
-    monkeypatch.setattr("wsgireload.servers.gunicorn.gc.get_objects", lambda: [object()])
+    monkeypatch.setattr("gc.get_objects", lambda: [object()])
     assert gunicorn_app_uri() is None
 
 
