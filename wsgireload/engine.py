@@ -84,6 +84,7 @@ class Engine:
         self.share: Optional[_record.Share] = None
         self._master: Optional[Master] = None  # whose record to join at the first step
         self._joined = False
+        self._stepped = False  # a step ran in this process
         self.alone = "no record: this process is not a worker of a known master"  # (why)
         self._decided: Optional[ChangeSet] = None  # the last change set this process decided
         self._stepping = threading.Lock()  # per process: a fork may copy it held
@@ -139,8 +140,8 @@ class Engine:
         a quarter of what the Django example's scanner does). A scanner that exits is
         replaced by the master, and the new worker takes the lease at its first step."""
         share = self.share
-        if share is None or share.scanning or self.action.per_process:
-            return interval
+        if share is None or share.scanning or self.action.per_process or not self._stepped:
+            return interval  # (a record joined at setup: its first step decides who scans)
         return max(interval, FOLLOW_EVERY)
 
     # -- one step ------------------------------------------------------------------------
@@ -170,6 +171,7 @@ class Engine:
         return self.share
 
     def _step(self, now: float, decide: bool) -> Optional[ChangeSet]:
+        self._stepped = True
         share = self.joined()
         if share is not None:
             scanning = self._shared(share.turn)
