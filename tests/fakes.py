@@ -3,10 +3,11 @@ engine shows them to an action (``FakeSiblings``), and of uWSGI's ``uwsgi`` modu
 
 from __future__ import annotations
 
+import os
 import types
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
-from wsgireload._system import ProcessInfo, System, read_process
+from wsgireload._system import PROC_ROOT, ProcessInfo, System, read_process
 from wsgireload.servers.base import Siblings
 
 
@@ -81,6 +82,22 @@ class FakeSystem(System):
         other = _Process(self)
         other.pid, other.start = pid, start
         return other  # type: ignore[return-value]
+
+
+class SignalRecorder(System):
+    """This machine (or a crafted /proc tree at ``proc_root``), with signals recorded, not
+    sent; signal 0 (the liveness probe) is asked for real unless ``everyone_exists``."""
+
+    def __init__(self, proc_root: str = PROC_ROOT, everyone_exists: bool = False) -> None:
+        super().__init__(proc_root)
+        self.everyone_exists = everyone_exists
+        self.sent: List[Tuple[int, int]] = []
+
+    def kill(self, pid: int, sig: int) -> None:
+        if sig != 0:
+            self.sent.append((pid, sig))
+        elif not self.everyone_exists:
+            os.kill(pid, 0)
 
 
 class _Process:

@@ -357,13 +357,9 @@ def module() -> Any:
 
 def master_of(environ: Mapping[str, Any], system: System = SYSTEM) -> Optional[Tuple[str, int]]:
     """(record name, master pid) from ``uwsgi.masterpid()``; None without a master."""
-    if not serves(environ):
-        return None
     try:
-        import uwsgi  # type: ignore[import-not-found,import-untyped,unused-ignore]
-
-        pid = int(uwsgi.masterpid())
-    except Exception:
+        pid = int(module().masterpid()) if serves(environ) else 0
+    except Exception:  # no uwsgi module (a test), or an odd one
         return None
     return (NAME, pid) if pid > 0 and pid != system.getpid() else None
 
@@ -397,11 +393,9 @@ def threads_available(environ: Mapping[str, Any]) -> bool:
     if version is None:
         return True
     try:
-        import uwsgi  # type: ignore[import-not-found,import-untyped,unused-ignore]
-
-        if uwsgi.opt.get("enable-threads") or uwsgi.opt.get("threads"):
+        if module().opt.get("enable-threads") or module().opt.get("threads"):
             return True
-    except Exception:
+    except Exception:  # no uwsgi module: the version decides
         pass
     try:
         if isinstance(version, bytes):
