@@ -1,11 +1,16 @@
-"""The one fake of the operating system (``FakeSystem``), of a master's other workers as the
-engine shows them to an action (``FakeSiblings``), and of uWSGI's ``uwsgi`` module."""
+"""The one fake of the operating system (``FakeSystem``, ``SignalRecorder``), of a master's
+other workers as the engine shows them to an action (``FakeSiblings``), of uWSGI's ``uwsgi``
+module (``FakeUwsgi``, the ``fake_uwsgi`` fixture), and a watched file with a trivial app."""
 
 from __future__ import annotations
 
 import os
+import sys
 import types
+from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple
+
+import pytest
 
 from wsgireload._system import PROC_ROOT, ProcessInfo, System, read_process
 from wsgireload.servers.base import Siblings
@@ -169,3 +174,21 @@ class FakeUwsgi(types.ModuleType):
     def reload(self) -> bool:
         self.reloads += 1
         return True
+
+
+def install_uwsgi(monkeypatch: pytest.MonkeyPatch, **kw: Any) -> FakeUwsgi:
+    """A FakeUwsgi as ``sys.modules["uwsgi"]``, as inside uWSGI (a test's ``fake_uwsgi``)."""
+    fake = FakeUwsgi(**kw)
+    monkeypatch.setitem(sys.modules, "uwsgi", fake)
+    return fake
+
+
+def ok_app(env: Any, start_response: Any) -> List[bytes]:
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"ok"]
+
+
+def watched_file(tmp_path: Path) -> Path:
+    path = tmp_path / "watched.cfg"
+    path.write_text("v1")
+    return path

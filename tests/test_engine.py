@@ -39,7 +39,12 @@ from .conftest import (
     run_in_child,
     serve,
 )
-from .fakes import FakeSystem
+from .fakes import FakeSystem, ok_app, watched_file
+
+
+@pytest.fixture
+def watched(tmp_path: Path) -> Path:
+    return watched_file(tmp_path)
 
 
 class Recording(Action):
@@ -319,18 +324,6 @@ def test_an_action_that_falls_back_to_per_process_while_acting_reaches_every_wor
 
 # -- process faults ---------------------------------------------------------------------------
 REPO = str(Path(__file__).resolve().parents[1])
-
-
-def ok_app(env: Any, start_response: Any) -> List[bytes]:
-    start_response("200 OK", [("Content-Type", "text/plain")])
-    return [b"ok"]
-
-
-@pytest.fixture
-def watched(tmp_path: Path) -> Path:
-    path = tmp_path / "watched.cfg"
-    path.write_text("v1")
-    return path
 
 
 def test_fork_after_the_watcher_started(watched: Path) -> None:

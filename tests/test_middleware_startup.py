@@ -3,8 +3,8 @@ worker (gunicorn without --preload, uWSGI), from a context that needs no environ
 
 from __future__ import annotations
 
+import functools
 import os
-import sys
 import threading
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List
@@ -19,9 +19,14 @@ from wsgireload.actions import Action, ProcessContext
 from wsgireload.policy import ChangeSet
 
 from .conftest import FakeClock
-from .fakes import FakeUwsgi
+from .fakes import FakeUwsgi, install_uwsgi
 
 HOUR = 3600.0  # an interval no test waits for: the watcher thread never ticks
+
+
+@pytest.fixture
+def fake_uwsgi(monkeypatch: pytest.MonkeyPatch) -> Callable[..., FakeUwsgi]:
+    return functools.partial(install_uwsgi, monkeypatch)
 
 
 def hello(environ: Dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
@@ -50,16 +55,6 @@ def reloaders() -> Iterable[List[Reloader]]:
     yield made
     for reloader in made:
         reloader.close()
-
-
-@pytest.fixture
-def fake_uwsgi(monkeypatch: pytest.MonkeyPatch) -> Callable[..., FakeUwsgi]:
-    def install(**kw: Any) -> FakeUwsgi:
-        fake = FakeUwsgi(**kw)
-        monkeypatch.setitem(sys.modules, "uwsgi", fake)
-        return fake
-
-    return install
 
 
 def make(reloaders: List[Reloader], tmp_path: Path, **kw: Any) -> Reloader:

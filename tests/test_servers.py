@@ -28,8 +28,14 @@ from wsgireload.policy import ChangeSet
 from wsgireload.servers import master_of
 
 from .conftest import environ, force_due, make_reloader, serve
+from .fakes import ok_app, watched_file
 
 GUNICORN_ENV = {"gunicorn.socket": object(), "SERVER_SOFTWARE": "gunicorn/27.0.1"}
+
+
+@pytest.fixture
+def watched(tmp_path: Path) -> Path:
+    return watched_file(tmp_path)
 
 
 def context(environ: Optional[Dict[str, Any]] = None) -> ProcessContext:
@@ -99,18 +105,6 @@ def test_master_of_names_the_server_a_worker_belongs_to() -> None:
 
 # -- no known master: nobody is signalled --------------------------------------------------
 REPO = str(Path(__file__).resolve().parents[1])
-
-
-def ok_app(env: Any, start_response: Any) -> List[bytes]:
-    start_response("200 OK", [("Content-Type", "text/plain")])
-    return [b"ok"]
-
-
-@pytest.fixture
-def watched(tmp_path: Path) -> Path:
-    path = tmp_path / "watched.cfg"
-    path.write_text("v1")
-    return path
 
 
 KILL_FUNCS = ("kill", "killpg")

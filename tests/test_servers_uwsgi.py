@@ -7,6 +7,7 @@ Real servers prove the reloads themselves (tests/servers/test_uwsgi.py).
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import os
 import sys
@@ -22,11 +23,16 @@ from wsgireload.servers.base import ProcessContext, Siblings
 from wsgireload.servers.uwsgi import UwsgiAction, UwsgiOptions, first_fifo
 
 from .conftest import ProcTree
-from .fakes import FakeSiblings, FakeSystem, FakeUwsgi
+from .fakes import FakeSiblings, FakeSystem, FakeUwsgi, install_uwsgi
 
 MASTER = 4100
 WORKER = 4101
 UWSGI_ENVIRON = {"uwsgi.version": b"2.0.31"}
+
+
+@pytest.fixture
+def fake_uwsgi(monkeypatch: pytest.MonkeyPatch) -> Callable[..., FakeUwsgi]:
+    return functools.partial(install_uwsgi, monkeypatch)
 
 
 def changes(fingerprint: str = "fp1", *files: str) -> ChangeSet:
@@ -460,16 +466,6 @@ def test_uwsgi_action_never_imports_uwsgi_at_construction() -> None:
 
 
 # -- a worker (or a master about to fork them): the watcher starts before any request ----------
-@pytest.fixture
-def fake_uwsgi(monkeypatch: pytest.MonkeyPatch) -> Callable[..., FakeUwsgi]:
-    def install(**kw: Any) -> FakeUwsgi:
-        fake = FakeUwsgi(**kw)
-        monkeypatch.setitem(sys.modules, "uwsgi", fake)
-        return fake
-
-    return install
-
-
 def test_uwsgi_worker_master_and_others(fake_uwsgi: Callable[..., FakeUwsgi]) -> None:
     me, hooked = os.getpid(), []
     fake_uwsgi(worker=2, master=me + 1)
