@@ -302,7 +302,7 @@ class FallsBack(Recording):
         super().__call__(changes)
         if not self._per_process:
             self._per_process = True
-            self.engine.siblings.restart_each_worker()
+            self.engine.restart_each_worker()
 
 
 def test_an_action_that_falls_back_to_per_process_while_acting_reaches_every_worker(

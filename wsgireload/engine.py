@@ -35,8 +35,9 @@ EventHook = Callable[[str, Any], None]
 Master = Tuple[str, int]  # (server, master pid)
 
 
-class Engine:
-    """One process's watcher: ``step(now)`` returns a change set to act on, or None.
+class Engine(Siblings):
+    """One process's watcher: ``step(now)`` returns a change set to act on, or None. It is
+    also its action's view of the master's other workers (``ProcessContext.siblings``).
 
     :param options: what to watch and when to act.
     :param action: how to reload (``setup`` runs once per process, from ``setup``).
@@ -73,7 +74,6 @@ class Engine:
         self.master = master
         self.on_event = on_event
         self.on_fork: Optional[Callable[[], None]] = None  # the owner's own per-process reset
-        self.siblings = _Siblings(self)  # what the action may know of the master's workers
         self._next_failure_log = 0.0
         self._reset()
         _engines.add(self)
@@ -106,7 +106,7 @@ class Engine:
         except Exception as exc:
             self.log_failure(exc)
         try:
-            self.action.setup(ProcessContext(self.pid, self.created_pid, environ, self.siblings))
+            self.action.setup(ProcessContext(self.pid, self.created_pid, environ, self))
         except Exception as exc:
             self.log_failure(exc)
         if isinstance(self.detector, EventDetector):
@@ -285,6 +285,30 @@ class Engine:
             note = f" (and so does every other worker of master {master})"
         return run_action(self.action, changes, logging.INFO, note)
 
+    # -- what the action may know of the master's other workers (Siblings) ---------------
+    @property
+    def coordinated(self) -> bool:  # type: ignore[override]
+        return self.joined() is not None
+
+    def why_alone(self) -> str:
+        return self.alone
+
+    def last_reload(self) -> Dict[str, Any]:
+        share = self.joined()
+        return share.last_reload() if share is not None else {}
+
+    def reloading(self, chain: bool = False) -> None:
+        share = self.joined()
+        if share is not None:
+            share.note_reload(chain)
+
+    def first_to_log(self, name: str) -> bool:
+        share = self.joined()
+        try:
+            return share is None or share.first_to_log(name)
+        except OSError:
+            return True  # better a repeated line than a lost one
+
     def restart_each_worker(self) -> None:
         """The action fell back to restarting this worker (the master refused its signal):
         decide the change set again, as per process, so that every other worker restarts
@@ -317,46 +341,6 @@ class Engine:
             share.leave()
         if isinstance(self.detector, EventDetector):
             self.detector.stop()
-
-
-class _Siblings(Siblings):
-    """The master's other workers as the engine's record shows them to its action."""
-
-    def __init__(self, engine: Engine) -> None:
-        self.engine = weakref.ref(engine)
-
-    def _share(self) -> Optional[_record.Share]:
-        engine = self.engine()
-        return engine.joined() if engine is not None else None
-
-    @property
-    def coordinated(self) -> bool:  # type: ignore[override]
-        return self._share() is not None
-
-    def why_alone(self) -> str:
-        engine = self.engine()
-        return engine.alone if engine is not None else "the watcher was dropped"
-
-    def last_reload(self) -> Dict[str, Any]:
-        share = self._share()
-        return share.last_reload() if share is not None else {}
-
-    def reloading(self, chain: bool = False) -> None:
-        share = self._share()
-        if share is not None:
-            share.note_reload(chain)
-
-    def first_to_log(self, name: str) -> bool:
-        share = self._share()
-        try:
-            return share is None or share.first_to_log(name)
-        except OSError:
-            return True  # better a repeated line than a lost one
-
-    def restart_each_worker(self) -> None:
-        engine = self.engine()
-        if engine is not None:
-            engine.restart_each_worker()
 
 
 def _same(recorded: Any, identity: Optional[Identity]) -> bool:
