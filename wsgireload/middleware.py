@@ -199,9 +199,9 @@ class Reloader:
             self._early_failed(exc)
 
     def _start_after_fork(self) -> None:
-        """uWSGI's post-fork hook, in each process its master forks (workers only start)."""
+        """The server's post-fork hook, in each process its master forks (workers only start)."""
         try:
-            after_fork_if_missed()  # uWSGI forks without Python's own fork hooks
+            after_fork_if_missed()  # a server may fork without Python's own fork hooks
             if not self._closed:
                 servers.start_early(self._start_process, lambda: None)
         except Exception as exc:

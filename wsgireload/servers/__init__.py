@@ -2,9 +2,10 @@
 
 A server module holds everything about its server: ``serves(environ)`` (recognising it from a
 request's environ), ``master_of(environ)`` (the master whose workers share one record),
-``auto_action()``, and where they apply ``boot_targets()``, ``threads_available(environ)``,
-``early_environ()`` and ``before_workers(hook)`` (starting before the first request). A
-server that is none of them is "standalone": no master to reload it.
+``auto_action()``, ``boot_targets()`` (the app its options name), ``threads_available(environ)``,
+and ``early_environ()`` and ``before_workers(hook)`` (starting before the first request). A
+server that is none of them is "standalone": no master to reload it. Adding a server is adding
+its module to ``SERVERS``.
 """
 
 from __future__ import annotations
@@ -39,22 +40,23 @@ def master_of(environ: Environ) -> Optional[Tuple[str, int]]:
 
 def boot_targets() -> List[Target]:
     """The app as the server's own options name it (uWSGI's, gunicorn's app URI), if any."""
-    return uwsgi.boot_targets() or gunicorn.boot_targets()
+    return next((found for server in SERVERS if (found := server.boot_targets())), [])
 
 
 def threads_available(environ: Environ) -> bool:
-    return uwsgi.threads_available(environ)
+    """Whether Python threads run in this server's workers (else the inline mode)."""
+    return all(server.threads_available(environ) for server in SERVERS)
 
 
 def start_early(start: Callable[[Dict[str, Any]], None], after_fork: Callable[[], None]) -> bool:
     """Call ``start`` with the server's keys if this process is a serving worker already, or
-    have ``after_fork`` called in each worker a uWSGI master forks; False: neither (wait for
-    the first request)."""
-    environ = uwsgi.early_environ() or gunicorn.early_environ()
+    have ``after_fork`` called in each worker a master forks after importing the app; False:
+    neither (wait for the first request)."""
+    environ = next((found for server in SERVERS if (found := server.early_environ())), None)
     if environ is not None:
         start(environ)
         return True
-    return uwsgi.before_workers(after_fork)
+    return any(server.before_workers(after_fork) for server in SERVERS)
 
 
 class AutoAction(Action):

@@ -353,3 +353,11 @@ def early_environ(
                 system.getpid(), system.getppid())
             return {"gunicorn.socket": None} if mine else None
     return None
+
+
+def threads_available(environ: Mapping[str, Any]) -> bool:
+    return True
+
+
+def before_workers(hook: Callable[[], None]) -> bool:
+    return False  # a worker imports the app itself (or, with --preload, cannot reload)

@@ -7,9 +7,10 @@ from __future__ import annotations
 import logging
 import re
 import signal
-from typing import Any, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from .._system import SYSTEM, System
+from ..boot import Target
 from ..policy import ChangeSet
 from .base import Action, ProcessContext
 
@@ -87,3 +88,19 @@ def master_of(environ: Mapping[str, Any], system: System = SYSTEM) -> Optional[T
 
 def auto_action() -> Action:
     return ModWsgiAction()
+
+
+def boot_targets() -> List[Target]:
+    return []  # the script is named in the environ only (the boot check's ``note_environ``)
+
+
+def threads_available(environ: Mapping[str, Any]) -> bool:
+    return True
+
+
+def early_environ() -> Optional[Dict[str, Any]]:
+    return None  # the first request tells the process group
+
+
+def before_workers(hook: Callable[[], None]) -> bool:
+    return False

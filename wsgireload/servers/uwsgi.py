@@ -391,7 +391,7 @@ def threads_available(environ: Mapping[str, Any]) -> bool:
     """uWSGI before 2.0.27 runs no Python threads unless started with --enable-threads."""
     version = environ.get("uwsgi.version")
     if version is None:
-        return True
+        return True  # not uWSGI
     try:
         if module().opt.get("enable-threads") or module().opt.get("threads"):
             return True
