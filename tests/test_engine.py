@@ -290,6 +290,20 @@ def test_with_no_writable_place_for_the_record_a_worker_scans_and_acts_alone(
     assert changes is not None and engine.act(changes) is None and len(action.calls) == 1
 
 
+def test_the_record_is_kept_where_the_action_says(tmp_path: Path) -> None:
+    # GunicornAction(runtime_dir=...): a read-only /tmp (a container) still coordinates.
+    watched = tmp_path / "mod.py"
+    watched.write_text("X = 1\n")
+    action = Recording(per_process=False)
+    action.runtime_dir = str(tmp_path / "run")
+    options = Options.build("test", extra_files=[str(watched)], modules=False)
+    engine = Engine(options, action, master=("gunicorn", os.getppid()))
+    engine.step(1.0)
+    assert engine.coordinated and engine.share is not None
+    assert os.path.dirname(engine.share.record.path) == str(tmp_path / "run")
+    engine.close()
+
+
 class FallsBack(Recording):
     """A per-master action that finds the master out of reach when it acts (EPERM on the
     HUP), falls back to restarting each worker and says so to the engine."""

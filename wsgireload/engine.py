@@ -116,7 +116,7 @@ class Engine(Siblings):
         master = self._master
         if master is None or master[1] != os.getppid():
             return None  # the workers of a master are its children
-        record, self.alone = _record.open_record(master[0], master[1])
+        record, self.alone = _record.open_record(master[0], master[1], self.action.runtime_dir)
         if record is None:
             log.debug("wsgireload: no shared record (%s); this worker scans for itself", self.alone)
             return None

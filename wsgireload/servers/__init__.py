@@ -87,6 +87,10 @@ class AutoAction(Action):
     def per_process(self) -> bool:  # type: ignore[override]
         return bool(self.delegate and self.delegate.per_process)
 
+    @property
+    def runtime_dir(self) -> Optional[str]:  # type: ignore[override]
+        return self.delegate.runtime_dir if self.delegate is not None else None
+
     def __call__(self, changes: ChangeSet) -> None:
         if self.delegate is None:
             log.warning(

@@ -94,6 +94,9 @@ class Action:
     # server's reload lets a response that started before the reload was due finish; a user
     # callback may rely on running after it, and only a close() can tell.
     after_close_only: ClassVar[bool] = False
+    # The private directory of the master's record that the engine shares with the master's
+    # other workers; None: ``$XDG_RUNTIME_DIR/wsgireload``, else ``<tmp>/wsgireload-<uid>``.
+    runtime_dir: Optional[str] = None
 
     def setup(self, context: ProcessContext) -> None:
         """Inspect the process and server once (worker start or first request; Watcher step)."""
@@ -110,8 +113,11 @@ class MasterAction(Action):
     """An action that asks its worker's recorded master to reload (gunicorn, uWSGI): the one
     master check before a signal, and the master's other workers as the engine shows them."""
 
-    def __init__(self, server_names: Sequence[str], system: System) -> None:
+    def __init__(
+        self, server_names: Sequence[str], runtime_dir: Optional[str], system: System
+    ) -> None:
         self.server_names: Tuple[str, ...] = tuple(server_names)
+        self.runtime_dir = runtime_dir
         self.system = system
         self.master: Optional[ProcessInfo] = None
         self.siblings = ALONE

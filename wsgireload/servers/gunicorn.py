@@ -59,6 +59,7 @@ class GunicornAction(MasterAction):
     :param min_interval: seconds between two reloads of one master.
     :param server_names: names one of which the master's program must be.
     :param restart_fallback: restart each worker when the master cannot be signalled.
+    :param runtime_dir: private directory for the master's record.
     :param system: the operating system (tests pass a fake).
     """
 
@@ -74,9 +75,10 @@ class GunicornAction(MasterAction):
         min_interval: float = 3.0,  # seconds
         server_names: Sequence[str] = ("gunicorn",),
         restart_fallback: bool = False,
+        runtime_dir: Optional[str] = None,
         system: System = SYSTEM,
     ) -> None:
-        super().__init__(server_names, system)
+        super().__init__(server_names, runtime_dir, system)
         self.restart_fallback = restart_fallback
         self.min_interval = float(min_interval)
         self.disabled: Optional[str] = None  # why this action does nothing in this process
@@ -242,7 +244,8 @@ class RestartWorkerAction(Action):
     summary = "each worker sends itself SIGTERM after its response; gunicorn replaces it"
     per_process = True
 
-    def __init__(self, *, system: System = SYSTEM) -> None:
+    def __init__(self, *, runtime_dir: Optional[str] = None, system: System = SYSTEM) -> None:
+        self.runtime_dir = runtime_dir  # of the master's record (the --preload ERROR once)
         self.system = system
         self.disabled: Optional[str] = None
 

@@ -134,6 +134,7 @@ class UwsgiAction(MasterAction):
     :param uwsgi_module: the ``uwsgi`` module (tests pass a fake); imported at setup if None.
     :param server_names: names one of which the master's program must be (besides the
         ``--procname-master`` title, read from ``uwsgi.opt``).
+    :param runtime_dir: private directory for the master's record.
     :param pyuwsgi: running from the pyuwsgi wheel; detected from ``sys.modules`` if None.
     :param virtualenv: running in a virtualenv; detected from ``sys.prefix`` if None.
     :param system: the operating system (tests pass a fake).
@@ -150,11 +151,12 @@ class UwsgiAction(MasterAction):
         *,
         uwsgi_module: Any = None,
         server_names: Sequence[str] = ("uwsgi", "pyuwsgi"),
+        runtime_dir: Optional[str] = None,
         pyuwsgi: Optional[bool] = None,
         virtualenv: Optional[bool] = None,
         system: System = SYSTEM,
     ) -> None:
-        super().__init__(server_names, system)
+        super().__init__(server_names, runtime_dir, system)
         self.uwsgi = uwsgi_module
         self.pyuwsgi = pyuwsgi
         self.virtualenv = virtualenv
