@@ -153,6 +153,7 @@ class FakeSiblings(Siblings):
 
     def restart_each_worker(self) -> None:
         self.restarts_each += 1
+        self.reload = {}  # the engine forgets the reload noted before the refused signal
 
 
 class FakeUwsgi(types.ModuleType):

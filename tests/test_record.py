@@ -288,6 +288,10 @@ def test_the_masters_last_reload_is_noted_for_its_generation(record: Record) -> 
     system.now += 1.0
     scanner.note_reload(chain=True)
     assert other.last_reload() == {"n": 1, "at": system.now, "chain": True, "by": 1}
+    other.forget_reload()  # not its note: kept
+    assert other.last_reload() != {}
+    scanner.forget_reload()  # the master refused the signal: there was no reload
+    assert other.last_reload() == {}
 
 
 def test_a_garbled_reload_counts_as_none(record: Record) -> None:

@@ -341,6 +341,16 @@ class Share:
         entry = {"n": self.acted, "at": self.system.monotonic(), "chain": chain, "by": self.pid}
         self.record.update(lambda data: {**data, "reloaded": entry})
 
+    def forget_reload(self) -> None:
+        """The reload this process noted did not happen (the master refused the signal)."""
+
+        def change(data: Data) -> Optional[Data]:
+            if section(data, "reloaded").get("by") != self.pid:
+                return None
+            return {k: v for k, v in data.items() if k != "reloaded"}
+
+        self.record.update(change)
+
     def last_reload(self) -> Data:
         """The master's last reload: ``n``, ``at`` (``monotonic()``), ``chain``; {} if none."""
         reloaded = section(self.record.read(), "reloaded")

@@ -317,6 +317,7 @@ class Engine(Siblings):
         if share is not None and changes is not None and not share.generation().get(
             "per_process"
         ):
+            self._shared(share.forget_reload)
             self._shared(lambda: self._publish(share, changes))
 
     def note_import_failure(self, files: List[str]) -> None:

@@ -48,7 +48,7 @@ class Siblings:
     def restart_each_worker(self) -> None:
         """The action found the master out of reach and restarts this worker instead: every
         other worker must restart itself too (the engine decides the change set again as
-        per process)."""
+        per process, and forgets the reload this process noted: there was none)."""
 
 
 ALONE = Siblings()

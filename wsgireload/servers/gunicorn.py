@@ -212,12 +212,12 @@ class GunicornAction(MasterAction):
             self.system.later(wait, self._retry)
         else:
             log.debug("wsgireload: sending SIGHUP to gunicorn master %d", self.master.pid)
+            # Noted before the signal: the workers it forks must find themselves born after it.
+            self.siblings.reloading()
             try:
                 self.system.kill(self.master.pid, signal.SIGHUP)
             except PermissionError as exc:
                 self._denied(exc)
-            else:
-                self.siblings.reloading()
 
     @property
     def per_process(self) -> bool:  # type: ignore[override]
