@@ -95,20 +95,11 @@ class System:
     def __init__(self, proc_root: str = PROC_ROOT) -> None:
         self.proc_root = proc_root
 
-    def kill(self, pid: int, sig: int) -> None:
-        os.kill(pid, sig)
-
-    def getpid(self) -> int:
-        return os.getpid()
-
-    def getppid(self) -> int:
-        return os.getppid()
-
-    def getuid(self) -> int:
-        return os.getuid()
-
-    def geteuid(self) -> int:
-        return os.geteuid()
+    kill = staticmethod(os.kill)
+    getpid = staticmethod(os.getpid)
+    getppid = staticmethod(os.getppid)
+    getuid = staticmethod(os.getuid)
+    geteuid = staticmethod(os.geteuid)
 
     def process(self, pid: int) -> Optional[ProcessInfo]:
         """``read_process`` from this system's /proc."""
@@ -122,9 +113,8 @@ class System:
         info = self.process(pid)
         return info is not None and (start is None or info.start_time in (None, start))
 
-    def monotonic(self) -> float:
-        """CLOCK_MONOTONIC: one clock for every process of the machine, never stepped."""
-        return time.monotonic()
+    # CLOCK_MONOTONIC: one clock for every process of the machine, never stepped.
+    monotonic = staticmethod(time.monotonic)
 
     def started(self) -> float:
         """``monotonic()`` when this process forked (or imported wsgireload, if later)."""
