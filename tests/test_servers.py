@@ -104,6 +104,13 @@ def test_master_of_names_the_server_a_worker_belongs_to() -> None:
 
 
 # -- no known master: nobody is signalled --------------------------------------------------
+def private_runtime_dir(monkeypatch: pytest.MonkeyPatch, parent: Path) -> None:
+    """Records go to the test's own directory, never the user's runtime directory."""
+    xdg = parent / "xdg"
+    xdg.mkdir(mode=0o700)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(xdg))
+
+
 REPO = str(Path(__file__).resolve().parents[1])
 
 
@@ -123,6 +130,7 @@ def test_auto_action_without_a_known_master_signals_nobody(
     (This process's parent is pytest's, not a server master, exactly like an orphan whose
     master died.)
     """
+    private_runtime_dir(monkeypatch, watched.parent)
     sent: List[Any] = []
     for name in KILL_FUNCS:
         real = getattr(os, name)
@@ -188,8 +196,11 @@ os.replace({result!r} + ".tmp", {result!r})
 """
 
 
-def test_orphaned_worker_whose_master_died_signals_nobody(tmp_path: Path) -> None:
+def test_orphaned_worker_whose_master_died_signals_nobody(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A 'master' starts a worker and dies; the orphan then sees a change: no signal at all."""
+    private_runtime_dir(monkeypatch, tmp_path)  # (inherited by the worker)
     watched = tmp_path / "w.cfg"
     watched.write_text("1")
     result = tmp_path / "result.json"
