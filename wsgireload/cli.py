@@ -315,21 +315,27 @@ def _proc_cwd(pid: int) -> Optional[str]:
 
 # -- status --------------------------------------------------------------------------------
 def master_status(data: Dict[str, Any], now: float) -> Dict[str, Any]:
-    """What ``status`` shows of one master's record (``now``: ``time.monotonic()``, the
-    record's clock)."""
+    """What ``status`` shows of one master's record, its times as wall-clock seconds (``now``:
+    ``time.monotonic()``, the record's clock)."""
+    wall = time.time() - now  # a monotonic time plus this is a wall-clock time
+
+    def at(entry: Dict[str, Any]) -> Optional[float]:
+        value = entry.get("at")
+        return float(value) + wall if isinstance(value, (int, float)) else None
+
     workers = _record.section(data, "workers")
     lease = _record.section(data, "lease")
     deploy: Optional[Dict[str, Any]] = _record.section(data, "generation") or None
     if deploy is not None:
-        at = float(deploy.get("at", 0.0))
+        decided = float(deploy.get("at", 0.0))
         replaced = len(
-            [w for w in workers.values() if float(w.get("born", 0.0)) < at and "gone" in w]
+            [w for w in workers.values() if float(w.get("born", 0.0)) < decided and "gone" in w]
         )
-        deploy = {"at": at, "files": deploy.get("files", []), "action": deploy.get("action", ""),
-                  "workers_replaced": replaced}
+        deploy = {"at": at(deploy), "files": deploy.get("files", []),
+                  "action": deploy.get("action", ""), "workers_replaced": replaced}
     refusal: Optional[Dict[str, Any]] = _record.section(data, "last_refusal") or None
     if refusal is not None:
-        refusal = {"at": refusal.get("at"), "files": refusal.get("files", []),
+        refusal = {"at": at(refusal), "files": refusal.get("files", []),
                    "error": refusal.get("error", ""), "where": refusal.get("where", "")}
     return {
         "server": data.get("server"),
@@ -342,16 +348,14 @@ def master_status(data: Dict[str, Any], now: float) -> Dict[str, Any]:
         "last_refusal": refusal,
         # the change sets validated lately and their verdicts: once per change set per master
         "validations": [
-            {key: v.get(key) for key in ("at", "files", "verdict")}
+            {"at": at(v), "files": v.get("files"), "verdict": v.get("verdict")}
             for v in data.get("validations", []) if isinstance(v, dict)
         ],
     }
 
 
 def _when(at: Any) -> str:
-    """A ``time.monotonic()`` of the record as local wall-clock time."""
-    wall = time.time() - (time.monotonic() - float(at)) if at else None
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(wall)) if wall else "?"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(at))) if at else "?"
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -231,7 +231,7 @@ class UwsgiAction(MasterAction):
         if problem is not None:
             log.warning("wsgireload: not reloading uWSGI: %s; %s", problem, _advice(problem))
             return
-        if not self._claim():
+        if not self._note_reload():
             return
         if self.method == CHAIN and self.fifo is not None:
             try:
@@ -271,7 +271,7 @@ class UwsgiAction(MasterAction):
             )
         return super()._problem()
 
-    def _claim(self) -> bool:
+    def _note_reload(self) -> bool:
         """Note this reload request for the master, unless one since our start covers us."""
         if not self.siblings.coordinated:
             # uWSGI itself ignores reload requests that arrive during a reload (measured), so
