@@ -19,8 +19,8 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequ
 import pytest
 
 from wsgireload import Reloader
+from wsgireload._system import ProcessInfo, read_process
 from wsgireload.actions import Action
-from wsgireload.actions._process import ProcessInfo, read_process
 from wsgireload.policy import ChangeSet
 
 

@@ -17,22 +17,10 @@ from wsgireload.errors import ConfigurationError
 from wsgireload.policy import ChangeSet
 
 from .conftest import ProcTree
+from .fakes import SignalRecorder
 
 CHANGES = ChangeSet(("a.py",), "f" * 16, 0.0, 0.0)
 needs_proc = pytest.mark.skipif(not os.path.isfile("/proc/stat"), reason="needs procfs")
-
-
-class Kill:
-    """Records signals; signal 0 (the liveness probe) goes to the real os.kill."""
-
-    def __init__(self) -> None:
-        self.sent: List[Tuple[int, int]] = []
-
-    def __call__(self, pid: int, sig: int) -> None:
-        if sig == 0:
-            os.kill(pid, 0)
-        else:
-            self.sent.append((pid, sig))
 
 
 @pytest.fixture
@@ -55,8 +43,8 @@ def child(tmp_path: Path) -> Iterator[Tuple[subprocess.Popen[bytes], Path]]:
 @needs_proc
 def test_signals_a_verified_process(child: Tuple[subprocess.Popen[bytes], Path]) -> None:
     proc, pidfile = child
-    kill = Kill()
-    action = PidfileAction(str(pidfile), expect=["python"], kill=kill)
+    kill = SignalRecorder()
+    action = PidfileAction(str(pidfile), expect=["python"], system=kill)
     pid, about = action.target()
     assert pid == proc.pid, about
     action(CHANGES)
@@ -68,8 +56,8 @@ def test_refuses_a_process_that_is_not_the_server(
     child: Tuple[subprocess.Popen[bytes], Path], caplog: pytest.LogCaptureFixture
 ) -> None:
     _, pidfile = child
-    kill = Kill()
-    action = PidfileAction(str(pidfile), kill=kill)  # expects gunicorn or uwsgi
+    kill = SignalRecorder()
+    action = PidfileAction(str(pidfile), system=kill)  # expects gunicorn or uwsgi
     action(CHANGES)
     assert kill.sent == []
     assert "not gunicorn or uwsgi" in caplog.text
@@ -82,14 +70,14 @@ def test_refuses_a_pid_younger_than_its_pidfile(
     _, pidfile = child
     an_hour_ago = time.time() - 3600
     os.utime(pidfile, (an_hour_ago, an_hour_ago))  # the server that wrote it is long gone
-    pid, reason = PidfileAction(str(pidfile), expect=["python"], kill=Kill()).target()
+    pid, reason = PidfileAction(str(pidfile), expect=["python"], system=SignalRecorder()).target()
     assert pid is None and "stale" in reason
 
 
 @needs_proc
 def test_refuses_a_recycled_pid(child: Tuple[subprocess.Popen[bytes], Path]) -> None:
     proc, pidfile = child
-    action = PidfileAction(str(pidfile), expect=["python"], kill=Kill())
+    action = PidfileAction(str(pidfile), expect=["python"], system=SignalRecorder())
     assert action.target()[0] == proc.pid
     action._known = (proc.pid, -1)  # as if another process had held this pid at first read
     pid, reason = action.target()
@@ -101,7 +89,7 @@ def test_refuses_a_dead_pid(tmp_path: Path) -> None:
     proc.wait()
     pidfile = tmp_path / "server.pid"
     pidfile.write_text(str(proc.pid))
-    pid, reason = PidfileAction(str(pidfile), kill=Kill()).target()
+    pid, reason = PidfileAction(str(pidfile), system=SignalRecorder()).target()
     assert pid is None and "not running" in reason
 
 
@@ -118,23 +106,12 @@ def test_refuses_a_dead_pid(tmp_path: Path) -> None:
 def test_refuses_bad_pidfiles(tmp_path: Path, content: str, reason: str) -> None:
     pidfile = tmp_path / "server.pid"
     pidfile.write_text(content)
-    kill = Kill()
-    action = PidfileAction(str(pidfile), kill=kill)
+    kill = SignalRecorder()
+    action = PidfileAction(str(pidfile), system=kill)
     pid, why = action.target()
     assert pid is None and reason in why
     action(CHANGES)
     assert kill.sent == []
-
-
-class FakeKill:
-    """Signals recorded, none sent; every pid exists (the crafted /proc says who it is)."""
-
-    def __init__(self) -> None:
-        self.sent: List[Tuple[int, int]] = []
-
-    def __call__(self, pid: int, sig: int) -> None:
-        if sig != 0:
-            self.sent.append((pid, sig))
 
 
 @pytest.mark.parametrize(
@@ -156,8 +133,8 @@ def test_the_program_decides_pid_1_included(
     tree.add(1, argv, uid=os.getuid())
     pidfile = tmp_path / "server.pid"
     pidfile.write_text("1\n")
-    kill = FakeKill()
-    action = PidfileAction(str(pidfile), proc_root=str(tree.root), kill=kill)
+    kill = SignalRecorder(str(tree.root), everyone_exists=True)
+    action = PidfileAction(str(pidfile), system=kill)
     action(CHANGES)
     assert kill.sent == ([(1, signal.SIGHUP)] if signalled else [])
 
@@ -167,7 +144,8 @@ def test_a_recycled_pid_in_a_crafted_proc_is_refused(tmp_path: Path) -> None:
     tree.add(4242, ["/venv/bin/gunicorn", "app:app"], start="1000", uid=os.getuid())
     pidfile = tmp_path / "server.pid"
     pidfile.write_text("4242\n")
-    action = PidfileAction(str(pidfile), proc_root=str(tree.root), kill=FakeKill())
+    crafted = SignalRecorder(str(tree.root), everyone_exists=True)
+    action = PidfileAction(str(pidfile), system=crafted)
     assert action.target()[0] == 4242
     tree.add(4242, ["/venv/bin/gunicorn", "app:app"], start="2000", uid=os.getuid())
     pid, reason = action.target()
@@ -175,7 +153,7 @@ def test_a_recycled_pid_in_a_crafted_proc_is_refused(tmp_path: Path) -> None:
 
 
 def test_missing_pidfile(tmp_path: Path) -> None:
-    pid, why = PidfileAction(str(tmp_path / "none.pid"), kill=Kill()).target()
+    pid, why = PidfileAction(str(tmp_path / "none.pid"), system=SignalRecorder()).target()
     assert pid is None and "cannot read pidfile" in why
 
 
@@ -183,8 +161,8 @@ def test_without_procfs_uses_ps(
     child: Tuple[subprocess.Popen[bytes], Path], tmp_path: Path
 ) -> None:
     proc, pidfile = child
-    action = PidfileAction(str(pidfile), expect=["python"], proc_root=str(tmp_path / "noproc"),
-                           kill=Kill())
+    action = PidfileAction(str(pidfile), expect=["python"],
+                           system=SignalRecorder(str(tmp_path / "noproc")))
     assert action.target()[0] == proc.pid
 
 

@@ -27,18 +27,18 @@ from wsgireload.boot import (
     calling_module,
     describe_failure,
     find_python,
-    gunicorn_app_uri,
-    gunicorn_app_uri_of,
     parse_target,
     probe_version,
     python_candidates,
     run_checker,
     user_location,
-    uwsgi_targets,
 )
 from wsgireload.contrib.gunicorn import start_watcher
 from wsgireload.detect import Snapshot
 from wsgireload.policy import Policy
+from wsgireload.servers.gunicorn import app_uri as gunicorn_app_uri
+from wsgireload.servers.gunicorn import app_uri_of as gunicorn_app_uri_of
+from wsgireload.servers.uwsgi import boot_targets as uwsgi_targets
 from wsgireload.watcher import Watcher
 
 from .conftest import FakeClock, bump
@@ -197,9 +197,9 @@ def test_gunicorn_app_uri_of_an_async_worker_is_looked_up(monkeypatch: pytest.Mo
     base = pytest.importorskip("gunicorn.app.base")
     application = object.__new__(base.BaseApplication)
     application.app_uri = "async.wsgi:app"  # type: ignore[attr-defined]
-    monkeypatch.setattr("wsgireload.boot.gc.get_objects", lambda: [object(), application])
+    monkeypatch.setattr("gc.get_objects", lambda: [object(), application])
     assert gunicorn_app_uri() == "async.wsgi:app"
-    monkeypatch.setattr("wsgireload.boot.gc.get_objects", lambda: [object()])
+    monkeypatch.setattr("gc.get_objects", lambda: [object()])
     assert gunicorn_app_uri() is None
 
 
@@ -551,7 +551,7 @@ def booting_policy(runner: CountingRunner, **kw: Any) -> Policy:
 def test_the_checker_stubs_uwsgi_only_under_uwsgi_with_its_options(
     monkeypatch: pytest.MonkeyPatch, module: Any, stubs: Optional[Dict[str, Any]]
 ) -> None:
-    monkeypatch.setattr("wsgireload.boot.uwsgi_module", lambda: module)
+    monkeypatch.setattr("wsgireload.servers.uwsgi.module", lambda: module)
     runner = CountingRunner([])
     check = BootCheck(app=parse_target("wsgi:application"), runner=runner, python=lambda: "/p")
     assert check.check() is None

@@ -280,7 +280,7 @@ def test_python_m_wsgireload() -> None:
 # -- status ----------------------------------------------------------------------------------
 def _live_record(rundir: Path) -> Path:
     """A record whose master is this test process (so it counts as running)."""
-    from wsgireload.actions._process import proc_start_time
+    from wsgireload._system import proc_start_time
 
     pid, start = os.getpid(), proc_start_time(os.getpid())
     rundir.mkdir(mode=0o700, exist_ok=True)

@@ -44,7 +44,9 @@ def test_the_fork_time_the_gunicorn_hook_uses_is_taken_again_in_a_forked_child()
     import time
 
     from wsgireload import engine  # noqa: F401  (installs the fork hook)
-    from wsgireload.actions._process import born as forked_at
+    from wsgireload._system import SYSTEM
+
+    forked_at = SYSTEM.started
 
     before = forked_at()
     time.sleep(0.01)

@@ -1,26 +1,50 @@
 """The engine shared by the workers of one master: one scanner, one validation and one line per
-deploy, per-master actions once, per-process actions once in every process born before it.
+deploy, per-master actions once, per-process actions once in every process born before it;
+and the process faults it must survive: a fork after the watcher started, signals mid-scan,
+an exit while it scans.
 
 Several workers are simulated in this process: each Engine gets a Share with its own fake pid.
+Forked children report through a pipe and leave with os._exit; every wait is bounded.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import pytest
 
+from wsgireload import Reloader, _record
 from wsgireload._options import Options
 from wsgireload._record import Record, Share
 from wsgireload.actions import Action
 from wsgireload.engine import Engine
 from wsgireload.policy import ChangeSet
 
-from .conftest import Alive, FakeClock, edit
+from .conftest import (
+    FakeClock,
+    Recorder,
+    edit,
+    environ,
+    force_due,
+    make_reloader,
+    run_in_child,
+    serve,
+)
+from .fakes import FakeSystem, ok_app, watched_file
+
+
+@pytest.fixture
+def watched(tmp_path: Path) -> Path:
+    return watched_file(tmp_path)
 
 
 class Recording(Action):
@@ -41,7 +65,7 @@ class Recording(Action):
 class Worker:
     """One simulated worker: an engine over the watched file, joined to the shared record."""
 
-    def __init__(self, record: Record, pid: int, watched: Path, wall: FakeClock, alive: Alive,
+    def __init__(self, record: Record, pid: int, watched: Path, system: FakeSystem,
                  per_process: bool, born: Optional[float] = None) -> None:
         # compile only: these tests count the engine's lines (the boot check has its own tests)
         options = Options.build("test", extra_files=[str(watched.parent / "*.py")],
@@ -50,8 +74,8 @@ class Worker:
         self.engine = Engine(options, self.action)
         self.engine.pid = os.getpid()  # setup ran: the share below stands for joining
         self.engine._joined = True
-        share = Share(record, pid, f"st{pid}", born=wall.now - 100 if born is None else born,
-                      lease=5.0, wall=wall, alive=alive)
+        share = Share(record, pid, f"st{pid}", born=system.now - 100 if born is None else born,
+                      lease=5.0, system=system)
         share.join()
         self.engine.share = share
 
@@ -66,12 +90,11 @@ class Worker:
 class World:
     watched: Path
     record: Record
-    wall: FakeClock
-    alive: Alive
+    system: FakeSystem
 
     def workers(self, per_process: bool, count: int = 3) -> List[Worker]:
         return [
-            Worker(self.record, pid, self.watched, self.wall, self.alive, per_process)
+            Worker(self.record, pid, self.watched, self.system, per_process)
             for pid in range(1, count + 1)
         ]
 
@@ -83,7 +106,10 @@ def world(tmp_path: Path) -> World:
     rundir = tmp_path / "run"
     rundir.mkdir(mode=0o700)
     record = Record(str(rundir / "gunicorn-42-7.master.json"))
-    return World(watched, record, FakeClock(1_000_000.0), Alive(1, 2, 3))
+    system = FakeSystem(now=1_000_000.0)
+    for pid in (1, 2, 3):
+        system.add(pid, start=None)
+    return World(watched, record, system)
 
 
 def tick(team: List[Worker], *times: float) -> None:
@@ -119,14 +145,14 @@ def test_a_per_master_action_runs_once_and_one_line_is_logged(
 def test_a_per_process_action_runs_once_in_every_worker_born_before_it(
     world: World, caplog: pytest.LogCaptureFixture
 ) -> None:
-    watched, record, wall, alive = world.watched, world.record, world.wall, world.alive
+    watched, record, system = world.watched, world.record, world.system
     caplog.set_level(logging.DEBUG, logger="wsgireload")
     team = deploy(world, True, "X = 2\n")
     assert [len(w.action.calls) for w in team] == [1, 1, 1]
     assert len([r for r in caplog.records if r.levelno == logging.INFO]) == 1
     (line,) = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
     assert "every other worker of master" in line
-    newborn = Worker(record, 4, watched, wall, alive, per_process=True, born=wall.now + 1)
+    newborn = Worker(record, 4, watched, system, per_process=True, born=system.now + 1)
     for now in (5.0, 6.0):
         newborn.tick(now)
     assert newborn.action.calls == []  # forked after the decision: it runs the new code
@@ -150,13 +176,13 @@ def test_a_broken_deploy_is_validated_and_refused_once_per_master(
 
 
 def test_a_new_scanner_does_not_decide_again_what_was_decided(world: World) -> None:
-    watched, record, alive = world.watched, world.record, world.alive
+    watched, record, system = world.watched, world.record, world.system
     team = world.workers(per_process=False)
     tick(team, 1.0)
     edit(watched, "X = 2\n")
     team[0].tick(2.0)  # the scanner decides; the followers never scanned
     assert len(team[0].action.calls) == 1
-    alive.pids.discard(1)  # the scanner exits (replaced by the reload)
+    del system.procs[1]  # the scanner exits (replaced by the reload)
     record.update(lambda data: {**data, "lease": {**data["lease"], "expires": 0}})
     tick(team[1:], 3.0, 4.0, 5.0)
     assert record.read()["lease"]["pid"] == 2
@@ -195,7 +221,7 @@ def test_a_worker_that_takes_over_from_a_restarted_scanner_logs_its_own_restart_
     edit(world.watched, "X = 2\n")
     caplog.set_level(logging.DEBUG, logger="wsgireload")
     team[0].tick(2.0)  # decides and restarts itself...
-    world.alive.pids.discard(1)  # ...and is gone: the next follower takes the lease over
+    del world.system.procs[1]  # ...and is gone: the next follower takes the lease over
     tick(team[1:], 3.0, 4.0)
     assert [len(w.action.calls) for w in team] == [1, 1, 1]
     assert len([r for r in caplog.records if r.levelno == logging.INFO]) == 1
@@ -214,7 +240,7 @@ def test_a_long_lived_follower_taking_over_does_not_decide_old_deploys_again(
     edit(other, "Y = 2\n")
     tick(team, 3.0)  # generation 2: other.py
     assert [len(w.action.calls) for w in team] == [2, 2, 2]
-    world.alive.pids.discard(1)
+    del world.system.procs[1]
     world.record.update(lambda data: {**data, "lease": {**data["lease"], "expires": 0}})
     tick(team[1:], 4.0, 5.0, 6.0)
     assert [len(w.action.calls) for w in team] == [2, 2, 2]
@@ -246,32 +272,51 @@ def test_followers_of_a_per_master_action_wake_rarely(
 
 
 def test_with_no_writable_place_for_the_record_a_worker_scans_and_acts_alone(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     watched = tmp_path / "mod.py"
     watched.write_text("X = 1\n")
     blocker = tmp_path / "read-only"
     blocker.write_text("")  # a file where the runtime directory would go
+    monkeypatch.setattr(_record, "default_runtime_dir", lambda: str(blocker / "run"))
     action = Recording(per_process=False)
     options = Options.build(
         "test", extra_files=[str(watched)], modules=False, settle=0, settle_max=0
     )
-    engine = Engine(
-        options, action, master=("gunicorn", os.getppid()), runtime_dir=str(blocker / "run")
-    )
+    engine = Engine(options, action, master=("gunicorn", os.getppid()))
     assert engine.step(1.0) is None and engine.share is None
     edit(watched, "X = 2\n")
     changes = engine.step(2.0)
     assert changes is not None and engine.act(changes) is None and len(action.calls) == 1
 
 
+def test_the_record_is_kept_where_the_action_says(tmp_path: Path) -> None:
+    # GunicornAction(runtime_dir=...): a read-only /tmp (a container) still coordinates.
+    watched = tmp_path / "mod.py"
+    watched.write_text("X = 1\n")
+    action = Recording(per_process=False)
+    action.runtime_dir = str(tmp_path / "run")
+    options = Options.build("test", extra_files=[str(watched)], modules=False)
+    engine = Engine(options, action, master=("gunicorn", os.getppid()))
+    engine.step(1.0)
+    assert engine.coordinated and engine.share is not None
+    assert os.path.dirname(engine.share.record.path) == str(tmp_path / "run")
+    engine.close()
+
+
 class FallsBack(Recording):
     """A per-master action that finds the master out of reach when it acts (EPERM on the
-    HUP) and falls back to restarting each worker."""
+    HUP), falls back to restarting each worker and says so to the engine."""
+
+    def __init__(self, engine: Engine) -> None:
+        super().__init__(per_process=False)
+        self.engine = engine
 
     def __call__(self, changes: ChangeSet) -> None:
         super().__call__(changes)
-        self._per_process = True
+        if not self._per_process:
+            self._per_process = True
+            self.engine.restart_each_worker()
 
 
 def test_an_action_that_falls_back_to_per_process_while_acting_reaches_every_worker(
@@ -279,7 +324,7 @@ def test_an_action_that_falls_back_to_per_process_while_acting_reaches_every_wor
 ) -> None:
     team = world.workers(per_process=False)
     for worker in team:
-        worker.action = FallsBack(per_process=False)
+        worker.action = FallsBack(worker.engine)
         worker.engine.action = worker.action
     tick(team, 1.0)
     edit(world.watched, "X = 2\n")
@@ -289,3 +334,295 @@ def test_an_action_that_falls_back_to_per_process_while_acting_reaches_every_wor
     assert generation["n"] == 2 and generation["per_process"]
     tick(team, 5.0, 6.0)
     assert [len(w.action.calls) for w in team] == [1, 1, 1]
+
+
+# -- process faults ---------------------------------------------------------------------------
+REPO = str(Path(__file__).resolve().parents[1])
+
+
+def test_fork_after_the_watcher_started(watched: Path) -> None:
+    """The child never inherits the parent's (dead) thread; it starts its own at its first
+    request, which then reloads in the child alone."""
+    parent_calls = Recorder()
+    child_calls: List[int] = []
+
+    def action(changes: Any) -> None:
+        if os.getpid() == parent_pid:
+            parent_calls(changes)
+        else:
+            child_calls.append(os.getpid())
+
+    parent_pid = os.getpid()
+    reloader, clock = make_reloader(ok_app, watched, action)
+    try:
+        serve(reloader, environ())
+        parent_thread = reloader._thread  # noqa: SLF001
+        assert parent_thread is not None and parent_thread.is_alive()
+
+        def child() -> Dict[str, Any]:
+            before = {
+                "thread": reloader._thread is not None,  # noqa: SLF001
+                "watchers": [
+                    t.name for t in threading.enumerate() if t.name == "wsgireload-watcher"
+                ],
+                "steady": reloader._steady,  # noqa: SLF001
+            }
+            got, errors = serve(reloader, environ())
+            thread = reloader._thread  # noqa: SLF001
+            after = {
+                "alive": thread is not None and thread.is_alive(),
+                "own": thread is not parent_thread,
+                "watchers": sum(t.name == "wsgireload-watcher" for t in threading.enumerate()),
+                "body": got[0].decode() if got else None,
+            }
+            force_due(reloader, watched, clock)
+            serve(reloader, environ())
+            reloader.close()
+            return {
+                "before": before,
+                "after": after,
+                "child_calls": len(child_calls),
+                "alive_after_close": thread is not None and thread.is_alive(),
+            }
+
+        result = run_in_child(child)
+        assert result["before"] == {"thread": False, "watchers": [], "steady": False}, result
+        assert result["after"] == {"alive": True, "own": True, "watchers": 1, "body": "ok"}, result
+        assert result["child_calls"] == 1 and result["alive_after_close"] is False
+        # The parent is untouched: its thread runs, nothing fired here.
+        assert parent_thread.is_alive() and reloader._thread is parent_thread  # noqa: SLF001
+        assert parent_calls.count == 0
+        serve(reloader, environ())
+        assert parent_calls.count == 0
+    finally:
+        reloader.close()
+
+
+def test_fork_while_a_reload_is_due_does_not_double_fire(watched: Path) -> None:
+    """A change set due in the parent fires in the parent; the child does not repeat it."""
+    calls: List[int] = []
+    reloader, clock = make_reloader(ok_app, watched, lambda c: calls.append(os.getpid()))
+    try:
+        serve(reloader, environ())
+        force_due(reloader, watched, clock)
+
+        def child() -> Dict[str, Any]:
+            serve(reloader, environ())
+            serve(reloader, environ())
+            reloader.close()
+            return {"calls": len(calls), "due": reloader.reload_due is not None}
+
+        assert run_in_child(child) == {"calls": 0, "due": False}
+        serve(reloader, environ())
+        assert calls == [os.getpid()]
+    finally:
+        reloader.close()
+
+
+def test_only_the_action_signals(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Middleware, engine, detector and policy send no signal of their own, even when a
+    reload is due and fires: only the action (here a recording callback) acts."""
+    signals: List[Tuple[str, Any]] = []
+    for module, name in ((os, "kill"), (os, "killpg"), (signal, "pthread_kill"),
+                         (signal, "raise_signal"), (os, "abort")):
+        monkeypatch.setattr(module, name, lambda *a, n=name: signals.append((n, a)))
+    watched = tmp_path / "watched.txt"
+    watched.write_text("1")
+    recorder = Recorder()
+    reloader, clock = make_reloader(ok_app, watched, recorder)
+    try:
+        serve(reloader, environ())
+        force_due(reloader, watched, clock)
+        serve(reloader, environ())
+    finally:
+        reloader.close()
+    assert recorder.count == 1 and signals == []
+
+
+@pytest.mark.parametrize("handler_raises", [False, True], ids=["handler-returns", "handler-raises"])
+def test_signal_during_a_scan_loses_no_change(tmp_path: Path, handler_raises: bool) -> None:
+    """SIGALRM every 0.2 ms while the main thread scans 3,000 files (inline mode's situation).
+
+    A handler that raises aborts that scan; the Reloader survives, and every changed file is
+    still reported by a later scan (none silently adopted by the interrupted one).
+    """
+    root = tmp_path / "tree"
+    files = []
+    for i in range(30):
+        sub = root / f"d{i:02d}"
+        sub.mkdir(parents=True)
+        for j in range(100):
+            path = sub / f"f{j:02d}.tpl"
+            path.write_bytes(b"")
+            files.append(path)
+    clock = FakeClock()
+    reloader = Reloader(
+        ok_app,
+        extra_files=[str(root / "**" / "*.tpl")],
+        settle=0,
+        settle_max=0,
+        action=Recorder(),
+        clock=clock,
+        interval=3600,
+        mode="inline",
+        validate=None,
+    )
+    for n, path in enumerate(files):
+        os.utime(path, ns=(1, 10**18 + n))
+
+    class Interrupted(Exception):
+        pass
+
+    hits = [0]
+    raised_in: List[str] = []
+
+    baseline = reloader.detector.baseline
+    first, last = str(files[0]), str(files[-1])  # the scan stats in sorted order
+
+    def handler(signum: int, frame: Any) -> None:
+        hits[0] += 1
+        # Raise once, in the middle of the stat loop: the first file already compared, the
+        # last one not yet.
+        mid_scan = (
+            baseline[first] != (0, 0, 0)
+            and baseline[first][0] == 10**18
+            and (baseline[last] is None or baseline[last][0] != 10**18 + len(files) - 1)
+        )
+        if handler_raises and not raised_in and mid_scan:
+            raised_in.append(frame.f_code.co_name if frame is not None else "?")
+            raise Interrupted()
+
+    old = signal.signal(signal.SIGALRM, handler)
+    seen: List[str] = []
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.0002, 0.0002)
+        try:
+            for _ in range(3):
+                clock.now += 1
+                changes = reloader.run_step(clock.now)
+                if changes is not None:
+                    seen.extend(changes.files)
+                    reloader._due = None  # noqa: SLF001 - acknowledge it; no request here
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0, 0)
+        for _ in range(2):  # and once more without signals
+            clock.now += 1
+            changes = reloader.run_step(clock.now)
+            if changes is not None:
+                seen.extend(changes.files)
+                reloader._due = None  # noqa: SLF001
+    finally:
+        signal.signal(signal.SIGALRM, old)
+        reloader.close()
+    assert hits[0] > 0, "the timer never fired during the scans"
+    assert bool(raised_in) == handler_raises, "the signal never interrupted a stat loop"
+    assert sorted(set(seen)) == sorted(str(p) for p in files)
+
+
+SHUTDOWN_APP = """
+import os, sys, threading, time
+sys.path.insert(0, {repo!r})
+from wsgireload import Reloader
+
+def app(environ, start_response):
+    start_response("200 OK", [])
+    return [b"ok"]
+
+reloader = Reloader(app, interval=0.001, settle=0, settle_max=0, validate="compile",
+                    extra_files=[{pattern!r}], action=lambda changes: None)
+import io
+env = {{"REQUEST_METHOD": "GET", "PATH_INFO": "/", "wsgi.input": io.BytesIO(),
+       "wsgi.errors": sys.stderr}}
+result = reloader(env, lambda *a: None)
+list(result)
+getattr(result, "close", lambda: None)()
+assert any(t.name == "wsgireload-watcher" for t in threading.enumerate())
+# Keep files changing so the watcher is mid-scan or mid-compile when the interpreter exits.
+for n in range({touches}):
+    p = os.path.join({root!r}, "m%d.py" % (n % 50))
+    with open(p, "w") as f:
+        f.write("x = %d\\n" % n)
+time.sleep({linger})
+{exit}
+"""
+
+
+@pytest.mark.parametrize(
+    "exit_how",
+    ["return", "sys.exit(0)", "raise SystemExit(0)"],
+    ids=["fall-off", "sys-exit", "raise"],
+)
+def test_interpreter_shutdown_while_the_watcher_runs_is_silent(
+    tmp_path: Path, exit_how: str
+) -> None:
+    root = tmp_path / "code"
+    root.mkdir()
+    for n in range(300):
+        (root / f"m{n}.py").write_text(f"x = {n}\n")
+    for attempt in range(3):
+        script = tmp_path / f"app{attempt}.py"
+        script.write_text(
+            SHUTDOWN_APP.format(
+                repo=REPO,
+                pattern=str(root / "*.py"),
+                root=str(root),
+                touches=200 * (attempt + 1),
+                linger=0.002 * attempt,
+                exit="" if exit_how == "return" else exit_how,
+            )
+        )
+        proc = subprocess.run(
+            [sys.executable, "-X", "dev", "-W", "error::ResourceWarning", str(script)],
+            capture_output=True,
+            timeout=60,
+            env=dict(os.environ, PYTHONDEVMODE="1"),
+        )
+        stderr = proc.stderr.decode(errors="replace")
+        assert proc.returncode == 0, stderr
+        assert "Traceback" not in stderr and "Exception" not in stderr, stderr
+        assert stderr.strip() == "", stderr
+
+
+def test_exit_from_a_request_thread_while_the_watcher_scans(tmp_path: Path) -> None:
+    """os._exit is not needed: a plain exit with the daemon watcher mid-scan prints nothing."""
+    script = tmp_path / "app.py"
+    script.write_text(
+        textwrap.dedent(f"""
+        import sys, threading
+        sys.path.insert(0, {REPO!r})
+        from wsgireload import Reloader
+        reloader = Reloader(lambda e, s: [b""], interval=0.0001, include_stdlib=True,
+                            action=lambda c: None)
+        reloader({{}}, lambda *a: None)
+        t = threading.Thread(target=sys.exit, args=(0,))
+        t.start(); t.join()
+    """)
+    )
+    proc = subprocess.run(
+        [sys.executable, "-X", "dev", str(script)], capture_output=True, timeout=60
+    )
+    assert proc.returncode == 0 and proc.stderr == b"", proc.stderr.decode(errors="replace")
+
+
+def test_code_changed_after_a_fork_while_another_thread_held_its_lock() -> None:
+    """A gunicorn hook thread may be inside code_changed() when the master forks a worker."""
+    from wsgireload import classic
+
+    classic.code_changed()
+    inside = threading.Event()
+    release = threading.Event()
+
+    def hold() -> None:
+        with classic._lock:  # noqa: SLF001 - what a concurrent scan looks like
+            inside.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold, daemon=True)
+    holder.start()
+    assert inside.wait(5)
+    try:
+        result = run_in_child(lambda: {"changed": classic.code_changed()}, timeout=10)
+    finally:
+        release.set()
+        holder.join(5)
+    assert result == {"changed": False}

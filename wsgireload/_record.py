@@ -2,25 +2,35 @@
 
 A JSON file in the private runtime directory, replaced atomically under a lock file, so a
 reader never sees half of it and a crash at any point leaves either the old or the new record.
-The actions keep their part in it too: the last reload request (one HUP per deploy, a minimum
-interval, uWSGI's chain wake window) and the lines already logged for the master.
+
+One protocol: the worker holding the lease scans, and its decision for a change set is a new
+*generation* (``n``), published under the lock; that is the claim, so one worker of a master
+acts per change set. The other workers follow the generations: a per-process action runs in
+each worker born before the generation. The action that asks the master to reload notes it
+as the master's last reload (``reloaded``: its generation, time, chain or not), which serves
+the minimum interval between two reloads and uWSGI's chain wake window; the lines logged once
+per master are kept too (``logged``). Per-worker state sits under ``workers[pid]`` (start,
+birth, exit): a worker reporting "ready for generation n" is one more key there.
+
+One clock: every time in the record is ``time.monotonic()``. CLOCK_MONOTONIC is one clock for
+every process of the machine and never steps (an NTP correction or a manual date change would
+otherwise reorder a birth and a reload); a record dies with its master, so it is never compared
+across a reboot; ``wsgireload status`` converts to wall time only to display it.
 """
 
 from __future__ import annotations
 
 import contextlib
-import enum
 import json
 import logging
 import os
 import re
 import stat
 import tempfile
-import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from .actions._process import ProcessInfo, ReadProcess, boot_ppid, exists, proc_start_time
+from ._system import SYSTEM, System
 from .detect import identity
 
 try:
@@ -78,26 +88,13 @@ def where(error: str) -> str:
     return f"{found[-1][0]}:{found[-1][1]}" if found else ""
 
 
-def _alive(pid: int, start: Optional[str]) -> bool:
-    """Whether ``pid`` still runs and is the process that started at ``start``."""
-    if pid <= 0:
-        return False  # never os.kill(0, ...): that is the whole process group
-    if os.path.isdir("/proc/self"):
-        now = proc_start_time(pid)
-        return now is not None and (start is None or now == start)
-    return exists(pid)
-
-
-Alive = Callable[[int, Optional[str]], bool]
-
-
 class Record:
     """The record file of one master: ``update`` under the lock, ``read`` without it."""
 
     def __init__(self, path: str) -> None:
         self.path = path
         self._seen: Optional[Tuple[int, int, int]] = None
-        self._data: Data = {}
+        self.data: Data = {}
 
     def read(self) -> Data:
         try:
@@ -113,8 +110,8 @@ class Record:
         if seen == self._seen:
             return None
         self._seen = seen
-        self._data = self.read()
-        return self._data
+        self.data = self.read()
+        return self.data
 
     def update(self, change: Callable[[Data], Optional[Data]]) -> Data:
         """Run ``change(record)`` under the lock; store what it returns. Raises OSError."""
@@ -145,48 +142,22 @@ def _unlink(path: str) -> None:
         os.unlink(path)
 
 
-def master_of(environ: Any) -> Optional[Tuple[str, int]]:
-    """(server, master pid) of a preforking server this process is a worker of, or None.
-
-    mod_wsgi: the daemon processes of one process group are the workers of Apache's parent
-    process; the group is part of the name, as two groups run two different apps.
-    """
-    group = environ.get("mod_wsgi.process_group")
-    if isinstance(group, str) and group:
-        return "mod_wsgi." + re.sub(r"[^A-Za-z0-9_.]", "_", group)[:64], boot_ppid()
-    if "uwsgi.version" in environ:
-        try:
-            import uwsgi  # type: ignore[import-not-found,import-untyped,unused-ignore]
-
-            pid = int(uwsgi.masterpid())
-        except Exception:
-            return None
-        return ("uwsgi", pid) if pid > 0 and pid != os.getpid() else None
-    if "gunicorn.socket" in environ:
-        return "gunicorn", boot_ppid()
-    return None
-
-
 def open_record(
-    server: str,
-    master: int,
-    directory: Optional[str] = None,
-    alive: Alive = _alive,
-    start: Optional[str] = None,
+    server: str, master: int, directory: Optional[str] = None, system: System = SYSTEM
 ) -> Tuple[Optional[Record], str]:
     """The record of ``master`` (created if missing), or None and why there is none.
 
-    ``start`` is the master's start time (read from /proc if None). Records of masters that
-    are gone are removed on the way (they are never needed again).
+    Records of masters that are gone are removed on the way (they are never needed again).
     """
     if fcntl is None:  # pragma: no cover
         return None, "file locks are not available here"
-    start = start or proc_start_time(master)
+    info = system.process(master)
+    start = info.start_time if info is not None else None
     directory = directory or default_runtime_dir()
     problem = ensure_private_dir(directory)
     if problem is not None:
         return None, problem
-    forget_dead(directory, alive)
+    forget_dead(directory, system)
     record = Record(os.path.join(directory, f"{server}-{master}-{start or 'na'}{SUFFIX}"))
 
     def init(data: Data) -> Optional[Data]:
@@ -201,8 +172,9 @@ def open_record(
     return record, ""
 
 
-def forget_dead(directory: str, alive: Alive = _alive) -> None:
-    """Remove the records of masters that no longer run (best effort, never raises)."""
+def forget_dead(directory: str, system: System = SYSTEM) -> None:
+    """Remove the records of masters whose identity (pid and start time) no longer matches a
+    live process (best effort, never raises)."""
     try:
         names = os.listdir(directory)
     except OSError:
@@ -210,7 +182,7 @@ def forget_dead(directory: str, alive: Alive = _alive) -> None:
     for name in names:
         if name.endswith(".tmp"):  # a writer that died between writing and renaming
             writer = name.rsplit(".", 2)[-2]
-            if writer.isdigit() and not alive(int(writer), None):
+            if writer.isdigit() and not system.alive(int(writer), None):
                 _unlink(os.path.join(directory, name))
             continue
         if not name.endswith(SUFFIX):
@@ -219,102 +191,11 @@ def forget_dead(directory: str, alive: Alive = _alive) -> None:
         if len(parts) != 3 or not parts[1].isdigit():
             continue
         start = None if parts[2] in ("na", "unknown") else parts[2]  # no /proc when made
-        if not alive(int(parts[1]), start):
+        if not system.alive(int(parts[1]), start):
             Record(os.path.join(directory, name)).remove()
 
 
-def for_master(
-    server: str, master: Optional[ProcessInfo], directory: Optional[str], read: ReadProcess
-) -> Tuple[Optional[Record], str]:
-    """The record of an action's recorded ``master``; whether a master is alive is asked of
-    ``read`` (the action's view of /proc)."""
-    if master is None:
-        return None, "no master was recorded"
-
-    def alive(pid: int, start: Optional[str]) -> bool:
-        info = read(pid)
-        return info is not None and (start is None or info.start_time in (None, start))
-
-    return open_record(server, master.pid, directory, alive, master.start_time)
-
-
-class Outcome(enum.Enum):
-    CLAIMED = "claimed"  # the caller reloads the master now
-    COVERED = "covered"  # a reload since the caller started will replace it: do nothing
-    WAIT = "wait"  # the last reload was too recent: try again later
-
-
-def claim_reload(
-    record: Record,
-    booted: float,
-    clock: Callable[[], float] = time.monotonic,
-    min_interval: float = 0.0,
-    chain: bool = False,
-) -> Tuple[Outcome, float]:
-    """Claim the master's next reload for a process started at ``booted``; (outcome, wait).
-
-    Why the *last reload* rather than a claim per change set: workers scan at different
-    moments, so one may settle on files 1-50 and another on 1-100 of one deploy. A worker that
-    started before the master's latest reload will be replaced by it and must not ask again;
-    one started after it holds newer code, so a change it sees is new. ``booted`` and
-    ``clock`` are ``time.monotonic()``: one clock for every process of the machine. The clock
-    is read under the lock: a time read before it could predate a sibling's claim and look
-    like one from before a reboot. Raises OSError.
-    """
-    result = (Outcome.CLAIMED, 0.0)
-
-    def change(data: Data) -> Optional[Data]:
-        nonlocal result
-        now = clock()
-        last = (data.get("reload_request") or {}).get("at")
-        if not isinstance(last, (int, float)) or last > now:
-            last = None  # none yet, or written before this machine booted (the clock restarted)
-        if last is not None and last >= booted:
-            result = (Outcome.COVERED, 0.0)
-            return None
-        if last is not None and now - last < min_interval:
-            result = (Outcome.WAIT, min_interval - (now - last))
-            return None
-        return {**data, "reload_request": {"at": now, "chain": chain, "by": os.getpid()}}
-
-    record.update(change)
-    return result
-
-
-def last_request(record: Record) -> Data:
-    """The master's last reload request: ``at`` (monotonic), ``chain``, ``by``; {} if none."""
-    request = _dict(record.read(), "reload_request")
-    return request if "at" in request else {}
-
-
-def first_to_log(record: Optional[Record], name: str) -> bool:
-    """True for the first process of the master to log the line ``name``; also without a
-    record or when it fails (better a repeated line than a lost one)."""
-    if record is None:
-        return True
-    first = False
-
-    def change(data: Data) -> Optional[Data]:
-        nonlocal first
-        logged = [n for n in data.get("logged", ()) if isinstance(n, str)]
-        if name in logged:
-            return None
-        first = True
-        return {**data, "logged": (logged + [name])[-_ONCE_KEPT:]}
-
-    try:
-        record.update(change)
-    except OSError:
-        return True
-    return first
-
-
-def logged(record: Optional[Record], name: str) -> bool:
-    """Whether some process of the master logged the line ``name``."""
-    return record is not None and name in (record.read().get("logged") or ())
-
-
-def read_all(directory: Optional[str] = None, alive: Alive = _alive) -> List[Data]:
+def read_all(directory: Optional[str] = None, system: System = SYSTEM) -> List[Data]:
     """Every readable record of a running master in ``directory`` (for ``wsgireload status``)."""
     directory = directory or default_runtime_dir()
     try:
@@ -325,7 +206,7 @@ def read_all(directory: Optional[str] = None, alive: Alive = _alive) -> List[Dat
     for name in names:
         if name.endswith(SUFFIX):
             data = Record(os.path.join(directory, name)).read()
-            if data and alive(int(data.get("master", 0)), data.get("master_start")):
+            if data and system.alive(int(data.get("master", 0)), data.get("master_start")):
                 found.append(data)
     return found
 
@@ -334,7 +215,7 @@ def read_all(directory: Optional[str] = None, alive: Alive = _alive) -> List[Dat
 class Share:
     """This process as one worker of a master: scanner (holds the lease) or follower.
 
-    :param born: wall-clock time this process started running its code (its fork): a
+    :param born: ``monotonic()`` when this process started running its code (its fork): a
         generation decided after it is already loaded here.
     :param lease: seconds a lease lasts without renewal; renewed at half of it.
     """
@@ -344,8 +225,7 @@ class Share:
     start: Optional[str]
     born: float
     lease: float
-    wall: Callable[[], float] = time.time
-    alive: Alive = _alive
+    system: System = SYSTEM
     scanning: bool = False
     took_over: bool = False  # just became the scanner: drop what was already decided
     acted: int = 0  # the last generation this process acted on or was born after
@@ -356,20 +236,20 @@ class Share:
         """List this worker; a generation decided before it was born is not its to act on."""
         me = {"start": self.start, "born": self.born}
         data = self.record.update(lambda d: {**d, "workers": {**_workers(d), str(self.pid): me}})
-        generation = _dict(data, "generation")
+        generation = section(data, "generation")
         number = int(generation.get("n", 0))
         self.acted = number if float(generation.get("at", 0.0)) < self.born else number - 1
         self.record.poll()
 
     def turn(self) -> bool:
         """Whether this process scans now: at most one ``os.stat`` while following."""
-        now = self.wall()
+        now = self.system.monotonic()
         if self.scanning:
             if now >= self._renew_at:
                 self.record.update(self._take)
             return self.scanning
         self.record.poll()  # one os.stat: the record is read again only when it changed
-        if self._free(self.record._data, now):
+        if self._free(self.record.data, now):
             self.record.update(self._take)
             self.took_over = self.scanning
             if self.scanning:
@@ -377,8 +257,8 @@ class Share:
         return self.scanning
 
     def _take(self, data: Data) -> Optional[Data]:
-        now = self.wall()
-        holder = _dict(data, "lease")
+        now = self.system.monotonic()
+        holder = section(data, "lease")
         mine = holder.get("pid") == self.pid and holder.get("start") == self.start
         if not (mine or self._free(data, now)):
             self.scanning = False
@@ -387,7 +267,7 @@ class Share:
         self._renew_at = now + self.lease / 2
         workers = _workers(data)
         for pid, worker in workers.items():
-            if "gone" not in worker and not self.alive(int(pid), worker.get("start")):
+            if "gone" not in worker and not self.system.alive(int(pid), worker.get("start")):
                 worker["gone"] = now
         gone = sorted((w["gone"], p) for p, w in workers.items() if "gone" in w)
         for _, pid in gone[: max(0, len(gone) - _GONE_MAX)]:
@@ -401,16 +281,17 @@ class Share:
         exited, or its holder is on its way out (born before the master's last reload, which
         replaces it, while this worker was born after it: an old worker can take a while to
         exit, gevent's up to a second, and a follower deferring to it would sleep meanwhile)."""
-        holder = _dict(data, "lease")
+        holder = section(data, "lease")
         if not holder:
             return True
         pid = int(holder.get("pid", 0))
-        if float(holder.get("expires", 0.0)) <= now or not self.alive(pid, holder.get("start")):
+        expired = float(holder.get("expires", 0.0)) <= now
+        if expired or not self.system.alive(pid, holder.get("start")):
             return True
-        worker = _dict(_dict(data, "workers"), str(pid))
+        worker = section(section(data, "workers"), str(pid))
         if not worker or pid == self.pid:
             return False
-        last_reload = float(_dict(data, "generation").get("at", 0.0))
+        last_reload = float(section(data, "generation").get("at", 0.0))
         return float(worker.get("born", 0.0)) < last_reload <= self.born
 
     def note_scan(self, watched: int, seconds: float) -> None:
@@ -424,7 +305,7 @@ class Share:
     def validated(
         self, files: List[str], fingerprint: str, problem: Optional[str], identities: Data
     ) -> None:
-        entry = {"at": self.wall(), "files": files, "fingerprint": fingerprint,
+        entry = {"at": self.system.monotonic(), "files": files, "fingerprint": fingerprint,
                  "verdict": "refused" if problem else "ok", "by": self.pid}
 
         def change(data: Data) -> Data:
@@ -442,8 +323,8 @@ class Share:
         """Publish a new generation (the reload of this change set); return its number."""
 
         def change(data: Data) -> Data:
-            number = int(_dict(data, "generation").get("n", 0)) + 1
-            generation.update(n=number, at=self.wall(), by=self.pid)
+            number = int(section(data, "generation").get("n", 0)) + 1
+            generation.update(n=number, at=self.system.monotonic(), by=self.pid)
             known = {**decided_files(data), **identities}
             return {**self._stats(data), "generation": generation, "decided": known}
 
@@ -453,7 +334,42 @@ class Share:
 
     def generation(self) -> Data:
         """The generation last read from the record ({} if none)."""
-        return _dict(self.record._data or self.record.read(), "generation")
+        return section(self.record.data or self.record.read(), "generation")
+
+    def note_reload(self, chain: bool) -> None:
+        """The master is asked to reload now, for the generation this process acted on."""
+        entry = {"n": self.acted, "at": self.system.monotonic(), "chain": chain, "by": self.pid}
+        self.record.update(lambda data: {**data, "reloaded": entry})
+
+    def forget_reload(self) -> None:
+        """The reload this process noted did not happen (the master refused the signal)."""
+
+        def change(data: Data) -> Optional[Data]:
+            if section(data, "reloaded").get("by") != self.pid:
+                return None
+            return {k: v for k, v in data.items() if k != "reloaded"}
+
+        self.record.update(change)
+
+    def last_reload(self) -> Data:
+        """The master's last reload: ``n``, ``at`` (``monotonic()``), ``chain``; {} if none."""
+        reloaded = section(self.record.read(), "reloaded")
+        return reloaded if isinstance(reloaded.get("at"), (int, float)) else {}
+
+    def first_to_log(self, name: str) -> bool:
+        """True for the first process of the master to log the line ``name``."""
+        first = False
+
+        def change(data: Data) -> Optional[Data]:
+            nonlocal first
+            logged = [n for n in data.get("logged", ()) if isinstance(n, str)]
+            if name in logged:
+                return None
+            first = True
+            return {**data, "logged": (logged + [name])[-_ONCE_KEPT:]}
+
+        self.record.update(change)
+        return first
 
     def leave(self) -> None:
         """Give the lease up (a process closing its watcher), so another worker scans at once."""
@@ -471,16 +387,17 @@ class Share:
             self.record.update(change)
 
 
-def _dict(data: Data, key: str) -> Data:
+def section(data: Data, key: str) -> Data:
+    """``data[key]`` if it is a dict (a record read back may hold anything), else {}."""
     value = data.get(key)
     return value if isinstance(value, dict) else {}
 
 
 def _workers(data: Data) -> Dict[str, Any]:
-    return {k: dict(v) for k, v in _dict(data, "workers").items() if isinstance(v, dict)}
+    return {k: dict(v) for k, v in section(data, "workers").items() if isinstance(v, dict)}
 
 
 def decided_files(data: Data) -> Data:
     """Each file as it was when last decided or refused: a new scanner must not decide it again."""
-    return _dict(data, "decided")
+    return section(data, "decided")
 

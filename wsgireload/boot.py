@@ -7,7 +7,6 @@ finds the interpreter and the app, the checker half (``_checker_main``) imports 
 from __future__ import annotations
 
 import ast
-import gc
 import importlib.machinery
 import importlib.util
 import io
@@ -20,12 +19,11 @@ import signal
 import site
 import subprocess
 import sys
-import threading
 import time
 import traceback
 import types
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from .detect import _config_dirs, _norm_dir
 from .errors import ConfigurationError
@@ -98,74 +96,6 @@ def parse_target(spec: str, *, default_attr: Optional[str] = "application") -> T
     raise ConfigurationError(
         f"boot_app={spec!r}: {obj!r} is neither an attribute name nor a factory call"
     )
-
-
-def opt_texts(value: Any) -> List[str]:
-    """The non-empty strings of a ``uwsgi.opt`` value: bytes, str, or a list of those."""
-    values = value if isinstance(value, (list, tuple)) else [value]
-    texts = (os.fsdecode(v) if isinstance(v, bytes) else v for v in values)
-    return [text for text in texts if isinstance(text, str) and text]
-
-
-def opt_text(value: Any, default: Optional[str] = None) -> Optional[str]:
-    """The first of ``opt_texts(value)``, else ``default``."""
-    return next(iter(opt_texts(value)), default)
-
-
-def uwsgi_targets(opt: Mapping[str, Any]) -> List[Target]:
-    """The apps a uWSGI instance loads, from its ``uwsgi.opt``."""
-    callable_name = opt_text(opt.get("callable")) or "application"
-    found: List[Target] = []
-    for key in ("module", "wsgi", "wsgi-file", "file", "mount"):
-        for spec in opt_texts(opt.get(key)):
-            if key == "mount":
-                spec = spec.partition("=")[2]
-            if key in ("wsgi-file", "file") or spec.endswith(".py") or os.sep in spec:
-                found.append(Target(path=os.path.abspath(spec), attr=callable_name, spec=spec))
-            elif spec:
-                module, _, obj = spec.partition(":")
-                found.append(Target(module=module, attr=obj or callable_name, spec=spec))
-    return found
-
-
-def gunicorn_frame_objects() -> Iterator[Any]:
-    """The ``self`` of each gunicorn frame on the main thread's stack, innermost first.
-
-    In a worker these are its Worker (``init_process``, ``load_wsgi``, ``run``) inside the
-    arbiter's ``spawn_worker``; in the arbiter (``--preload``) the Arbiter and its app only.
-    """
-    if "gunicorn" not in sys.modules:
-        return
-    if threading.current_thread() is threading.main_thread():
-        # (gevent's workers patch thread idents: sys._current_frames() has no key for it)
-        frame: Optional[types.FrameType] = sys._getframe(1)
-    else:
-        main = threading.main_thread().ident
-        frame = sys._current_frames().get(main) if main is not None else None
-    while frame is not None:
-        if "gunicorn" in frame.f_code.co_filename:
-            yield frame.f_locals.get("self")
-        frame = frame.f_back
-
-
-def gunicorn_app_uri() -> Optional[str]:
-    """The app URI this gunicorn worker's master was started with (CLI or ``wsgi_app``)."""
-    uri = gunicorn_app_uri_of(*gunicorn_frame_objects())
-    kind = getattr(sys.modules.get("gunicorn.app.base"), "BaseApplication", None)
-    if uri is None and kind is not None:  # an async worker's main thread runs elsewhere
-        uri = gunicorn_app_uri_of(*(obj for obj in gc.get_objects() if isinstance(obj, kind)))
-    return uri
-
-
-def gunicorn_app_uri_of(*objs: Any) -> Optional[str]:
-    """The app URI of the first gunicorn worker or application among ``objs`` that has one."""
-    for obj in objs:
-        for candidate in (obj, getattr(obj, "app", None)):
-            for uri in (getattr(candidate, "app_uri", None),
-                        getattr(getattr(candidate, "cfg", None), "wsgi_app", None)):
-                if isinstance(uri, str) and uri:
-                    return uri
-    return None
 
 
 def calling_module() -> Optional[Target]:
@@ -422,7 +352,9 @@ class BootCheck:
             return [self.app]
         pid = os.getpid()
         if self._server is None or self._server[0] != pid:  # once per process: it may search
-            self._server = (pid, _server_targets())
+            from . import servers  # (they name their apps with boot's Target)
+
+            self._server = (pid, servers.boot_targets())
         fallbacks = [t for t in (self._environ_target, self.creator) if t is not None]
         return list(self._server[1]) or fallbacks[:1]
 
@@ -448,7 +380,9 @@ class BootCheck:
                 sys.version_info[0], sys.version_info[1],
             )
             return None
-        uwsgi = uwsgi_module()
+        from .servers.uwsgi import module
+
+        uwsgi = module()
         outcome = self.runner(
             python,
             targets,
@@ -465,30 +399,6 @@ class BootCheck:
         if message not in self._said:
             self._said[message] = True
             log.log(level, message, *args)
-
-
-def _server_targets() -> List[Target]:
-    """The app as uWSGI's options or gunicorn's app URI name it, if this is such a worker."""
-    uwsgi = uwsgi_module()
-    if uwsgi is not None:
-        found = uwsgi_targets(getattr(uwsgi, "opt", {}) or {})
-        if found:
-            return found
-    uri = gunicorn_app_uri()
-    if uri:
-        try:
-            return [parse_target(uri)]
-        except ConfigurationError:
-            pass  # a paste: URI or the like
-    return []
-
-
-def uwsgi_module() -> Any:
-    """The real ``uwsgi`` module when this process runs inside uWSGI, else None."""
-    module = sys.modules.get("uwsgi")
-    if not hasattr(module, "opt") or getattr(module, "__wsgireload_stub__", False):
-        return None
-    return module
 
 
 def check_options(*, app: Optional[str], smoke: Optional[str], timeout: Any) -> Optional[Target]:
@@ -552,44 +462,6 @@ def _failure(stage: str, target: str, exc: BaseException, **extra: Any) -> Dict[
     message = exc.msg if isinstance(exc, SyntaxError) and exc.msg else str(exc)
     return {"ok": False, "stage": stage, "target": target, "type": _exc_name(exc),
             "message": message, "file": filename, "line": line, **extra}
-
-
-class _Anything:
-    """Stands for any uWSGI API value: callable, falsy, and 0 where a number is expected."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        bare = _decorator_or_none(*args, **kwargs)  # @postfork: the function itself
-        return _decorator_or_none if bare is None else bare  # @timer(3): a decorator
-
-    def __bool__(self) -> bool:
-        return False
-
-    def __int__(self) -> int:
-        return 0
-
-
-def _decorator_or_none(*args: Any, **kwargs: Any) -> Any:
-    return args[0] if len(args) == 1 and callable(args[0]) and not kwargs else None
-
-
-def install_uwsgi_stubs(opt: Mapping[str, Any]) -> None:
-    """Harmless ``uwsgi`` and ``uwsgidecorators`` modules, as the app sees them in a worker."""
-    uwsgi = types.ModuleType("uwsgi", "wsgireload boot-check stand-in for uWSGI's module")
-    vars(uwsgi).update({
-        "__wsgireload_stub__": True,
-        "opt": {k: (v.encode() if isinstance(v, str) else v) for k, v in opt.items()},
-        "version": b"0.0.0-wsgireload-boot-check",
-        "numproc": 1,
-        "applications": None,
-    })
-    for name in ("worker_id", "mule_id", "masterpid", "signal_registered", "cache_exists"):
-        setattr(uwsgi, name, lambda *a, **k: 0)
-    stub = _Anything()
-    uwsgi.__getattr__ = lambda name: stub  # type: ignore[method-assign]
-    decorators = types.ModuleType("uwsgidecorators", "wsgireload boot-check stand-in")
-    decorators.__getattr__ = lambda name: stub  # type: ignore[method-assign]
-    sys.modules["uwsgi"] = uwsgi
-    sys.modules["uwsgidecorators"] = decorators
 
 
 def _load(target: Mapping[str, Any]) -> Any:
@@ -676,7 +548,9 @@ def _checker_main(payload: Dict[str, Any]) -> None:
         for entry in _site_packages():
             site.addsitedir(entry)
     if payload.get("uwsgi_opt") is not None:
-        install_uwsgi_stubs(payload["uwsgi_opt"])
+        from .servers.uwsgi import install_stubs
+
+        install_stubs(payload["uwsgi_opt"])
     result = _check(payload)
     with os.fdopen(result_fd, "w") as out:
         out.write(json.dumps(result) + "\n")

@@ -315,20 +315,27 @@ def _proc_cwd(pid: int) -> Optional[str]:
 
 # -- status --------------------------------------------------------------------------------
 def master_status(data: Dict[str, Any], now: float) -> Dict[str, Any]:
-    """What ``status`` shows of one master's record (``now``: ``time.time()``)."""
-    workers = _record._dict(data, "workers")
-    lease = _record._dict(data, "lease")
-    deploy: Optional[Dict[str, Any]] = _record._dict(data, "generation") or None
+    """What ``status`` shows of one master's record, its times as wall-clock seconds (``now``:
+    ``time.monotonic()``, the record's clock)."""
+    wall = time.time() - now  # a monotonic time plus this is a wall-clock time
+
+    def at(entry: Dict[str, Any]) -> Optional[float]:
+        value = entry.get("at")
+        return float(value) + wall if isinstance(value, (int, float)) else None
+
+    workers = _record.section(data, "workers")
+    lease = _record.section(data, "lease")
+    deploy: Optional[Dict[str, Any]] = _record.section(data, "generation") or None
     if deploy is not None:
-        at = float(deploy.get("at", 0.0))
+        decided = float(deploy.get("at", 0.0))
         replaced = len(
-            [w for w in workers.values() if float(w.get("born", 0.0)) < at and "gone" in w]
+            [w for w in workers.values() if float(w.get("born", 0.0)) < decided and "gone" in w]
         )
-        deploy = {"at": at, "files": deploy.get("files", []), "action": deploy.get("action", ""),
-                  "workers_replaced": replaced}
-    refusal: Optional[Dict[str, Any]] = _record._dict(data, "last_refusal") or None
+        deploy = {"at": at(deploy), "files": deploy.get("files", []),
+                  "action": deploy.get("action", ""), "workers_replaced": replaced}
+    refusal: Optional[Dict[str, Any]] = _record.section(data, "last_refusal") or None
     if refusal is not None:
-        refusal = {"at": refusal.get("at"), "files": refusal.get("files", []),
+        refusal = {"at": at(refusal), "files": refusal.get("files", []),
                    "error": refusal.get("error", ""), "where": refusal.get("where", "")}
     return {
         "server": data.get("server"),
@@ -341,7 +348,7 @@ def master_status(data: Dict[str, Any], now: float) -> Dict[str, Any]:
         "last_refusal": refusal,
         # the change sets validated lately and their verdicts: once per change set per master
         "validations": [
-            {key: v.get(key) for key in ("at", "files", "verdict")}
+            {"at": at(v), "files": v.get("files"), "verdict": v.get("verdict")}
             for v in data.get("validations", []) if isinstance(v, dict)
         ],
     }
@@ -352,7 +359,7 @@ def _when(at: Any) -> str:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    now = time.time()
+    now = time.monotonic()
     masters = [master_status(data, now) for data in _record.read_all(args.runtime_dir)]
     if args.json:
         print(json.dumps(masters, indent=2))

@@ -14,13 +14,14 @@ import time
 import weakref
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
-from . import _record, classic, events
+from . import _record, _system, classic, events, servers
 from ._options import Options, run_action
-from .actions import ActionSpec, ProcessContext, _process, resolve
+from .actions import ActionSpec, resolve
 from .boot import Target, validating
 from .detect import Detector, Identity
 from .events import EventDetector
 from .policy import ChangeSet
+from .servers.base import ProcessContext, Siblings
 
 log = logging.getLogger("wsgireload")
 
@@ -34,8 +35,9 @@ EventHook = Callable[[str, Any], None]
 Master = Tuple[str, int]  # (server, master pid)
 
 
-class Engine:
-    """One process's watcher: ``step(now)`` returns a change set to act on, or None.
+class Engine(Siblings):
+    """One process's watcher: ``step(now)`` returns a change set to act on, or None. It is
+    also its action's view of the master's other workers (``ProcessContext.siblings``).
 
     :param options: what to watch and when to act.
     :param action: how to reload (``setup`` runs once per process, from ``setup``).
@@ -46,7 +48,6 @@ class Engine:
         modified after it count as changed at the first step (the Detector's rule).
     :param master: (server, pid) of the master whose workers share one record; None: find
         it from the first request's environ (``setup``), or scan alone.
-    :param runtime_dir: private directory for the records (``_record.default_runtime_dir()``).
     :param creator: the module that created the Reloader: the boot check's last resort.
     """
 
@@ -59,7 +60,6 @@ class Engine:
         created_pid: Optional[int] = None,
         since_ns: Optional[int] = None,
         master: Optional[Master] = None,
-        runtime_dir: Optional[str] = None,
         on_event: Optional[EventHook] = None,
         creator: Optional[Target] = None,
     ) -> None:
@@ -72,7 +72,6 @@ class Engine:
         self.created_pid = os.getpid() if created_pid is None else created_pid
         self.since_ns = since_ns
         self.master = master
-        self.runtime_dir = runtime_dir
         self.on_event = on_event
         self.on_fork: Optional[Callable[[], None]] = None  # the owner's own per-process reset
         self._next_failure_log = 0.0
@@ -85,6 +84,8 @@ class Engine:
         self.share: Optional[_record.Share] = None
         self._master: Optional[Master] = None  # whose record to join at the first step
         self._joined = False
+        self._stepped = False  # a step ran in this process
+        self.alone = "no record: this process is not a worker of a known master"  # (why)
         self._decided: Optional[ChangeSet] = None  # the last change set this process decided
         self._stepping = threading.Lock()  # per process: a fork may copy it held
         self._failures: List[str] = []
@@ -99,32 +100,33 @@ class Engine:
         """Let the action look at this process and join the master's record. Never raises."""
         self.pid = os.getpid()
         self.policy.boot.note_environ(environ)  # the server's app (mod_wsgi's script)
+        self._joined = False  # the record is joined by the first step: off the request path
         try:
-            self.action.setup(ProcessContext(self.pid, self.created_pid, environ))
+            self._master = self.master or servers.master_of(environ)
+        except Exception as exc:
+            self.log_failure(exc)
+        try:
+            self.action.setup(ProcessContext(self.pid, self.created_pid, environ, self))
         except Exception as exc:
             self.log_failure(exc)
         if isinstance(self.detector, EventDetector):
             self.detector.start()  # per process: its thread does not survive a fork
-        try:
-            self._master = self.master or _record.master_of(environ)
-        except Exception as exc:
-            self.log_failure(exc)
-        self._joined = False  # the record is joined by the first step: off the request path
 
     def _join(self) -> Optional[_record.Share]:
         master = self._master
         if master is None or master[1] != os.getppid():
             return None  # the workers of a master are its children
-        record, why = _record.open_record(master[0], master[1], self.runtime_dir)
+        record, self.alone = _record.open_record(master[0], master[1], self.action.runtime_dir)
         if record is None:
-            log.debug("wsgireload: no shared record (%s); this worker scans for itself", why)
+            log.debug("wsgireload: no shared record (%s); this worker scans for itself", self.alone)
             return None
         assert self.pid is not None
+        me = _system.SYSTEM.process(self.pid)
         share = _record.Share(
             record,
             self.pid,
-            _process.proc_start_time(self.pid),
-            born=_process.born(),
+            me.start_time if me is not None else None,
+            born=_system.SYSTEM.started(),
             lease=max(LEASE, 20 * self.options.interval),
         )
         share.join()
@@ -138,8 +140,8 @@ class Engine:
         a quarter of what the Django example's scanner does). A scanner that exits is
         replaced by the master, and the new worker takes the lease at its first step."""
         share = self.share
-        if share is None or share.scanning or self.action.per_process:
-            return interval
+        if share is None or share.scanning or self.action.per_process or not self._stepped:
+            return interval  # (a record joined at setup: its first step decides who scans)
         return max(interval, FOLLOW_EVERY)
 
     # -- one step ------------------------------------------------------------------------
@@ -158,14 +160,19 @@ class Engine:
         finally:
             self._stepping.release()
 
-    def _step(self, now: float, decide: bool) -> Optional[ChangeSet]:
+    def joined(self) -> Optional[_record.Share]:
+        """The master's record shared with the other workers, joined at the first call."""
         if not self._joined:
             self._joined = True
             try:
                 self.share = self._join()
             except Exception as exc:  # the record is an optimisation: scan alone without it
                 log.debug("wsgireload: no shared record (%r); this worker scans for itself", exc)
-        share = self.share
+        return self.share
+
+    def _step(self, now: float, decide: bool) -> Optional[ChangeSet]:
+        self._stepped = True
+        share = self.joined()
         if share is not None:
             scanning = self._shared(share.turn)
             due = None
@@ -196,7 +203,7 @@ class Engine:
         if not decide:
             return None
         policy = self.policy
-        validating = policy.settled(now) and policy._rejected_version != policy._version
+        validating = policy.settled(now) and policy.unvalidated
         pending = policy.pending
         changes = policy.due(now, self.detector.baseline)
         if validating and share is not None:
@@ -218,7 +225,8 @@ class Engine:
         return changes
 
     def _publish(self, share: _record.Share, changes: ChangeSet) -> None:
-        """A new generation: the reload of ``changes``, as the action now stands."""
+        """A new generation: the reload of ``changes``, as the action now stands. It is the
+        claim: the one process that publishes it acts for the master."""
         generation = {
             "files": list(changes.files),
             "fingerprint": changes.fingerprint,
@@ -275,14 +283,42 @@ class Engine:
         if self.share is not None and self.action.per_process:
             master = self._master[1] if self._master is not None else 0
             note = f" (and so does every other worker of master {master})"
-        per_process = self.action.per_process
-        failure = run_action(self.action, changes, logging.INFO, note)
-        share = self.share
-        if share is not None and self.action.per_process and not per_process:
-            # The master refused the signal (EPERM) and the action fell back to restarting
-            # this worker: every other worker must restart itself too, so decide it again.
-            self._publish(share, changes)
-        return failure
+        return run_action(self.action, changes, logging.INFO, note)
+
+    # -- what the action may know of the master's other workers (Siblings) ---------------
+    @property
+    def coordinated(self) -> bool:  # type: ignore[override]
+        return self.joined() is not None
+
+    def why_alone(self) -> str:
+        return self.alone
+
+    def last_reload(self) -> Dict[str, Any]:
+        share = self.joined()
+        return share.last_reload() if share is not None else {}
+
+    def reloading(self, chain: bool = False) -> None:
+        share = self.joined()
+        if share is not None:
+            share.note_reload(chain)
+
+    def first_to_log(self, name: str) -> bool:
+        share = self.joined()
+        try:
+            return share is None or share.first_to_log(name)
+        except OSError:
+            return True  # better a repeated line than a lost one
+
+    def restart_each_worker(self) -> None:
+        """The action fell back to restarting this worker (the master refused its signal):
+        decide the change set again, as per process, so that every other worker restarts
+        itself too; once (a per-process generation is acted on by every worker already)."""
+        share, changes = self.share, self._decided
+        if share is not None and changes is not None and not share.generation().get(
+            "per_process"
+        ):
+            self._shared(share.forget_reload)
+            self._shared(lambda: self._publish(share, changes))
 
     def note_import_failure(self, files: List[str]) -> None:
         self._failures.extend(files)
@@ -328,7 +364,7 @@ def after_fork_if_missed() -> None:
 def _after_fork_in_child() -> None:
     global _reset_in
     _reset_in = os.getpid()
-    _process.after_fork()
+    _system.after_fork()
     classic.after_fork()
     events.after_fork()
     for engine in list(_engines):

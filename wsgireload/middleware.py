@@ -15,9 +15,10 @@ import traceback
 import weakref
 from typing import Any, Callable, Dict, Iterable, Iterator, Optional
 
+from . import servers
 from ._options import Options
 from .actions import ActionSpec
-from .boot import calling_module, gunicorn_frame_objects, uwsgi_module, validating
+from .boot import calling_module, validating
 from .engine import Engine, after_fork_if_missed
 from .errors import ConfigurationError
 from .policy import ChangeSet
@@ -169,7 +170,8 @@ class Reloader:
             self._stop = threading.Event()
             self.engine.setup(environ)
             mode = self.options.mode
-            self._inline = mode == "inline" or (mode == "auto" and not _threads_available(environ))
+            threads = servers.threads_available(environ)
+            self._inline = mode == "inline" or (mode == "auto" and not threads)
             if self._inline:
                 self._next_scan = self.clock() + self.interval
                 return
@@ -187,24 +189,21 @@ class Reloader:
             weakref.finalize(self, self._stop.set)
             self._steady = self._due is None and not self.action.requires_drain
 
-    def _start_early(self, where: Optional[str] = None) -> None:
-        """Start watching in a process known to be a serving worker (``created_in``); elsewhere,
-        or if anything fails, the first request starts it. Never raises (in a worker's boot)."""
+    def _start_early(self) -> None:
+        """Start watching in a process known to be a serving worker (``servers.start_early``);
+        elsewhere, or if anything fails, the first request starts it. Never raises (in a
+        worker's boot)."""
         try:
-            where = where or created_in()
-            if where == IN_UWSGI_MASTER:  # the workers are forked after this import
-                _after_uwsgi_fork(uwsgi_module(), _weak(self._start_after_fork))
-            elif where is not None:
-                self._start_process(_server_environ(where))
+            servers.start_early(self._start_process, _weak(self._start_after_fork))
         except Exception as exc:
             self._early_failed(exc)
 
     def _start_after_fork(self) -> None:
-        """uWSGI's post-fork hook, in each process its master forks (workers only start)."""
+        """The server's post-fork hook, in each process its master forks (workers only start)."""
         try:
-            after_fork_if_missed()  # uWSGI forks without Python's own fork hooks
-            if not self._closed and created_in() == IN_UWSGI_WORKER:
-                self._start_process(_server_environ(IN_UWSGI_WORKER))
+            after_fork_if_missed()  # a server may fork without Python's own fork hooks
+            if not self._closed:
+                servers.start_early(self._start_process, lambda: None)
         except Exception as exc:
             self._early_failed(exc)
 
@@ -340,93 +339,6 @@ def _watch(ref: "weakref.ReferenceType[Reloader]", stop: threading.Event) -> Non
     except BaseException:  # pragma: no cover - interpreter shutdown tears modules down
         if not sys.is_finalizing():
             raise
-
-
-# -- where a Reloader is created: can its watcher start before any request? ----------------
-IN_GUNICORN_WORKER = "gunicorn"  # a gunicorn worker importing the app (no --preload)
-IN_UWSGI_WORKER = "uwsgi"  # a uWSGI worker importing the app (--lazy-apps) or just forked
-IN_UWSGI_MASTER = "uwsgi-master"  # a uWSGI master importing the app before forking workers
-
-
-def created_in(
-    *,
-    frame_objects: Callable[[], Iterable[Any]] = gunicorn_frame_objects,
-    worker_class: Optional[type] = None,  # gunicorn's Worker (default: if gunicorn is loaded)
-    find_uwsgi: Callable[[], Any] = uwsgi_module,
-) -> Optional[str]:
-    """Where this process runs: one of the ``IN_*`` values, or None (a gunicorn arbiter with
-    ``--preload``, a uWSGI without master, waitress, mod_wsgi, a script: wait for a request)."""
-    uwsgi = find_uwsgi()
-    if uwsgi is not None:
-        master, worker, pid = int(uwsgi.masterpid()), int(uwsgi.worker_id()), os.getpid()
-        if master <= 0:  # no master: nobody to reload the workers; nothing to gain
-            return None
-        if worker > 0 and master != pid:
-            return IN_UWSGI_WORKER
-        return IN_UWSGI_MASTER if worker == 0 and master == pid else None  # (not a mule)
-    if worker_class is None:
-        worker_class = getattr(sys.modules.get("gunicorn.workers.base"), "Worker", None)
-    if not isinstance(worker_class, type):
-        return None
-    for obj in frame_objects():
-        if isinstance(obj, worker_class):
-            # The worker's own process (spawn_worker sets its pid in the child), forked by
-            # the arbiter it names: never the arbiter, which only holds Worker objects.
-            ids = getattr(obj, "pid", None), getattr(obj, "ppid", None)
-            mine = ids == (os.getpid(), os.getppid())
-            return IN_GUNICORN_WORKER if mine else None
-    return None
-
-
-def _server_environ(where: str) -> Environ:
-    """What a first request's environ tells setup about the server (``detect_server``,
-    ``_record.master_of``, ``_threads_available`` read only these keys)."""
-    if where == IN_GUNICORN_WORKER:
-        return {"gunicorn.socket": None}
-    return {"uwsgi.version": getattr(uwsgi_module(), "version", b"")}
-
-
-def _after_uwsgi_fork(uwsgi: Any, hook: Callable[[], None]) -> None:
-    """Have uWSGI call ``hook`` in each process it forks, after the hooks already set: in
-    ``uwsgidecorators``' chain if that is the hook (never imported here: importing it replaces
-    ``uwsgi.post_fork_hook``). A hook set later replaces this one: the first request starts."""
-    previous = getattr(uwsgi, "post_fork_hook", None)
-    decorators = sys.modules.get("uwsgidecorators")
-    chain = getattr(decorators, "postfork_chain", None)
-    if previous is not None and previous is getattr(decorators, "postfork_chain_hook", None):
-        if isinstance(chain, list):
-            chain.append(hook)
-            return
-
-    def post_fork() -> None:
-        try:
-            if callable(previous):
-                previous()
-        finally:
-            hook()
-
-    uwsgi.post_fork_hook = post_fork
-
-
-def _threads_available(environ: Environ) -> bool:
-    """uWSGI before 2.0.27 runs no Python threads unless started with --enable-threads."""
-    version = environ.get("uwsgi.version")
-    if version is None:
-        return True
-    try:
-        import uwsgi  # type: ignore[import-not-found,import-untyped,unused-ignore]
-
-        if uwsgi.opt.get("enable-threads") or uwsgi.opt.get("threads"):
-            return True
-    except Exception:
-        pass
-    try:
-        if isinstance(version, bytes):
-            version = version.decode("ascii", "replace")
-        parts = tuple(int(p) for p in str(version).split("-")[0].split(".")[:3])
-    except Exception:  # an odd value must not leave this process without a watcher
-        return True
-    return parts >= (2, 0, 27)
 
 
 def _weak(method: Callable[[], None]) -> Callable[[], None]:

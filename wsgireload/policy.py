@@ -138,6 +138,10 @@ class Policy:
     def pending(self) -> Tuple[str, ...]:
         return tuple(self._pending)
 
+    @property
+    def unvalidated(self) -> bool:
+        return self._rejected_version != self._version
+
     def observe(self, changed: Iterable[str], now: float) -> None:
         """Record files reported changed at time ``now``."""
         paths = list(changed)

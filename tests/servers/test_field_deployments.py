@@ -20,7 +20,7 @@ from typing import Iterator, List, Sequence, Set, Tuple
 
 import pytest
 
-from wsgireload.actions._process import read_process
+from wsgireload._system import read_process
 
 from . import test_gunicorn as gunicorn_tests
 from . import test_uwsgi as uwsgi_tests

@@ -1,7 +1,7 @@
-"""How to reload: one small class per way of asking a server for fresh code.
+"""How to reload: the action names and classes, each defined in its server's module
+(``wsgireload.servers``); ``resolve()`` turns the ``action=`` option into an Action.
 
 An action is given a settled, validated ChangeSet once no response is in flight.
-``resolve()`` turns the ``action=`` option of Reloader into an Action.
 """
 
 from __future__ import annotations
@@ -10,12 +10,12 @@ from typing import Callable, Dict, Union
 
 from ..errors import ConfigurationError
 from ..policy import ChangeSet
-from .auto import AutoAction, detect_server
-from .base import Action, CallbackAction, LogOnlyAction, ProcessContext
-from .gunicorn import GunicornAction, RestartWorkerAction
-from .mod_wsgi import ModWsgiAction
-from .standalone import ExecAction, ExitAction, StandaloneAction
-from .uwsgi import UwsgiAction
+from ..servers import AutoAction, detect_server
+from ..servers.base import Action, CallbackAction, LogOnlyAction, ProcessContext
+from ..servers.gunicorn import GunicornAction, RestartWorkerAction
+from ..servers.mod_wsgi import ModWsgiAction
+from ..servers.standalone import ExecAction, ExitAction, StandaloneAction
+from ..servers.uwsgi import UwsgiAction
 
 __all__ = [
     "Action",

@@ -9,12 +9,12 @@ import logging
 import os
 import signal as _signal
 import subprocess
-from typing import Callable, Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
+from .._system import SYSTEM, System
 from ..errors import ConfigurationError
 from ..policy import ChangeSet
-from . import _process
-from .base import Action
+from ..servers.base import Action, matching_name, signal_denied
 
 log = logging.getLogger("wsgireload")
 
@@ -40,13 +40,12 @@ class PidfileAction(Action):
 
     Checks, each time: the pidfile holds a pid (1 included: a container's server) that is
     neither this process nor its parent; the process is alive and ours (same uid, or we are
-    root); its program is one of ``expect`` (``_process.program_name``: never a word among
+    root); its program is one of ``expect`` (``servers.base.program_name``: never a word among
     its arguments); it started before the pidfile was written (else the pid was recycled
     after the server died); and, for a pid seen before, its start time is unchanged.
 
-    :param proc_root: where procfs lives (tests point it at a fake tree); without procfs the
-        command line comes from ``ps`` and the start-time checks are skipped.
-    :param kill: ``os.kill`` (tests inject a recorder).
+    :param system: the operating system (tests pass a fake): without procfs at its
+        ``proc_root`` the command line comes from ``ps`` and the start-time checks are skipped.
     """
 
     name = "pidfile"
@@ -57,16 +56,14 @@ class PidfileAction(Action):
         *,
         signal: _signal.Signals = _signal.SIGHUP,
         expect: Sequence[str] = DEFAULT_EXPECT,
-        proc_root: str = "/proc",
-        kill: Callable[[int, int], None] = os.kill,
+        system: System = SYSTEM,
     ) -> None:
         self.pidfile = os.path.abspath(pidfile)
         self.signal = signal
         self.expect = tuple(name.lower() for name in expect if name)
         if not self.expect:
             raise ConfigurationError("--expect needs at least one server name, e.g. gunicorn")
-        self.proc_root = proc_root
-        self.kill = kill
+        self.system = system
         self._known: Optional[Tuple[int, Optional[int]]] = None  # (pid, start ticks)
         self.sent = 0
 
@@ -85,27 +82,28 @@ class PidfileAction(Action):
             return None, f"pidfile {self.pidfile} names pid {pid}: refusing to signal it"
         # Pid 1 is allowed: in a container without an init the server is pid 1. The checks
         # below (the program is the server, started before the pidfile) still apply to it.
-        if pid in (os.getpid(), os.getppid()):
+        if pid in (self.system.getpid(), self.system.getppid()):
             return None, f"pidfile {self.pidfile} names this watcher or its parent ({pid})"
         try:
-            self.kill(pid, 0)
+            self.system.kill(pid, 0)
         except ProcessLookupError:
             return None, f"pid {pid} from {self.pidfile} is not running (stale pidfile)"
         except PermissionError:
             return None, f"pid {pid} from {self.pidfile} belongs to another user"
-        have_proc = os.path.isfile(os.path.join(self.proc_root, "stat"))
-        info = _process.read_process(pid, self.proc_root) if have_proc else None
+        have_proc = os.path.isfile(os.path.join(self.system.proc_root, "stat"))
+        info = self.system.process(pid) if have_proc else None
         if have_proc:
             if info is None:
                 return None, f"pid {pid} vanished while being checked"
-            if _process.signal_denied(info) is not None:
+            if signal_denied(info, self.system) is not None:
                 return None, (
-                    f"pid {pid} runs as uid {info.uid}, not as this watcher ({os.getuid()})"
+                    f"pid {pid} runs as uid {info.uid}, not as this watcher "
+                    f"({self.system.getuid()})"
                 )
         argv = info.argv if info is not None else self._ps_argv(pid)
         if not argv:
             return None, f"cannot read the command line of pid {pid}"
-        matched = _process.matching_name(argv, self.expect)
+        matched = matching_name(argv, self.expect)
         if matched is None:
             shown = " ".join(argv)[:80]
             names = " or ".join(self.expect)
@@ -143,7 +141,7 @@ class PidfileAction(Action):
 
     def _boot_time(self) -> float:
         try:
-            with open(os.path.join(self.proc_root, "stat"), encoding="ascii") as handle:
+            with open(os.path.join(self.system.proc_root, "stat"), encoding="ascii") as handle:
                 for line in handle:
                     if line.startswith("btime "):
                         return float(line.split()[1])
@@ -156,7 +154,7 @@ class PidfileAction(Action):
         if pid is None:
             log.error("wsgireload: not signalling: %s", about)
             return
-        self.kill(pid, int(self.signal))
+        self.system.kill(pid, int(self.signal))
         self.sent += 1
         log.info("wsgireload: sent %s to %s", self.signal.name, about)
 

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from typing import Any, Callable
 
-from ..actions._process import born
-from ..boot import gunicorn_app_uri_of
+from .._system import SYSTEM
+from ..servers.gunicorn import app_uri_of
 from ..watcher import Watcher
 
 log = logging.getLogger("wsgireload")
@@ -32,10 +33,10 @@ def start_watcher(worker: Any, **options: Any) -> Watcher:
     preload = getattr(getattr(worker, "cfg", None), "preload_app", False)
     # The worker imported the app before this hook ran: a file edited in between would be
     # recorded as it is now, while the worker runs the older code; its fork bounds that.
-    options.setdefault("changed_since", born())
+    options.setdefault("changed_since", time.time() - (SYSTEM.monotonic() - SYSTEM.started()))
     if isinstance(master, int) and master > 1:
         options.setdefault("master", ("gunicorn", master))
-    uri = gunicorn_app_uri_of(worker)
+    uri = app_uri_of(worker)
     boot_wanted = options.get("validate", "boot") in ("boot", "import")
     if uri and boot_wanted and options.get("boot_app") is None and not options.get("import_name"):
         options["boot_app"] = uri  # boot exactly what this master boots

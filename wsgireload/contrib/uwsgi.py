@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from ..errors import ConfigurationError
-from ..middleware import _threads_available
+from ..servers.uwsgi import threads_available
 from ..watcher import Watcher
 
 log = logging.getLogger("wsgireload")
@@ -87,7 +87,7 @@ def register(
     master = int(getattr(uwsgi, "masterpid", lambda: 0)())
     in_worker = uwsgi.worker_id() > 0  # the app is imported in a worker: --lazy-apps
     # A lazy app's ticks reach one worker at a time (see above): a thread per worker instead.
-    threaded = in_worker and target != "worker" and _threads_available(
+    threaded = in_worker and target != "worker" and threads_available(
         {"uwsgi.version": getattr(uwsgi, "version", b"")}
     )
     if master > 0 and (threaded or (target != "worker" and not in_worker)):

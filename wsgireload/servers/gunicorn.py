@@ -1,28 +1,27 @@
-"""gunicorn actions: one SIGHUP to the verified master per deploy, or a worker restarting itself.
+"""gunicorn: recognising it, its master, its app URI, its workers, and its two reloads: one
+SIGHUP to the verified master per deploy, or each worker restarting itself.
 
-Both refuse under ``--preload``, where neither can load new code (the master holds the old
-modules) and a self-restarting worker would storm.
+Both reloads refuse under ``--preload``, where neither can load new code (the master holds the
+old modules) and a self-restarting worker would storm.
 """
 
 from __future__ import annotations
 
+import gc
 import logging
-import os
 import signal
+import sys
 import threading
-import time
-from typing import Callable, Optional, Sequence
+import types
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
 
-from .. import _record
+from .._system import SYSTEM, System
+from ..boot import Target, parse_target
+from ..errors import ConfigurationError
 from ..policy import ChangeSet
-from . import _process
-from ._process import ReadProcess, Refusal
-from .base import Action, MasterAction, ProcessContext
+from .base import Action, MasterAction, ProcessContext, Refusal, record_master
 
 log = logging.getLogger("wsgireload")
-
-Kill = Callable[[int, int], None]
-Schedule = Callable[[float, Callable[[], None]], None]
 
 PRELOAD_ERROR = (
     "wsgireload: gunicorn runs with --preload (preload_app): the master imported the app "
@@ -33,29 +32,23 @@ PRELOAD_ERROR = (
 )
 
 
-def _timer(delay: float, function: Callable[[], None]) -> None:
-    timer = threading.Timer(delay, function)
-    timer.daemon = True
-    timer.name = "wsgireload-retry"
-    timer.start()
-
-
-def terminate_self(kill: Kill, getpid: Callable[[], int]) -> None:
+def terminate_self(system: System) -> None:
     """SIGTERM to this worker: gunicorn's worker finishes its requests and exits, and the
     master spawns a fresh one. (``sys.exit()`` would be caught by gunicorn: no restart.)"""
-    pid = getpid()
+    pid = system.getpid()
     if pid <= 1:  # never terminate an init process (a container's only process)
         log.warning("wsgireload: not restarting pid %d", pid)
         return
-    kill(pid, signal.SIGTERM)
+    system.kill(pid, signal.SIGTERM)
 
 
 class GunicornAction(MasterAction):
     """SIGHUP to this worker's gunicorn master: a graceful reload of every worker.
 
-    One worker of a master signals per deploy (``_record.claim_reload`` in the master's record;
-    no record, no signal: N workers would each HUP), only a master verified as unchanged since
-    the worker started, and two reloads of one master at least ``min_interval`` seconds apart.
+    One worker of a master signals per deploy (the one that decided it for the master's
+    workers; without a shared record, none: N workers would each HUP), only a master verified
+    as unchanged since the worker started, and two reloads of one master at least
+    ``min_interval`` seconds apart.
 
     A master this worker may not signal (``gunicorn --user``: the master stays root, the
     workers drop privileges) makes the reload impossible. With ``restart_fallback`` (what
@@ -64,12 +57,13 @@ class GunicornAction(MasterAction):
     with EPERM. Without it, a WARNING says what to do.
 
     :param min_interval: seconds between two reloads of one master.
-    :param runtime_dir: private directory for the master's record.
     :param server_names: names one of which the master's program must be.
     :param restart_fallback: restart each worker when the master cannot be signalled.
+    :param runtime_dir: private directory for the master's record.
+    :param system: the operating system (tests pass a fake).
     """
 
-    name = server = "gunicorn"
+    name = "gunicorn"
     summary = (
         "one SIGHUP per deploy to the verified master (graceful reload of every worker); "
         "with --preload, one ERROR and no reload"
@@ -79,37 +73,24 @@ class GunicornAction(MasterAction):
         self,
         *,
         min_interval: float = 3.0,  # seconds
-        runtime_dir: Optional[str] = None,
         server_names: Sequence[str] = ("gunicorn",),
         restart_fallback: bool = False,
-        kill: Kill = os.kill,
-        getppid: Callable[[], int] = os.getppid,
-        getpid: Callable[[], int] = os.getpid,
-        getuid: Callable[[], int] = os.getuid,
-        geteuid: Callable[[], int] = os.geteuid,
-        read_process: ReadProcess = _process.read_process,
-        boot_time: Callable[[], float] = _process.boot_time,
-        master_pid: Callable[[], int] = _process.boot_ppid,
-        clock: Callable[[], float] = time.monotonic,
-        schedule: Schedule = _timer,
+        runtime_dir: Optional[str] = None,
+        system: System = SYSTEM,
     ) -> None:
-        super().__init__(server_names, runtime_dir, read_process, getppid, getuid, geteuid, clock)
+        super().__init__(server_names, runtime_dir, system)
         self.restart_fallback = restart_fallback
-        self.kill = kill
-        self.getpid = getpid
-        self.boot_time = boot_time
-        self.master_pid = master_pid
         self.min_interval = float(min_interval)
-        self.schedule = schedule
         self.disabled: Optional[str] = None  # why this action does nothing in this process
         self.restarting: Optional[str] = None  # why each worker restarts itself instead
         self._retry_pending = False
 
     def setup(self, context: ProcessContext) -> None:
-        self.master = _process.record_master(self.master_pid(), read=self.read_process)
+        super().setup(context)
+        self.master = record_master(self.system.parent_at_start(), self.system)
         if context.preloaded:
             self.disabled = "--preload"
-            if _record.first_to_log(self._master_record()[0], "preload-error"):
+            if self.siblings.first_to_log("preload-error"):
                 log.error(PRELOAD_ERROR)
             return
         problem = self._problem()
@@ -148,7 +129,7 @@ class GunicornAction(MasterAction):
     def _restart_instead(self, why: str) -> None:
         """From now on this worker restarts itself for each change set; say so once."""
         self.restarting = why
-        if _record.first_to_log(self._master_record()[0], "restart-worker"):
+        if self.siblings.first_to_log("restart-worker"):
             log.info(
                 "wsgireload: %s: each worker restarts itself after its response instead "
                 "(gunicorn replaces it gracefully)",
@@ -163,7 +144,7 @@ class GunicornAction(MasterAction):
                 "wsgireload: not restarting this worker: %s; restart gunicorn yourself", problem
             )
             return
-        terminate_self(self.kill, self.getpid)
+        terminate_self(self.system)
 
     def _denied(self, exc: OSError) -> None:
         assert self.master is not None
@@ -173,6 +154,7 @@ class GunicornAction(MasterAction):
         )
         if self.restart_fallback:
             self._restart_instead(why)
+            self.siblings.restart_each_worker()
             self._restart_self()
             return
         log.warning(
@@ -191,9 +173,9 @@ class GunicornAction(MasterAction):
             return
         assert self.master is not None
         try:
-            # Signal 0 checks permission only. A worker that may not signal must not claim the
-            # reload either: the claim would tell its siblings a reload is on its way.
-            self.kill(self.master.pid, 0)
+            # Signal 0 checks permission only. A worker that may not signal must not note a
+            # reload either: its siblings would wait for a reload that never comes.
+            self.system.kill(self.master.pid, 0)
         except PermissionError as exc:
             self._denied(exc)
             return
@@ -201,43 +183,39 @@ class GunicornAction(MasterAction):
             log.warning("wsgireload: gunicorn master %d is gone; restart gunicorn yourself",
                         self.master.pid)
             return
-        claim = self._claim_reload(self.boot_time(), self.min_interval)
-        if isinstance(claim, str):
+        if not self.siblings.coordinated:
             # Without a shared record every worker would send its own HUP, and each is a
             # full reload cycle of the master.
             log.warning(
-                "wsgireload: not reloading: no safe place to coordinate workers (%s); "
-                "pass runtime_dir= a private directory, or restart gunicorn yourself",
-                claim,
+                "wsgireload: not reloading: no safe place to coordinate workers (%s); pass "
+                "runtime_dir= a private directory, or restart gunicorn yourself",
+                self.siblings.why_alone(),
             )
             return
-        record, outcome, wait = claim
-        if outcome is _record.Outcome.COVERED and self.restart_fallback and _record.logged(
-            record, "restart-worker"
-        ):
-            # The claim covering us was a HUP the kernel refused: do as the sibling did.
-            self._restart_instead("another worker found the master out of reach")
-            self._restart_self()
-        elif outcome is _record.Outcome.COVERED:
+        last, now = self.siblings.last_reload().get("at"), self.system.monotonic()
+        recent = isinstance(last, (int, float)) and last <= now
+        wait = self.min_interval - (now - float(last or 0.0)) if recent else 0.0
+        if self._covered() is not None:
             log.debug(
                 "wsgireload: gunicorn master %d already reloaded since this worker started; "
                 "it will be replaced",
                 self.master.pid,
             )
-        elif outcome is _record.Outcome.WAIT:
+        elif wait > 0:
             log.info(
                 "wsgireload: the last reload of gunicorn master %d was too recent; "
                 "retrying in %.1fs",
                 self.master.pid,
                 wait,
             )
-            if not self._retry_pending:
-                self._retry_pending = True
-                self.schedule(wait, self._retry)
+            self._retry_pending = True
+            self.system.later(wait, self._retry)
         else:
             log.debug("wsgireload: sending SIGHUP to gunicorn master %d", self.master.pid)
+            # Noted before the signal: the workers it forks must find themselves born after it.
+            self.siblings.reloading()
             try:
-                self.kill(self.master.pid, signal.SIGHUP)
+                self.system.kill(self.master.pid, signal.SIGHUP)
             except PermissionError as exc:
                 self._denied(exc)
 
@@ -266,34 +244,123 @@ class RestartWorkerAction(Action):
     summary = "each worker sends itself SIGTERM after its response; gunicorn replaces it"
     per_process = True
 
-    def __init__(
-        self,
-        *,
-        runtime_dir: Optional[str] = None,
-        kill: Kill = os.kill,
-        getpid: Callable[[], int] = os.getpid,
-    ) -> None:
-        self.runtime_dir = runtime_dir
-        self.kill = kill
-        self.getpid = getpid
+    def __init__(self, *, runtime_dir: Optional[str] = None, system: System = SYSTEM) -> None:
+        self.runtime_dir = runtime_dir  # of the master's record (the --preload ERROR once)
+        self.system = system
         self.disabled: Optional[str] = None
 
     def setup(self, context: ProcessContext) -> None:
         if context.preloaded:
             self.disabled = "--preload"
-            master = _process.record_master()
-            record, _ = _record.for_master("gunicorn", master, self.runtime_dir,
-                                           _process.read_process)
-            if _record.first_to_log(record, "preload-error"):
+            if context.siblings.first_to_log("preload-error"):
                 log.error(PRELOAD_ERROR)
 
     def __call__(self, changes: ChangeSet) -> None:
         if self.disabled is not None:
             log.debug("wsgireload: not reloading (%s): %s", self.disabled, changes.describe())
             return
-        terminate_self(self.kill, self.getpid)
+        terminate_self(self.system)
 
     def describe(self) -> str:
         if self.disabled is not None:
             return f"restart-worker: nothing ({self.disabled} prevents reloading)"
         return "restart-worker: SIGTERM to this worker"
+
+
+# -- recognising gunicorn, its master, its app and its workers --------------------------------
+NAME = "gunicorn"
+
+
+def serves(environ: Mapping[str, Any]) -> bool:
+    """This process is a gunicorn worker: a request's key, or gunicorn's worker module."""
+    return "gunicorn.socket" in environ or "gunicorn.workers.base" in sys.modules
+
+
+def master_of(environ: Mapping[str, Any], system: System = SYSTEM) -> Optional[Tuple[str, int]]:
+    """(record name, master pid): a worker's master is its parent when it was forked."""
+    return (NAME, system.parent_at_start()) if "gunicorn.socket" in environ else None
+
+
+def auto_action() -> Action:
+    # A master out of this worker's reach (gunicorn --user) still gets new code: each worker
+    # restarts itself instead.
+    return GunicornAction(restart_fallback=True)
+
+
+def frame_objects() -> Iterator[Any]:
+    """The ``self`` of each gunicorn frame on the main thread's stack, innermost first.
+
+    In a worker these are its Worker (``init_process``, ``load_wsgi``, ``run``) inside the
+    arbiter's ``spawn_worker``; in the arbiter (``--preload``) the Arbiter and its app only.
+    """
+    if "gunicorn" not in sys.modules:
+        return
+    if threading.current_thread() is threading.main_thread():
+        # (gevent's workers patch thread idents: sys._current_frames() has no key for it)
+        frame: Optional[types.FrameType] = sys._getframe(1)  # noqa: SLF001 (the stdlib's API)
+    else:
+        main = threading.main_thread().ident
+        frames = sys._current_frames()  # noqa: SLF001 (the standard library's own API)
+        frame = frames.get(main) if main is not None else None
+    while frame is not None:
+        if "gunicorn" in frame.f_code.co_filename:
+            yield frame.f_locals.get("self")
+        frame = frame.f_back
+
+
+def app_uri() -> Optional[str]:
+    """The app URI this gunicorn worker's master was started with (CLI or ``wsgi_app``)."""
+    uri = app_uri_of(*frame_objects())
+    kind = getattr(sys.modules.get("gunicorn.app.base"), "BaseApplication", None)
+    if uri is None and kind is not None:  # an async worker's main thread runs elsewhere
+        uri = app_uri_of(*(obj for obj in gc.get_objects() if isinstance(obj, kind)))
+    return uri
+
+
+def app_uri_of(*objs: Any) -> Optional[str]:
+    """The app URI of the first gunicorn worker or application among ``objs`` that has one."""
+    for obj in objs:
+        for candidate in (obj, getattr(obj, "app", None)):
+            for uri in (getattr(candidate, "app_uri", None),
+                        getattr(getattr(candidate, "cfg", None), "wsgi_app", None)):
+                if isinstance(uri, str) and uri:
+                    return uri
+    return None
+
+
+def boot_targets() -> List[Target]:
+    """The app as gunicorn's app URI names it, if this is a gunicorn worker."""
+    uri = app_uri()
+    try:
+        return [parse_target(uri)] if uri else []
+    except ConfigurationError:
+        return []  # a paste: URI or the like
+
+
+def early_environ(
+    objects: Callable[[], Iterable[Any]] = frame_objects,
+    worker_class: Optional[type] = None,  # gunicorn's Worker (default: if gunicorn is loaded)
+    system: System = SYSTEM,
+) -> Optional[Dict[str, Any]]:
+    """What a first request would tell about gunicorn, if this process is a worker importing
+    the app (no ``--preload``: in the arbiter, wait for a request); else None."""
+    if worker_class is None:
+        worker_class = getattr(sys.modules.get("gunicorn.workers.base"), "Worker", None)
+    if not isinstance(worker_class, type):
+        return None
+    for obj in objects():
+        if isinstance(obj, worker_class):
+            # The worker's own process (spawn_worker sets its pid in the child), forked by
+            # the arbiter it names: never the arbiter, which only holds Worker objects.
+            mine = (getattr(obj, "pid", None), getattr(obj, "ppid", None)) == (
+                system.getpid(), system.getppid())
+            return {"gunicorn.socket": None} if mine else None
+    return None
+
+
+def threads_available(environ: Mapping[str, Any]) -> bool:
+    return True
+
+
+def before_workers(hook: Callable[[], None]) -> bool:
+    return False  # a worker imports the app itself (or, with --preload, cannot reload)

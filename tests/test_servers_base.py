@@ -1,26 +1,30 @@
-"""Who may be signalled: the one /proc reader and rule, against crafted /proc trees."""
+"""What the servers share: who may be signalled (the one rule, against crafted /proc trees),
+and the actions that need no server (a user callback, log-only)."""
 
 from __future__ import annotations
 
-import os
+import logging
 from pathlib import Path
 from typing import List, Optional
 
 import pytest
 
-from wsgireload.actions import _process
-from wsgireload.actions._process import (
+from wsgireload._system import ProcessInfo
+from wsgireload.actions import CallbackAction, LogOnlyAction
+from wsgireload.policy import ChangeSet
+from wsgireload.servers.base import (
     MasterProblem,
-    ProcessInfo,
     Refusal,
     master_problem,
+    matching_name,
     program_name,
-    read_process,
     record_master,
 )
 
 from .conftest import ProcTree
+from .fakes import FakeSystem
 
+CHANGES = ChangeSet(("/srv/app/views.py",), "abc", 1.0, 1.0)
 GUNICORN = ["/usr/bin/python3", "/usr/local/bin/gunicorn", "-w", "3", "app:app"]
 UWSGI = ["/venv/bin/uwsgi", "--master", "--processes", "3", "--module", "wsgi"]
 
@@ -40,16 +44,10 @@ def problem(
     recorded: Optional[ProcessInfo] = None,
 ) -> Optional[MasterProblem]:
     """The rule as a worker of uid ``uid`` whose parent is ``parent`` (default: the master)."""
+    system = FakeSystem(str(tree.root), parent=master if parent is None else parent, uid=uid)
     if recorded is None:
-        recorded = record_master(master, read=tree.read)
-    return master_problem(
-        recorded,
-        names,  # type: ignore[arg-type]
-        getppid=lambda: master if parent is None else parent,
-        read=tree.read,
-        getuid=lambda: uid,
-        geteuid=lambda: uid,
-    )
+        recorded = record_master(master, system)
+    return master_problem(recorded, names, system)  # type: ignore[arg-type]
 
 
 def test_the_recorded_master_unchanged_may_be_signalled(tree: ProcTree) -> None:
@@ -60,7 +58,7 @@ def test_the_recorded_master_unchanged_may_be_signalled(tree: ProcTree) -> None:
 # -- pid 1: a container's server, or init ------------------------------------------------------
 def test_a_server_that_is_pid_1_is_a_master_like_any_other(tree: ProcTree) -> None:
     tree.add(1, ["/venv/bin/gunicorn", "-w", "3", "app:app"])  # CMD ["gunicorn", ...]
-    recorded = record_master(1, read=tree.read)
+    recorded = record_master(1, FakeSystem(str(tree.root)))
     assert recorded is not None and recorded.pid == 1
     assert problem(tree, 1) is None
     tree.add(1, UWSGI)
@@ -78,7 +76,7 @@ def test_init_as_pid_1_is_not_a_server(tree: ProcTree) -> None:
 @pytest.mark.parametrize("adopter", [1, 777], ids=["init", "subreaper"])
 def test_a_worker_orphaned_then_adopted_signals_nobody(tree: ProcTree, adopter: int) -> None:
     tree.add(4242, GUNICORN)
-    recorded = record_master(4242, read=tree.read)
+    recorded = record_master(4242, FakeSystem(str(tree.root)))
     tree.remove(4242)
     tree.add(adopter, GUNICORN)  # even an adopter that looks like the server
     found = problem(tree, 4242, parent=adopter, recorded=recorded)
@@ -88,7 +86,7 @@ def test_a_worker_orphaned_then_adopted_signals_nobody(tree: ProcTree, adopter: 
 
 def test_a_reused_pid_is_refused(tree: ProcTree) -> None:
     tree.add(4242, GUNICORN, start="1000")
-    recorded = record_master(4242, read=tree.read)
+    recorded = record_master(4242, FakeSystem(str(tree.root)))
     tree.add(4242, GUNICORN, start="2000")  # the master died; a new gunicorn got its pid
     found = problem(tree, 4242, recorded=recorded)
     assert found is not None and found.kind is Refusal.REUSED
@@ -96,7 +94,7 @@ def test_a_reused_pid_is_refused(tree: ProcTree) -> None:
 
 def test_a_master_that_changed_uid_is_refused(tree: ProcTree) -> None:
     tree.add(4242, GUNICORN, uid=1001)
-    recorded = record_master(4242, read=tree.read)
+    recorded = record_master(4242, FakeSystem(str(tree.root)))
     tree.add(4242, GUNICORN, uid=1002)
     found = problem(tree, 4242, recorded=recorded)
     assert found is not None and found.kind is Refusal.UID_CHANGED
@@ -104,14 +102,14 @@ def test_a_master_that_changed_uid_is_refused(tree: ProcTree) -> None:
 
 def test_a_master_that_is_gone_is_refused(tree: ProcTree) -> None:
     tree.add(4242, GUNICORN)
-    recorded = record_master(4242, read=tree.read)
+    recorded = record_master(4242, FakeSystem(str(tree.root)))
     tree.remove(4242)
     found = problem(tree, 4242, recorded=recorded)
     assert found is not None and found.kind is Refusal.GONE
 
 
 def test_nothing_recorded_says_why_truthfully() -> None:
-    found = master_problem(None, "gunicorn", getppid=lambda: 4242, read=lambda pid: None)
+    found = master_problem(None, "gunicorn", FakeSystem(parent=4242))
     assert found is not None and found.kind is Refusal.UNKNOWN
     assert "already gone when the worker started" in str(found)
 
@@ -210,73 +208,47 @@ def test_program_name(argv: List[str], program: str) -> None:
     ],
 )
 def test_matching_name(argv: List[str], expected: bool) -> None:
-    assert (_process.matching_name(argv, ("gunicorn",)) is not None) is expected
+    assert (matching_name(argv, ("gunicorn",)) is not None) is expected
 
 
 def test_several_names_and_case(tree: ProcTree) -> None:
     tree.add(4242, ["python3", "run_app.py"])
     assert problem(tree, 4242, ("gunicorn", "run_app")) is None
-    assert _process.matching_name(["uWSGI master"], ("gunicorn", "uwsgi")) == "uwsgi"
-
-
-# -- reading /proc -----------------------------------------------------------------------------
-def test_read_process_parses_a_proc_tree(tree: ProcTree) -> None:
-    tree.add(4242, ["/usr/bin/python3", "/usr/bin/gunicorn", "app:app"], start="98765")
-    info = read_process(4242, root=str(tree.root))
-    assert info == ProcessInfo(
-        4242, "98765", 1001, ("/usr/bin/python3", "/usr/bin/gunicorn", "app:app")
-    )
-    assert read_process(4243, root=str(tree.root)) is None
-
-
-def test_read_process_keeps_arguments_with_spaces_apart(tree: ProcTree) -> None:
-    tree.add(4242, ["timeout", "60", "sh", "-c", "exec gunicorn app:app"])
-    info = tree.read(4242)
-    assert info is not None and info.argv == ("timeout", "60", "sh", "-c", "exec gunicorn app:app")
-
-
-def test_read_process_without_proc_knows_only_the_pid(tmp_path: Path) -> None:
-    missing = str(tmp_path / "no-proc")
-    assert read_process(os.getpid(), root=missing) == ProcessInfo(os.getpid(), None, None, None)
+    assert matching_name(["uWSGI master"], ("gunicorn", "uwsgi")) == "uwsgi"
 
 
 def test_without_proc_only_pid_and_parent_are_checked() -> None:
     bare = ProcessInfo(4242, None, None, None)
-    read = {4242: bare}.get
-    assert master_problem(bare, "gunicorn", getppid=lambda: 4242, read=read) is None
-    found = master_problem(bare, "gunicorn", getppid=lambda: 1, read=read)
+    system = FakeSystem(parent=4242)
+    system.procs[4242] = bare
+    assert master_problem(bare, "gunicorn", system) is None
+    system.parent = 1
+    found = master_problem(bare, "gunicorn", system)
     assert found is not None and found.kind is Refusal.ORPHANED
 
 
-@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs /proc")
-def test_read_process_real_self() -> None:
-    info = read_process(os.getpid())
-    assert info is not None
-    assert info.uid == os.getuid()
-    assert info.start_time is not None and info.start_time.isdigit()
-    assert info.argv and "py" in info.argv[0]
-
-
 def test_record_master() -> None:
-    master = ProcessInfo(1, "5", 0, ("gunicorn: master [app]",))
-    assert record_master(1, read={1: master}.get) == master  # pid 1: a container's server
-    assert record_master(0, read={0: master}.get) is None
-    assert record_master(4242, read={}.get) is None
+    system = FakeSystem()
+    master = system.procs[1] = system.procs[0] = ProcessInfo(1, "5", 0, ("gunicorn: master [app]",))
+    assert record_master(1, system) == master  # pid 1: a container's server
+    assert record_master(0, system) is None
+    assert record_master(4242, system) is None
 
 
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
-def test_boot_time_and_parent_are_taken_again_in_a_forked_child() -> None:
-    before = _process.boot_time()
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - child
-        try:
-            os.write(write_end, f"{_process.boot_time()!r} {_process.boot_ppid()}".encode())
-        finally:
-            os._exit(0)
-    os.close(write_end)
-    with os.fdopen(read_end) as handle:
-        child_boot, child_ppid = handle.read().split()
-    os.waitpid(pid, 0)
-    assert float(child_boot) > before
-    assert int(child_ppid) == os.getpid()
+def test_callback_gets_the_change_set_and_runs_in_every_worker() -> None:
+    seen: List[ChangeSet] = []
+    action = CallbackAction(seen.append)
+    action(CHANGES)
+    assert seen == [CHANGES]
+    assert action.per_process and action.after_close_only
+    assert "append" in action.describe()
+
+
+def test_log_only_warns_what_to_do_and_does_nothing_else(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="wsgireload"):
+        LogOnlyAction()(CHANGES)
+    [record] = caplog.records
+    assert record.levelno == logging.WARNING and "restart the server" in record.getMessage()
+    assert "views.py" in record.getMessage()

@@ -15,8 +15,10 @@ import pytest
 import webtest
 
 from wsgireload import Reloader
-from wsgireload.actions import REGISTRY, standalone
-from wsgireload.actions.standalone import (
+from wsgireload.actions import REGISTRY
+from wsgireload.policy import ChangeSet
+from wsgireload.servers import standalone
+from wsgireload.servers.standalone import (
     LISTEN_FDS_ENV,
     ExecAction,
     ExitAction,
@@ -25,7 +27,6 @@ from wsgireload.actions.standalone import (
     listening_sockets,
     reexec_argv,
 )
-from wsgireload.policy import ChangeSet
 
 CHANGES = ChangeSet(("/srv/app/views.py",), "abc", 1.0, 1.0)
 

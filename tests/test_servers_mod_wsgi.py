@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 import signal
-from typing import List, Tuple
 
 import pytest
 
-from wsgireload.actions import ModWsgiAction
-from wsgireload.actions.base import ProcessContext
 from wsgireload.policy import ChangeSet
+from wsgireload.servers.base import ProcessContext
+from wsgireload.servers.mod_wsgi import ModWsgiAction
+
+from .fakes import FakeSystem
 
 
 def context(environ: dict) -> ProcessContext:
@@ -22,25 +23,25 @@ def changes(fingerprint: str = "fp1") -> ChangeSet:
 
 
 def test_mod_wsgi_daemon_mode_sends_sigint_to_itself_only() -> None:
-    kills: List[Tuple[int, int]] = []
-    action = ModWsgiAction(kill=lambda pid, sig: kills.append((pid, sig)), getpid=lambda: 777)
+    system = FakeSystem(pid=777)
+    action = ModWsgiAction(system=system)
     action.setup(context({"mod_wsgi.process_group": "myapp"}))
     assert "daemon" in action.describe()
     action(changes())
-    assert kills == [(777, signal.SIGINT)]
+    assert system.killed == [(777, signal.SIGINT)]
 
 
 
 def test_mod_wsgi_embedded_mode_warns_once_and_does_nothing(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    kills: List[Tuple[int, int]] = []
-    action = ModWsgiAction(kill=lambda pid, sig: kills.append((pid, sig)), getpid=lambda: 777)
+    system = FakeSystem(pid=777)
+    action = ModWsgiAction(system=system)
     action.setup(context({"mod_wsgi.process_group": ""}))
     with caplog.at_level(logging.WARNING, "wsgireload"):
         action(changes("fp1"))
         action(changes("fp2"))
-    assert kills == []
+    assert system.killed == []
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1
     assert "daemon mode" in warnings[0].getMessage()

@@ -1,32 +1,42 @@
-"""uWSGI: ask this worker's verified master for one graceful reload per change set.
+"""uWSGI: recognising it, its master, its apps, its threads, its workers' start, and one
+graceful reload per change set of the verified master.
 
 Chain reload through the master FIFO with --lazy-apps, else ``uwsgi.reload()``; never a reload
 that would kill the server (pyuwsgi in a virtualenv without --binary-path). The ``uwsgi``
-module, /proc and the FIFO writer are injectable: unit-tested without uWSGI.
+module and the system are injectable: unit-tested without uWSGI. The boot check's stand-ins
+for uWSGI's modules live here too (``install_stubs``).
 """
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import stat
 import sys
-import threading
-import time
+import types
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from .. import _record
-from ..boot import opt_text, opt_texts
+from .._system import SYSTEM, System
+from ..boot import Target
 from ..policy import ChangeSet
-from . import _process
-from ._process import PROC_ROOT, MasterProblem, ReadProcess, Refusal
-from .base import MasterAction, ProcessContext
+from .base import MasterAction, MasterProblem, ProcessContext, Refusal, program_name, record_master
 
 log = logging.getLogger("wsgireload")
 
 _FALSE_WORDS = frozenset({b"", b"0", b"false", b"no", b"off"})
+
+
+def opt_texts(value: Any) -> List[str]:
+    """The non-empty strings of a ``uwsgi.opt`` value: bytes, str, or a list of those."""
+    values = value if isinstance(value, (list, tuple)) else [value]
+    texts = (os.fsdecode(v) if isinstance(v, bytes) else v for v in values)
+    return [text for text in texts if isinstance(text, str) and text]
+
+
+def opt_text(value: Any, default: Optional[str] = None) -> Optional[str]:
+    """The first of ``opt_texts(value)``, else ``default``."""
+    return next(iter(opt_texts(value)), default)
 
 
 @dataclass(frozen=True)
@@ -88,25 +98,6 @@ def _number(value: Any) -> int:
     return 1
 
 
-def write_fifo(path: str, command: bytes) -> None:
-    """Write a command to a uWSGI master FIFO; raise OSError saying why it was not possible.
-
-    Non-blocking: with nobody reading (the master is gone), opening fails with ENXIO at once
-    instead of hanging the worker.
-    """
-    flags = os.O_WRONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
-    fd = os.open(path, flags)
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISFIFO(info.st_mode):
-            raise OSError(errno.EINVAL, f"{path} is not a FIFO")
-        if info.st_uid != os.getuid():
-            raise OSError(errno.EPERM, f"{path} belongs to uid {info.st_uid}")
-        os.write(fd, command)
-    finally:
-        os.close(fd)
-
-
 def first_fifo(paths: Tuple[str, ...]) -> Optional[str]:
     """The configured FIFO that exists. uWSGI creates only the active (first) one, and
     ``uwsgi.opt`` keeps only the last of repeated options, so check rather than trust."""
@@ -137,25 +128,19 @@ class UwsgiAction(MasterAction):
 
     Only the master recorded at this worker's setup is asked (pid 1 too: a container's
     uWSGI), after checking it is still our parent, the same process, a user this worker may
-    signal, and a uWSGI (``_process.master_problem``). Workers share their master's record
-    (``_record.claim_reload``): a worker started before the latest reload request is replaced
-    by that reload, so it does not ask again; N workers seeing one deploy make one request.
+    signal, and a uWSGI (``master_problem``). A worker started before the master's latest
+    reload is replaced by that reload, so it does not ask again.
 
     :param uwsgi_module: the ``uwsgi`` module (tests pass a fake); imported at setup if None.
     :param server_names: names one of which the master's program must be (besides the
         ``--procname-master`` title, read from ``uwsgi.opt``).
-    :param proc_root: where procfs is mounted (tests point it at a fake tree).
     :param runtime_dir: private directory for the master's record.
-    :param fifo_writer: writes a command to the master FIFO.
-    :param booted: when this worker loaded its code, on the ``clock`` (``_process.boot_time``
-        if None: its fork, or its import of wsgireload under --lazy-apps).
     :param pyuwsgi: running from the pyuwsgi wheel; detected from ``sys.modules`` if None.
     :param virtualenv: running in a virtualenv; detected from ``sys.prefix`` if None.
-    :param waker: ``waker(fifo, until)`` wakes the master until the clock reads ``until``;
-        None starts a daemon thread writing newlines to the FIFO.
+    :param system: the operating system (tests pass a fake).
     """
 
-    name = server = "uwsgi"
+    name = "uwsgi"
     summary = (
         "chain reload through the master FIFO with --lazy-apps and --master-fifo, else "
         "uwsgi.reload() of the verified master; refuses pyuwsgi in a venv without --binary-path"
@@ -166,31 +151,13 @@ class UwsgiAction(MasterAction):
         *,
         uwsgi_module: Any = None,
         server_names: Sequence[str] = ("uwsgi", "pyuwsgi"),
-        proc_root: str = PROC_ROOT,
-        getppid: Callable[[], int] = os.getppid,
-        getuid: Callable[[], int] = os.getuid,
-        geteuid: Callable[[], int] = os.geteuid,
-        read_process: Optional[ReadProcess] = None,
         runtime_dir: Optional[str] = None,
-        fifo_writer: Callable[[str, bytes], None] = write_fifo,
-        clock: Callable[[], float] = time.monotonic,
-        booted: Optional[float] = None,
         pyuwsgi: Optional[bool] = None,
         virtualenv: Optional[bool] = None,
-        waker: Optional[Callable[[str, float], None]] = None,
+        system: System = SYSTEM,
     ) -> None:
-        super().__init__(
-            server_names,
-            runtime_dir,
-            read_process or (lambda pid: _process.read_process(pid, proc_root)),
-            getppid,
-            getuid,
-            geteuid,
-            clock,
-        )
+        super().__init__(server_names, runtime_dir, system)
         self.uwsgi = uwsgi_module
-        self.fifo_writer = fifo_writer
-        self.booted = booted
         self.pyuwsgi = pyuwsgi
         self.virtualenv = virtualenv
         self.options = UwsgiOptions()
@@ -198,9 +165,9 @@ class UwsgiAction(MasterAction):
         self.why_not = "setup has not run"
         self.fifo: Optional[str] = None
         self.refusal: Optional[str] = None  # set when a full reload would kill the server
-        self.waker = waker or self._wake_in_thread
 
     def setup(self, context: ProcessContext) -> None:
+        super().setup(context)
         if self.uwsgi is None:
             try:
                 import uwsgi  # type: ignore[import-not-found,import-untyped,unused-ignore]
@@ -210,7 +177,7 @@ class UwsgiAction(MasterAction):
             self.uwsgi = uwsgi
         self.options = UwsgiOptions.parse(getattr(self.uwsgi, "opt", {}) or {})
         if self.options.master_title:
-            self.server_names += (_process.program_name(self.options.master_title),)
+            self.server_names += (program_name(self.options.master_title),)
         pid = int(self.uwsgi.masterpid())
         if pid <= 0:  # uWSGI answers 0 without --master; 1 is a master (a container's)
             self.why_not = (
@@ -221,15 +188,13 @@ class UwsgiAction(MasterAction):
                 "yourself to load code changes"
             )
             return
-        self.master = _process.record_master(pid, read=self.read_process)
+        self.master = record_master(pid, self.system)
         if self.master is None:
             self.why_not = (
                 f"the uWSGI master {pid} was already gone when this worker started; restart "
                 "uWSGI yourself to load code changes"
             )
             return
-        if self.booted is None:
-            self.booted = _process.boot_time()
         if self.pyuwsgi is None:
             self.pyuwsgi = "pyuwsgi" in sys.modules
         if self.virtualenv is None:
@@ -266,11 +231,11 @@ class UwsgiAction(MasterAction):
         if problem is not None:
             log.warning("wsgireload: not reloading uWSGI: %s; %s", problem, _advice(problem))
             return
-        if not self._claim():
+        if not self._note_reload():
             return
         if self.method == CHAIN and self.fifo is not None:
             try:
-                self.fifo_writer(self.fifo, b"c")
+                self.system.write_fifo(self.fifo, b"c")
             except OSError as exc:
                 if self.refusal is not None:
                     log.error(
@@ -286,7 +251,7 @@ class UwsgiAction(MasterAction):
                     exc.strerror or exc,
                 )
             else:
-                self.waker(self.fifo, self.clock() + self._wake_window())
+                self._wake(self.system.monotonic() + self._wake_window())
                 return
         if not self.uwsgi.reload():
             log.error(
@@ -306,25 +271,24 @@ class UwsgiAction(MasterAction):
             )
         return super()._problem()
 
-    def _claim(self) -> bool:
-        """Record this reload request for the master, unless one since our start covers us."""
-        booted = self.booted if self.booted is not None else _process.boot_time()
-        now = self.clock()
-        claim = self._claim_reload(booted, chain=self.method == CHAIN)
-        if isinstance(claim, str):
+    def _note_reload(self) -> bool:
+        """Note this reload request for the master, unless one since our start covers us."""
+        if not self.siblings.coordinated:
             # uWSGI itself ignores reload requests that arrive during a reload (measured), so
             # going ahead without the record is still safe, only less tidy.
-            log.warning("wsgireload: no shared reload record (%s); asking uWSGI anyway", claim)
+            log.warning("wsgireload: no shared reload record (%s); asking uWSGI anyway",
+                        self.siblings.why_alone())
             return True
-        record, outcome, _ = claim
-        if outcome is _record.Outcome.COVERED:
+        since = self._covered()
+        if since is not None:
             self._help_chain()
             log.info(
                 "wsgireload: another worker asked uWSGI to reload %.1fs ago, after this worker "
                 "started; that reload replaces this worker",
-                max(0.0, now - float(_record.last_request(record).get("at", now))),
+                since,
             )
             return False
+        self.siblings.reloading(chain=self.method == CHAIN)
         return True
 
     def _wake_window(self) -> float:
@@ -334,29 +298,20 @@ class UwsgiAction(MasterAction):
         """Wake the master until the chain reload recorded for it has had time to finish."""
         if self.fifo is None or self.master is None:
             return
-        record, _ = self._master_record()
-        request = _record.last_request(record) if record is not None else {}
-        if not request.get("chain"):
-            return
-        until = float(request["at"]) + self._wake_window()
-        if until > self.clock():
-            self.waker(self.fifo, until)
+        request = self.siblings.last_reload()
+        if request.get("chain"):
+            until = float(request["at"]) + self._wake_window()
+            if until > self.system.monotonic():
+                self._wake(until)
 
-    def _wake_in_thread(self, fifo: str, until: float) -> None:
-        def wake() -> None:
-            while self.clock() < until:
-                try:
-                    self.fifo_writer(fifo, b"\n")
-                except OSError:
-                    return  # the master is gone or reloading: nothing to wake
-                time.sleep(WAKE_EVERY)
-
-        threading.Thread(target=wake, name="wsgireload-uwsgi-chain", daemon=True).start()
+    def _wake(self, until: float) -> None:
+        fifo = self.fifo
+        if fifo is not None:
+            self.system.repeat(WAKE_EVERY, until, lambda: self.system.write_fifo(fifo, b"\n"))
 
     def _refuse(self, changes: ChangeSet) -> None:
         """Log the refusal once per change set across the master's workers."""
-        record, _ = self._master_record()
-        if _record.first_to_log(record, f"refused {changes.fingerprint}"):
+        if self.siblings.first_to_log(f"refused {changes.fingerprint}"):
             log.error("wsgireload: not reloading (%s): %s", changes.describe(), self.refusal)
         else:
             log.debug("wsgireload: not reloading (%s): refused, logged by another worker",
@@ -384,3 +339,153 @@ def _advice(problem: MasterProblem) -> str:
             "privileges too), or restart uWSGI yourself to load this change"
         )
     return "restart uWSGI yourself to load this change"
+
+
+# -- recognising uWSGI, its master, its apps, its threads and its workers ---------------------
+NAME = "uwsgi"
+
+
+def serves(environ: Mapping[str, Any]) -> bool:
+    return "uwsgi.version" in environ
+
+
+def module() -> Any:
+    """The real ``uwsgi`` module when this process runs inside uWSGI, else None."""
+    found = sys.modules.get("uwsgi")
+    if not hasattr(found, "opt") or getattr(found, "__wsgireload_stub__", False):
+        return None
+    return found
+
+
+def master_of(environ: Mapping[str, Any], system: System = SYSTEM) -> Optional[Tuple[str, int]]:
+    """(record name, master pid) from ``uwsgi.masterpid()``; None without a master."""
+    try:
+        pid = int(module().masterpid()) if serves(environ) else 0
+    except Exception:  # no uwsgi module (a test), or an odd one
+        return None
+    return (NAME, pid) if pid > 0 and pid != system.getpid() else None
+
+
+def auto_action() -> UwsgiAction:
+    return UwsgiAction()
+
+
+def boot_targets(opt: Optional[Mapping[str, Any]] = None) -> List[Target]:
+    """The apps a uWSGI instance loads, from its ``uwsgi.opt`` (this process's if None)."""
+    if opt is None:
+        found = module()
+        opt = (getattr(found, "opt", {}) or {}) if found is not None else {}
+    callable_name = opt_text(opt.get("callable")) or "application"
+    targets: List[Target] = []
+    for key in ("module", "wsgi", "wsgi-file", "file", "mount"):
+        for spec in opt_texts(opt.get(key)):
+            if key == "mount":
+                spec = spec.partition("=")[2]
+            if key in ("wsgi-file", "file") or spec.endswith(".py") or os.sep in spec:
+                targets.append(Target(path=os.path.abspath(spec), attr=callable_name, spec=spec))
+            elif spec:
+                name, _, obj = spec.partition(":")
+                targets.append(Target(module=name, attr=obj or callable_name, spec=spec))
+    return targets
+
+
+def threads_available(environ: Mapping[str, Any]) -> bool:
+    """uWSGI before 2.0.27 runs no Python threads unless started with --enable-threads."""
+    version = environ.get("uwsgi.version")
+    if version is None:
+        return True  # not uWSGI
+    try:
+        if module().opt.get("enable-threads") or module().opt.get("threads"):
+            return True
+    except Exception:  # no uwsgi module: the version decides
+        pass
+    try:
+        if isinstance(version, bytes):
+            version = version.decode("ascii", "replace")
+        parts = tuple(int(p) for p in str(version).split("-")[0].split(".")[:3])
+    except Exception:  # an odd value must not leave this process without a watcher
+        return True
+    return parts >= (2, 0, 27)
+
+
+def early_environ(system: System = SYSTEM) -> Optional[Dict[str, Any]]:
+    """What a first request would tell about uWSGI, if this process is a worker of a master
+    (importing the app under --lazy-apps, or just forked); else None."""
+    found = module()
+    if found is None:
+        return None
+    master, worker = int(found.masterpid()), int(found.worker_id())
+    if master > 0 and worker > 0 and master != system.getpid():
+        return {"uwsgi.version": getattr(found, "version", b"")}
+    return None
+
+
+def before_workers(hook: Callable[[], None], system: System = SYSTEM) -> bool:
+    """In a master importing the app before it forks its workers, have uWSGI call ``hook``
+    in each process it forks, after the hooks already set: in ``uwsgidecorators``' chain if
+    that is the hook (never imported here: importing it replaces ``uwsgi.post_fork_hook``).
+    A hook set later replaces this one: the first request starts. Whether it was set."""
+    found = module()
+    if found is None or int(found.worker_id()) != 0 or int(found.masterpid()) != system.getpid():
+        return False  # no master (nobody to reload the workers), a mule, or not uWSGI
+    after_fork(found, hook)
+    return True
+
+
+def after_fork(uwsgi: Any, hook: Callable[[], None]) -> None:
+    """Chain ``hook`` after ``uwsgi``'s post-fork hooks (see ``before_workers``)."""
+    previous = getattr(uwsgi, "post_fork_hook", None)
+    decorators = sys.modules.get("uwsgidecorators")
+    chain = getattr(decorators, "postfork_chain", None)
+    if previous is not None and previous is getattr(decorators, "postfork_chain_hook", None):
+        if isinstance(chain, list):
+            chain.append(hook)
+            return
+
+    def post_fork() -> None:
+        try:
+            if callable(previous):
+                previous()
+        finally:
+            hook()
+
+    uwsgi.post_fork_hook = post_fork
+
+
+# -- the boot check's stand-ins (in its fresh interpreter) -------------------------------------
+class _Anything:
+    """Stands for any uWSGI API value: callable, falsy, and 0 where a number is expected."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        bare = _decorator_or_none(*args, **kwargs)  # @postfork: the function itself
+        return _decorator_or_none if bare is None else bare  # @timer(3): a decorator
+
+    def __bool__(self) -> bool:
+        return False
+
+    def __int__(self) -> int:
+        return 0
+
+
+def _decorator_or_none(*args: Any, **kwargs: Any) -> Any:
+    return args[0] if len(args) == 1 and callable(args[0]) and not kwargs else None
+
+
+def install_stubs(opt: Mapping[str, Any]) -> None:
+    """Harmless ``uwsgi`` and ``uwsgidecorators`` modules, as the app sees them in a worker."""
+    uwsgi = types.ModuleType("uwsgi", "wsgireload boot-check stand-in for uWSGI's module")
+    vars(uwsgi).update({
+        "__wsgireload_stub__": True,
+        "opt": {k: (v.encode() if isinstance(v, str) else v) for k, v in opt.items()},
+        "version": b"0.0.0-wsgireload-boot-check",
+        "numproc": 1,
+        "applications": None,
+    })
+    for name in ("worker_id", "mule_id", "masterpid", "signal_registered", "cache_exists"):
+        setattr(uwsgi, name, lambda *a, **k: 0)
+    stub = _Anything()
+    uwsgi.__getattr__ = lambda name: stub  # type: ignore[method-assign]
+    decorators = types.ModuleType("uwsgidecorators", "wsgireload boot-check stand-in")
+    decorators.__getattr__ = lambda name: stub  # type: ignore[method-assign]
+    sys.modules["uwsgi"] = uwsgi
+    sys.modules["uwsgidecorators"] = decorators

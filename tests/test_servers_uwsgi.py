@@ -1,4 +1,5 @@
-"""Unit tests of the uWSGI action: fake uwsgi module, fake /proc, no sleeps.
+"""uWSGI with a fake uwsgi module, a fake /proc and system, no sleeps: its reload, its
+options, its apps, its threads and its workers' start.
 
 Real servers prove the reloads themselves (tests/servers/test_uwsgi.py).
 """
@@ -6,37 +7,40 @@ Real servers prove the reloads themselves (tests/servers/test_uwsgi.py).
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import os
-import stat
 import sys
+import types
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional
 
 import pytest
 
-from wsgireload.actions import UwsgiAction
-from wsgireload.actions.base import ProcessContext
-from wsgireload.actions.uwsgi import (
-    UwsgiOptions,
-    first_fifo,
-    write_fifo,
-)
 from wsgireload.policy import ChangeSet
+from wsgireload.servers import uwsgi
+from wsgireload.servers.base import ProcessContext, Siblings
+from wsgireload.servers.uwsgi import UwsgiAction, UwsgiOptions, first_fifo
 
-from .conftest import FakeClock, ProcTree
+from .conftest import ProcTree
+from .fakes import FakeSiblings, FakeSystem, FakeUwsgi, install_uwsgi
 
 MASTER = 4100
 WORKER = 4101
 UWSGI_ENVIRON = {"uwsgi.version": b"2.0.31"}
 
 
+@pytest.fixture
+def fake_uwsgi(monkeypatch: pytest.MonkeyPatch) -> Callable[..., FakeUwsgi]:
+    return functools.partial(install_uwsgi, monkeypatch)
+
+
 def changes(fingerprint: str = "fp1", *files: str) -> ChangeSet:
     return ChangeSet(files or ("/srv/app/mod.py",), fingerprint, 0.0, 0.0)
 
 
-def context(environ: Optional[Dict[str, Any]] = None) -> ProcessContext:
-    return ProcessContext(WORKER, WORKER, environ if environ is not None else UWSGI_ENVIRON)
+def context(siblings: Optional[Siblings] = None) -> ProcessContext:
+    return ProcessContext(WORKER, WORKER, UWSGI_ENVIRON, siblings or Siblings())
 
 
 def make_proc(
@@ -51,22 +55,6 @@ def make_proc(
     ProcTree(root).add(pid, cmdline, start=start, uid=uid)
 
 
-class FakeUwsgi:
-    """The parts of the ``uwsgi`` module the action uses."""
-
-    def __init__(self, opt: Dict[Any, Any], masterpid: int = MASTER) -> None:
-        self.opt = opt
-        self.pid = masterpid
-        self.reloads = 0
-
-    def masterpid(self) -> int:
-        return self.pid
-
-    def reload(self) -> bool:
-        self.reloads += 1
-        return True
-
-
 @pytest.fixture
 def proc(tmp_path: Path) -> Path:
     root = tmp_path / "proc"
@@ -76,47 +64,20 @@ def proc(tmp_path: Path) -> Path:
     return root
 
 
-@pytest.fixture
-def rundir(tmp_path: Path) -> str:
-    return str(tmp_path / "runtime")
-
-
 class World:
-    """One uWSGI master as its workers see it: fake module, fake /proc, shared record."""
+    """One uWSGI master as its workers see it: fake module, fake /proc, shared siblings."""
 
-    def __init__(self, proc: Path, rundir: str, opt: Dict[Any, Any]) -> None:
-        self.proc = proc
-        self.rundir = rundir
-        self.uwsgi = FakeUwsgi(opt)
-        self.clock = FakeClock()
-        self.parent = MASTER
-        self.uid = 1001  # the workers' uid
-        self.fifo_writes: List[Tuple[str, bytes]] = []
-        self.wakes: List[Tuple[str, float]] = []
-        self.fifo_error: Optional[OSError] = None
-
-    def write_fifo(self, path: str, data: bytes) -> None:
-        if self.fifo_error is not None:
-            raise self.fifo_error
-        self.fifo_writes.append((path, data))
+    def __init__(self, proc: Path, opt: Dict[Any, Any], coordinated: bool = True) -> None:
+        self.system = FakeSystem(str(proc), pid=WORKER, parent=MASTER, now=1000.0)
+        self.uwsgi = FakeUwsgi(opt, master=MASTER)
+        self.siblings = FakeSiblings(self.system, coordinated)
 
     def worker(self, *, booted: float = 0.0, **kwargs: Any) -> UwsgiAction:
         kwargs.setdefault("pyuwsgi", False)
         kwargs.setdefault("virtualenv", False)
-        action = UwsgiAction(
-            proc_root=str(self.proc),
-            getppid=lambda: self.parent,
-            getuid=lambda: self.uid,
-            geteuid=lambda: self.uid,
-            uwsgi_module=self.uwsgi,
-            runtime_dir=self.rundir,
-            fifo_writer=self.write_fifo,
-            clock=self.clock,
-            booted=booted,
-            waker=lambda fifo, until: self.wakes.append((fifo, until)),
-            **kwargs,
-        )
-        action.setup(context())
+        system = self.system.worker(WORKER, booted)
+        action = UwsgiAction(uwsgi_module=self.uwsgi, system=system, **kwargs)
+        action.setup(context(self.siblings))
         return action
 
 
@@ -163,39 +124,41 @@ def test_first_fifo_skips_missing_and_regular_files(tmp_path: Path) -> None:
 
 
 # -- chain or full reload --------------------------------------------------------------------
-def test_lazy_apps_with_fifo_chain_reloads(proc: Path, rundir: str, tmp_path: Path) -> None:
+def test_lazy_apps_with_fifo_chain_reloads(proc: Path, tmp_path: Path) -> None:
     fifo = mkfifo(tmp_path)
     opt = {"master": True, "lazy-apps": True, "master-fifo": fifo.encode()}
-    world = World(proc, rundir, opt)
+    world = World(proc, opt)
     action = world.worker()
     assert action.describe() == f"uWSGI chain reload (master FIFO {fifo})"
     action(changes())
-    assert world.fifo_writes == [(fifo, b"c")]
+    assert world.system.fifo_writes == [(fifo, b"c")]
     assert world.uwsgi.reloads == 0
-    assert [f for f, _ in world.wakes] == [fifo]  # it keeps the master's loop moving
+    [(_, wake)] = world.system.wakes  # it keeps the master's loop moving
+    wake()
+    assert world.system.fifo_writes[-1] == (fifo, b"\n")
 
 
-def test_without_lazy_apps_a_fifo_is_not_used(proc: Path, rundir: str, tmp_path: Path) -> None:
+def test_without_lazy_apps_a_fifo_is_not_used(proc: Path, tmp_path: Path) -> None:
     # A chain reload without lazy-apps forks workers from a master holding the old code.
     fifo = mkfifo(tmp_path)
-    world = World(proc, rundir, {"master": True, "master-fifo": fifo.encode()})
+    world = World(proc, {"master": True, "master-fifo": fifo.encode()})
     action = world.worker()
     action(changes())
     assert world.uwsgi.reloads == 1
-    assert world.fifo_writes == []
+    assert world.system.fifo_writes == []
 
 
-def test_lazy_apps_without_fifo_full_reloads(proc: Path, rundir: str) -> None:
-    world = World(proc, rundir, {"master": True, "lazy-apps": True})
+def test_lazy_apps_without_fifo_full_reloads(proc: Path) -> None:
+    world = World(proc, {"master": True, "lazy-apps": True})
     world.worker()(changes())
     assert world.uwsgi.reloads == 1
 
 
 def test_configured_fifo_missing_warns_and_full_reloads(
-    proc: Path, rundir: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    proc: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     missing = str(tmp_path / "nofifo")
-    world = World(proc, rundir, {"lazy-apps": True, "master-fifo": missing.encode()})
+    world = World(proc, {"lazy-apps": True, "master-fifo": missing.encode()})
     with caplog.at_level(logging.WARNING, "wsgireload"):
         action = world.worker()
     assert "is not a FIFO" in caplog.text
@@ -204,11 +167,11 @@ def test_configured_fifo_missing_warns_and_full_reloads(
 
 
 def test_fifo_write_failure_falls_back_to_full_reload(
-    proc: Path, rundir: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    proc: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     fifo = mkfifo(tmp_path)
-    world = World(proc, rundir, {"lazy-apps": True, "master-fifo": fifo.encode()})
-    world.fifo_error = OSError(errno.ENXIO, "No such device or address")
+    world = World(proc, {"lazy-apps": True, "master-fifo": fifo.encode()})
+    world.system.fifo_error = OSError(errno.ENXIO, "No such device or address")
     with caplog.at_level(logging.WARNING, "wsgireload"):
         world.worker()(changes())
     assert world.uwsgi.reloads == 1
@@ -216,9 +179,9 @@ def test_fifo_write_failure_falls_back_to_full_reload(
 
 
 def test_failed_uwsgi_reload_is_logged(
-    proc: Path, rundir: str, caplog: pytest.LogCaptureFixture
+    proc: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    world = World(proc, rundir, {"master": True})
+    world = World(proc, {"master": True})
     world.uwsgi.reload = lambda: None  # type: ignore[method-assign]  # uWSGI's kill() failed
     with caplog.at_level(logging.ERROR, "wsgireload"):
         world.worker()(changes())
@@ -231,9 +194,9 @@ def errors(caplog: pytest.LogCaptureFixture) -> List[str]:
 
 
 def test_pyuwsgi_in_venv_without_binary_path_refuses_with_the_fix(
-    proc: Path, rundir: str, caplog: pytest.LogCaptureFixture
+    proc: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    world = World(proc, rundir, {"master": True})
+    world = World(proc, {"master": True})
     first = world.worker(pyuwsgi=True, virtualenv=True)
     second = world.worker(pyuwsgi=True, virtualenv=True)
     assert "none" in first.describe()
@@ -241,7 +204,7 @@ def test_pyuwsgi_in_venv_without_binary_path_refuses_with_the_fix(
         first(changes("fp1"))
         second(changes("fp1"))  # another worker, same deploy: no second ERROR
     assert world.uwsgi.reloads == 0
-    assert world.fifo_writes == []
+    assert world.system.fifo_writes == []
     [message] = errors(caplog)
     assert f"--binary-path {os.path.join(sys.prefix, 'bin', 'python')}" in message
     assert "'uwsgi' package" in message
@@ -252,32 +215,32 @@ def test_pyuwsgi_in_venv_without_binary_path_refuses_with_the_fix(
     assert world.uwsgi.reloads == 0
 
 
-def test_pyuwsgi_in_venv_with_binary_path_reloads(proc: Path, rundir: str) -> None:
-    world = World(proc, rundir, {"master": True, "binary-path": b"/venv/bin/python"})
+def test_pyuwsgi_in_venv_with_binary_path_reloads(proc: Path) -> None:
+    world = World(proc, {"master": True, "binary-path": b"/venv/bin/python"})
     world.worker(pyuwsgi=True, virtualenv=True)(changes())
     assert world.uwsgi.reloads == 1
 
 
-def test_pyuwsgi_outside_a_venv_reloads(proc: Path, rundir: str) -> None:
-    world = World(proc, rundir, {"master": True})
+def test_pyuwsgi_outside_a_venv_reloads(proc: Path) -> None:
+    world = World(proc, {"master": True})
     world.worker(pyuwsgi=True, virtualenv=False)(changes())
     assert world.uwsgi.reloads == 1
 
 
-def test_pyuwsgi_in_venv_chain_reload_is_safe(proc: Path, rundir: str, tmp_path: Path) -> None:
+def test_pyuwsgi_in_venv_chain_reload_is_safe(proc: Path, tmp_path: Path) -> None:
     # A chain reload never re-executes the master, so the pyuwsgi hazard does not apply.
     fifo = mkfifo(tmp_path)
-    world = World(proc, rundir, {"lazy-apps": True, "master-fifo": fifo.encode()})
+    world = World(proc, {"lazy-apps": True, "master-fifo": fifo.encode()})
     world.worker(pyuwsgi=True, virtualenv=True)(changes())
-    assert world.fifo_writes == [(fifo, b"c")]
+    assert world.system.fifo_writes == [(fifo, b"c")]
 
 
 def test_pyuwsgi_chain_fifo_failure_does_not_fall_back_to_a_killing_reload(
-    proc: Path, rundir: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    proc: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     fifo = mkfifo(tmp_path)
-    world = World(proc, rundir, {"lazy-apps": True, "master-fifo": fifo.encode()})
-    world.fifo_error = OSError(errno.ENXIO, "No such device or address")
+    world = World(proc, {"lazy-apps": True, "master-fifo": fifo.encode()})
+    world.system.fifo_error = OSError(errno.ENXIO, "No such device or address")
     with caplog.at_level(logging.ERROR, "wsgireload"):
         world.worker(pyuwsgi=True, virtualenv=True)(changes())
     assert world.uwsgi.reloads == 0
@@ -288,15 +251,15 @@ def test_pyuwsgi_chain_fifo_failure_does_not_fall_back_to_a_killing_reload(
 def refused(world: World, action: UwsgiAction, caplog: pytest.LogCaptureFixture) -> str:
     with caplog.at_level(logging.WARNING, "wsgireload"):
         action(changes())
-    assert world.uwsgi.reloads == 0 and world.fifo_writes == []
+    assert world.uwsgi.reloads == 0 and world.system.fifo_writes == []
     return caplog.text
 
 
 def test_no_master_means_no_reload(
-    proc: Path, rundir: str, caplog: pytest.LogCaptureFixture
+    proc: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    world = World(proc, rundir, {})
-    world.uwsgi.pid = 0  # uwsgi.masterpid() without --master
+    world = World(proc, {})
+    world.uwsgi.master = 0  # uwsgi.masterpid() without --master
     action = world.worker()
     text = refused(world, action, caplog)
     assert "runs without a master process (uwsgi.masterpid() is 0)" in text
@@ -304,13 +267,13 @@ def test_no_master_means_no_reload(
 
 
 def test_a_master_that_is_pid_1_reloads(
-    proc: Path, rundir: str, caplog: pytest.LogCaptureFixture
+    proc: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     # A container without an init: `uwsgi --master` is pid 1 of its pid namespace.
     make_proc(proc, 1, cmdline=b"/venv/bin/uwsgi\0--master\0--processes\x003\0")
-    world = World(proc, rundir, {"master": True})
-    world.uwsgi.pid = 1
-    world.parent = 1
+    world = World(proc, {"master": True})
+    world.uwsgi.master = 1
+    world.system.parent = 1
     with caplog.at_level(logging.WARNING, "wsgireload"):
         world.worker()(changes())
     assert world.uwsgi.reloads == 1
@@ -318,63 +281,63 @@ def test_a_master_that_is_pid_1_reloads(
 
 
 def test_an_orphan_adopted_by_a_pid_1_that_looks_like_uwsgi_signals_nobody(
-    proc: Path, rundir: str, caplog: pytest.LogCaptureFixture
+    proc: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     make_proc(proc, 1, cmdline=b"uWSGI master\0\0\0")
-    world = World(proc, rundir, {"master": True})
+    world = World(proc, {"master": True})
     action = world.worker()  # its master is MASTER
-    world.parent = 1  # MASTER died; pid 1 adopted this worker
+    world.system.parent = 1  # MASTER died; pid 1 adopted this worker
     assert "no longer this worker's parent" in refused(world, action, caplog)
 
 
-def test_master_pid_changed(proc: Path, rundir: str, caplog: pytest.LogCaptureFixture) -> None:
-    world = World(proc, rundir, {"master": True})
+def test_master_pid_changed(proc: Path, caplog: pytest.LogCaptureFixture) -> None:
+    world = World(proc, {"master": True})
     action = world.worker()
-    world.uwsgi.pid = MASTER + 7
+    world.uwsgi.master = MASTER + 7
     assert "master pid changed" in refused(world, action, caplog)
 
 
 def test_master_no_longer_our_parent(
-    proc: Path, rundir: str, caplog: pytest.LogCaptureFixture
+    proc: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    world = World(proc, rundir, {"master": True})
+    world = World(proc, {"master": True})
     action = world.worker()
-    world.parent = 1  # the master died; init (or a subreaper) adopted us
+    world.system.parent = 1  # the master died; init (or a subreaper) adopted us
     assert "no longer this worker's parent" in refused(world, action, caplog)
 
 
-def test_master_pid_recycled(proc: Path, rundir: str, caplog: pytest.LogCaptureFixture) -> None:
-    world = World(proc, rundir, {"master": True})
+def test_master_pid_recycled(proc: Path, caplog: pytest.LogCaptureFixture) -> None:
+    world = World(proc, {"master": True})
     action = world.worker()
     make_proc(proc, MASTER, start="9999")
     assert "was reused" in refused(world, action, caplog)
 
 
 def test_master_gone_from_proc(
-    proc: Path, rundir: str, caplog: pytest.LogCaptureFixture
+    proc: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    world = World(proc, rundir, {"master": True})
+    world = World(proc, {"master": True})
     action = world.worker()
     (proc / str(MASTER) / "stat").unlink()
     assert "no longer exists" in refused(world, action, caplog)
 
 
 def test_master_of_another_user(
-    proc: Path, rundir: str, caplog: pytest.LogCaptureFixture
+    proc: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     make_proc(proc, MASTER, uid=0)
-    world = World(proc, rundir, {"master": True})
-    world.uid = 12345
+    world = World(proc, {"master": True})
+    world.system.uid = 12345
     text = refused(world, action=world.worker(), caplog=caplog)
     assert "runs as uid 0 and this worker as uid 12345" in text
     assert "--uid" in text  # what to do
 
 
 def test_master_that_is_not_uwsgi(
-    proc: Path, rundir: str, caplog: pytest.LogCaptureFixture
+    proc: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     make_proc(proc, MASTER, cmdline=b"/bin/bash\0-l\0")
-    world = World(proc, rundir, {"master": True})
+    world = World(proc, {"master": True})
     action = world.worker()
     text = refused(world, action, caplog)
     assert "does not look like uwsgi or pyuwsgi" in text and "server_names" in text
@@ -388,22 +351,22 @@ def test_master_that_is_not_uwsgi(
     ],
 )
 def test_a_parent_that_only_mentions_uwsgi_is_refused(
-    proc: Path, rundir: str, caplog: pytest.LogCaptureFixture, cmdline: bytes
+    proc: Path, caplog: pytest.LogCaptureFixture, cmdline: bytes
 ) -> None:
     make_proc(proc, MASTER, cmdline=cmdline)
-    world = World(proc, rundir, {"master": True})
+    world = World(proc, {"master": True})
     assert "does not look like uwsgi" in refused(world, world.worker(), caplog)
 
 
 def test_renamed_master_is_accepted_when_uwsgi_opt_names_it(
-    proc: Path, rundir: str, caplog: pytest.LogCaptureFixture
+    proc: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     # --procname-master rewrites the master's command line; uwsgi.opt says to what.
     make_proc(proc, MASTER, cmdline=b"myapp master\0\0\0\0")
-    world = World(proc, rundir, {"master": True, "procname-master": b"myapp master"})
+    world = World(proc, {"master": True, "procname-master": b"myapp master"})
     world.worker()(changes())
     assert world.uwsgi.reloads == 1
-    other = World(proc, rundir + "-other", {"master": True})  # not told: refused
+    other = World(proc, {"master": True})  # not told: refused
     assert "does not look like uwsgi" in refused(other, other.worker(), caplog)
     other.worker(server_names=["myapp"])(changes())  # the way out the WARNING names
     assert other.uwsgi.reloads == 1
@@ -419,10 +382,10 @@ def test_renamed_master_is_accepted_when_uwsgi_opt_names_it(
     ],
 )
 def test_real_master_command_lines_are_accepted(
-    proc: Path, rundir: str, cmdline: bytes
+    proc: Path, cmdline: bytes
 ) -> None:
     make_proc(proc, MASTER, cmdline=cmdline)
-    world = World(proc, rundir, {"master": True})
+    world = World(proc, {"master": True})
     world.worker()(changes())
     assert world.uwsgi.reloads == 1
 
@@ -439,92 +402,56 @@ def test_procname_options_make_the_master_title() -> None:
 
 # -- one reload per change set across workers ------------------------------------------------
 def test_workers_started_before_a_reload_do_not_ask_again(
-    proc: Path, rundir: str, caplog: pytest.LogCaptureFixture
+    proc: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    world = World(proc, rundir, {"master": True})
+    world = World(proc, {"master": True})
     workers = [world.worker(booted=10.0) for _ in range(3)]
     with caplog.at_level(logging.INFO, "wsgireload"):
         for index, worker in enumerate(workers):
             # each saw the deploy at a different moment, so even the fingerprints differ
-            world.clock.now += 0.3
+            world.system.now += 0.3
             worker(changes(f"fp{index}"))
     assert world.uwsgi.reloads == 1
     assert caplog.text.count("that reload replaces this worker") == 2
 
 
-def test_a_worker_started_after_the_reload_reloads_for_a_new_change(
-    proc: Path, rundir: str
-) -> None:
-    world = World(proc, rundir, {"master": True})
+def test_a_worker_started_after_the_reload_reloads_for_a_new_change(proc: Path) -> None:
+    world = World(proc, {"master": True})
     world.worker(booted=10.0)(changes("fp1"))
-    world.clock.now += 5.0
-    world.worker(booted=world.clock.now - 1.0)(changes("fp2"))
+    world.system.now += 5.0
+    world.worker(booted=world.system.now - 1.0)(changes("fp2"))
     assert world.uwsgi.reloads == 2
 
 
-def test_unsafe_runtime_dir_still_reloads_once_per_worker_and_says_why(
-    proc: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+def test_without_a_shared_record_each_worker_reloads_and_says_why(
+    proc: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    shared = tmp_path / "shared"
-    shared.mkdir(mode=0o777)
-    os.chmod(shared, 0o777)
-    world = World(proc, str(shared), {"master": True})
+    world = World(proc, {"master": True}, coordinated=False)  # e.g. an unsafe runtime dir
     with caplog.at_level(logging.WARNING, "wsgireload"):
         world.worker()(changes())
     assert world.uwsgi.reloads == 1  # uWSGI ignores requests during a reload (measured)
-    assert "accessible to other users" in caplog.text
-    assert not list(shared.iterdir())  # nothing written where others could meddle
-
-
-def test_the_record_is_the_masters_one_record(proc: Path, rundir: str) -> None:
-    world = World(proc, rundir, {"master": True})
-    world.worker(booted=10.0)(changes())
-    [name] = [n for n in os.listdir(rundir) if n.endswith(".master.json")]
-    assert name == f"uwsgi-{MASTER}-5000.master.json"
-    assert stat.S_IMODE(os.stat(rundir).st_mode) == 0o700
-    Path(rundir, name).write_text("{not json")  # torn: start afresh, keep reloading
-    world.clock.now += 5.0
-    world.worker(booted=world.clock.now - 1.0)(changes("fp2"))
-    assert world.uwsgi.reloads == 2
+    assert "no shared reload record (no record shared" in caplog.text
 
 
 def test_new_worker_during_a_chain_wakes_the_master(
-    proc: Path, rundir: str, tmp_path: Path
+    proc: Path, tmp_path: Path
 ) -> None:
     fifo = mkfifo(tmp_path)
     opt = {"lazy-apps": True, "master-fifo": fifo.encode(), "processes": b"3"}
-    world = World(proc, rundir, opt)
+    world = World(proc, opt)
     world.worker(booted=10.0)(changes())
-    assert len(world.wakes) == 1
-    world.clock.now += 1.0
-    world.worker(booted=world.clock.now)  # respawned by the chain: setup helps it along
-    assert len(world.wakes) == 2
-    world.clock.now += 60.0
-    world.worker(booted=world.clock.now)  # long after the chain: nothing to help
-    assert len(world.wakes) == 2
-
-
-# -- low-level helpers on this machine -------------------------------------------------------
-def test_write_fifo_refuses_regular_files_and_never_blocks(tmp_path: Path) -> None:
-    regular = tmp_path / "plain"
-    regular.write_text("")
-    with pytest.raises(OSError):
-        write_fifo(str(regular), b"c")
-    fifo = mkfifo(tmp_path)
-    with pytest.raises(OSError) as info:
-        write_fifo(fifo, b"c")  # nobody reading: the master is gone
-    assert info.value.errno == errno.ENXIO
-    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
-    try:
-        write_fifo(fifo, b"c")
-        assert os.read(reader, 10) == b"c"
-    finally:
-        os.close(reader)
+    assert len(world.system.wakes) == 1
+    world.system.now += 1.0
+    world.worker(booted=world.system.now)  # respawned by the chain: setup helps it along
+    assert len(world.system.wakes) == 2
+    world.system.now += 60.0
+    world.worker(booted=world.system.now)  # long after the chain: nothing to help
+    assert len(world.system.wakes) == 2
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs /proc")
 def test_the_real_parent_is_not_a_uwsgi_master() -> None:
-    uwsgi = FakeUwsgi({"master": True}, masterpid=os.getppid())
+    uwsgi = FakeUwsgi({"master": True}, master=os.getppid())
     action = UwsgiAction(uwsgi_module=uwsgi, pyuwsgi=False, virtualenv=False)
     action.setup(context())
     assert action.master is not None and action.master.start_time is not None
@@ -536,3 +463,64 @@ def test_uwsgi_action_never_imports_uwsgi_at_construction() -> None:
     # The Reloader resolves its action in the master before fork; setup happens per worker.
     action = UwsgiAction()
     assert action.method is None and "setup" in action.why_not
+
+
+# -- a worker (or a master about to fork them): the watcher starts before any request ----------
+def test_uwsgi_worker_master_and_others(fake_uwsgi: Callable[..., FakeUwsgi]) -> None:
+    me, hooked = os.getpid(), []
+    fake_uwsgi(worker=2, master=me + 1)
+    assert uwsgi.early_environ() == {"uwsgi.version": b"2.0.31"}  # --lazy-apps, or forked
+    fake = fake_uwsgi(worker=0, master=me)
+    assert uwsgi.early_environ() is None and uwsgi.before_workers(lambda: hooked.append(1))
+    fake.post_fork_hook()  # type: ignore[attr-defined]  # imports before forking: hooked
+    assert hooked == [1]
+    fake_uwsgi(worker=0, master=me + 1)
+    assert uwsgi.early_environ() is None and not uwsgi.before_workers(print)  # a mule
+    fake_uwsgi(worker=1, master=0)
+    # no --master: nobody to reload, the first request starts as before
+    assert uwsgi.early_environ() is None and not uwsgi.before_workers(print)
+
+
+# -- uWSGI's post-fork hook: the user's keep running -----------------------------------------
+def test_the_hook_already_set_runs_first_then_ours() -> None:
+    calls: List[str] = []
+    fake = FakeUwsgi(worker=0, master=1)
+    fake.post_fork_hook = lambda: calls.append("user")  # type: ignore[attr-defined]
+    uwsgi.after_fork(fake, lambda: calls.append("wsgireload"))
+    fake.post_fork_hook()  # type: ignore[attr-defined]
+    assert calls == ["user", "wsgireload"]
+
+
+def test_a_failing_user_hook_does_not_stop_ours() -> None:
+    calls: List[str] = []
+
+    def user() -> None:
+        raise RuntimeError("user hook")
+
+    fake = FakeUwsgi(worker=0, master=1)
+    fake.post_fork_hook = user  # type: ignore[attr-defined]
+    uwsgi.after_fork(fake, lambda: calls.append("wsgireload"))
+    with pytest.raises(RuntimeError):
+        fake.post_fork_hook()  # type: ignore[attr-defined]  (uWSGI logs it, as before)
+    assert calls == ["wsgireload"]
+
+
+def test_uwsgidecorators_chain_is_joined_not_replaced(monkeypatch: pytest.MonkeyPatch) -> None:
+    decorators = types.ModuleType("uwsgidecorators")
+    chain: List[Callable[[], None]] = []
+
+    def chain_hook() -> None:
+        for function in chain:
+            function()
+
+    decorators.postfork_chain = chain  # type: ignore[attr-defined]
+    decorators.postfork_chain_hook = chain_hook  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "uwsgidecorators", decorators)
+    fake = FakeUwsgi(worker=0, master=1)
+    fake.post_fork_hook = chain_hook  # type: ignore[attr-defined]
+
+    def ours() -> None:
+        pass
+
+    uwsgi.after_fork(fake, ours)
+    assert fake.post_fork_hook is chain_hook and chain == [ours]  # type: ignore[attr-defined]

@@ -1,13 +1,16 @@
-"""mod_wsgi: in daemon mode the process sends itself SIGINT after its response; Apache
-replaces it. Embedded mode cannot reload code: say so once and do nothing."""
+"""mod_wsgi: recognising it, its process group, and its reload: in daemon mode the process
+sends itself SIGINT after its response and Apache replaces it. Embedded mode cannot reload
+code: say so once and do nothing."""
 
 from __future__ import annotations
 
 import logging
-import os
+import re
 import signal
-from typing import Callable
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
+from .._system import SYSTEM, System
+from ..boot import Target
 from ..policy import ChangeSet
 from .base import Action, ProcessContext
 
@@ -22,8 +25,7 @@ class ModWsgiAction(Action):
     watcher thread, or the ``close()`` of the last one), and mod_wsgi lets other threads'
     requests finish (``shutdown-timeout``).
 
-    :param kill: ``os.kill`` (tests inject a recorder).
-    :param getpid: ``os.getpid``.
+    :param system: the operating system (tests pass a fake).
     """
 
     name = "mod_wsgi"
@@ -33,14 +35,8 @@ class ModWsgiAction(Action):
     )
     per_process = True
 
-    def __init__(
-        self,
-        *,
-        kill: Callable[[int, int], None] = os.kill,
-        getpid: Callable[[], int] = os.getpid,
-    ) -> None:
-        self.kill = kill
-        self.getpid = getpid
+    def __init__(self, *, system: System = SYSTEM) -> None:
+        self.system = system
         self.daemon = False
         self.process_group = ""
         self._warned = False
@@ -62,13 +58,49 @@ class ModWsgiAction(Action):
                     changes.describe(),
                 )
             return
-        pid = self.getpid()
+        pid = self.system.getpid()
         if pid <= 1:  # pragma: no cover - a daemon process is never init
             log.warning("wsgireload: not reloading: this process is pid %d", pid)
             return
-        self.kill(pid, signal.SIGINT)
+        self.system.kill(pid, signal.SIGINT)
 
     def describe(self) -> str:
         if self.daemon:
             return f"mod_wsgi daemon restart (SIGINT to itself, group {self.process_group!r})"
         return "mod_wsgi: none (embedded mode)"
+
+
+NAME = "mod_wsgi"
+
+
+def serves(environ: Mapping[str, Any]) -> bool:
+    return "mod_wsgi.process_group" in environ
+
+
+def master_of(environ: Mapping[str, Any], system: System = SYSTEM) -> Optional[Tuple[str, int]]:
+    """The daemon processes of one process group are the workers of Apache's parent process;
+    the group is part of the record's name, as two groups run two different apps."""
+    group = environ.get("mod_wsgi.process_group")
+    if isinstance(group, str) and group:
+        return "mod_wsgi." + re.sub(r"[^A-Za-z0-9_.]", "_", group)[:64], system.parent_at_start()
+    return None
+
+
+def auto_action() -> Action:
+    return ModWsgiAction()
+
+
+def boot_targets() -> List[Target]:
+    return []  # the script is named in the environ only (the boot check's ``note_environ``)
+
+
+def threads_available(environ: Mapping[str, Any]) -> bool:
+    return True
+
+
+def early_environ() -> Optional[Dict[str, Any]]:
+    return None  # the first request tells the process group
+
+
+def before_workers(hook: Callable[[], None]) -> bool:
+    return False

@@ -1,0 +1,341 @@
+"""gunicorn with a fake system: one HUP per deploy, never to a stranger; its workers and app."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+from typing import Any, Dict, List, Optional, Set
+
+import pytest
+
+from wsgireload._system import ProcessInfo
+from wsgireload.actions import REGISTRY, resolve
+from wsgireload.policy import ChangeSet
+from wsgireload.servers import gunicorn
+from wsgireload.servers.base import ProcessContext
+from wsgireload.servers.gunicorn import GunicornAction, RestartWorkerAction
+
+from .fakes import FakeSiblings, FakeSystem
+
+MASTER = ProcessInfo(
+    4242, "1000", 1001, ("/usr/bin/python3", "/usr/local/bin/gunicorn", "app:app")
+)
+CHANGES = ChangeSet(("/srv/app/views.py",), "abc", 1.0, 1.0)
+GUNICORN_ENV = {"gunicorn.socket": object(), "SERVER_SOFTWARE": "gunicorn/27.0.1"}
+
+
+class World:
+    """One gunicorn master as its workers see it: the fake system, the shared siblings."""
+
+    def __init__(self, master: ProcessInfo = MASTER, coordinated: bool = True) -> None:
+        self.system = FakeSystem(parent=master.pid)
+        self.system.procs[master.pid] = master
+        self.siblings = FakeSiblings(self.system, coordinated)
+
+    def worker(
+        self,
+        booted: float = 10.0,
+        pid: int = 5000,
+        created_pid: Optional[int] = None,
+        restart_fallback: bool = False,
+    ) -> GunicornAction:
+        system = self.system.worker(pid, booted)
+        action = GunicornAction(restart_fallback=restart_fallback, system=system)
+        created = pid if created_pid is None else created_pid
+        action.setup(ProcessContext(pid, created, GUNICORN_ENV, self.siblings))
+        return action
+
+
+@pytest.fixture
+def world() -> World:
+    return World()
+
+
+def test_a_worker_hups_its_verified_master(world: World) -> None:
+    world.worker()(CHANGES)
+    assert world.system.killed == [(MASTER.pid, signal.SIGHUP)]
+
+
+def test_three_workers_seeing_one_deploy_send_one_hup(world: World) -> None:
+    workers = [world.worker(pid=5000 + n) for n in range(3)]
+    for n, worker in enumerate(workers):
+        world.system.now = 100.0 + 0.2 * n  # each settles at its own moment, own change set
+        worker(ChangeSet(("/srv/app/views.py",), f"fingerprint-{n}", 1.0, 1.0))
+    assert world.system.killed == [(MASTER.pid, signal.SIGHUP)]
+
+
+def test_a_new_worker_seeing_a_later_deploy_hups_again(world: World) -> None:
+    world.worker(booted=10.0)(CHANGES)
+    world.system.now = 200.0
+    world.worker(booted=100.05)(CHANGES)  # booted by that reload, then saw a new change
+    assert world.system.killed == [(MASTER.pid, signal.SIGHUP)] * 2
+
+
+def test_a_reload_too_soon_after_the_last_is_retried_later(world: World) -> None:
+    world.worker(booted=10.0)(CHANGES)
+    world.system.now = 101.0
+    late = world.worker(booted=100.05)
+    late(CHANGES)
+    assert len(world.system.killed) == 1
+    [(delay, retry)] = world.system.scheduled
+    assert delay == pytest.approx(2.0)
+    late(CHANGES)  # another change set while waiting: still one retry scheduled
+    assert len(world.system.scheduled) == 1
+    world.system.now = 103.0
+    retry()
+    assert world.system.killed == [(MASTER.pid, signal.SIGHUP)] * 2
+
+
+@pytest.mark.parametrize("parent", [1, 777])
+def test_an_orphaned_worker_signals_nobody(
+    world: World, parent: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    action = world.worker()
+    world.system.parent = parent  # master died: reparented to init or a subreaper
+    with caplog.at_level(logging.WARNING, logger="wsgireload"):
+        action(CHANGES)
+    assert world.system.killed == []
+    assert "no longer this worker's parent" in caplog.text
+
+
+def test_a_reused_master_pid_is_not_signalled(world: World) -> None:
+    action = world.worker()
+    world.system.procs[MASTER.pid] = ProcessInfo(MASTER.pid, "5555", MASTER.uid, MASTER.argv)
+    action(CHANGES)
+    assert world.system.killed == []
+
+
+def test_a_master_that_is_not_gunicorn_is_warned_about_at_setup(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    world.system.procs[MASTER.pid] = ProcessInfo(MASTER.pid, "1000", 1001, ("-bash",))
+    with caplog.at_level(logging.WARNING, logger="wsgireload"):
+        action = world.worker()
+        action(CHANGES)
+    assert world.system.killed == []
+    assert "will be refused" in caplog.text and "server_names" in caplog.text
+
+
+def test_without_a_shared_record_every_worker_refuses_to_signal(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # An unsafe or read-only runtime directory: N workers would each HUP.
+    world = World(coordinated=False)
+    with caplog.at_level(logging.WARNING, logger="wsgireload"):
+        for n in range(3):
+            world.worker(pid=5000 + n)(CHANGES)
+    assert world.system.killed == []
+    assert caplog.text.count("no safe place to coordinate workers (no record shared") == 3
+
+
+def test_preload_logs_one_error_per_master_and_never_signals(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.ERROR, logger="wsgireload"):
+        workers = [world.worker(pid=5000 + n, created_pid=4242) for n in range(3)]
+        for worker in workers:
+            worker(CHANGES)
+    assert world.system.killed == []
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1 and "--preload" in errors[0].getMessage()
+    assert "kill -USR2" in errors[0].getMessage()
+    assert "--preload" in workers[0].describe()
+
+
+# -- a master that is pid 1 (a container without an init) ------------------------------------
+def test_a_master_that_is_pid_1_is_hupped_like_any_other() -> None:
+    container = ProcessInfo(1, "50", 0, ("/venv/bin/python", "/venv/bin/gunicorn", "app:app"))
+    world = World(master=container)
+    world.system.uid = 0
+    workers = [world.worker(pid=5000 + n) for n in range(3)]
+    for worker in workers:
+        worker(CHANGES)
+    assert world.system.killed == [(1, signal.SIGHUP)]
+    assert workers[0].describe() == "gunicorn: SIGHUP to master 1"
+
+
+def test_a_worker_whose_pid_1_parent_is_init_signals_nobody(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    init = ProcessInfo(1, "1", 0, ("/sbin/init",))
+    world = World(master=init)
+    world.system.uid = 0
+    with caplog.at_level(logging.WARNING, logger="wsgireload"):
+        world.worker()(CHANGES)
+    assert world.system.killed == []
+    assert "does not look like gunicorn" in caplog.text
+
+
+# -- a master this worker may not signal (gunicorn --user) -------------------------------------
+ROOT_MASTER = ProcessInfo(4242, "1000", 0, MASTER.argv)
+
+
+def infos(caplog: pytest.LogCaptureFixture, words: str) -> List[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno == logging.INFO
+            and words in r.getMessage()]
+
+
+def test_a_root_master_makes_each_worker_restart_itself_with_one_info(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    world = World(master=ROOT_MASTER)
+    world.system.uid = 65534
+    with caplog.at_level(logging.INFO, logger="wsgireload"):
+        workers = [world.worker(pid=5000 + n, restart_fallback=True) for n in range(3)]
+        for worker in workers:
+            worker(CHANGES)
+    assert world.system.killed == [(5000 + n, signal.SIGTERM) for n in range(3)]
+    [info] = infos(caplog, "restarts itself")
+    assert "runs as uid 0 and this worker as uid 65534" in info and "--user" in info
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert "SIGTERM to this worker" in workers[0].describe()
+
+
+def test_a_root_master_without_the_fallback_warns_what_to_do(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    world = World(master=ROOT_MASTER)
+    world.system.uid = 65534
+    with caplog.at_level(logging.WARNING, logger="wsgireload"):
+        world.worker()(CHANGES)
+    assert world.system.killed == []
+    assert "action='restart-worker'" in caplog.text and "runs as uid 0" in caplog.text
+
+
+@pytest.mark.parametrize("refused", [{0, signal.SIGHUP}, {signal.SIGHUP}], ids=["probe", "hup"])
+def test_eperm_at_signal_time_falls_back_for_this_and_later_change_sets(
+    world: World, refused: Set[int], caplog: pytest.LogCaptureFixture
+) -> None:
+    # /proc showed the same uid, the kernel says no anyway (a saved uid, a security module).
+    world.system.refused = set(refused)
+    with caplog.at_level(logging.INFO, logger="wsgireload"):
+        workers = [world.worker(pid=5000 + n, restart_fallback=True) for n in range(3)]
+        for worker in workers:
+            worker(CHANGES)
+    assert (MASTER.pid, signal.SIGHUP) not in world.system.killed
+    assert world.system.killed == [(5000 + n, signal.SIGTERM) for n in range(3)]
+    [info] = infos(caplog, "restarts itself")
+    assert "refused this worker's signal (Operation not permitted)" in info
+    workers[0](ChangeSet(("/srv/app/other.py",), "def", 2.0, 2.0))  # the next deploy
+    assert world.system.killed[-1] == (5000, signal.SIGTERM)
+
+
+def test_eperm_without_the_fallback_warns_what_to_do(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    world.system.refused = {0, signal.SIGHUP}
+    with caplog.at_level(logging.WARNING, logger="wsgireload"):
+        world.worker()(CHANGES)
+    assert world.system.killed == []
+    assert "refused this worker's signal" in caplog.text
+    assert "action='restart-worker'" in caplog.text
+
+
+def test_an_orphan_with_the_fallback_does_not_restart_itself(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    world = World(master=ROOT_MASTER)
+    world.system.uid = 65534
+    action = world.worker(restart_fallback=True)
+    world.system.parent = 1  # the master died: nobody would replace this worker
+    with caplog.at_level(logging.WARNING, logger="wsgireload"):
+        action(CHANGES)
+    assert world.system.killed == []
+    assert "no longer this worker's parent" in caplog.text
+
+
+def test_restart_worker_terminates_itself_only() -> None:
+    system = FakeSystem()
+    action = RestartWorkerAction(system=system)
+    action.setup(ProcessContext(5000, 5000, GUNICORN_ENV))
+    action(CHANGES)
+    assert system.killed == [(5000, signal.SIGTERM)]
+
+
+def test_restart_worker_does_nothing_under_preload(caplog: pytest.LogCaptureFixture) -> None:
+    world = World()
+    action = RestartWorkerAction(system=world.system)
+    with caplog.at_level(logging.ERROR, logger="wsgireload"):
+        action.setup(ProcessContext(5000, 4242, GUNICORN_ENV, world.siblings))
+        RestartWorkerAction(system=world.system).setup(
+            ProcessContext(5001, 4242, GUNICORN_ENV, world.siblings)
+        )
+    action(CHANGES)
+    assert world.system.killed == []
+    assert len(caplog.records) == 1 and "--preload" in caplog.text  # once per master
+
+
+def test_restart_worker_never_terminates_init() -> None:
+    system = FakeSystem(pid=1)
+    RestartWorkerAction(system=system)(CHANGES)
+    assert system.killed == []
+
+
+def test_names_are_registered() -> None:
+    assert REGISTRY["gunicorn"] is GunicornAction
+    assert REGISTRY["restart-worker"] is RestartWorkerAction
+    assert isinstance(resolve("restart-worker"), RestartWorkerAction)
+
+
+
+
+# -- a worker importing the app: its watcher starts before any request -------------------------
+class Worker:
+    """Stands for gunicorn's Worker class (``early_environ(worker_class=Worker)``)."""
+
+    def __init__(self, pid: Any, ppid: int) -> None:
+        self.pid = pid
+        self.ppid = ppid
+
+
+class Arbiter:
+    pass
+
+
+def early(objects: List[Any]) -> Optional[Dict[str, Any]]:
+    return gunicorn.early_environ(lambda: objects, worker_class=Worker)
+
+
+def test_a_gunicorn_worker_importing_the_app_is_seen() -> None:
+    worker = Worker(os.getpid(), os.getppid())
+    assert early([worker, Arbiter()]) == {"gunicorn.socket": None}
+
+
+def test_the_arbiter_importing_the_app_is_not_a_worker_preload() -> None:
+    assert early([None, Arbiter(), object()]) is None
+
+
+def test_a_worker_object_of_another_process_is_not_this_process() -> None:
+    # An arbiter holds Worker objects (pid: the child's), and a worker whose parent changed
+    # is not one its arbiter forked.
+    assert early([Worker(os.getpid() + 1, os.getppid())]) is None
+    assert early([Worker("[booting]", os.getppid())]) is None
+    assert early([Worker(os.getpid(), os.getppid() + 1)]) is None
+
+
+def test_outside_any_server_nothing_starts_early(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert early([]) is None
+    monkeypatch.delitem(sys.modules, "gunicorn.workers.base", raising=False)
+    assert gunicorn.early_environ(lambda: [Worker(os.getpid(), os.getppid())]) is None
+
+
+def test_real_frames_of_a_gunicorn_worker_and_of_an_arbiter() -> None:
+    """frame_objects walks the main thread's stack: frames compiled as if from gunicorn's
+    own files, each with its ``self``."""
+    import gunicorn as real  # noqa: F401  (the walk looks only where gunicorn is loaded)
+
+    source = (
+        "def load_wsgi(self, detect):\n"
+        "    return detect()\n"
+    )
+    namespace: Dict[str, Any] = {}
+    exec(compile(source, "/venv/lib/gunicorn/workers/base.py", "exec"), namespace)
+
+    def detect() -> Optional[Dict[str, Any]]:
+        return gunicorn.early_environ(worker_class=Worker)
+
+    assert namespace["load_wsgi"](Worker(os.getpid(), os.getppid()), detect) is not None
+    assert namespace["load_wsgi"](Arbiter(), detect) is None
+    assert detect() is None  # this test's own frames are not gunicorn's

@@ -1,0 +1,108 @@
+"""The servers wsgireload knows, one module each, and ``action="auto"`` picking among them.
+
+A server module holds everything about its server: ``serves(environ)`` (recognising it from a
+request's environ), ``master_of(environ)`` (the master whose workers share one record),
+``auto_action()``, ``boot_targets()`` (the app its options name), ``threads_available(environ)``,
+and ``early_environ()`` and ``before_workers(hook)`` (starting before the first request). A
+server that is none of them is "standalone": no master to reload it. Adding a server is adding
+its module to ``SERVERS``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+
+from ..boot import Target
+from ..policy import ChangeSet
+from . import gunicorn, mod_wsgi, uwsgi
+from .base import Action, ProcessContext
+from .standalone import StandaloneAction
+
+log = logging.getLogger("wsgireload")
+
+Environ = Mapping[str, Any]
+
+# In the order they are recognised: the keys of uWSGI and mod_wsgi are their own, while
+# gunicorn is also recognised by its worker module, which an embedding app may have loaded.
+SERVERS = (uwsgi, mod_wsgi, gunicorn)
+
+
+def detect_server(environ: Environ) -> str:
+    """Name the server from keys only the server sets (clients only reach ``HTTP_*`` keys)."""
+    return next((server.NAME for server in SERVERS if server.serves(environ)), "standalone")
+
+
+def master_of(environ: Environ) -> Optional[Tuple[str, int]]:
+    """(record name, master pid) of a preforking server this process is a worker of, or None."""
+    return next((found for server in SERVERS if (found := server.master_of(environ))), None)
+
+
+def boot_targets() -> List[Target]:
+    """The app as the server's own options name it (uWSGI's, gunicorn's app URI), if any."""
+    return next((found for server in SERVERS if (found := server.boot_targets())), [])
+
+
+def threads_available(environ: Environ) -> bool:
+    """Whether Python threads run in this server's workers (else the inline mode)."""
+    return all(server.threads_available(environ) for server in SERVERS)
+
+
+def start_early(start: Callable[[Dict[str, Any]], None], after_fork: Callable[[], None]) -> bool:
+    """Call ``start`` with the server's keys if this process is a serving worker already, or
+    have ``after_fork`` called in each worker a master forks after importing the app; False:
+    neither (wait for the first request)."""
+    environ = next((found for server in SERVERS if (found := server.early_environ())), None)
+    if environ is not None:
+        start(environ)
+        return True
+    return any(server.before_workers(after_fork) for server in SERVERS)
+
+
+class AutoAction(Action):
+    """Chooses the action for the server this process runs under, at ``setup``."""
+
+    name = "auto"
+
+    def __init__(self) -> None:
+        self.server = "unknown"
+        self.delegate: Optional[Action] = None
+
+    def setup(self, context: ProcessContext) -> None:
+        self.server = detect_server(context.environ)
+        self.delegate = self.choose(self.server, context)
+        if self.delegate is not None:
+            self.delegate.setup(context)
+
+    def choose(self, server: str, context: ProcessContext) -> Optional[Action]:
+        """The action for ``server``; None means warn and do nothing."""
+        found = next((module for module in SERVERS if module.NAME == server), None)
+        return found.auto_action() if found is not None else StandaloneAction()
+
+    @property
+    def requires_drain(self) -> bool:  # type: ignore[override]
+        return bool(self.delegate and self.delegate.requires_drain)
+
+    @property
+    def per_process(self) -> bool:  # type: ignore[override]
+        return bool(self.delegate and self.delegate.per_process)
+
+    @property
+    def runtime_dir(self) -> Optional[str]:  # type: ignore[override]
+        return self.delegate.runtime_dir if self.delegate is not None else None
+
+    def __call__(self, changes: ChangeSet) -> None:
+        if self.delegate is None:
+            log.warning(
+                "wsgireload: code changed (%s) but no safe reload is known for this server "
+                "(%s); restart it yourself, or pass action='exit' or action='exec'",
+                changes.describe(),
+                self.server,
+            )
+            return
+        self.delegate(changes)
+
+    def describe(self) -> str:
+        if self.delegate is None:
+            return f"auto: none for {self.server}"
+        return f"auto: {self.delegate.describe()}"
