@@ -9,7 +9,7 @@ import dataclasses
 import logging
 import os
 import time
-from typing import Any, List, Optional, Tuple, Union
+from typing import Any, List, Optional, Tuple, TypeVar, Union
 
 from .actions import Action
 from .boot import BootCheck, Target, check_options
@@ -17,11 +17,12 @@ from .detect import Detector
 from .errors import ConfigurationError
 from .events import EventDetector
 from .events import available as events_available
-from .policy import VALIDATE_CHOICES, ChangeSet, Policy
+from .policy import ChangeSet, Policy
 
 log = logging.getLogger("wsgireload")
 
 PathSpec = Union[str, "os.PathLike[str]"]
+T = TypeVar("T", bound=type)
 
 
 def positive(name: str, value: Any) -> None:
@@ -57,27 +58,58 @@ def as_list(name: str, value: Any) -> List[Any]:
 
 MODES = ("auto", "thread", "inline")
 BACKENDS = ("poll", "events", "auto")
+VALIDATES = ("boot", "compile", None)
+
+
+def option(default: Any, unit: str, text: str) -> Any:
+    """A field of Options: its default, its unit and one line of help, the one place each
+    option is defined (docstrings are made from these; tests hold docs/ to them)."""
+    return dataclasses.field(default=default, metadata={"unit": unit, "help": text})
 
 
 @dataclasses.dataclass(frozen=True)
 class Options:
     """What to watch and when to act, checked once: build it with :meth:`build`."""
 
-    interval: float = 1.0  # seconds between two scans
-    settle: float = 1.0  # seconds without a further change before acting
-    settle_max: float = 30.0  # seconds after the first change when acting anyway
-    extra_files: Tuple[str, ...] = ()  # paths or glob patterns watched besides the modules
-    exclude: Tuple[str, ...] = ()  # fnmatch patterns of full paths never watched
-    modules: bool = True  # watch the source files of sys.modules
-    include_stdlib: bool = False
-    validate: Optional[str] = "boot"  # "boot", "compile" or None ("import": boot's alias)
-    boot_app: Optional[str] = None  # what the boot check imports; None: the server's own
-    boot_timeout: Optional[float] = None  # seconds; None: import_timeout
-    smoke: Optional[str] = None  # a URL path the booted app must answer without a 5xx
-    import_name: Optional[str] = None  # the 0.1 name of boot_app
-    import_timeout: float = 30.0  # seconds
-    mode: str = "auto"  # Reloader: "thread", "inline" or "auto"
-    backend: str = "poll"  # Reloader: "poll", "events" or "auto"
+    interval: float = option(1.0, "seconds", "time between two scans of the watched files")
+    settle: float = option(
+        1.0, "seconds", "quiet time after a change before its change set is acted on, so a "
+        "half-copied deploy is never loaded"
+    )
+    settle_max: float = option(
+        30.0, "seconds", "after this long since the first change, act even if files keep changing"
+    )
+    extra_files: Tuple[str, ...] = option(
+        (), "paths or glob patterns", "more files to watch (templates, configuration); "
+        "``**`` recurses"
+    )
+    exclude: Tuple[str, ...] = option((), "fnmatch patterns of full paths", "never watched")
+    modules: bool = option(
+        True, "", "watch the source files of ``sys.modules``; off: only ``extra_files``"
+    )
+    include_stdlib: bool = option(False, "", "also watch the interpreter's standard library")
+    validate: Optional[str] = option(
+        "boot", "", 'what a change set must pass: ``"boot"`` (it compiles, then the app boots '
+        'in a fresh interpreter as the server would boot it), ``"compile"`` or None'
+    )
+    boot_app: Optional[str] = option(
+        None, "app spec", 'the app to boot: ``"module:application"``, ``"module:create_app()"`` '
+        "or a script path; None: the server's own, else the module creating the Reloader"
+    )
+    boot_timeout: float = option(30.0, "seconds", "how long the boot check may take")
+    smoke: Optional[str] = option(
+        None, "URL path", 'a path such as ``"/healthz"`` to GET once from the booted app: a 5xx '
+        "status refuses the deploy"
+    )
+    mode: str = option(
+        "auto", "", '``"thread"`` (a watcher thread per worker), ``"inline"`` (scan on the '
+        'request path at most once per interval, for servers without threads) or ``"auto"``'
+    )
+    backend: str = option(
+        "poll", "", '``"poll"`` (stat every watched file each interval: works everywhere), '
+        '``"events"`` (scan after a filesystem event, via the ``watchfiles`` package) or '
+        '``"auto"`` (events when ``watchfiles`` is installed)'
+    )
 
     @classmethod
     def build(cls, owner: str, **values: Any) -> "Options":
@@ -105,37 +137,26 @@ class Options:
         positive("interval", self.interval)
         non_negative("settle", settle)
         non_negative("settle_max", settle_max)
-        positive("import_timeout", self.import_timeout)
         if settle_max < settle:
             raise ConfigurationError(
                 f"settle_max ({settle_max}) must be at least settle ({settle}): it caps how "
                 "long a change set may keep growing"
             )
-        if validate not in VALIDATE_CHOICES:
+        if validate not in VALIDATES:
             raise ConfigurationError(
                 f"validate={validate!r} is not allowed; use 'boot' (the default), 'compile' or None"
             )
-        if validate == "import":
-            validate = "boot"
-        boot_app, import_name, smoke = self.boot_app, self.import_name, self.smoke
-        if import_name is not None and boot_app is not None and import_name != boot_app:
-            raise ConfigurationError(
-                f"import_name={import_name!r} and boot_app={boot_app!r} disagree: import_name is "
-                "the old name of boot_app, give only boot_app"
-            )
-        timeout = self.import_timeout if self.boot_timeout is None else self.boot_timeout
-        app = check_options(
-            app=boot_app if boot_app is not None else import_name, smoke=smoke, timeout=timeout
-        )
-        if validate != "boot" and (boot_app is not None or smoke is not None):
+        app = check_options(app=self.boot_app, smoke=self.smoke, timeout=self.boot_timeout)
+        if validate != "boot" and (self.boot_app is not None or self.smoke is not None):
             raise ConfigurationError(
                 f"boot_app and smoke need validate='boot' (got validate={validate!r})"
             )
+        timeout, smoke = float(self.boot_timeout), self.smoke
         return Policy(
             settle=float(settle),
             settle_max=float(settle_max),
             validate=validate,
-            boot=BootCheck(app=app, creator=creator, timeout=float(timeout), smoke=smoke),
+            boot=BootCheck(app=app, creator=creator, timeout=timeout, smoke=smoke),
         )
 
     def detector(self) -> Union[Detector, EventDetector]:
@@ -181,3 +202,15 @@ def run_action(
         log.error("wsgireload: the reload action %s failed: %r", action.describe(), exc)
         return exc
     return None
+
+
+def documented(cls: T) -> T:
+    """Write the options' ``:param:`` lines where the docstring of ``cls`` says ``{options}``."""
+    lines = []
+    for item in dataclasses.fields(Options):
+        unit, default = item.metadata["unit"], f"default ``{item.default!r}``"
+        about = f"{unit}; {default}" if unit else default
+        lines.append(f":param {item.name}: {item.metadata['help']} ({about}).")
+    if cls.__doc__:  # None under python -OO
+        cls.__doc__ = cls.__doc__.replace("{options}", "\n    ".join(lines))
+    return cls
