@@ -25,17 +25,16 @@ PathSpec = Union[str, "os.PathLike[str]"]
 T = TypeVar("T", bound=type)
 
 
-def positive(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+def seconds(name: str, value: Any, *, zero: bool = False) -> None:
+    """A number of seconds above 0 (``zero``: or 0), else ConfigurationError."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if zero and not (number and value >= 0):
+        raise ConfigurationError(f"{name} must be a number of seconds, 0 or more (got {value!r})")
+    if not zero and not (number and value > 0):
         raise ConfigurationError(
             f"{name} must be a number of seconds greater than 0 (got {value!r}); "
             "0 would make the watcher spin"
         )
-
-
-def non_negative(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-        raise ConfigurationError(f"{name} must be a number of seconds, 0 or more (got {value!r})")
 
 
 def as_list(name: str, value: Any) -> List[Any]:
@@ -63,7 +62,8 @@ VALIDATES = ("boot", "compile", None)
 
 def option(default: Any, unit: str, text: str) -> Any:
     """A field of Options: its default, its unit and one line of help, the one place each
-    option is defined (docstrings are made from these; tests hold docs/ to them)."""
+    option is defined (docstrings are made from these; tests hold docs/ to them, and
+    docs/configuration.md says the rest: what each value does, when to change it)."""
     return dataclasses.field(default=default, metadata={"unit": unit, "help": text})
 
 
@@ -73,42 +73,36 @@ class Options:
 
     interval: float = option(1.0, "seconds", "time between two scans of the watched files")
     settle: float = option(
-        1.0, "seconds", "quiet time after a change before its change set is acted on, so a "
-        "half-copied deploy is never loaded"
+        1.0, "seconds", "quiet time before acting, so that a half-copied deploy is never loaded"
     )
     settle_max: float = option(
-        30.0, "seconds", "after this long since the first change, act even if files keep changing"
+        30.0, "seconds", "act this long after the first change even if files keep changing"
     )
     extra_files: Tuple[str, ...] = option(
-        (), "paths or glob patterns", "more files to watch (templates, configuration); "
-        "``**`` recurses"
+        (), "paths or glob patterns", "more files to watch, such as templates (``**`` recurses)"
     )
     exclude: Tuple[str, ...] = option((), "fnmatch patterns of full paths", "never watched")
-    modules: bool = option(
-        True, "", "watch the source files of ``sys.modules``; off: only ``extra_files``"
-    )
-    include_stdlib: bool = option(False, "", "also watch the interpreter's standard library")
+    modules: bool = option(True, "", "watch the source files of ``sys.modules``")
+    include_stdlib: bool = option(False, "", "also watch the standard library")
     validate: Optional[str] = option(
-        "boot", "", 'what a change set must pass: ``"boot"`` (it compiles, then the app boots '
-        'in a fresh interpreter as the server would boot it), ``"compile"`` or None'
+        "boot", "", '``"boot"`` (compile, then boot the app in a fresh interpreter as the '
+        'server would), ``"compile"`` or None'
     )
     boot_app: Optional[str] = option(
-        None, "app spec", 'the app to boot: ``"module:application"``, ``"module:create_app()"`` '
-        "or a script path; None: the server's own, else the module creating the Reloader"
+        None, "app spec", "the app the boot check boots; None: the server's own, else the "
+        "module creating the Reloader"
     )
     boot_timeout: float = option(30.0, "seconds", "how long the boot check may take")
     smoke: Optional[str] = option(
-        None, "URL path", 'a path such as ``"/healthz"`` to GET once from the booted app: a 5xx '
-        "status refuses the deploy"
+        None, "URL path", "a path to GET once from the booted app: a 5xx refuses the deploy"
     )
     mode: str = option(
-        "auto", "", '``"thread"`` (a watcher thread per worker), ``"inline"`` (scan on the '
-        'request path at most once per interval, for servers without threads) or ``"auto"``'
+        "auto", "", '``"thread"`` (a watcher thread per worker), ``"inline"`` (scans on the '
+        'request path, for servers without threads) or ``"auto"``'
     )
     backend: str = option(
-        "poll", "", '``"poll"`` (stat every watched file each interval: works everywhere), '
-        '``"events"`` (scan after a filesystem event, via the ``watchfiles`` package) or '
-        '``"auto"`` (events when ``watchfiles`` is installed)'
+        "poll", "", '``"poll"`` (works everywhere), ``"events"`` (needs ``watchfiles``) or '
+        '``"auto"``'
     )
 
     @classmethod
@@ -134,9 +128,9 @@ class Options:
         """The Policy, after checking the timing and validation options; ``creator`` is the
         module that created the Reloader (a boot target)."""
         settle, settle_max, validate = self.settle, self.settle_max, self.validate
-        positive("interval", self.interval)
-        non_negative("settle", settle)
-        non_negative("settle_max", settle_max)
+        seconds("interval", self.interval)
+        seconds("settle", settle, zero=True)
+        seconds("settle_max", settle_max, zero=True)
         if settle_max < settle:
             raise ConfigurationError(
                 f"settle_max ({settle_max}) must be at least settle ({settle}): it caps how "

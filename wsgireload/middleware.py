@@ -239,7 +239,7 @@ class Gate:
             self._enter(State.CLOSED)
             runner, self._runner = self._runner, None
         if runner is not None:
-            runner.stop(timeout=max(5.0, self.interval * 2))
+            runner.stop()
         self.engine.close()
 
     @property

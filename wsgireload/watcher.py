@@ -34,15 +34,13 @@ class Watcher:
 
     :param action: ``"auto"``, another action name, an Action, or a callable taking the ChangeSet.
     {options}
-    :param created_pid: pid of the process that imported the app (defaults to this one); a
-        hook in a preforked worker passes its master's pid so actions can see ``--preload``.
-    :param detector: use this Detector (and its baseline) instead of building one from the
-        options above (the CLI reuses the one of a Reloader it found in the app).
-    :param changed_since: wall-clock time (``time.time()``) before this process imported its
-        code, such as its fork: a watched file modified after it counts as changed at once (at
-        worst one extra reload, never a missed one).
-    :param master: ``(server, pid)`` of the master whose workers share one scanner and one
-        record (the gunicorn hook and the uWSGI timer pass it); None: this process alone.
+    :param created_pid: pid of the process that imported the app (None: this one); a hook in
+        a preforked worker passes its master's, so that actions see ``--preload``.
+    :param detector: a Detector (and its baseline) to use instead of building one.
+    :param changed_since: ``time.time()`` before this process imported its code: a file
+        modified after it counts as changed at once (at worst one extra reload, never a missed
+        one).
+    :param master: ``(server, pid)`` of the master whose workers share one scanner and record.
     :param on_event: called with ``(kind, detail)`` as things happen (the CLI prints them).
     :param clock: monotonic clock in seconds (tests inject one).
     """
@@ -104,7 +102,7 @@ class Watcher:
         """Stop the thread started by ``start`` (idempotent)."""
         runner, self._runner = self._runner, None
         if runner is not None:
-            runner.stop(timeout=max(5.0, self.interval * 2))
+            runner.stop()
         self.engine.close()  # another worker of the master takes the scanning over at once
 
 
@@ -128,8 +126,8 @@ class Runner:
             if not sys.is_finalizing():
                 raise
 
-    def stop(self, timeout: float) -> None:
-        """Wake the thread to end it; wait for it unless called from it."""
+    def stop(self) -> None:
+        """Wake the thread to end it; wait for it (a bounded time) unless called from it."""
         self.stopped.set()
         if self.thread is not threading.current_thread():
-            self.thread.join(timeout)
+            self.thread.join(timeout=max(5.0, self.interval * 2))
