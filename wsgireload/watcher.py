@@ -36,11 +36,13 @@ class Watcher:
     {options}
     :param created_pid: pid of the process that imported the app (None: this one); a hook in
         a preforked worker passes its master's, so that actions see ``--preload``.
-    :param detector: a Detector (and its baseline) to use instead of building one.
+    :param detector: a Detector (and its baseline) to use instead of building one from the
+        options (the CLI reuses the one of a Reloader it found in the app).
     :param changed_since: ``time.time()`` before this process imported its code: a file
         modified after it counts as changed at once (at worst one extra reload, never a missed
         one).
-    :param master: ``(server, pid)`` of the master whose workers share one scanner and record.
+    :param master: ``(server, pid)`` of the master whose workers share one scanner and one
+        record (the gunicorn hook and the uWSGI timer pass it); None: this process alone.
     :param on_event: called with ``(kind, detail)`` as things happen (the CLI prints them).
     :param clock: monotonic clock in seconds (tests inject one).
     """
