@@ -94,7 +94,7 @@ class Gate:
         ``_due`` is the change set of DUE and FIRING, ``_steady`` the request path's flag."""
         if self.closed:
             state, due = State.CLOSED, None  # for good
-        self._state, self._due = state, due
+        self._state, self._changes = state, due
         self._steady = (
             state is State.WATCHING and self._runner is not None and not self.action.requires_drain
         )
@@ -102,6 +102,20 @@ class Gate:
     @property
     def closed(self) -> bool:
         return self._state is State.CLOSED
+
+    @property
+    def _due(self) -> Optional[ChangeSet]:
+        return self._changes
+
+    @_due.setter
+    def _due(self, changes: Optional[ChangeSet]) -> None:
+        """Make ``changes`` due now (None: nothing is due any more)."""
+        self._make_due(changes, self.clock())
+
+    def _make_due(self, changes: Optional[ChangeSet], now: float) -> None:
+        with self._lock:
+            self._enter(State.WATCHING if changes is None else State.DUE, changes)
+            self._due_at = now
 
     # -- the request path (off the steady flag) ----------------------------------------
     def _request_started(self, environ: Environ) -> bool:
@@ -162,7 +176,7 @@ class Gate:
                     # A Reloader dropped without close() wakes its thread, which then ends.
                     weakref.finalize(self, runner.stopped.set)
                     self._runner = runner
-                self._enter(self._state, self._due)
+                self._enter(self._state, self._changes)
 
     def _start_early(self, where: Optional[str] = None) -> None:
         """Start watching in a process known to be a serving worker (``created_in``); elsewhere,
@@ -194,9 +208,7 @@ class Gate:
         """One watcher tick: the engine's step; a change set it hands out becomes due."""
         changes = self.engine.step(now, decide=self._due is None)
         if changes is not None:
-            with self._lock:
-                self._enter(State.DUE, changes)
-                self._due_at = now
+            self._make_due(changes, now)
             log.debug("wsgireload: reload due after the last response: %s", changes.describe())
         return changes
 
