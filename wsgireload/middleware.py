@@ -86,7 +86,7 @@ class Gate:
         self._inline = False  # this process scans on the request path (no threads)
         self._next_scan = 0.0
         self._inflight = 0
-        self._due_at = 0.0  # policy clock
+        self._due_at = 0.0  # when the change set became due (self.clock)
         self._enter(State.CLOSED if self.closed else State.WATCHING)
 
     def _enter(self, state: State, due: Optional[ChangeSet] = None) -> None:
@@ -110,12 +110,9 @@ class Gate:
     @_due.setter
     def _due(self, changes: Optional[ChangeSet]) -> None:
         """Make ``changes`` due now (None: nothing is due any more)."""
-        self._make_due(changes, self.clock())
-
-    def _make_due(self, changes: Optional[ChangeSet], now: float) -> None:
         with self._lock:
             self._enter(State.WATCHING if changes is None else State.DUE, changes)
-            self._due_at = now
+            self._due_at = self.clock()
 
     # -- the request path (off the steady flag) ----------------------------------------
     def _request_started(self, environ: Environ) -> bool:
@@ -208,7 +205,7 @@ class Gate:
         """One watcher tick: the engine's step; a change set it hands out becomes due."""
         changes = self.engine.step(now, decide=self._due is None)
         if changes is not None:
-            self._make_due(changes, now)
+            self._due = changes
             log.debug("wsgireload: reload due after the last response: %s", changes.describe())
         return changes
 
