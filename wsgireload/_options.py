@@ -9,7 +9,7 @@ import dataclasses
 import logging
 import os
 import time
-from typing import Any, List, Optional, Tuple, Union
+from typing import Any, List, Optional, Tuple, TypeVar, Union
 
 from .actions import Action
 from .boot import BootCheck, Target, check_options
@@ -17,24 +17,24 @@ from .detect import Detector
 from .errors import ConfigurationError
 from .events import EventDetector
 from .events import available as events_available
-from .policy import VALIDATE_CHOICES, ChangeSet, Policy
+from .policy import ChangeSet, Policy
 
 log = logging.getLogger("wsgireload")
 
 PathSpec = Union[str, "os.PathLike[str]"]
+T = TypeVar("T", bound=type)
 
 
-def positive(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+def seconds(name: str, value: Any, *, zero: bool = False) -> None:
+    """A number of seconds above 0 (``zero``: or 0), else ConfigurationError."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if zero and not (number and value >= 0):
+        raise ConfigurationError(f"{name} must be a number of seconds, 0 or more (got {value!r})")
+    if not zero and not (number and value > 0):
         raise ConfigurationError(
             f"{name} must be a number of seconds greater than 0 (got {value!r}); "
             "0 would make the watcher spin"
         )
-
-
-def non_negative(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-        raise ConfigurationError(f"{name} must be a number of seconds, 0 or more (got {value!r})")
 
 
 def as_list(name: str, value: Any) -> List[Any]:
@@ -57,27 +57,53 @@ def as_list(name: str, value: Any) -> List[Any]:
 
 MODES = ("auto", "thread", "inline")
 BACKENDS = ("poll", "events", "auto")
+VALIDATES = ("boot", "compile", None)
+
+
+def option(default: Any, unit: str, text: str) -> Any:
+    """A field of Options: its default, its unit and one line of help, the one place each
+    option is defined (docstrings are made from these; tests hold docs/ to them, and
+    docs/configuration.md says the rest: what each value does, when to change it)."""
+    return dataclasses.field(default=default, metadata={"unit": unit, "help": text})
 
 
 @dataclasses.dataclass(frozen=True)
 class Options:
     """What to watch and when to act, checked once: build it with :meth:`build`."""
 
-    interval: float = 1.0  # seconds between two scans
-    settle: float = 1.0  # seconds without a further change before acting
-    settle_max: float = 30.0  # seconds after the first change when acting anyway
-    extra_files: Tuple[str, ...] = ()  # paths or glob patterns watched besides the modules
-    exclude: Tuple[str, ...] = ()  # fnmatch patterns of full paths never watched
-    modules: bool = True  # watch the source files of sys.modules
-    include_stdlib: bool = False
-    validate: Optional[str] = "boot"  # "boot", "compile" or None ("import": boot's alias)
-    boot_app: Optional[str] = None  # what the boot check imports; None: the server's own
-    boot_timeout: Optional[float] = None  # seconds; None: import_timeout
-    smoke: Optional[str] = None  # a URL path the booted app must answer without a 5xx
-    import_name: Optional[str] = None  # the 0.1 name of boot_app
-    import_timeout: float = 30.0  # seconds
-    mode: str = "auto"  # Reloader: "thread", "inline" or "auto"
-    backend: str = "poll"  # Reloader: "poll", "events" or "auto"
+    interval: float = option(1.0, "seconds", "time between two scans of the watched files")
+    settle: float = option(
+        1.0, "seconds", "quiet time before acting, so that a half-copied deploy is never loaded"
+    )
+    settle_max: float = option(
+        30.0, "seconds", "act this long after the first change even if files keep changing"
+    )
+    extra_files: Tuple[str, ...] = option(
+        (), "paths or glob patterns", "more files to watch, such as templates (``**`` recurses)"
+    )
+    exclude: Tuple[str, ...] = option((), "fnmatch patterns of full paths", "never watched")
+    modules: bool = option(True, "", "watch the source files of ``sys.modules``")
+    include_stdlib: bool = option(False, "", "also watch the standard library")
+    validate: Optional[str] = option(
+        "boot", "", '``"boot"`` (compile, then boot the app in a fresh interpreter as the '
+        'server would), ``"compile"`` or None'
+    )
+    boot_app: Optional[str] = option(
+        None, "app spec", "the app the boot check boots; None: the server's own, else the "
+        "module creating the Reloader"
+    )
+    boot_timeout: float = option(30.0, "seconds", "how long the boot check may take")
+    smoke: Optional[str] = option(
+        None, "URL path", "a path to GET once from the booted app: a 5xx refuses the deploy"
+    )
+    mode: str = option(
+        "auto", "", '``"thread"`` (a watcher thread per worker), ``"inline"`` (scans on the '
+        'request path, for servers without threads) or ``"auto"``'
+    )
+    backend: str = option(
+        "poll", "", '``"poll"`` (works everywhere), ``"events"`` (needs ``watchfiles``) or '
+        '``"auto"``'
+    )
 
     @classmethod
     def build(cls, owner: str, **values: Any) -> "Options":
@@ -102,40 +128,29 @@ class Options:
         """The Policy, after checking the timing and validation options; ``creator`` is the
         module that created the Reloader (a boot target)."""
         settle, settle_max, validate = self.settle, self.settle_max, self.validate
-        positive("interval", self.interval)
-        non_negative("settle", settle)
-        non_negative("settle_max", settle_max)
-        positive("import_timeout", self.import_timeout)
+        seconds("interval", self.interval)
+        seconds("settle", settle, zero=True)
+        seconds("settle_max", settle_max, zero=True)
         if settle_max < settle:
             raise ConfigurationError(
                 f"settle_max ({settle_max}) must be at least settle ({settle}): it caps how "
                 "long a change set may keep growing"
             )
-        if validate not in VALIDATE_CHOICES:
+        if validate not in VALIDATES:
             raise ConfigurationError(
                 f"validate={validate!r} is not allowed; use 'boot' (the default), 'compile' or None"
             )
-        if validate == "import":
-            validate = "boot"
-        boot_app, import_name, smoke = self.boot_app, self.import_name, self.smoke
-        if import_name is not None and boot_app is not None and import_name != boot_app:
-            raise ConfigurationError(
-                f"import_name={import_name!r} and boot_app={boot_app!r} disagree: import_name is "
-                "the old name of boot_app, give only boot_app"
-            )
-        timeout = self.import_timeout if self.boot_timeout is None else self.boot_timeout
-        app = check_options(
-            app=boot_app if boot_app is not None else import_name, smoke=smoke, timeout=timeout
-        )
-        if validate != "boot" and (boot_app is not None or smoke is not None):
+        app = check_options(app=self.boot_app, smoke=self.smoke, timeout=self.boot_timeout)
+        if validate != "boot" and (self.boot_app is not None or self.smoke is not None):
             raise ConfigurationError(
                 f"boot_app and smoke need validate='boot' (got validate={validate!r})"
             )
+        timeout, smoke = float(self.boot_timeout), self.smoke
         return Policy(
             settle=float(settle),
             settle_max=float(settle_max),
             validate=validate,
-            boot=BootCheck(app=app, creator=creator, timeout=float(timeout), smoke=smoke),
+            boot=BootCheck(app=app, creator=creator, timeout=timeout, smoke=smoke),
         )
 
     def detector(self) -> Union[Detector, EventDetector]:
@@ -181,3 +196,15 @@ def run_action(
         log.error("wsgireload: the reload action %s failed: %r", action.describe(), exc)
         return exc
     return None
+
+
+def documented(cls: T) -> T:
+    """Write the options' ``:param:`` lines where the docstring of ``cls`` says ``{options}``."""
+    lines = []
+    for item in dataclasses.fields(Options):
+        unit, default = item.metadata["unit"], f"default ``{item.default!r}``"
+        about = f"{unit}; {default}" if unit else default
+        lines.append(f":param {item.name}: {item.metadata['help']} ({about}).")
+    if cls.__doc__:  # None under python -OO
+        cls.__doc__ = cls.__doc__.replace("{options}", "\n    ".join(lines))
+    return cls

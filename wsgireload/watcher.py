@@ -12,7 +12,7 @@ import threading
 import time
 from typing import Any, Callable, Mapping, Optional
 
-from ._options import Options
+from ._options import Options, documented
 from .actions import ActionSpec
 from .boot import validating
 from .detect import Detector
@@ -22,37 +22,25 @@ from .policy import ChangeSet
 log = logging.getLogger("wsgireload")
 
 
+@documented
 class Watcher:
     """Watches the files of this process and acts once per settled, validated change set.
 
     Unlike :class:`~wsgireload.Reloader` it does not wait for responses to close: it is for
     places without a request path (a server hook, a timer, an outside process), where the
-    action is the server's own graceful reload.
+    action is the server's own graceful reload. It takes the Reloader's options: ``interval``
+    paces the thread of :meth:`start`, ``mode`` has no effect and ``boot_app`` has no creating
+    module to fall back on.
 
-    :param interval: seconds between scans when run as a thread.
-    :param settle: seconds without a further change before a change set is acted on.
-    :param settle_max: seconds after the first change when it is acted on anyway.
-    :param extra_files: paths or glob patterns (``**`` recurses) watched besides the modules.
-    :param exclude: ``fnmatch`` patterns of full paths never to watch.
-    :param modules: watch the source files of ``sys.modules`` (off: only ``extra_files``).
-    :param include_stdlib: also watch the interpreter's standard library.
-    :param validate: ``"boot"`` (the default: compile, then boot the app in a fresh
-        interpreter), ``"compile"`` or None; ``"import"`` is an alias of ``"boot"``.
-    :param boot_app: the app to boot (``"module:application"``, ``"module:create_app()"``, a
-        script path); by default the server's own, as far as this process can tell.
-    :param boot_timeout: seconds the boot check may take (``import_timeout``: its old name).
-    :param smoke: a path to GET once from the booted app; a 5xx status refuses the deploy.
-    :param import_name: the old name of ``boot_app``.
-    :param backend: ``"poll"``, ``"events"`` or ``"auto"``, as for the Reloader (used when no
-        ``detector`` is given); ``mode`` is accepted too and has no effect here.
     :param action: ``"auto"``, another action name, an Action, or a callable taking the ChangeSet.
-    :param created_pid: pid of the process that imported the app (defaults to this one); a
-        hook in a preforked worker passes its master's pid so actions can see ``--preload``.
-    :param detector: use this Detector (and its baseline) instead of building one from the
-        options above (the CLI reuses the one of a Reloader it found in the app).
-    :param changed_since: wall-clock time (``time.time()``) before this process imported its
-        code, such as its fork: a watched file modified after it counts as changed at once (at
-        worst one extra reload, never a missed one).
+    {options}
+    :param created_pid: pid of the process that imported the app (None: this one); a hook in
+        a preforked worker passes its master's, so that actions see ``--preload``.
+    :param detector: a Detector (and its baseline) to use instead of building one from the
+        options (the CLI reuses the one of a Reloader it found in the app).
+    :param changed_since: ``time.time()`` before this process imported its code: a file
+        modified after it counts as changed at once (at worst one extra reload, never a missed
+        one).
     :param master: ``(server, pid)`` of the master whose workers share one scanner and one
         record (the gunicorn hook and the uWSGI timer pass it); None: this process alone.
     :param on_event: called with ``(kind, detail)`` as things happen (the CLI prints them).
@@ -86,8 +74,7 @@ class Watcher:
         self.action = self.engine.action
         self.policy = self.engine.policy
         self.detector = self.engine.detector
-        self._thread: Optional[threading.Thread] = None
-        self._stop = threading.Event()
+        self._runner: Optional[Runner] = None
 
     def setup(self, environ: Optional[Mapping[str, Any]] = None) -> None:
         """Let the action look at this process once (done by the first ``step`` otherwise)."""
@@ -106,25 +93,43 @@ class Watcher:
         """Run ``step`` every ``interval`` seconds in a daemon thread of this process."""
         if (self._thread is not None and self._thread.is_alive()) or validating():
             return self
-        self._stop = threading.Event()
-        self._thread = threading.Thread(
-            target=self._run, args=(self._stop,), name="wsgireload-watcher", daemon=True
-        )
-        self._thread.start()
+        self._runner = Runner(self.step, self.engine.pause, self.interval)
         return self
 
-    def _run(self, stop: threading.Event) -> None:
+    @property
+    def _thread(self) -> Optional[threading.Thread]:
+        return None if self._runner is None else self._runner.thread
+
+    def stop(self) -> None:
+        """Stop the thread started by ``start`` (idempotent)."""
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            runner.stop()
+        self.engine.close()  # another worker of the master takes the scanning over at once
+
+
+class Runner:
+    """A watcher thread: ``tick()`` every interval as the engine paces it (``pause``), until
+    stopped. What ``tick`` serves is held as its owner chooses (the Reloader's: weakly)."""
+
+    def __init__(
+        self, tick: Callable[[], object], pause: Callable[[float], float], interval: float
+    ) -> None:
+        self.tick, self.pause, self.interval = tick, pause, interval
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self.run, name="wsgireload-watcher", daemon=True)
+        self.thread.start()
+
+    def run(self) -> None:
         try:
-            while not stop.wait(self.engine.pause(self.interval)):
-                self.step()
+            while not self.stopped.wait(self.pause(self.interval)):
+                self.tick()
         except BaseException:  # pragma: no cover - interpreter shutdown tears modules down
             if not sys.is_finalizing():
                 raise
 
     def stop(self) -> None:
-        """Stop the thread started by ``start`` (idempotent)."""
-        self._stop.set()
-        thread, self._thread = self._thread, None
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout=max(5.0, self.interval * 2))
-        self.engine.close()  # another worker of the master takes the scanning over at once
+        """Wake the thread to end it; wait for it (a bounded time) unless called from it."""
+        self.stopped.set()
+        if self.thread is not threading.current_thread():
+            self.thread.join(timeout=max(5.0, self.interval * 2))

@@ -37,8 +37,7 @@ def start_watcher(worker: Any, **options: Any) -> Watcher:
     if isinstance(master, int) and master > 1:
         options.setdefault("master", ("gunicorn", master))
     uri = app_uri_of(worker)
-    boot_wanted = options.get("validate", "boot") in ("boot", "import")
-    if uri and boot_wanted and options.get("boot_app") is None and not options.get("import_name"):
+    if uri and options.get("validate", "boot") == "boot" and options.get("boot_app") is None:
         options["boot_app"] = uri  # boot exactly what this master boots
     watcher = Watcher(created_pid=master if preload else None, **options)
     watcher.start()
