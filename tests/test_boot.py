@@ -22,7 +22,7 @@ import pytest
 from wsgireload import ConfigurationError, Reloader
 from wsgireload.boot import (
     BootCheck,
-    Outcome,
+    CheckResult,
     Target,
     calling_module,
     describe_failure,
@@ -531,9 +531,9 @@ class CountingRunner:
         self.problems = list(problems)
         self.calls: List[Dict[str, Any]] = []
 
-    def __call__(self, python: str, targets: Sequence[Target], **kw: Any) -> Outcome:
+    def __call__(self, python: str, targets: Sequence[Target], **kw: Any) -> CheckResult:
         self.calls.append({"targets": list(targets), **kw})
-        return Outcome(self.problems.pop(0) if self.problems else None, 0.01)
+        return CheckResult(self.problems.pop(0) if self.problems else None, 0.01)
 
 
 def booting_policy(runner: CountingRunner, **kw: Any) -> Policy:
@@ -603,7 +603,7 @@ def test_policy_removes_stale_bytecode_before_booting(tmp_path: Path) -> None:
     seen: List[bool] = []
 
     class Runner(CountingRunner):
-        def __call__(self, python: str, targets: Sequence[Target], **kw: Any) -> Outcome:
+        def __call__(self, python: str, targets: Sequence[Target], **kw: Any) -> CheckResult:
             seen.append(cached.exists())
             return super().__call__(python, targets, **kw)
 

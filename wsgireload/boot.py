@@ -10,6 +10,7 @@ import ast
 import gc
 import importlib.machinery
 import importlib.util
+import inspect
 import io
 import json
 import logging
@@ -27,7 +28,7 @@ import types
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
 
-from .detect import _config_dirs, _norm_dir
+from .detect import config_dirs, norm_dir
 from .errors import ConfigurationError
 
 log = logging.getLogger("wsgireload")
@@ -170,7 +171,7 @@ def gunicorn_app_uri_of(*objs: Any) -> Optional[str]:
 
 def calling_module() -> Optional[Target]:
     """The module creating a Reloader at its top level (skipping wsgireload's own frames)."""
-    frame: Optional[types.FrameType] = sys._getframe(1)
+    frame = inspect.currentframe()
     while frame is not None and str(frame.f_globals.get("__name__")).split(".")[0] == "wsgireload":
         frame = frame.f_back
     if frame is None or frame.f_code.co_name != "<module>":
@@ -257,7 +258,7 @@ def find_python(
 
 # -- running the checker -----------------------------------------------------------------------
 @dataclass
-class Outcome:
+class CheckResult:
     """What the checker reported; ``problem`` is None when the app booted."""
 
     problem: Optional[str]
@@ -283,7 +284,7 @@ def run_checker(
     uwsgi_opt: Optional[Mapping[str, Any]] = None,  # stub uWSGI's modules with it; None: don't
     cwd: Optional[str] = None,
     env: Optional[Mapping[str, str]] = None,
-) -> Outcome:
+) -> CheckResult:
     """Boot ``targets`` in a fresh ``python``; bounded by ``timeout`` seconds."""
     payload = {
         "path": list(path),
@@ -303,12 +304,12 @@ def run_checker(
             cwd=cwd or os.getcwd(), env=environment, start_new_session=True,
         )
     except OSError as exc:
-        return Outcome(f"cannot start {python} for the boot check: {exc}", 0.0)
+        return CheckResult(f"cannot start {python} for the boot check: {exc}", 0.0)
     try:
         out, err = proc.communicate(json.dumps(payload).encode() + b"\n", timeout=timeout)
     except subprocess.TimeoutExpired:
         _kill_group(proc)
-        return Outcome(
+        return CheckResult(
             f"booting {names} took longer than {timeout:g}s (the boot check's limit: raise "
             "boot_timeout if the app is this slow to start)",
             time.monotonic() - started,
@@ -319,14 +320,16 @@ def run_checker(
     if result is None:
         lines = err.decode("utf-8", "replace").strip().splitlines()
         tail = lines[-1] if lines else f"exit status {proc.returncode}"
-        return Outcome(f"booting {names} in a fresh interpreter failed: {tail}", seconds)
-    return Outcome(None if result.get("ok") else describe_failure(result), seconds)
+        return CheckResult(f"booting {names} in a fresh interpreter failed: {tail}", seconds)
+    return CheckResult(None if result.get("ok") else describe_failure(result), seconds)
 
 
 def _interpreter_flags() -> List[str]:
     """This interpreter's -O, -W, -X flags: an assert or warning filter acts as in the worker."""
     try:
-        return list(subprocess._args_from_interpreter_flags())  # type: ignore[attr-defined]
+        # The standard library's own helper (what multiprocessing uses); no public equivalent.
+        flags = subprocess._args_from_interpreter_flags  # type: ignore[attr-defined]  # noqa: SLF001
+        return list(flags())
     except Exception:  # pragma: no cover - a private helper: never let it break the check
         return []
 
@@ -403,7 +406,7 @@ class BootCheck:
     smoke: Optional[str] = None
     path: Callable[[], Sequence[str]] = lambda: list(sys.path)
     cwd: Optional[str] = None  # None: this process's working directory
-    runner: Callable[..., Outcome] = run_checker
+    runner: Callable[..., CheckResult] = run_checker
     python: Callable[[], Optional[str]] = find_python
     _environ_target: Optional[Target] = None
     _server: Optional[Tuple[int, List[Target]]] = None  # (pid, what the server names)
@@ -515,8 +518,8 @@ def _site_packages() -> List[str]:
 
 
 def _library_dirs() -> List[str]:
-    dirs = _config_dirs("stdlib", "platstdlib", "purelib", "platlib")
-    return [*dirs, *map(_norm_dir, _site_packages())]
+    dirs = config_dirs("stdlib", "platstdlib", "purelib", "platlib")
+    return [*dirs, *map(norm_dir, _site_packages())]
 
 
 def _norm(path: str) -> str:
@@ -530,7 +533,7 @@ def user_location(exc: BaseException, library: Optional[Sequence[str]] = None) -
     if isinstance(exc, SyntaxError) and exc.filename and not exc.filename.startswith("<"):
         return exc.filename, exc.lineno
     library = tuple(_library_dirs() if library is None else library)
-    own = _norm_dir(os.path.dirname(__file__))
+    own = norm_dir(os.path.dirname(__file__))
     frames = [(f.f_code.co_filename, line) for f, line in traceback.walk_tb(exc.__traceback__)]
     real = [(name, line) for name, line in frames
             if name and not name.startswith("<") and not _norm(name).startswith(own)]

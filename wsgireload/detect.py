@@ -51,30 +51,32 @@ def identity(path: str) -> Optional[Identity]:
     return None if st is None else (st.st_mtime_ns, st.st_size, st.st_ino)
 
 
-def _norm_dir(path: str) -> str:
+def norm_dir(path: str) -> str:
+    """``path`` absolute and case-normalised, ending in a separator: a prefix to match."""
     return os.path.join(os.path.normcase(os.path.abspath(path)), "")
 
 
-def _config_dirs(*keys: str) -> Set[str]:
+def config_dirs(*keys: str) -> Set[str]:
+    """The directories ``sysconfig`` names by ``keys`` (``"stdlib"``, ``"purelib"``...)."""
     paths = sysconfig.get_paths()
-    return {_norm_dir(paths[key]) for key in keys if paths.get(key)}
+    return {norm_dir(paths[key]) for key in keys if paths.get(key)}
 
 
 def stdlib_dirs() -> Tuple[str, ...]:
     """Directories holding the interpreter's own standard library."""
-    return tuple(sorted(_config_dirs("stdlib", "platstdlib")))
+    return tuple(sorted(config_dirs("stdlib", "platstdlib")))
 
 
 def site_dirs() -> Tuple[str, ...]:
     """Directories third-party packages install into (they may sit inside the stdlib dir)."""
-    dirs = _config_dirs("purelib", "platlib")
+    dirs = config_dirs("purelib", "platlib")
     try:
-        dirs.update(_norm_dir(p) for p in site.getsitepackages())
+        dirs.update(norm_dir(p) for p in site.getsitepackages())
     except AttributeError:  # pragma: no cover - old virtualenv's site.py
         pass
     user_site = getattr(site, "USER_SITE", None)
     if user_site:
-        dirs.add(_norm_dir(user_site))
+        dirs.add(norm_dir(user_site))
     return tuple(sorted(dirs))
 
 
@@ -127,7 +129,8 @@ class Detector:
     ) -> None:
         patterns = [os.fspath(p) for p in extra_files]
         listed = [os.path.abspath(p) for p in patterns if not _MAGIC_GLOB & set(p)]
-        self._extra_globs = [os.path.abspath(p) for p in patterns if _MAGIC_GLOB & set(p)]
+        # Read-only outside (the event backend watches their directories).
+        self.extra_globs = [os.path.abspath(p) for p in patterns if _MAGIC_GLOB & set(p)]
         self._exclude = tuple(os.fspath(p) for p in exclude) + ("*/__pycache__/*",)
         self._extra_wanted = [p for p in listed if self._wanted(p)]  # excludes never change
         self._modules = modules
@@ -135,8 +138,8 @@ class Detector:
         self._skip_dirs = () if include_stdlib else stdlib_dirs()
         self._keep_dirs = site_dirs()
         # Module files are cached and rebuilt only when sys.modules grows or shrinks: listing
-        # them costs more than stat'ing them.
-        self._module_count = -1
+        # them costs more than stat'ing them. (Read-only outside: a new count, a new listing.)
+        self.module_count = -1
         self._module_paths: List[str] = []
         # Every file ever seen stays watched: a module whose re-import failed leaves
         # sys.modules, but its broken file is exactly the one the fix will touch.
@@ -160,7 +163,7 @@ class Detector:
         if not self._modules:
             return []
         count = len(sys.modules)
-        if count != self._module_count:
+        if count != self.module_count:
             seen: Set[str] = set()
             for module in list(sys.modules.values()):  # copy: imports happen in other threads
                 try:
@@ -177,20 +180,20 @@ class Detector:
                 if self._wanted(path):
                     seen.add(path)
             self._module_paths = sorted(seen)
-            self._module_count = count
+            self.module_count = count
         return self._module_paths
 
     def glob_paths(self) -> List[str]:
         """Files currently matching the ``extra_files`` patterns (directories skipped),
         re-listed only when a directory the patterns reach changed since the last listing."""
-        if not self._extra_globs:
+        if not self.extra_globs:
             return []
         if self._glob_dirs is not None and self._glob_dirs_unchanged():
             return self._glob_result
         # Read the clock before listing: a directory touched after this instant is racy.
         started = time.time_ns()
         found: Set[str] = set()
-        for pattern in self._extra_globs:
+        for pattern in self.extra_globs:
             try:
                 matches = _glob(pattern)
             except (OSError, RecursionError):  # symlink loops, vanished directories
@@ -212,7 +215,7 @@ class Detector:
     ) -> Optional[Dict[str, Optional[Tuple[int, int]]]]:
         """(mtime, inode) of every directory the patterns can reach; None if one is racy."""
         dirs: Dict[str, Optional[Tuple[int, int]]] = {}
-        for pattern in self._extra_globs:
+        for pattern in self.extra_globs:
             for directory in glob_dirs(pattern):
                 key = _dir_key(directory)
                 if key is not None and key[0] > racy_after:
@@ -281,7 +284,7 @@ class Detector:
         # Files no longer listed (a module dropped from sys.modules, a file that left a glob,
         # a file added after a failed import) stay watched. The set is recomputed only when
         # the listing changed, so a steady scan costs one stat per file and nothing more.
-        key = (self._module_count, self._glob_version)
+        key = (self.module_count, self._glob_version)
         if key != self._orphans_key or len(baseline) != self._orphans_size:
             listed = set(self._module_paths)
             listed.update(extra)

@@ -138,6 +138,11 @@ class Policy:
     def pending(self) -> Tuple[str, ...]:
         return tuple(self._pending)
 
+    @property
+    def unvalidated(self) -> bool:
+        """True while the pending change set has not been validated yet (nor refused)."""
+        return self._rejected_version != self._version
+
     def observe(self, changed: Iterable[str], now: float) -> None:
         """Record files reported changed at time ``now``."""
         paths = list(changed)
