@@ -1,6 +1,7 @@
 """Shared fixtures and helpers of the unit tests: a fake clock, file edits without sleeping,
 a throwaway importable package, a Reloader whose reload can be made due on demand, a minimal
-WSGI "server", a forked child reporting back, and a crafted /proc tree."""
+WSGI "server", a forked child reporting back, and a crafted /proc tree. Every test runs with
+a private runtime directory, temp directory and home (see ``private_user_dirs``)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ import importlib
 import io
 import json
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import textwrap
 import threading
 import time
@@ -22,6 +25,38 @@ from wsgireload import Reloader
 from wsgireload.actions import Action
 from wsgireload.actions._process import ProcessInfo, read_process
 from wsgireload.policy import ChangeSet
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_user_dirs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Point the runtime directory, the temp directory and home into one private 0700
+    directory for the whole session, removed at its end: no test, and no server a test starts
+    (it inherits the environment), leaves a master record in the user's
+    $XDG_RUNTIME_DIR/wsgireload or <tempdir>/wsgireload-<uid>, nor anything in their home."""
+    tmp_path_factory.getbasetemp()  # pytest's own tmp_path directories stay where they are
+    root = Path(tempfile.mkdtemp(prefix="wsgireload-tests-"))  # mode 0700
+    dirs = {"XDG_RUNTIME_DIR": root / "run", "TMPDIR": root / "tmp", "HOME": root / "home"}
+    saved = {name: os.environ.get(name) for name in [*dirs, "WSGIRELOAD_PYUWSGI_VENV"]}
+    # The pyuwsgi virtualenv is a cache the uWSGI tests build once and keep (see test_uwsgi).
+    version = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    os.environ.setdefault(
+        "WSGIRELOAD_PYUWSGI_VENV",
+        str(Path.home() / ".cache" / "wsgireload-tests" / f"pyuwsgi-venv-{version}"),
+    )
+    for name, path in dirs.items():
+        path.mkdir(mode=0o700)
+        os.environ[name] = str(path)
+    saved_tempdir, tempfile.tempdir = tempfile.tempdir, str(dirs["TMPDIR"])
+    try:
+        yield root
+    finally:
+        tempfile.tempdir = saved_tempdir
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        shutil.rmtree(root, ignore_errors=True)
 
 
 class FakeClock:
