@@ -34,7 +34,10 @@ def private_user_dirs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path
     (it inherits the environment), leaves a master record in the user's
     $XDG_RUNTIME_DIR/wsgireload or <tempdir>/wsgireload-<uid>, nor anything in their home."""
     tmp_path_factory.getbasetemp()  # pytest's own tmp_path directories stay where they are
-    root = Path(tempfile.mkdtemp(prefix="wsgireload-tests-"))  # mode 0700
+    root = Path(tempfile.mkdtemp(prefix="wsgireload-tests-"))
+    # Others may pass through (not list) root and the temp directory, as through /tmp: a test's
+    # child that drops to nobody still reaches the 0755 directory it made there.
+    root.chmod(0o711)
     dirs = {"XDG_RUNTIME_DIR": root / "run", "TMPDIR": root / "tmp", "HOME": root / "home"}
     saved = {name: os.environ.get(name) for name in [*dirs, "WSGIRELOAD_PYUWSGI_VENV"]}
     # The pyuwsgi virtualenv is a cache the uWSGI tests build once and keep (see test_uwsgi).
@@ -44,7 +47,7 @@ def private_user_dirs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path
         str(Path.home() / ".cache" / "wsgireload-tests" / f"pyuwsgi-venv-{version}"),
     )
     for name, path in dirs.items():
-        path.mkdir(mode=0o700)
+        path.mkdir(mode=0o711 if name == "TMPDIR" else 0o700)
         os.environ[name] = str(path)
     saved_tempdir, tempfile.tempdir = tempfile.tempdir, str(dirs["TMPDIR"])
     try:
@@ -70,6 +73,29 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
+
+
+IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
+
+
+def bounded(fn: Callable[[], Any], seconds: float) -> Any:
+    """Run ``fn`` in a thread; fail (not hang) when it takes longer than ``seconds``."""
+    box: List[Any] = []
+    errors: List[BaseException] = []
+
+    def run() -> None:
+        try:
+            box.append(fn())
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"did not finish within {seconds}s (hang)"
+    if errors:
+        raise errors[0]
+    return box[0]
 
 
 class Alive:
