@@ -78,7 +78,7 @@ def test_candidates_skip_missing_and_httpd(tmp_path: Path) -> None:
     assert found == []
 
 
-def test_find_python_verifies_the_version(tmp_path: Path) -> None:
+def test_find_python_verifies_the_version(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     wrong = executable(tmp_path / "venv" / "bin" / "python")
     right = executable(tmp_path / "base" / "python3")
     answers = {wrong: "2.7", right: f"{XY[0]}.{XY[1]}"}
@@ -88,17 +88,21 @@ def test_find_python_verifies_the_version(tmp_path: Path) -> None:
         asked.append(candidate)
         return answers.get(candidate)
 
-    def which(name: str) -> Optional[str]:
-        return None
-
-    kw: Dict[str, Any] = dict(executable="/usr/sbin/apache2", prefix=str(tmp_path / "venv"),
-                              base_executable=right, version=XY, which=which, probe=probe)
-    assert find_python(**kw) == right
-    assert find_python(**kw) == right
-    assert asked == [wrong, right]  # remembered: probed once per process
-    answers[right] = "3.1"
-    kw["probe"] = lambda c: answers.get(c)
-    assert find_python(**kw) is None
+    monkeypatch.setattr("sys.executable", "/usr/sbin/apache2")
+    monkeypatch.setattr("sys.prefix", str(tmp_path / "venv"))
+    monkeypatch.setattr("sys._base_executable", right, raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    monkeypatch.setattr("wsgireload.boot.probe_version", probe)
+    find_python.cache_clear()
+    try:
+        assert find_python() == right
+        assert find_python() == right
+        assert asked == [wrong, right]  # remembered: probed once per process
+        answers[right] = "3.1"
+        find_python.cache_clear()
+        assert find_python() is None
+    finally:
+        find_python.cache_clear()
 
 
 def test_probe_version_answers_for_python_only(tmp_path: Path) -> None:

@@ -118,9 +118,9 @@ def test_compile_errors_reports_unreadable(tmp_path: Path) -> None:
 
 def test_import_validation_pass_and_fail(tmp_path: Path) -> None:
     (tmp_path / "wr_imp_ok.py").write_text("import wr_imp_dep\nVALUE = wr_imp_dep.X\n")
-    path = [str(tmp_path)] + sys.path
     (tmp_path / "wr_imp_dep.py").write_text("X = undefined_name\n")  # compiles, fails to import
-    check = BootCheck(app=parse_target("wr_imp_ok", default_attr=None), path=lambda: path)
+    # Booted from tmp_path, which also comes first on the checker's sys.path.
+    check = BootCheck(app=parse_target("wr_imp_ok", default_attr=None), cwd=str(tmp_path))
     p = Policy(settle=0.0, validate="boot", boot=check)
     p.observe([str(tmp_path / "wr_imp_dep.py")], 0.0)
     assert p.due(0.0, SNAP) is None

@@ -7,6 +7,7 @@ finds the interpreter and the app, the checker half (``_checker_main``) imports 
 from __future__ import annotations
 
 import ast
+import functools
 import gc
 import importlib.machinery
 import importlib.util
@@ -36,7 +37,7 @@ log = logging.getLogger("wsgireload")
 VALIDATING_ENV = "WSGIRELOAD_VALIDATING"  # set in the checker: a Reloader there stays inert
 DEFAULT_TIMEOUT = 30.0  # seconds a boot may take
 _PROBE_TIMEOUT = 10.0  # seconds to ask a candidate interpreter its version
-_PYTHON_NAME = re.compile(r"^(python|pypy)(\d+(\.\d+)?)?(\.exe)?$", re.IGNORECASE)
+_PYTHON_NAME = re.compile(r"^(python|pypy)(\d+(\.\d+)?)?$", re.IGNORECASE)
 
 
 def validating() -> bool:
@@ -68,9 +69,7 @@ def parse_target(spec: str, *, default_attr: Optional[str] = "application") -> T
         )
     spec = spec.strip()
     module, sep, obj = spec.partition(":")
-    if module.endswith(".py") or os.sep in module or (os.altsep and os.altsep in module):
-        if os.name == "nt" and len(module) == 1 and sep:  # C:\path\wsgi.py
-            module, sep, obj = spec, "", ""
+    if module.endswith(".py") or os.sep in module:
         return Target(path=os.path.abspath(module), attr=obj or default_attr, spec=spec)
     if not module or not all(part.isidentifier() for part in module.split(".")):
         raise ConfigurationError(
@@ -199,12 +198,10 @@ def python_candidates(
 ) -> List[str]:
     """Interpreters that may run this process's code, best first (the virtualenv's first)."""
     xy = f"{version[0]}.{version[1]}"
-    names: List[Optional[str]] = []
-    if os.name == "nt":
-        names += [os.path.join(prefix, "Scripts", "python.exe"), os.path.join(prefix, "python.exe")]
-    else:
-        bindir = os.path.join(prefix, "bin")
-        names += [os.path.join(bindir, n) for n in (f"python{xy}", f"python{version[0]}", "python")]
+    bindir = os.path.join(prefix, "bin")
+    names: List[Optional[str]] = [
+        os.path.join(bindir, name) for name in (f"python{xy}", f"python{version[0]}", "python")
+    ]
     names += [executable, base_executable, which(f"python{xy}")]
     out: List[str] = []
     for name in names:
@@ -228,32 +225,15 @@ def probe_version(python: str) -> Optional[str]:
     return text if proc.returncode == 0 and re.fullmatch(r"\d+\.\d+", text) else None
 
 
-_found: Dict[Tuple[Any, ...], Optional[str]] = {}
-
-
-def find_python(
-    *,
-    executable: Optional[str] = None,
-    prefix: Optional[str] = None,
-    base_executable: Optional[str] = None,
-    version: Optional[Tuple[int, int]] = None,
-    which: Callable[[str], Optional[str]] = shutil.which,
-    probe: Callable[[str], Optional[str]] = probe_version,
-) -> Optional[str]:
-    """The first candidate that really is Python of this process's X.Y (remembered)."""
-    executable = sys.executable if executable is None else executable
-    prefix = sys.prefix if prefix is None else prefix
-    if base_executable is None:
-        base_executable = getattr(sys, "_base_executable", None)
-    version = (sys.version_info[0], sys.version_info[1]) if version is None else version
-    key = (executable, prefix, base_executable, version, which, probe)
-    if key not in _found:
-        candidates = python_candidates(executable=executable, prefix=prefix,
-                                       base_executable=base_executable, version=version,
-                                       which=which)
-        wanted = f"{version[0]}.{version[1]}"
-        _found[key] = next((c for c in candidates if probe(c) == wanted), None)
-    return _found[key]
+@functools.lru_cache(maxsize=None)
+def find_python() -> Optional[str]:
+    """The first candidate that really is Python of this process's X.Y (looked for once)."""
+    version = (sys.version_info[0], sys.version_info[1])
+    candidates = python_candidates(
+        executable=sys.executable, prefix=sys.prefix, version=version,
+        base_executable=getattr(sys, "_base_executable", None),  # a venv's base interpreter
+    )
+    return next((c for c in candidates if probe_version(c) == "%d.%d" % version), None)
 
 
 # -- running the checker -----------------------------------------------------------------------
@@ -292,7 +272,7 @@ def run_checker(
         "prefix": sys.prefix,
         "targets": [{**asdict(t), "spec": t.describe()} for t in targets],
         "smoke": smoke,
-        "uwsgi_opt": None if uwsgi_opt is None else _jsonable(uwsgi_opt),
+        "uwsgi_opt": None if uwsgi_opt is None else {str(k): v for k, v in uwsgi_opt.items()},
     }
     environment = {**(os.environ if env is None else env), VALIDATING_ENV: "1"}
     started = time.monotonic()
@@ -306,7 +286,8 @@ def run_checker(
     except OSError as exc:
         return CheckResult(f"cannot start {python} for the boot check: {exc}", 0.0)
     try:
-        out, err = proc.communicate(json.dumps(payload).encode() + b"\n", timeout=timeout)
+        data = json.dumps(payload, default=_as_json).encode() + b"\n"
+        out, err = proc.communicate(data, timeout=timeout)
     except subprocess.TimeoutExpired:
         _kill_group(proc)
         return CheckResult(
@@ -357,17 +338,9 @@ def _last_json(out: bytes) -> Optional[Dict[str, Any]]:
     return None
 
 
-def _jsonable(opt: Mapping[str, Any]) -> Dict[str, Any]:
-    def conv(value: Any) -> Any:
-        if isinstance(value, bytes):
-            return value.decode("utf-8", "replace")
-        if isinstance(value, (list, tuple)):
-            return [conv(v) for v in value]
-        if value is None or isinstance(value, (bool, int, float, str)):
-            return value
-        return str(value)
-
-    return {str(conv(k)): conv(v) for k, v in opt.items()}
+def _as_json(value: Any) -> Any:
+    """uWSGI's option values as JSON has them: bytes as text, anything else as its str()."""
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
 def describe_failure(result: Mapping[str, Any]) -> str:
@@ -404,8 +377,7 @@ class BootCheck:
     creator: Optional[Target] = None
     timeout: float = DEFAULT_TIMEOUT  # seconds
     smoke: Optional[str] = None
-    path: Callable[[], Sequence[str]] = lambda: list(sys.path)
-    cwd: Optional[str] = None  # None: this process's working directory
+    cwd: Optional[str] = None  # None: this process's; else also first on the search path
     runner: Callable[..., CheckResult] = run_checker
     python: Callable[[], Optional[str]] = find_python
     _environ_target: Optional[Target] = None
@@ -456,7 +428,7 @@ class BootCheck:
             python,
             targets,
             timeout=self.timeout,
-            path=self.path(),
+            path=[self.cwd, *sys.path] if self.cwd else list(sys.path),
             smoke=self.smoke,
             uwsgi_opt=None if uwsgi is None else (getattr(uwsgi, "opt", None) or {}),
             cwd=self.cwd,
