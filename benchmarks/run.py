@@ -288,7 +288,7 @@ def django_snapshot() -> Tuple[Callable[[], None], Callable[[], int]]:
 def bench_scans(case: str, repeats: int, extra: Optional[Tuple[str, List[str]]] = None) -> None:
     from wsgireload import classic
 
-    classic._reset()
+    classic._detector = None  # a fresh baseline
     classic.code_changed()
     thread_mode = Detector()  # what Reloader() builds by default
     thread_mode.scan()

@@ -82,10 +82,8 @@ def parse_target(spec: str, *, default_attr: Optional[str] = "application") -> T
         expr = ast.parse(obj, mode="eval").body
     except SyntaxError:
         expr = None
-    if isinstance(expr, ast.Name):
-        return Target(module=module, attr=expr.id, spec=spec)
-    if isinstance(expr, ast.Attribute):  # uWSGI and gunicorn both allow a dotted callable
-        return Target(module=module, attr=obj, spec=spec)
+    if isinstance(expr, (ast.Name, ast.Attribute)):  # uWSGI and gunicorn allow a dotted one
+        return Target(module=module, attr=ast.unparse(expr), spec=spec)
     if isinstance(expr, ast.Call) and isinstance(expr.func, ast.Name):
         try:
             args = tuple(ast.literal_eval(arg) for arg in expr.args)
@@ -319,7 +317,7 @@ def _kill_group(proc: "subprocess.Popen[bytes]") -> None:
     """SIGKILL the checker's session: the checker if it still runs, and what the app started."""
     try:
         os.killpg(proc.pid, signal.SIGKILL)
-    except (OSError, AttributeError):
+    except OSError:
         proc.kill()  # a no-op once the checker has exited and been waited for
     try:
         proc.communicate(timeout=5)  # reap it; at once if it has been already

@@ -70,10 +70,7 @@ def stdlib_dirs() -> Tuple[str, ...]:
 def site_dirs() -> Tuple[str, ...]:
     """Directories third-party packages install into (they may sit inside the stdlib dir)."""
     dirs = config_dirs("purelib", "platlib")
-    try:
-        dirs.update(norm_dir(p) for p in site.getsitepackages())
-    except AttributeError:  # pragma: no cover - old virtualenv's site.py
-        pass
+    dirs.update(norm_dir(p) for p in site.getsitepackages())
     user_site = getattr(site, "USER_SITE", None)
     if user_site:
         dirs.add(norm_dir(user_site))
