@@ -154,6 +154,12 @@ def edit(path: Path, text: str) -> None:
     os.utime(path, ns=(before + 1_000_000_000, before + 1_000_000_000))
 
 
+def ok_app(environ: Dict[str, Any], start_response: Callable[..., Any]) -> List[bytes]:
+    """The smallest WSGI app: 200 OK, ``ok``."""
+    start_response("200 OK", [])
+    return [b"ok"]
+
+
 class Recorder:
     """An ``action=`` callback that records every call (thread-safe)."""
 

@@ -41,7 +41,7 @@ from wsgireload.detect import Snapshot
 from wsgireload.policy import Policy
 from wsgireload.watcher import Watcher
 
-from .conftest import FakeClock, bump
+from .conftest import FakeClock, bump, ok_app
 
 XY = (sys.version_info[0], sys.version_info[1])
 PYTHON = find_python()
@@ -683,10 +683,6 @@ def test_reloader_boots_once_per_change_set_not_per_request(
 
 
 # -- options --------------------------------------------------------------------------------------
-def app(environ: Any, start_response: Any) -> List[bytes]:
-    return []
-
-
 @pytest.mark.parametrize(
     "kw, message",
     [
@@ -702,17 +698,17 @@ def app(environ: Any, start_response: Any) -> List[bytes]:
 )
 def test_bad_boot_options(kw: Dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigurationError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        Reloader(app, **kw)
+        Reloader(ok_app, **kw)
     with pytest.raises(ConfigurationError):
         Watcher(modules=False, **kw)
 
 
 def test_options_reach_the_boot_check() -> None:
-    policy = Reloader(app, boot_app="pkg.wsgi:create()", boot_timeout=5, smoke="/hz").policy
+    policy = Reloader(ok_app, boot_app="pkg.wsgi:create()", boot_timeout=5, smoke="/hz").policy
     assert policy.validate == "boot" and policy.boot is not None
     assert policy.boot.targets() == [parse_target("pkg.wsgi:create()")]
     assert policy.boot.timeout == 5.0 and policy.boot.smoke == "/hz"
-    old = Reloader(app, validate="import", import_name="pkg.wsgi", import_timeout=7).policy
+    old = Reloader(ok_app, validate="import", import_name="pkg.wsgi", import_timeout=7).policy
     assert old.validate == "boot" and old.boot is not None and old.boot.timeout == 7.0
     assert old.boot.targets() == [Target(module="pkg.wsgi", spec="pkg.wsgi")]
 
@@ -744,7 +740,7 @@ def test_watcher_is_inert_inside_the_checker(
     monkeypatch.setenv("WSGIRELOAD_VALIDATING", "1")
     watcher = Watcher(extra_files=[str(tmp_path / "a.txt")])
     assert watcher.detector.watched() == [] and watcher.start()._thread is None
-    reloader = Reloader(app, extra_files=[str(tmp_path / "a.txt")])
-    assert reloader.detector.watched() == [] and reloader({}, lambda *a: None) == []
+    reloader = Reloader(ok_app, extra_files=[str(tmp_path / "a.txt")])
+    assert reloader.detector.watched() == [] and reloader({}, lambda *a: None) == [b"ok"]
     assert reloader.policy.boot is not None  # options still checked
     assert calling_module() is None

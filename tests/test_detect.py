@@ -30,7 +30,17 @@ from wsgireload.detect import (
 )
 from wsgireload.policy import Policy, compile_errors
 
-from .conftest import IS_ROOT, FakeClock, Recorder, bounded, bump, environ, run_in_child, serve
+from .conftest import (
+    IS_ROOT,
+    FakeClock,
+    Recorder,
+    bounded,
+    bump,
+    environ,
+    ok_app,
+    run_in_child,
+    serve,
+)
 
 
 def extra_detector(*paths: Path, **kw: object) -> Detector:
@@ -677,12 +687,8 @@ def test_non_utf8_file_names(tmp_path: Path, caplog: Any) -> None:
     clock = FakeClock()
     recorder = Recorder()
 
-    def app(env: Any, start_response: Any) -> List[bytes]:
-        start_response("200 OK", [])
-        return [b"ok"]
-
     reloader = Reloader(
-        app,
+        ok_app,
         extra_files=[str(tmp_path / "*.py")],
         settle=0,
         settle_max=0,

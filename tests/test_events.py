@@ -18,6 +18,8 @@ import pytest
 from wsgireload.detect import Detector
 from wsgireload.events import EventDetector, glob_root, relevant
 
+from .conftest import bump
+
 WATCHED = frozenset({"/app/views.py", "/app/conf/settings.ini", "/app/build/cache.log"})
 ROOTS = ("/app/templates/",)
 
@@ -60,10 +62,6 @@ def test_glob_root() -> None:
     assert glob_root("/srv/app/conf/app.ini") == "/srv/app/conf"
 
 
-def _touch(path: Path, ns: int) -> None:
-    os.utime(path, ns=(ns, ns))
-
-
 def test_without_watchfiles_it_polls(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setitem(sys.modules, "watchfiles", None)  # makes the import fail
     target = tmp_path / "conf.ini"
@@ -72,7 +70,7 @@ def test_without_watchfiles_it_polls(monkeypatch: pytest.MonkeyPatch, tmp_path: 
     assert detector.scan() == []
     assert detector.start() is False
     assert detector.polling
-    _touch(target, 1_000_000_000)
+    bump(target)
     assert detector.scan() == [str(target)]
 
 
@@ -102,7 +100,7 @@ def test_falls_back_when_a_change_comes_without_an_event(
         poller.scan = lambda: calls.append(1) or real_scan()  # type: ignore[method-assign]
         assert detector.scan() == []
         assert calls == []  # no event, no stat
-        _touch(target, 2_000_000_000)
+        bump(target)
         # The verification scan still reports the change...
         assert detector.scan() == [str(target)]
         assert len(calls) == 1
@@ -112,7 +110,7 @@ def test_falls_back_when_a_change_comes_without_an_event(
                 detector.scan()
         assert detector.polling
         assert "without a file event" in caplog.text
-        _touch(target, 3_000_000_000)
+        bump(target)
         assert detector.scan() == [str(target)]
     finally:
         detector.stop()

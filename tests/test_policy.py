@@ -8,7 +8,7 @@ import os
 import py_compile
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -19,7 +19,7 @@ from wsgireload.boot import BootCheck, parse_target
 from wsgireload.detect import Identity
 from wsgireload.policy import ChangeSet, Policy, compile_errors, remove_stale_bytecode
 
-from .conftest import FakeClock, Recorder, bounded, bump, environ, serve
+from .conftest import FakeClock, Recorder, bounded, bump, environ, ok_app, serve
 
 SNAP: Dict[str, Optional[Identity]] = {}
 
@@ -228,12 +228,8 @@ def test_inline_scans_resume_after_the_clock_steps_back(tmp_path: Path) -> None:
     clock = FakeClock(10_000.0)
     recorder = Recorder()
 
-    def app(env: Any, start_response: Any) -> List[bytes]:
-        start_response("200 OK", [])
-        return [b"ok"]
-
     reloader = Reloader(
-        app,
+        ok_app,
         extra_files=[str(watched)],
         settle=0,
         settle_max=0,
