@@ -143,8 +143,7 @@ class Detector:
         self._baseline: Snapshot = {}
         self._scanned = False
         self._orphans: List[str] = []
-        self._orphans_key: object = None
-        self._orphans_size = -1
+        self._orphans_key: object = None  # the listing and baseline size they were made from
         self._glob_result: List[str] = []
         self._glob_dirs: Optional[Dict[str, Optional[Tuple[int, int]]]] = None
         self._glob_scans = 0
@@ -281,13 +280,12 @@ class Detector:
         # Files no longer listed (a module dropped from sys.modules, a file that left a glob,
         # a file added after a failed import) stay watched. The set is recomputed only when
         # the listing changed, so a steady scan costs one stat per file and nothing more.
-        key = (self.module_count, self._glob_version)
-        if key != self._orphans_key or len(baseline) != self._orphans_size:
+        key = (self.module_count, self._glob_version, len(baseline))
+        if key != self._orphans_key:
             listed = set(self._module_paths)
             listed.update(extra)
             self._orphans = [p for p in baseline if p not in listed]
             self._orphans_key = key
-            self._orphans_size = len(baseline)
         _stat_into(self._orphans, baseline, changed, bool)  # in the baseline: never first seen
         self._scanned = True
 
