@@ -300,7 +300,7 @@ def run_checker(
         lines = err.decode("utf-8", "replace").strip().splitlines()
         tail = lines[-1] if lines else f"exit status {proc.returncode}"
         return CheckResult(f"booting {names} in a fresh interpreter failed: {tail}", seconds)
-    return CheckResult(None if result.get("ok") else describe_failure(result), seconds)
+    return CheckResult(result["problem"], seconds)
 
 
 def _interpreter_flags() -> List[str]:
@@ -331,7 +331,7 @@ def _last_json(out: bytes) -> Optional[Dict[str, Any]]:
             value = json.loads(line)
         except ValueError:
             continue
-        if isinstance(value, dict) and "ok" in value:
+        if isinstance(value, dict) and "problem" in value:
             return value
     return None
 
@@ -341,18 +341,12 @@ def _as_json(value: Any) -> Any:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
-def describe_failure(result: Mapping[str, Any]) -> str:
+def describe_failure(stage: str, target: str, what: str, where: str = "", path: str = "") -> str:
     """One line: ``file:line: Type: message (what was being done)``."""
-    where = f"{result['file']}:{result.get('line') or 0}: " if result.get("file") else ""
-    what = f"{result.get('type') or 'Error'}: {result.get('message') or ''}".rstrip(": ")
-    stage = result.get("stage")
-    target = result.get("target") or "the app"
     if stage == "urlconf":
         context = f"importing Django's URLconf and views, as {target}'s first request would"
     elif stage == "smoke":
-        context = f"the smoke request GET {result.get('path')} to {target}"
-        if result.get("status"):
-            return f"{context} answered {result['status']}"
+        context = f"the smoke request GET {path} to {target}"
     else:
         context = f"booting {target} as the server would, in a fresh interpreter"
     return f"{where}{what} ({context})"
@@ -520,11 +514,12 @@ def _exc_name(exc: BaseException) -> str:
     return f"{kind.__module__}.{kind.__qualname__}"
 
 
-def _failure(stage: str, target: str, exc: BaseException, **extra: Any) -> Dict[str, Any]:
+def _failure(stage: str, target: str, exc: BaseException, path: str = "") -> Dict[str, Any]:
     filename, line = user_location(exc)
     message = exc.msg if isinstance(exc, SyntaxError) and exc.msg else str(exc)
-    return {"ok": False, "stage": stage, "target": target, "type": _exc_name(exc),
-            "message": message, "file": filename, "line": line, **extra}
+    where = f"{filename}:{line or 0}: " if filename else ""
+    what = f"{_exc_name(exc)}: {message}".rstrip(": ")
+    return {"problem": describe_failure(stage, target, what, where, path)}
 
 
 class _Anything:
@@ -591,15 +586,15 @@ def _load(target: Mapping[str, Any]) -> Any:
     return app
 
 
-def _walk_urlconf() -> Optional[str]:
+def _walk_urlconf() -> None:
     """Import Django's URLconf and every view module, as the first request would."""
     conf = sys.modules.get("django.conf")
     apps = getattr(sys.modules.get("django.apps"), "apps", None)
     if conf is None or apps is None or not getattr(apps, "ready", False):
-        return None
+        return
     settings = conf.settings
     if not settings.configured or not getattr(settings, "ROOT_URLCONF", None):
-        return None
+        return
     get_resolver = importlib.import_module("django.urls").get_resolver
 
     def walk(patterns: Iterable[Any], depth: int) -> None:
@@ -609,7 +604,6 @@ def _walk_urlconf() -> Optional[str]:
                 walk(inner, depth + 1)
 
     walk(get_resolver().url_patterns, 0)
-    return str(settings.ROOT_URLCONF)
 
 
 def smoke_request(app: Any, path: str) -> str:
@@ -667,7 +661,7 @@ def _check(payload: Dict[str, Any]) -> Dict[str, Any]:
             return _failure("import", spec, exc)
     spec = apps[0][0] if apps else "the app"
     try:
-        urlconf = _walk_urlconf()
+        _walk_urlconf()
     except BaseException as exc:
         return _failure("urlconf", spec, exc)
     smoke = payload.get("smoke")
@@ -684,6 +678,5 @@ def _check(payload: Dict[str, Any]) -> Dict[str, Any]:
             return _failure("smoke", spec, exc, path=smoke)
         code = status.split(" ", 1)[0]
         if not code.isdigit() or int(code) >= 500:
-            return {"ok": False, "stage": "smoke", "target": spec, "path": smoke,
-                    "status": status, "file": None, "line": None}
-    return {"ok": True, "urlconf": urlconf}
+            return {"problem": f"the smoke request GET {smoke} to {spec} answered {status}"}
+    return {"problem": None}
