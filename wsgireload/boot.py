@@ -50,14 +50,11 @@ def validating() -> bool:
 class Target:
     """An app as a server names it: ``module[:attr]``, ``module:factory(...)`` or a script file."""
 
+    spec: str  # as the user or server wrote it, for messages
     module: Optional[str] = None  # importable module name
     path: Optional[str] = None  # or a script file (uWSGI wsgi-file, mod_wsgi script)
     attr: Optional[str] = None  # None: import only (the attribute is unknown)
     call: Optional[Tuple[Tuple[Any, ...], Tuple[Tuple[str, Any], ...]]] = None  # factory args
-    spec: str = ""  # as the user or server wrote it, for messages
-
-    def describe(self) -> str:
-        return self.spec or (self.module or self.path or "?")
 
 
 def parse_target(spec: str, *, default_attr: Optional[str] = "application") -> Target:
@@ -268,13 +265,13 @@ def run_checker(
         "path": list(path),
         "argv": list(sys.argv),
         "prefix": sys.prefix,
-        "targets": [{**asdict(t), "spec": t.describe()} for t in targets],
+        "targets": [asdict(t) for t in targets],
         "smoke": smoke,
         "uwsgi_opt": None if uwsgi_opt is None else {str(k): v for k, v in uwsgi_opt.items()},
     }
     environment = {**(os.environ if env is None else env), VALIDATING_ENV: "1"}
     started = time.monotonic()
-    names = ", ".join(t.describe() for t in targets)
+    names = ", ".join(t.spec for t in targets)
     try:
         proc = subprocess.Popen(
             [python, *_interpreter_flags(), "-c", _BOOTSTRAP],
@@ -425,7 +422,7 @@ class BootCheck:
             uwsgi_opt=None if uwsgi is None else (getattr(uwsgi, "opt", None) or {}),
             cwd=self.cwd,
         )
-        log.debug("wsgireload: boot check of %s took %.2fs", targets[0].describe(), outcome.seconds)
+        log.debug("wsgireload: boot check of %s took %.2fs", targets[0].spec, outcome.seconds)
         return outcome.problem
 
     def _once(self, level: int, message: str, *args: Any) -> None:
@@ -654,7 +651,7 @@ def _checker_main(payload: Dict[str, Any]) -> None:
 def _check(payload: Dict[str, Any]) -> Dict[str, Any]:
     apps = []
     for target in payload["targets"]:
-        spec = target["spec"]  # run_checker always names it
+        spec = target["spec"]
         try:
             apps.append((spec, _load(target)))
         except BaseException as exc:  # SystemExit at import is a boot failure too
