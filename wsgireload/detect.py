@@ -228,11 +228,8 @@ class Detector:
 
     def watched(self) -> List[str]:
         """Every file watched right now."""
-        paths = set(self.module_paths())
-        paths.update(self._extra_wanted)
-        paths.update(self.glob_paths())
-        paths.update(self._baseline)
-        return sorted(paths)
+        self.glob_paths()  # brings the listed and globbed extra files up to date
+        return sorted({*self.module_paths(), *self._extra, *self._baseline})
 
     def add(self, paths: Iterable[str]) -> None:
         """Watch more files from now on (for example a file whose import failed)."""

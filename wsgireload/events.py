@@ -25,8 +25,7 @@ _IGNORED_NAMES = frozenset({"4913", ".DS_Store"})  # 4913: vim's "can I write he
 _IGNORED_DIRS = frozenset({"__pycache__", ".git", ".hg", ".svn", ".mypy_cache", ".pytest_cache"})
 
 # watchfiles checks its stop event every STEP milliseconds while idle; each check takes the
-# GIL, so a long step keeps an idle watcher near 0% of a core at the price of a slower stop
-# (measured here at 101 directories: 0.07% of a core at 200 ms, under 0.01% at 1,000 ms).
+# GIL, so a long step keeps an idle watcher near 0% of a core at the price of a slower stop.
 _STEP_MS = 500
 _DEBOUNCE_MS = 50
 # Scans during which an event must announce a change the verification scan found first.
