@@ -385,16 +385,18 @@ def test_what_the_app_prints_does_not_confuse_the_result(app_dir: Path) -> None:
     assert boot(app_dir, "chatty") is None
 
 
-def test_the_checker_gets_the_workers_environment_and_cwd(app_dir: Path) -> None:
+def test_the_checker_gets_the_workers_environment_and_cwd(
+    app_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     write(app_dir, "envapp.py", """\
         import os
         assert os.environ["WR_BOOT_SECRET"] == "s3"
         assert os.path.exists("marker.txt")
     """)
     (app_dir / "marker.txt").write_text("")
-    env = dict(os.environ, WR_BOOT_SECRET="s3")
-    assert boot(app_dir, "envapp", env=env) is None
     assert "KeyError" in (boot(app_dir, "envapp") or "")
+    monkeypatch.setenv("WR_BOOT_SECRET", "s3")
+    assert boot(app_dir, "envapp") is None
 
 
 def test_the_checker_runs_with_the_workers_interpreter_flags(
@@ -465,7 +467,9 @@ def test_smoke_request_status(app_dir: Path) -> None:
     assert boot(app_dir, "", target=parse_target("wsgi", default_attr=None), smoke="/") is None
 
 
-def test_smoke_request_closes_the_body_and_needs_start_response(app_dir: Path) -> None:
+def test_smoke_request_closes_the_body_and_needs_start_response(
+    app_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     write(app_dir, "closing.py", """\
         import os
         class Body:
@@ -480,8 +484,8 @@ def test_smoke_request_closes_the_body_and_needs_start_response(app_dir: Path) -
             return []
     """)
     flag = app_dir / "closed.flag"
-    env = dict(os.environ, WR_CLOSED=str(flag))
-    assert boot(app_dir, "closing:app", smoke="/", env=env) is None
+    monkeypatch.setenv("WR_CLOSED", str(flag))
+    assert boot(app_dir, "closing:app", smoke="/") is None
     assert flag.exists()
     assert "without calling start_response" in (boot(app_dir, "closing:silent", smoke="/") or "")
 

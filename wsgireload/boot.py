@@ -258,9 +258,8 @@ def run_checker(
     smoke: Optional[str] = None,
     uwsgi_opt: Optional[Mapping[str, Any]] = None,  # stub uWSGI's modules with it; None: don't
     cwd: Optional[str] = None,
-    env: Optional[Mapping[str, str]] = None,
 ) -> CheckResult:
-    """Boot ``targets`` in a fresh ``python``; bounded by ``timeout`` seconds."""
+    """Boot ``targets`` in a fresh ``python`` (this process's environment); bounded in time."""
     payload = {
         "path": list(path),
         "argv": list(sys.argv),
@@ -269,7 +268,7 @@ def run_checker(
         "smoke": smoke,
         "uwsgi_opt": None if uwsgi_opt is None else {str(k): v for k, v in uwsgi_opt.items()},
     }
-    environment = {**(os.environ if env is None else env), VALIDATING_ENV: "1"}
+    environment = {**os.environ, VALIDATING_ENV: "1"}
     started = time.monotonic()
     names = ", ".join(t.spec for t in targets)
     try:
