@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from wsgireload import Reloader, detect
+from wsgireload import detect
 from wsgireload.detect import (
     Detector,
     fingerprint,
@@ -32,11 +32,11 @@ from wsgireload.policy import Policy, compile_errors
 
 from .conftest import (
     IS_ROOT,
-    FakeClock,
     Recorder,
     bounded,
     bump,
     environ,
+    make_reloader,
     ok_app,
     run_in_child,
     serve,
@@ -684,19 +684,8 @@ def test_non_utf8_file_names(tmp_path: Path, caplog: Any) -> None:
     with open(raw, "wb") as handle:
         handle.write(b"x = 1\n")
     name = os.fsdecode(raw)  # surrogateescape'd str, as os.listdir returns it
-    clock = FakeClock()
     recorder = Recorder()
-
-    reloader = Reloader(
-        ok_app,
-        extra_files=[str(tmp_path / "*.py")],
-        settle=0,
-        settle_max=0,
-        action=recorder,
-        clock=clock,
-        interval=3600,
-        mode="thread",
-    )
+    reloader, clock = make_reloader(ok_app, tmp_path / "*.py", recorder, validate="boot")
     try:
         serve(reloader, environ())
         os.utime(raw, ns=(1, 2_000_000_000_000_000_000))

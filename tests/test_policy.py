@@ -14,12 +14,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from wsgireload import Reloader
 from wsgireload.boot import BootCheck, parse_target
 from wsgireload.detect import Identity
 from wsgireload.policy import ChangeSet, Policy, compile_errors, remove_stale_bytecode
 
-from .conftest import FakeClock, Recorder, bounded, bump, environ, ok_app, serve
+from .conftest import FakeClock, Recorder, bounded, bump, environ, make_reloader, ok_app, serve
 
 SNAP: Dict[str, Optional[Identity]] = {}
 
@@ -225,19 +224,9 @@ def test_policy_clock_stepping_back_still_honours_settle_max() -> None:
 def test_inline_scans_resume_after_the_clock_steps_back(tmp_path: Path) -> None:
     watched = tmp_path / "w.cfg"
     watched.write_text("1")
-    clock = FakeClock(10_000.0)
     recorder = Recorder()
-
-    reloader = Reloader(
-        ok_app,
-        extra_files=[str(watched)],
-        settle=0,
-        settle_max=0,
-        action=recorder,
-        clock=clock,
-        interval=1.0,
-        mode="inline",
-        validate=None,
+    reloader, clock = make_reloader(
+        ok_app, watched, recorder, FakeClock(10_000.0), interval=1.0, mode="inline"
     )
     try:
         serve(reloader, environ())
