@@ -168,6 +168,9 @@ class Policy:
         if self._rejected_version == self._version:
             return None  # still broken; wait for the next change before trying again
         files = tuple(self._pending)
+        # A stale .pyc of a same-size edit within one second would load the old code, in the
+        # boot check's fresh interpreter as in the reloaded workers.
+        remove_stale_bytecode(files)
         problem = self._validate(files)
         if problem is not None:
             self._rejected_version = self._version
@@ -178,7 +181,6 @@ class Policy:
                 problem,
             )
             return None
-        remove_stale_bytecode(files)
         changes = ChangeSet(files, fingerprint(snapshot, files), self._first, self._last)
         self._pending.clear()
         return changes
@@ -190,8 +192,4 @@ class Policy:
         if problems:
             extra = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
             return f"{problems[0]}{extra}"
-        if self.validate == "boot":
-            # A stale .pyc of a same-size edit within one second would boot the old code.
-            remove_stale_bytecode(files)
-            return self.boot.check()
-        return None
+        return self.boot.check() if self.validate == "boot" else None
