@@ -35,7 +35,7 @@ from .errors import ConfigurationError
 log = logging.getLogger("wsgireload")
 
 VALIDATING_ENV = "WSGIRELOAD_VALIDATING"  # set in the checker: a Reloader there stays inert
-DEFAULT_TIMEOUT = 30.0  # seconds a boot may take
+DEFAULT_TIMEOUT = 30.0  # seconds the boot check lets the app take to start
 _PROBE_TIMEOUT = 10.0  # seconds to ask a candidate interpreter its version
 _PYTHON_NAME = re.compile(r"^(python|pypy)(\d+(\.\d+)?)?$", re.IGNORECASE)
 
@@ -455,7 +455,7 @@ def uwsgi_module() -> Any:
 
 
 def check_options(*, app: Optional[str], smoke: Optional[str], timeout: Any) -> Optional[Target]:
-    """Refuse bad boot options at construction; the explicit target, if any."""
+    """Refuse bad boot check options at construction; the explicit target, if any."""
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
         raise ConfigurationError(
             f"boot_timeout must be a number of seconds greater than 0 (got {timeout!r})"
