@@ -184,7 +184,11 @@ class Detector:
         re-listed only when a directory the patterns reach changed since the last listing."""
         if not self.extra_globs:
             return []
-        if self._glob_dirs is not None and self._glob_dirs_unchanged():
+        self._glob_scans += 1  # a listing too old is redone even if no directory seems changed
+        dirs = self._glob_dirs
+        if dirs is not None and self._glob_scans < _GLOB_REFRESH_SCANS and all(
+            _dir_key(directory) == old for directory, old in dirs.items()
+        ):
             return self._glob_result
         # Read the clock before listing: a directory touched after this instant is racy.
         started = time.time_ns()
@@ -218,13 +222,6 @@ class Detector:
                     return None
                 dirs[directory] = key
         return dirs
-
-    def _glob_dirs_unchanged(self) -> bool:
-        assert self._glob_dirs is not None
-        self._glob_scans += 1
-        if self._glob_scans >= _GLOB_REFRESH_SCANS:
-            return False
-        return all(_dir_key(directory) == old for directory, old in self._glob_dirs.items())
 
     def watched(self) -> List[str]:
         """Every file watched right now."""
