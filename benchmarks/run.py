@@ -288,14 +288,17 @@ def django_snapshot() -> Tuple[Callable[[], None], Callable[[], int]]:
 def bench_scans(case: str, repeats: int, extra: Optional[Tuple[str, List[str]]] = None) -> None:
     from wsgireload import classic
 
-    classic._reset()
+    classic._detector = None  # a fresh baseline
     classic.code_changed()
     thread_mode = Detector()  # what Reloader() builds by default
     thread_mode.scan()
     everything = Detector(include_stdlib=True)  # the same module list as Django's
     everything.scan()
     werkzeug_run, werkzeug_files = werkzeug_step()
-    django_run, django_files = django_snapshot()
+    try:
+        django: Optional[Tuple[Callable[[], None], Callable[[], int]]] = django_snapshot()
+    except ImportError:  # Django is optional: its rows and the ratios to it are left out
+        django = None
     default_list = thread_mode.watched()
     all_list = everything.watched()
     subjects: List[Tuple[str, Callable[[], Any]]] = [
@@ -304,7 +307,6 @@ def bench_scans(case: str, repeats: int, extra: Optional[Tuple[str, List[str]]] 
         ("detector", thread_mode.scan),
         ("detector_all", everything.scan),
         ("code_changed", classic.code_changed),
-        ("django", django_run),
         ("werkzeug", werkzeug_run),
     ]
     counts = {
@@ -313,9 +315,11 @@ def bench_scans(case: str, repeats: int, extra: Optional[Tuple[str, List[str]]] 
         "detector": len(thread_mode.baseline),
         "detector_all": len(everything.baseline),
         "code_changed": len(default_list),
-        "django": django_files(),
         "werkzeug": werkzeug_files(),
     }
+    if django is not None:
+        subjects.append(("django", django[0]))
+        counts["django"] = django[1]()
     if extra is not None:
         pattern, listed = extra
         glob_detector = Detector(modules=False, extra_files=[pattern])
@@ -330,7 +334,7 @@ def bench_scans(case: str, repeats: int, extra: Optional[Tuple[str, List[str]]] 
         counts.update(stat_synth=len(listed), glob=len(glob_detector.baseline), listed=len(listed))
     medians = interleaved(subjects, repeats)
     per_file = {name: medians[name] / max(counts[name], 1) for name in medians}
-    django = medians["django"]
+    django_scan = medians.get("django")
 
     def add(name: str, label: str, floor: Optional[str], scan_limit: Optional[float]) -> None:
         ratio = ""
@@ -340,8 +344,8 @@ def bench_scans(case: str, repeats: int, extra: Optional[Tuple[str, List[str]]] 
             ratio = f"{r:.2f}x stat/file"
             if name in ("detector", "detector_all", "listed", "glob"):
                 target = verdict(r, 1.15)
-        if scan_limit is not None:
-            r2 = medians[name] / django
+        if scan_limit is not None and django_scan is not None:
+            r2 = medians[name] / django_scan
             ratio += f"; {r2:.2f}x Django/scan"
             target += ("; " if target else "") + verdict(r2, scan_limit)
         row(
@@ -359,7 +363,8 @@ def bench_scans(case: str, repeats: int, extra: Optional[Tuple[str, List[str]]] 
     add("detector", "Detector.scan() (thread mode default)", "stat_default", 0.65)
     add("detector_all", "Detector(include_stdlib).scan()", "stat_all", 0.65)
     add("code_changed", "code_changed()", "stat_default", None)
-    add("django", "Django StatReloader.snapshot_files()", "stat_all", None)
+    if django_scan is not None:
+        add("django", "Django StatReloader.snapshot_files()", "stat_all", None)
     add("werkzeug", "Werkzeug StatReloaderLoop.run_step()", "stat_all", None)
     if extra is not None:
         add("stat_synth", "os.stat loop (the synthetic files)", None, None)

@@ -1,6 +1,7 @@
 """Shared fixtures and helpers of the unit tests: a fake clock, file edits without sleeping,
 a throwaway importable package, a Reloader whose reload can be made due on demand, a minimal
-WSGI "server", a forked child reporting back, and a crafted /proc tree."""
+WSGI "server", a forked child reporting back, and a crafted /proc tree. Every test runs with
+a private runtime directory, temp directory and home (see ``private_user_dirs``)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ import importlib
 import io
 import json
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import textwrap
 import threading
 import time
@@ -24,6 +27,41 @@ from wsgireload.actions import Action
 from wsgireload.policy import ChangeSet
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_user_dirs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Point the runtime directory, the temp directory and home into one private 0700
+    directory for the whole session, removed at its end: no test, and no server a test starts
+    (it inherits the environment), leaves a master record in the user's
+    $XDG_RUNTIME_DIR/wsgireload or <tempdir>/wsgireload-<uid>, nor anything in their home."""
+    tmp_path_factory.getbasetemp()  # pytest's own tmp_path directories stay where they are
+    root = Path(tempfile.mkdtemp(prefix="wsgireload-tests-"))
+    # Others may pass through (not list) root and the temp directory, as through /tmp: a test's
+    # child that drops to nobody still reaches the 0755 directory it made there.
+    root.chmod(0o711)
+    dirs = {"XDG_RUNTIME_DIR": root / "run", "TMPDIR": root / "tmp", "HOME": root / "home"}
+    saved = {name: os.environ.get(name) for name in [*dirs, "WSGIRELOAD_PYUWSGI_VENV"]}
+    # The pyuwsgi virtualenv is a cache the uWSGI tests build once and keep (see test_uwsgi).
+    version = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    os.environ.setdefault(
+        "WSGIRELOAD_PYUWSGI_VENV",
+        str(Path.home() / ".cache" / "wsgireload-tests" / f"pyuwsgi-venv-{version}"),
+    )
+    for name, path in dirs.items():
+        path.mkdir(mode=0o711 if name == "TMPDIR" else 0o700)
+        os.environ[name] = str(path)
+    saved_tempdir, tempfile.tempdir = tempfile.tempdir, str(dirs["TMPDIR"])
+    try:
+        yield root
+    finally:
+        tempfile.tempdir = saved_tempdir
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        shutil.rmtree(root, ignore_errors=True)
+
+
 class FakeClock:
     """A monotonic clock the test moves by hand."""
 
@@ -35,6 +73,29 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
+
+
+IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
+
+
+def bounded(fn: Callable[[], Any], seconds: float) -> Any:
+    """Run ``fn`` in a thread; fail (not hang) when it takes longer than ``seconds``."""
+    box: List[Any] = []
+    errors: List[BaseException] = []
+
+    def run() -> None:
+        try:
+            box.append(fn())
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"did not finish within {seconds}s (hang)"
+    if errors:
+        raise errors[0]
+    return box[0]
 
 
 class Alive:
@@ -91,6 +152,12 @@ def edit(path: Path, text: str) -> None:
     before = path.stat().st_mtime_ns if path.exists() else 0
     path.write_text(text)
     os.utime(path, ns=(before + 1_000_000_000, before + 1_000_000_000))
+
+
+def ok_app(environ: Dict[str, Any], start_response: Callable[..., Any]) -> List[bytes]:
+    """The smallest WSGI app: 200 OK, ``ok``."""
+    start_response("200 OK", [])
+    return [b"ok"]
 
 
 class Recorder:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 import threading
-from typing import Iterator, List
+from typing import List
 
 import pytest
 
@@ -14,10 +14,8 @@ from .conftest import bump
 
 
 @pytest.fixture(autouse=True)
-def fresh() -> Iterator[None]:
-    classic._reset()
-    yield
-    classic._reset()
+def fresh(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(classic, "_detector", None)  # and the recorded state is restored after
 
 
 def test_first_call_records_then_reports_each_change_once(pkg) -> None:  # type: ignore[no-untyped-def]

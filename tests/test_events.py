@@ -18,6 +18,8 @@ import pytest
 from wsgireload.detect import Detector
 from wsgireload.events import EventDetector, glob_root, relevant
 
+from .conftest import bump
+
 WATCHED = frozenset({"/app/views.py", "/app/conf/settings.ini", "/app/build/cache.log"})
 ROOTS = ("/app/templates/",)
 
@@ -60,10 +62,6 @@ def test_glob_root() -> None:
     assert glob_root("/srv/app/conf/app.ini") == "/srv/app/conf"
 
 
-def _touch(path: Path, ns: int) -> None:
-    os.utime(path, ns=(ns, ns))
-
-
 def test_without_watchfiles_it_polls(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setitem(sys.modules, "watchfiles", None)  # makes the import fail
     target = tmp_path / "conf.ini"
@@ -72,7 +70,7 @@ def test_without_watchfiles_it_polls(monkeypatch: pytest.MonkeyPatch, tmp_path: 
     assert detector.scan() == []
     assert detector.start() is False
     assert detector.polling
-    _touch(target, 1_000_000_000)
+    bump(target)
     assert detector.scan() == [str(target)]
 
 
@@ -102,7 +100,7 @@ def test_falls_back_when_a_change_comes_without_an_event(
         poller.scan = lambda: calls.append(1) or real_scan()  # type: ignore[method-assign]
         assert detector.scan() == []
         assert calls == []  # no event, no stat
-        _touch(target, 2_000_000_000)
+        bump(target)
         # The verification scan still reports the change...
         assert detector.scan() == [str(target)]
         assert len(calls) == 1
@@ -112,10 +110,17 @@ def test_falls_back_when_a_change_comes_without_an_event(
                 detector.scan()
         assert detector.polling
         assert "without a file event" in caplog.text
-        _touch(target, 3_000_000_000)
+        bump(target)
         assert detector.scan() == [str(target)]
     finally:
         detector.stop()
+
+
+@pytest.fixture
+def quick_stop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """watchfiles looks at its stop event every step: a short one makes each restart and stop
+    of a real events thread take ~50 ms instead of up to 500 ms."""
+    monkeypatch.setattr("wsgireload.events._STEP_MS", 50)
 
 
 def _wait_for_scan(detector: EventDetector, timeout: float = 10.0) -> List[str]:
@@ -128,6 +133,7 @@ def _wait_for_scan(detector: EventDetector, timeout: float = 10.0) -> List[str]:
     return []
 
 
+@pytest.mark.usefixtures("quick_stop")
 def test_real_events_trigger_a_scan(tmp_path: Path) -> None:
     pytest.importorskip("watchfiles")
     conf = tmp_path / "conf.ini"
@@ -157,6 +163,7 @@ def test_real_events_trigger_a_scan(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 @pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+@pytest.mark.usefixtures("quick_stop")
 def test_event_thread_is_rebuilt_after_fork(tmp_path: Path) -> None:
     pytest.importorskip("watchfiles")
     conf = tmp_path / "conf.ini"
@@ -186,6 +193,7 @@ def test_event_thread_is_rebuilt_after_fork(tmp_path: Path) -> None:
         detector.stop()
 
 
+@pytest.mark.usefixtures("quick_stop")
 def test_a_replaced_directory_is_watched_again(tmp_path: Path) -> None:
     pytest.importorskip("watchfiles")
     app = tmp_path / "app"

@@ -8,13 +8,17 @@ import os
 import py_compile
 import sys
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, List, Optional, Tuple
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from wsgireload.boot import BootCheck, parse_target
 from wsgireload.detect import Identity
 from wsgireload.policy import ChangeSet, Policy, compile_errors, remove_stale_bytecode
+
+from .conftest import FakeClock, Recorder, bounded, bump, environ, make_reloader, ok_app, serve
 
 SNAP: Dict[str, Optional[Identity]] = {}
 
@@ -113,9 +117,9 @@ def test_compile_errors_reports_unreadable(tmp_path: Path) -> None:
 
 def test_import_validation_pass_and_fail(tmp_path: Path) -> None:
     (tmp_path / "wr_imp_ok.py").write_text("import wr_imp_dep\nVALUE = wr_imp_dep.X\n")
-    path = [str(tmp_path)] + sys.path
     (tmp_path / "wr_imp_dep.py").write_text("X = undefined_name\n")  # compiles, fails to import
-    check = BootCheck(app=parse_target("wr_imp_ok", default_attr=None), path=lambda: path)
+    # Booted from tmp_path, which also comes first on the checker's sys.path.
+    check = BootCheck(app=parse_target("wr_imp_ok", default_attr=None), cwd=str(tmp_path))
     p = Policy(settle=0.0, validate="boot", boot=check)
     p.observe([str(tmp_path / "wr_imp_dep.py")], 0.0)
     assert p.due(0.0, SNAP) is None
@@ -168,3 +172,119 @@ def test_fingerprint_same_for_same_state_and_describe(tmp_path: Path) -> None:
     files = tuple(str(tmp_path / f"m{i}.py") for i in range(5))
     text = ChangeSet(files, "x", 0.0, 0.0).describe()
     assert text.endswith("and 2 more") and "m0.py" in text
+
+
+# -- unreadable sources, and a clock that steps back ----------------------------------------
+
+
+def test_unreadable_changed_module_is_reported_not_raised(tmp_path: Path) -> None:
+    """A ``.py`` that cannot be read (a directory here: root-proof) is a validation problem."""
+    bad = tmp_path / "pkg.py"
+    bad.mkdir()
+    problems = compile_errors([str(bad)])
+    assert len(problems) == 1
+    assert "cannot read" in problems[0].message or "not a regular file" in problems[0].message
+
+
+def test_fifo_named_py_does_not_wedge_validation(tmp_path: Path) -> None:
+    """Opening a FIFO for reading blocks until a writer comes: validation must not wait."""
+    fifo = tmp_path / "trap.py"
+    os.mkfifo(fifo)
+    problems = bounded(lambda: compile_errors([str(fifo)]), 5.0)
+    assert len(problems) == 1 and "not a regular file" in problems[0].message
+
+
+def test_policy_clock_stepping_back_neither_fires_early_nor_wedges() -> None:
+    policy = Policy(settle=2.0, settle_max=30.0, validate=None)
+    policy.observe(["/x.py"], now=1000.0)
+    assert policy.due(1001.0, {}) is None
+    # The clock steps back an hour: the quiet period restarts, it does not last an hour.
+    assert policy.due(-2600.0, {}) is None
+    assert policy.due(-2599.0, {}) is None  # one second of quiet: not yet
+    changes = policy.due(-2598.0, {})  # settle seconds after the step: due
+    assert changes is not None and changes.files == ("/x.py",)
+
+
+def test_policy_clock_stepping_back_still_honours_settle_max() -> None:
+    policy = Policy(settle=2.0, settle_max=5.0, validate=None)
+    now = 100.0
+    policy.observe(["/a.py"], now)
+    now = 50.0  # back by 50 s, then the file keeps changing every second
+    fired = None
+    for step in range(20):
+        policy.observe([f"/f{step}.py"], now)
+        fired = policy.due(now, {})
+        if fired is not None:
+            break
+        now += 1.0
+    assert fired is not None, "a file rewritten every second must still reload after settle_max"
+    assert now - 50.0 <= 5.0
+
+
+def test_inline_scans_resume_after_the_clock_steps_back(tmp_path: Path) -> None:
+    watched = tmp_path / "w.cfg"
+    watched.write_text("1")
+    recorder = Recorder()
+    reloader, clock = make_reloader(
+        ok_app, watched, recorder, FakeClock(10_000.0), interval=1.0, mode="inline"
+    )
+    try:
+        serve(reloader, environ())
+        clock.now = 100.0  # stepped back almost three hours
+        bump(watched)
+        for _ in range(4):
+            clock.now += 1.0
+            serve(reloader, environ())
+        assert recorder.count == 1, "inline scanning stopped after the clock stepped back"
+    finally:
+        reloader.close()
+
+
+# -- model-based: random timelines; each file handed out once, never early, never late -----
+
+SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+timeline = st.lists(
+    st.tuples(st.sampled_from(["observe", "due"]), st.floats(0, 5), st.integers(0, 4)),
+    min_size=1,
+    max_size=30,
+)
+
+
+@given(events=timeline, settle=st.floats(0, 3), extra=st.floats(0, 10))
+@SETTINGS
+def test_policy_hands_out_each_file_once_never_early(
+    events: List[Tuple[str, float, int]], settle: float, extra: float
+) -> None:
+    settle_max = settle + extra
+    policy = Policy(settle=settle, settle_max=settle_max, validate=None)
+    now = 0.0
+    first: Optional[float] = None
+    last: Optional[float] = None
+    handed: List[str] = []
+    observed: List[str] = []
+    for n, (kind, gap, k) in enumerate(events):
+        now += gap
+        if kind == "observe":
+            path = f"/f{n}-{k}.py"
+            policy.observe([path], now)
+            observed.append(path)
+            first = now if first is None else first
+            last = now
+            continue
+        changes = policy.due(now, {})
+        if first is None:
+            assert changes is None
+            continue
+        assert last is not None
+        on_time = now - last >= settle or now - first >= settle_max
+        assert (changes is not None) == on_time, (now, first, last)
+        if changes is not None:
+            assert changes.first_seen == first and changes.last_seen == last
+            handed.extend(changes.files)
+            first = last = None
+    # Liveness: after a quiet ``settle``, whatever is pending comes out.
+    changes = policy.due(now + settle + 0.001, {})
+    if changes is not None:
+        handed.extend(changes.files)
+    assert handed == observed

@@ -7,8 +7,10 @@ finds the interpreter and the app, the checker half (``_checker_main``) imports 
 from __future__ import annotations
 
 import ast
+import functools
 import importlib.machinery
 import importlib.util
+import inspect
 import io
 import json
 import logging
@@ -25,15 +27,15 @@ import types
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
-from .detect import _config_dirs, _norm_dir
+from .detect import config_dirs, norm_dir
 from .errors import ConfigurationError
 
 log = logging.getLogger("wsgireload")
 
 VALIDATING_ENV = "WSGIRELOAD_VALIDATING"  # set in the checker: a Reloader there stays inert
-DEFAULT_TIMEOUT = 30.0  # seconds a boot may take
+DEFAULT_TIMEOUT = 30.0  # seconds the boot check lets the app take to start
 _PROBE_TIMEOUT = 10.0  # seconds to ask a candidate interpreter its version
-_PYTHON_NAME = re.compile(r"^(python|pypy)(\d+(\.\d+)?)?(\.exe)?$", re.IGNORECASE)
+_PYTHON_NAME = re.compile(r"^(python|pypy)(\d+(\.\d+)?)?$", re.IGNORECASE)
 
 
 def validating() -> bool:
@@ -46,14 +48,11 @@ def validating() -> bool:
 class Target:
     """An app as a server names it: ``module[:attr]``, ``module:factory(...)`` or a script file."""
 
+    spec: str  # as the user or server wrote it, for messages
     module: Optional[str] = None  # importable module name
     path: Optional[str] = None  # or a script file (uWSGI wsgi-file, mod_wsgi script)
     attr: Optional[str] = None  # None: import only (the attribute is unknown)
     call: Optional[Tuple[Tuple[Any, ...], Tuple[Tuple[str, Any], ...]]] = None  # factory args
-    spec: str = ""  # as the user or server wrote it, for messages
-
-    def describe(self) -> str:
-        return self.spec or (self.module or self.path or "?")
 
 
 def parse_target(spec: str, *, default_attr: Optional[str] = "application") -> Target:
@@ -65,9 +64,7 @@ def parse_target(spec: str, *, default_attr: Optional[str] = "application") -> T
         )
     spec = spec.strip()
     module, sep, obj = spec.partition(":")
-    if module.endswith(".py") or os.sep in module or (os.altsep and os.altsep in module):
-        if os.name == "nt" and len(module) == 1 and sep:  # C:\path\wsgi.py
-            module, sep, obj = spec, "", ""
+    if module.endswith(".py") or os.sep in module:
         return Target(path=os.path.abspath(module), attr=obj or default_attr, spec=spec)
     if not module or not all(part.isidentifier() for part in module.split(".")):
         raise ConfigurationError(
@@ -80,10 +77,8 @@ def parse_target(spec: str, *, default_attr: Optional[str] = "application") -> T
         expr = ast.parse(obj, mode="eval").body
     except SyntaxError:
         expr = None
-    if isinstance(expr, ast.Name):
-        return Target(module=module, attr=expr.id, spec=spec)
-    if isinstance(expr, ast.Attribute):  # uWSGI and gunicorn both allow a dotted callable
-        return Target(module=module, attr=obj, spec=spec)
+    if isinstance(expr, (ast.Name, ast.Attribute)):  # uWSGI and gunicorn allow a dotted one
+        return Target(module=module, attr=ast.unparse(expr), spec=spec)
     if isinstance(expr, ast.Call) and isinstance(expr.func, ast.Name):
         try:
             args = tuple(ast.literal_eval(arg) for arg in expr.args)
@@ -100,7 +95,7 @@ def parse_target(spec: str, *, default_attr: Optional[str] = "application") -> T
 
 def calling_module() -> Optional[Target]:
     """The module creating a Reloader at its top level (skipping wsgireload's own frames)."""
-    frame: Optional[types.FrameType] = sys._getframe(1)
+    frame = inspect.currentframe()
     while frame is not None and str(frame.f_globals.get("__name__")).split(".")[0] == "wsgireload":
         frame = frame.f_back
     if frame is None or frame.f_code.co_name != "<module>":
@@ -128,12 +123,10 @@ def python_candidates(
 ) -> List[str]:
     """Interpreters that may run this process's code, best first (the virtualenv's first)."""
     xy = f"{version[0]}.{version[1]}"
-    names: List[Optional[str]] = []
-    if os.name == "nt":
-        names += [os.path.join(prefix, "Scripts", "python.exe"), os.path.join(prefix, "python.exe")]
-    else:
-        bindir = os.path.join(prefix, "bin")
-        names += [os.path.join(bindir, n) for n in (f"python{xy}", f"python{version[0]}", "python")]
+    bindir = os.path.join(prefix, "bin")
+    names: List[Optional[str]] = [
+        os.path.join(bindir, name) for name in (f"python{xy}", f"python{version[0]}", "python")
+    ]
     names += [executable, base_executable, which(f"python{xy}")]
     out: List[str] = []
     for name in names:
@@ -157,37 +150,20 @@ def probe_version(python: str) -> Optional[str]:
     return text if proc.returncode == 0 and re.fullmatch(r"\d+\.\d+", text) else None
 
 
-_found: Dict[Tuple[Any, ...], Optional[str]] = {}
-
-
-def find_python(
-    *,
-    executable: Optional[str] = None,
-    prefix: Optional[str] = None,
-    base_executable: Optional[str] = None,
-    version: Optional[Tuple[int, int]] = None,
-    which: Callable[[str], Optional[str]] = shutil.which,
-    probe: Callable[[str], Optional[str]] = probe_version,
-) -> Optional[str]:
-    """The first candidate that really is Python of this process's X.Y (remembered)."""
-    executable = sys.executable if executable is None else executable
-    prefix = sys.prefix if prefix is None else prefix
-    if base_executable is None:
-        base_executable = getattr(sys, "_base_executable", None)
-    version = (sys.version_info[0], sys.version_info[1]) if version is None else version
-    key = (executable, prefix, base_executable, version, which, probe)
-    if key not in _found:
-        candidates = python_candidates(executable=executable, prefix=prefix,
-                                       base_executable=base_executable, version=version,
-                                       which=which)
-        wanted = f"{version[0]}.{version[1]}"
-        _found[key] = next((c for c in candidates if probe(c) == wanted), None)
-    return _found[key]
+@functools.lru_cache(maxsize=None)
+def find_python() -> Optional[str]:
+    """The first candidate that really is Python of this process's X.Y (looked for once)."""
+    version = (sys.version_info[0], sys.version_info[1])
+    candidates = python_candidates(
+        executable=sys.executable, prefix=sys.prefix, version=version,
+        base_executable=getattr(sys, "_base_executable", None),  # a venv's base interpreter
+    )
+    return next((c for c in candidates if probe_version(c) == "%d.%d" % version), None)
 
 
 # -- running the checker -----------------------------------------------------------------------
 @dataclass
-class Outcome:
+class CheckResult:
     """What the checker reported; ``problem`` is None when the app booted."""
 
     problem: Optional[str]
@@ -212,20 +188,19 @@ def run_checker(
     smoke: Optional[str] = None,
     uwsgi_opt: Optional[Mapping[str, Any]] = None,  # stub uWSGI's modules with it; None: don't
     cwd: Optional[str] = None,
-    env: Optional[Mapping[str, str]] = None,
-) -> Outcome:
-    """Boot ``targets`` in a fresh ``python``; bounded by ``timeout`` seconds."""
+) -> CheckResult:
+    """Boot ``targets`` in a fresh ``python`` (this process's environment); bounded in time."""
     payload = {
         "path": list(path),
         "argv": list(sys.argv),
         "prefix": sys.prefix,
-        "targets": [{**asdict(t), "spec": t.describe()} for t in targets],
+        "targets": [asdict(t) for t in targets],
         "smoke": smoke,
-        "uwsgi_opt": None if uwsgi_opt is None else _jsonable(uwsgi_opt),
+        "uwsgi_opt": None if uwsgi_opt is None else {str(k): v for k, v in uwsgi_opt.items()},
     }
-    environment = {**(os.environ if env is None else env), VALIDATING_ENV: "1"}
+    environment = {**os.environ, VALIDATING_ENV: "1"}
     started = time.monotonic()
-    names = ", ".join(t.describe() for t in targets)
+    names = ", ".join(t.spec for t in targets)
     try:
         proc = subprocess.Popen(
             [python, *_interpreter_flags(), "-c", _BOOTSTRAP],
@@ -233,12 +208,13 @@ def run_checker(
             cwd=cwd or os.getcwd(), env=environment, start_new_session=True,
         )
     except OSError as exc:
-        return Outcome(f"cannot start {python} for the boot check: {exc}", 0.0)
+        return CheckResult(f"cannot start {python} for the boot check: {exc}", 0.0)
     try:
-        out, err = proc.communicate(json.dumps(payload).encode() + b"\n", timeout=timeout)
+        data = json.dumps(payload, default=_as_json).encode() + b"\n"
+        out, err = proc.communicate(data, timeout=timeout)
     except subprocess.TimeoutExpired:
         _kill_group(proc)
-        return Outcome(
+        return CheckResult(
             f"booting {names} took longer than {timeout:g}s (the boot check's limit: raise "
             "boot_timeout if the app is this slow to start)",
             time.monotonic() - started,
@@ -249,14 +225,16 @@ def run_checker(
     if result is None:
         lines = err.decode("utf-8", "replace").strip().splitlines()
         tail = lines[-1] if lines else f"exit status {proc.returncode}"
-        return Outcome(f"booting {names} in a fresh interpreter failed: {tail}", seconds)
-    return Outcome(None if result.get("ok") else describe_failure(result), seconds)
+        return CheckResult(f"booting {names} in a fresh interpreter failed: {tail}", seconds)
+    return CheckResult(result["problem"], seconds)
 
 
 def _interpreter_flags() -> List[str]:
     """This interpreter's -O, -W, -X flags: an assert or warning filter acts as in the worker."""
     try:
-        return list(subprocess._args_from_interpreter_flags())  # type: ignore[attr-defined]
+        # The standard library's own helper (what multiprocessing uses); no public equivalent.
+        flags = subprocess._args_from_interpreter_flags  # type: ignore[attr-defined]  # noqa: SLF001
+        return list(flags())
     except Exception:  # pragma: no cover - a private helper: never let it break the check
         return []
 
@@ -265,7 +243,7 @@ def _kill_group(proc: "subprocess.Popen[bytes]") -> None:
     """SIGKILL the checker's session: the checker if it still runs, and what the app started."""
     try:
         os.killpg(proc.pid, signal.SIGKILL)
-    except (OSError, AttributeError):
+    except OSError:
         proc.kill()  # a no-op once the checker has exited and been waited for
     try:
         proc.communicate(timeout=5)  # reap it; at once if it has been already
@@ -279,36 +257,22 @@ def _last_json(out: bytes) -> Optional[Dict[str, Any]]:
             value = json.loads(line)
         except ValueError:
             continue
-        if isinstance(value, dict) and "ok" in value:
+        if isinstance(value, dict) and "problem" in value:
             return value
     return None
 
 
-def _jsonable(opt: Mapping[str, Any]) -> Dict[str, Any]:
-    def conv(value: Any) -> Any:
-        if isinstance(value, bytes):
-            return value.decode("utf-8", "replace")
-        if isinstance(value, (list, tuple)):
-            return [conv(v) for v in value]
-        if value is None or isinstance(value, (bool, int, float, str)):
-            return value
-        return str(value)
-
-    return {str(conv(k)): conv(v) for k, v in opt.items()}
+def _as_json(value: Any) -> Any:
+    """uWSGI's option values as JSON has them: bytes as text, anything else as its str()."""
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
-def describe_failure(result: Mapping[str, Any]) -> str:
+def describe_failure(stage: str, target: str, what: str, where: str = "", path: str = "") -> str:
     """One line: ``file:line: Type: message (what was being done)``."""
-    where = f"{result['file']}:{result.get('line') or 0}: " if result.get("file") else ""
-    what = f"{result.get('type') or 'Error'}: {result.get('message') or ''}".rstrip(": ")
-    stage = result.get("stage")
-    target = result.get("target") or "the app"
     if stage == "urlconf":
         context = f"importing Django's URLconf and views, as {target}'s first request would"
     elif stage == "smoke":
-        context = f"the smoke request GET {result.get('path')} to {target}"
-        if result.get("status"):
-            return f"{context} answered {result['status']}"
+        context = f"the smoke request GET {path} to {target}"
     else:
         context = f"booting {target} as the server would, in a fresh interpreter"
     return f"{where}{what} ({context})"
@@ -331,9 +295,8 @@ class BootCheck:
     creator: Optional[Target] = None
     timeout: float = DEFAULT_TIMEOUT  # seconds
     smoke: Optional[str] = None
-    path: Callable[[], Sequence[str]] = lambda: list(sys.path)
-    cwd: Optional[str] = None  # None: this process's working directory
-    runner: Callable[..., Outcome] = run_checker
+    cwd: Optional[str] = None  # None: this process's; else also first on the search path
+    runner: Callable[..., CheckResult] = run_checker
     python: Callable[[], Optional[str]] = find_python
     _environ_target: Optional[Target] = None
     _server: Optional[Tuple[int, List[Target]]] = None  # (pid, what the server names)
@@ -387,12 +350,12 @@ class BootCheck:
             python,
             targets,
             timeout=self.timeout,
-            path=self.path(),
+            path=[self.cwd, *sys.path] if self.cwd else list(sys.path),
             smoke=self.smoke,
             uwsgi_opt=None if uwsgi is None else (getattr(uwsgi, "opt", None) or {}),
             cwd=self.cwd,
         )
-        log.debug("wsgireload: boot check of %s took %.2fs", targets[0].describe(), outcome.seconds)
+        log.debug("wsgireload: boot check of %s took %.2fs", targets[0].spec, outcome.seconds)
         return outcome.problem
 
     def _once(self, level: int, message: str, *args: Any) -> None:
@@ -402,7 +365,7 @@ class BootCheck:
 
 
 def check_options(*, app: Optional[str], smoke: Optional[str], timeout: Any) -> Optional[Target]:
-    """Refuse bad boot options at construction; the explicit target, if any."""
+    """Refuse bad boot check options at construction; the explicit target, if any."""
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
         raise ConfigurationError(
             f"boot_timeout must be a number of seconds greater than 0 (got {timeout!r})"
@@ -425,8 +388,8 @@ def _site_packages() -> List[str]:
 
 
 def _library_dirs() -> List[str]:
-    dirs = _config_dirs("stdlib", "platstdlib", "purelib", "platlib")
-    return [*dirs, *map(_norm_dir, _site_packages())]
+    dirs = config_dirs("stdlib", "platstdlib", "purelib", "platlib")
+    return [*dirs, *map(norm_dir, _site_packages())]
 
 
 def _norm(path: str) -> str:
@@ -440,7 +403,7 @@ def user_location(exc: BaseException, library: Optional[Sequence[str]] = None) -
     if isinstance(exc, SyntaxError) and exc.filename and not exc.filename.startswith("<"):
         return exc.filename, exc.lineno
     library = tuple(_library_dirs() if library is None else library)
-    own = _norm_dir(os.path.dirname(__file__))
+    own = norm_dir(os.path.dirname(__file__))
     frames = [(f.f_code.co_filename, line) for f, line in traceback.walk_tb(exc.__traceback__)]
     real = [(name, line) for name, line in frames
             if name and not name.startswith("<") and not _norm(name).startswith(own)]
@@ -457,11 +420,12 @@ def _exc_name(exc: BaseException) -> str:
     return f"{kind.__module__}.{kind.__qualname__}"
 
 
-def _failure(stage: str, target: str, exc: BaseException, **extra: Any) -> Dict[str, Any]:
+def _failure(stage: str, target: str, exc: BaseException, path: str = "") -> Dict[str, Any]:
     filename, line = user_location(exc)
     message = exc.msg if isinstance(exc, SyntaxError) and exc.msg else str(exc)
-    return {"ok": False, "stage": stage, "target": target, "type": _exc_name(exc),
-            "message": message, "file": filename, "line": line, **extra}
+    where = f"{filename}:{line or 0}: " if filename else ""
+    what = f"{_exc_name(exc)}: {message}".rstrip(": ")
+    return {"problem": describe_failure(stage, target, what, where, path)}
 
 
 def _load(target: Mapping[str, Any]) -> Any:
@@ -490,15 +454,15 @@ def _load(target: Mapping[str, Any]) -> Any:
     return app
 
 
-def _walk_urlconf() -> Optional[str]:
+def _walk_urlconf() -> None:
     """Import Django's URLconf and every view module, as the first request would."""
     conf = sys.modules.get("django.conf")
     apps = getattr(sys.modules.get("django.apps"), "apps", None)
     if conf is None or apps is None or not getattr(apps, "ready", False):
-        return None
+        return
     settings = conf.settings
     if not settings.configured or not getattr(settings, "ROOT_URLCONF", None):
-        return None
+        return
     get_resolver = importlib.import_module("django.urls").get_resolver
 
     def walk(patterns: Iterable[Any], depth: int) -> None:
@@ -508,7 +472,6 @@ def _walk_urlconf() -> Optional[str]:
                 walk(inner, depth + 1)
 
     walk(get_resolver().url_patterns, 0)
-    return str(settings.ROOT_URLCONF)
 
 
 def smoke_request(app: Any, path: str) -> str:
@@ -561,14 +524,14 @@ def _checker_main(payload: Dict[str, Any]) -> None:
 def _check(payload: Dict[str, Any]) -> Dict[str, Any]:
     apps = []
     for target in payload["targets"]:
-        spec = target["spec"]  # run_checker always names it
+        spec = target["spec"]
         try:
             apps.append((spec, _load(target)))
         except BaseException as exc:  # SystemExit at import is a boot failure too
             return _failure("import", spec, exc)
     spec = apps[0][0] if apps else "the app"
     try:
-        urlconf = _walk_urlconf()
+        _walk_urlconf()
     except BaseException as exc:
         return _failure("urlconf", spec, exc)
     smoke = payload.get("smoke")
@@ -585,6 +548,5 @@ def _check(payload: Dict[str, Any]) -> Dict[str, Any]:
             return _failure("smoke", spec, exc, path=smoke)
         code = status.split(" ", 1)[0]
         if not code.isdigit() or int(code) >= 500:
-            return {"ok": False, "stage": "smoke", "target": spec, "path": smoke,
-                    "status": status, "file": None, "line": None}
-    return {"ok": True, "urlconf": urlconf}
+            return {"problem": f"the smoke request GET {smoke} to {spec} answered {status}"}
+    return {"problem": None}

@@ -36,10 +36,3 @@ def after_fork() -> None:
     # scanning while the master forks); in the child nobody would ever release it.
     global _lock
     _lock = threading.Lock()
-
-
-def _reset() -> None:
-    """Forget the recorded state (tests)."""
-    global _detector
-    with _lock:
-        _detector = None

@@ -287,7 +287,6 @@ def cmd_watch(args: argparse.Namespace) -> int:
     if server_cwd is not None:
         # Boot the app from where the server imports it: the master's working directory.
         watcher.policy.boot.cwd = server_cwd
-        watcher.policy.boot.path = lambda: [server_cwd, *sys.path]
     handler = _LogToOut(logging.DEBUG if args.verbose else logging.INFO)
     log.addHandler(handler)
     old_level = log.level

@@ -51,30 +51,29 @@ def identity(path: str) -> Optional[Identity]:
     return None if st is None else (st.st_mtime_ns, st.st_size, st.st_ino)
 
 
-def _norm_dir(path: str) -> str:
+def norm_dir(path: str) -> str:
+    """``path`` absolute and case-normalised, ending in a separator: a prefix to match."""
     return os.path.join(os.path.normcase(os.path.abspath(path)), "")
 
 
-def _config_dirs(*keys: str) -> Set[str]:
+def config_dirs(*keys: str) -> Set[str]:
+    """The directories ``sysconfig`` names by ``keys`` (``"stdlib"``, ``"purelib"``...)."""
     paths = sysconfig.get_paths()
-    return {_norm_dir(paths[key]) for key in keys if paths.get(key)}
+    return {norm_dir(paths[key]) for key in keys if paths.get(key)}
 
 
 def stdlib_dirs() -> Tuple[str, ...]:
     """Directories holding the interpreter's own standard library."""
-    return tuple(sorted(_config_dirs("stdlib", "platstdlib")))
+    return tuple(sorted(config_dirs("stdlib", "platstdlib")))
 
 
 def site_dirs() -> Tuple[str, ...]:
     """Directories third-party packages install into (they may sit inside the stdlib dir)."""
-    dirs = _config_dirs("purelib", "platlib")
-    try:
-        dirs.update(_norm_dir(p) for p in site.getsitepackages())
-    except AttributeError:  # pragma: no cover - old virtualenv's site.py
-        pass
+    dirs = config_dirs("purelib", "platlib")
+    dirs.update(norm_dir(p) for p in site.getsitepackages())
     user_site = getattr(site, "USER_SITE", None)
     if user_site:
-        dirs.add(_norm_dir(user_site))
+        dirs.add(norm_dir(user_site))
     return tuple(sorted(dirs))
 
 
@@ -127,7 +126,8 @@ class Detector:
     ) -> None:
         patterns = [os.fspath(p) for p in extra_files]
         listed = [os.path.abspath(p) for p in patterns if not _MAGIC_GLOB & set(p)]
-        self._extra_globs = [os.path.abspath(p) for p in patterns if _MAGIC_GLOB & set(p)]
+        # Read-only outside (the event backend watches their directories).
+        self.extra_globs = [os.path.abspath(p) for p in patterns if _MAGIC_GLOB & set(p)]
         self._exclude = tuple(os.fspath(p) for p in exclude) + ("*/__pycache__/*",)
         self._extra_wanted = [p for p in listed if self._wanted(p)]  # excludes never change
         self._modules = modules
@@ -135,16 +135,15 @@ class Detector:
         self._skip_dirs = () if include_stdlib else stdlib_dirs()
         self._keep_dirs = site_dirs()
         # Module files are cached and rebuilt only when sys.modules grows or shrinks: listing
-        # them costs more than stat'ing them.
-        self._module_count = -1
+        # them costs more than stat'ing them. (Read-only outside: a new count, a new listing.)
+        self.module_count = -1
         self._module_paths: List[str] = []
         # Every file ever seen stays watched: a module whose re-import failed leaves
         # sys.modules, but its broken file is exactly the one the fix will touch.
         self._baseline: Snapshot = {}
         self._scanned = False
         self._orphans: List[str] = []
-        self._orphans_key: object = None
-        self._orphans_size = -1
+        self._orphans_key: object = None  # the listing and baseline size they were made from
         self._glob_result: List[str] = []
         self._glob_dirs: Optional[Dict[str, Optional[Tuple[int, int]]]] = None
         self._glob_scans = 0
@@ -160,7 +159,7 @@ class Detector:
         if not self._modules:
             return []
         count = len(sys.modules)
-        if count != self._module_count:
+        if count != self.module_count:
             seen: Set[str] = set()
             for module in list(sys.modules.values()):  # copy: imports happen in other threads
                 try:
@@ -177,20 +176,24 @@ class Detector:
                 if self._wanted(path):
                     seen.add(path)
             self._module_paths = sorted(seen)
-            self._module_count = count
+            self.module_count = count
         return self._module_paths
 
     def glob_paths(self) -> List[str]:
         """Files currently matching the ``extra_files`` patterns (directories skipped),
         re-listed only when a directory the patterns reach changed since the last listing."""
-        if not self._extra_globs:
+        if not self.extra_globs:
             return []
-        if self._glob_dirs is not None and self._glob_dirs_unchanged():
+        self._glob_scans += 1  # a listing too old is redone even if no directory seems changed
+        dirs = self._glob_dirs
+        if dirs is not None and self._glob_scans < _GLOB_REFRESH_SCANS and all(
+            _dir_key(directory) == old for directory, old in dirs.items()
+        ):
             return self._glob_result
         # Read the clock before listing: a directory touched after this instant is racy.
         started = time.time_ns()
         found: Set[str] = set()
-        for pattern in self._extra_globs:
+        for pattern in self.extra_globs:
             try:
                 matches = _glob(pattern)
             except (OSError, RecursionError):  # symlink loops, vanished directories
@@ -212,7 +215,7 @@ class Detector:
     ) -> Optional[Dict[str, Optional[Tuple[int, int]]]]:
         """(mtime, inode) of every directory the patterns can reach; None if one is racy."""
         dirs: Dict[str, Optional[Tuple[int, int]]] = {}
-        for pattern in self._extra_globs:
+        for pattern in self.extra_globs:
             for directory in glob_dirs(pattern):
                 key = _dir_key(directory)
                 if key is not None and key[0] > racy_after:
@@ -220,20 +223,10 @@ class Detector:
                 dirs[directory] = key
         return dirs
 
-    def _glob_dirs_unchanged(self) -> bool:
-        assert self._glob_dirs is not None
-        self._glob_scans += 1
-        if self._glob_scans >= _GLOB_REFRESH_SCANS:
-            return False
-        return all(_dir_key(directory) == old for directory, old in self._glob_dirs.items())
-
     def watched(self) -> List[str]:
         """Every file watched right now."""
-        paths = set(self.module_paths())
-        paths.update(self._extra_wanted)
-        paths.update(self.glob_paths())
-        paths.update(self._baseline)
-        return sorted(paths)
+        self.glob_paths()  # brings the listed and globbed extra files up to date
+        return sorted({*self.module_paths(), *self._extra, *self._baseline})
 
     def add(self, paths: Iterable[str]) -> None:
         """Watch more files from now on (for example a file whose import failed)."""
@@ -281,13 +274,12 @@ class Detector:
         # Files no longer listed (a module dropped from sys.modules, a file that left a glob,
         # a file added after a failed import) stay watched. The set is recomputed only when
         # the listing changed, so a steady scan costs one stat per file and nothing more.
-        key = (self._module_count, self._glob_version)
-        if key != self._orphans_key or len(baseline) != self._orphans_size:
+        key = (self.module_count, self._glob_version, len(baseline))
+        if key != self._orphans_key:
             listed = set(self._module_paths)
             listed.update(extra)
             self._orphans = [p for p in baseline if p not in listed]
             self._orphans_key = key
-            self._orphans_size = len(baseline)
         _stat_into(self._orphans, baseline, changed, bool)  # in the baseline: never first seen
         self._scanned = True
 

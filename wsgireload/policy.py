@@ -17,10 +17,6 @@ from .detect import Snapshot, fingerprint
 
 log = logging.getLogger("wsgireload")
 
-# "import" is the 0.1 name of "boot", kept as an alias.
-VALIDATE_CHOICES = ("boot", "compile", "import", None)
-
-
 @dataclass(frozen=True)
 class ChangeSet:
     """Files that changed together, settled and validated: one reload's worth."""
@@ -119,7 +115,7 @@ class Policy:
     :param settle_max: seconds after the first change when it is acted on anyway, so that a
         file rewritten every second still reloads.
     :param validate: ``"boot"`` (compile, then boot the app in a fresh interpreter),
-        ``"compile"`` or None (``Options.policy`` checks it and maps ``"import"``).
+        ``"compile"`` or None (``Options.policy`` checks it).
     :param boot: the boot check (by default one that finds the server's app itself).
     """
 
@@ -140,6 +136,7 @@ class Policy:
 
     @property
     def unvalidated(self) -> bool:
+        """True while the pending change set has not been validated yet (nor refused)."""
         return self._rejected_version != self._version
 
     def observe(self, changed: Iterable[str], now: float) -> None:
@@ -167,6 +164,9 @@ class Policy:
         if self._rejected_version == self._version:
             return None  # still broken; wait for the next change before trying again
         files = tuple(self._pending)
+        # A stale .pyc of a same-size edit within one second would load the old code, in the
+        # boot check's fresh interpreter as in the reloaded workers.
+        remove_stale_bytecode(files)
         problem = self._validate(files)
         if problem is not None:
             self._rejected_version = self._version
@@ -177,7 +177,6 @@ class Policy:
                 problem,
             )
             return None
-        remove_stale_bytecode(files)
         changes = ChangeSet(files, fingerprint(snapshot, files), self._first, self._last)
         self._pending.clear()
         return changes
@@ -189,8 +188,4 @@ class Policy:
         if problems:
             extra = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
             return f"{problems[0]}{extra}"
-        if self.validate == "boot":
-            # A stale .pyc of a same-size edit within one second would boot the old code.
-            remove_stale_bytecode(files)
-            return self.boot.check()
-        return None
+        return self.boot.check() if self.validate == "boot" else None

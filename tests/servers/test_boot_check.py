@@ -416,6 +416,8 @@ def test_mod_wsgi_daemon_refuses_an_unbootable_deploy(servers: List[Server]) -> 
     try:
         root.chmod(0o755)
         (root / "run").mkdir()
+        (root / "tmp").mkdir()  # the daemons' TMPDIR: without it their record went to /tmp
+        (root / "tmp").chmod(0o1777)
         server = mw.start_apache(servers, root, daemon=True)
         mod = root / "app" / "mod.py"
         boots = lambda: len(mw.BOOT.findall(server.log()))  # noqa: E731
