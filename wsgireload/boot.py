@@ -350,13 +350,17 @@ class BootCheck:
             python,
             targets,
             timeout=self.timeout,
-            path=[self.cwd, *sys.path] if self.cwd else list(sys.path),
+            path=self.search_path(),
             smoke=self.smoke,
             uwsgi_opt=None if uwsgi is None else (getattr(uwsgi, "opt", None) or {}),
             cwd=self.cwd,
         )
         log.debug("wsgireload: boot check of %s took %.2fs", targets[0].spec, outcome.seconds)
         return outcome.problem
+
+    def search_path(self) -> List[str]:
+        """Where the checker imports from: this process's ``sys.path`` (the server's)."""
+        return [self.cwd, *sys.path] if self.cwd else list(sys.path)
 
     def _once(self, level: int, message: str, *args: Any) -> None:
         if message not in self._said:
