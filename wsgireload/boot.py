@@ -359,8 +359,10 @@ class BootCheck:
         return outcome.problem
 
     def search_path(self) -> List[str]:
-        """Where the checker imports from: this process's ``sys.path`` (the server's)."""
-        return [self.cwd, *sys.path] if self.cwd else list(sys.path)
+        """Where the checker imports from: the server's ``sys.path``, less what this process
+        found unusable (missing when first looked in: its forked siblings cannot use it)."""
+        path = [p for p in sys.path if sys.path_importer_cache.get(p, True) is not None]
+        return [self.cwd, *path] if self.cwd else path
 
     def _once(self, level: int, message: str, *args: Any) -> None:
         if message not in self._said:

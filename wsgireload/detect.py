@@ -302,10 +302,9 @@ class Detector:
 
 
 class SearchPath:
-    """What a module search path offers to import: an install adds, removes or renames names
-    (a module, a package, its ``.dist-info``, a ``.pth`` file) in a directory on it, or one
-    appears. One stat per entry per look; a directory is listed only once its mtime moved, and
-    only names the import system can use count (not a database journal beside the code)."""
+    """What a module search path offers to import (an install adds or renames a module, a
+    package, its ``.dist-info``, a ``.pth``): one stat per entry per look, a listing only once
+    its mtime moved, and only names the import system can use count (not a sqlite journal)."""
 
     def __init__(self, entries: Callable[[], Iterable[str]]) -> None:
         self.entries = entries  # read at each look; '' is the working directory

@@ -155,10 +155,9 @@ class Policy:
             self._compile_refused = False
 
     def recheck_if_environment_changed(self, now: float) -> None:
-        """While a change set waits for the boot check or stands refused by it, watch where
-        the check imports from: an install there restarts the settle period, and a refused
-        change set is checked again once it is quiet. Not after a compile error (only an edit
-        fixes it), nor with nothing pending (no new code: nothing to reload)."""
+        """While a change set awaits or stands refused by the boot check, an install where it
+        imports from restarts the settle period and lifts the refusal. Not after a compile
+        error (only an edit fixes it), nor with nothing pending (no new code to reload)."""
         if not self._pending or self.validate != "boot" or self._compile_refused:
             return
         changed = self._environment.changed()
