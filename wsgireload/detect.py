@@ -329,7 +329,7 @@ class SearchPath:
         try:
             with os.scandir(path) as found:
                 return frozenset(e.name for e in found if not e.name.startswith(".") and (
-                    e.name.endswith(suffixes) or e.is_dir()))
+                    e.name.endswith(suffixes) or (e.is_dir() and e.name != "__pycache__")))
         except OSError as exc:
             return key if isinstance(exc, NotADirectoryError) else None
 
