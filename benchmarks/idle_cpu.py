@@ -6,7 +6,9 @@ every worker serve until its watcher thread runs (it starts with the worker), th
 each worker's utime+stime from ``/proc/<pid>/stat`` over the same idle window and prints one
 table. One server has no usable directory for the shared record, so each of its workers scans
 for itself: what every worker did before. The "no wsgireload" rows serve the same app (and
-Django) without it: gunicorn's own cost of idle workers.
+Django) without it: gunicorn's own cost of idle workers. ``--refused`` adds one worker whose
+last deploy the boot check refused (a missing module) before the window: while a refusal
+stands, the scanner also watches the directories on ``sys.path``.
 """
 
 from __future__ import annotations
@@ -63,6 +65,11 @@ def get(port: int) -> str:
         return conn.getresponse().read().decode()
     finally:
         conn.close()
+
+
+def read(path: str) -> str:
+    with open(path, errors="replace") as handle:
+        return handle.read()
 
 
 def no_control_socket() -> List[str]:
@@ -169,6 +176,8 @@ def main() -> int:
     parser.add_argument("--per-worker", action="store_true", help="each worker's share too")
     parser.add_argument("--django", action="store_true",
                         help="also the Django example (examples/django_wsgi.py, its defaults)")
+    parser.add_argument("--refused", action="store_true",
+                        help="also 1 worker with a refused deploy standing (a missing module)")
     args = parser.parse_args()
     root = tempfile.mkdtemp(prefix="wsgireload-idle-")
     servers: List[Gunicorn] = []
@@ -207,13 +216,33 @@ def main() -> int:
                 (f"Django example, {n} workers", n, "tmpDN", "examples.django_wsgi:application"),
                 (f"Django, {n} workers, no wsgireload", n, "tmpD0", "django_plain:app"),
             ]
+        refused = "1 worker, refused deploy"
+        if args.refused:  # the same app in a directory of its own, importing one more module
+            shutil.copytree(app_dir, os.path.join(root, "app-refused"))
+            with open(os.path.join(root, "app-refused", "wsgi.py"), "a") as handle:
+                handle.write("import deployed\n")
+            with open(os.path.join(root, "app-refused", "deployed.py"), "w") as handle:
+                handle.write("VALUE = 1\n")
+            plans.append((refused, 1, "tmpR", "wsgi:application"))
         for name, workers, tmp, target in plans:
             tmp = os.path.join(root, tmp)
             os.makedirs(tmp, exist_ok=True)
             cwd = repo if target.startswith(("examples.", "django_plain")) else app_dir
-            servers.append(Gunicorn(name, workers, cwd, dict(base, TMPDIR=tmp), target))
+            env = dict(base, TMPDIR=tmp)
+            if name == refused:
+                cwd = os.path.join(root, "app-refused")
+                env["PYTHONPATH"] = os.pathsep.join([cwd, repo])
+            servers.append(Gunicorn(name, workers, cwd, env, target))
         for server in servers:
             server.warm()
+        if args.refused:  # a deploy that compiles but cannot boot, refused before the window
+            with open(os.path.join(root, "app-refused", "deployed.py"), "w") as handle:
+                handle.write("import a_module_that_is_not_installed\nVALUE = 2\n")
+            deadline = time.monotonic() + 60
+            while "not reloading" not in read(os.path.join(root, "tmpR", f"{refused}.log")):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{refused}: no refusal logged")
+                time.sleep(0.2)
         time.sleep(2 * args.interval + 1.0)  # leases settled, first scans done
         pids = {server.name: children(server.proc.pid) for server in servers}
         before = {pid: cpu_ticks(pid) for group in pids.values() for pid in group}
@@ -259,7 +288,10 @@ def main() -> int:
             print(f"{label}: {args.workers} workers against 1 (schedstat): {ratio:.2f}x "
                   f"({'met' if ratio <= 1.2 else 'NOT met'}; target <= 1.2x)")
 
-        verdict("3,000 files", servers[1].name, servers[0].name)
+        verdict(f"{args.files:,} files", servers[1].name, servers[0].name)
+        if args.refused:
+            ratio = precise[refused] / (precise[servers[0].name] or 1e-9)
+            print(f"{refused}: {ratio:.2f}x the CPU of 1 worker without (schedstat)")
         if args.django:
             verdict("Django example", servers[5].name, servers[4].name)
     finally:

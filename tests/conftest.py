@@ -24,6 +24,7 @@ import pytest
 from wsgireload import Reloader
 from wsgireload._system import ProcessInfo, read_process
 from wsgireload.actions import Action
+from wsgireload.boot import CheckResult
 from wsgireload.policy import ChangeSet
 
 
@@ -145,6 +146,17 @@ def bump(path: Path, seconds: int = 5) -> None:
     """Move a file's mtime without sleeping."""
     st = path.stat()
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + seconds * 1_000_000_000))
+
+
+def install(directory: Path, name: str, text: str = "VALUE = 1\n") -> None:
+    """Add ``name`` to ``directory`` and move its mtime on by a second (no waiting)."""
+    before = directory.stat().st_mtime_ns
+    target = directory / name
+    if name.endswith("/"):
+        target.mkdir()
+    else:
+        target.write_text(text)
+    os.utime(directory, ns=(before + 1_000_000_000, before + 1_000_000_000))
 
 
 def edit(path: Path, text: str) -> None:
@@ -389,3 +401,15 @@ class ProcTree:
 
     def read(self, pid: int) -> Optional[ProcessInfo]:
         return read_process(pid, str(self.root))
+
+
+class NeedsNewdep:
+    """A boot check's runner: the app boots once ``newdep.py`` is in ``lib``; counts its runs."""
+
+    def __init__(self, lib: Path) -> None:
+        self.lib, self.runs = lib, 0
+
+    def __call__(self, python: str, targets: object, **kw: object) -> CheckResult:
+        self.runs += 1
+        booted = (self.lib / "newdep.py").exists()
+        return CheckResult(None if booted else "ModuleNotFoundError: No module named 'newdep'", 0)

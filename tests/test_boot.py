@@ -6,6 +6,7 @@ The checker tests run real (cheap) subprocess interpreters; the rest inject fake
 from __future__ import annotations
 
 import functools
+import importlib.util
 import logging
 import os
 import stat
@@ -741,3 +742,22 @@ def test_watcher_is_inert_inside_the_checker(
     assert reloader.detector.watched() == [] and reloader({}, lambda *a: None) == [b"ok"]
     assert reloader.policy.boot is not None  # options still checked
     assert calling_module() is None
+
+
+def test_the_checker_skips_a_directory_the_server_cannot_import_from(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A directory missing when a process first looked in it stays unusable to it and to every
+    process its master forks later, even once it exists (the import system caches "nothing
+    here"): the checker must not import from it either, or a deploy would pass that gunicorn's
+    new workers cannot boot."""
+    later = tmp_path / "later"  # on PYTHONPATH before it exists
+    monkeypatch.setattr(sys, "path", [str(tmp_path), str(later), *sys.path])
+    monkeypatch.setattr(sys, "path_importer_cache", dict(sys.path_importer_cache))
+    assert importlib.util.find_spec("wr_late_dep") is None  # an import walks the path
+    later.mkdir()
+    (later / "wr_late_dep.py").write_text("")
+    assert importlib.util.find_spec("wr_late_dep") is None  # still: as in a forked worker
+    path = BootCheck().search_path()
+    assert path[0] == str(tmp_path) and str(later) not in path
+    assert BootCheck(cwd="/srv").search_path()[:2] == ["/srv", str(tmp_path)]

@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from wsgireload import detect
 from wsgireload.detect import (
     Detector,
+    SearchPath,
     fingerprint,
     glob_dirs,
     identity,
@@ -36,6 +37,7 @@ from .conftest import (
     bounded,
     bump,
     environ,
+    install,
     make_reloader,
     ok_app,
     run_in_child,
@@ -800,3 +802,61 @@ def test_detector_reports_exactly_what_changed(
         assert detector.scan() == []
     finally:
         shutil.rmtree(root)
+
+
+# -- the search path, watched while a deploy waits for the boot check ------------------------
+def test_search_path_reports_what_an_install_adds(tmp_path: Path) -> None:
+    site, pth_dir = tmp_path / "site", tmp_path / "pth"
+    site.mkdir(), pth_dir.mkdir()
+    later = tmp_path / "later"  # on the path before it exists (PYTHONPATH set ahead)
+    search = SearchPath(lambda: [str(site), str(pth_dir), str(later)])
+    assert search.changed() == []  # the first look is the baseline
+    install(site, "newdep.py")
+    assert search.changed() == [str(site)]
+    assert search.changed() == []  # reported once
+    install(site, "pkg/")  # a package, as pip unpacks it
+    install(pth_dir, "extra.pth", str(tmp_path) + "\n")
+    assert search.changed() == [str(site), str(pth_dir)]
+    later.mkdir()
+    assert search.changed() == [str(later)]
+    (site / "newdep.py").unlink()  # an uninstall too
+    bump(site, 2)
+    assert search.changed() == [str(site)]
+
+
+def test_search_path_ignores_what_the_import_system_cannot_use(tmp_path: Path) -> None:
+    code = tmp_path / "app"  # the app's own directory: a database and a log beside the code
+    code.mkdir()
+    search = SearchPath(lambda: [str(code)])
+    search.changed()
+    install(code, "db.sqlite3-journal", "")
+    install(code, ".mod.py.tmp123", "")  # a deploy tool's temporary file
+    install(code, "app.log", "")
+    install(code, "__pycache__/")  # the boot check's own import may write it
+    assert search.changed() == []
+    install(code, "newdep.cpython-311-x86_64-linux-gnu.so" if sys.platform == "linux"
+            else "newdep.so", "")
+    assert search.changed() == [str(code)]
+
+
+def test_search_path_lists_a_directory_only_when_its_mtime_moved(tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    site.mkdir()
+    search = SearchPath(lambda: [str(site)])
+    search.changed()
+    before = site.stat().st_mtime_ns
+    (site / "newdep.py").write_text("")
+    os.utime(site, ns=(before, before))  # unchanged identity: one stat, no listing
+    assert search.changed() == []
+    bump(site, 1)
+    assert search.changed() == [str(site)]
+
+
+def test_search_path_sees_a_zip_replaced(tmp_path: Path) -> None:
+    archive = tmp_path / "deps.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("newdep.py", "")
+    search = SearchPath(lambda: ["", str(archive)])
+    search.changed()
+    bump(archive)
+    assert search.changed() == [str(archive)]

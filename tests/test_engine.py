@@ -26,15 +26,18 @@ from wsgireload import Reloader, _record
 from wsgireload._options import Options
 from wsgireload._record import Record, Share
 from wsgireload.actions import Action
+from wsgireload.boot import BootCheck, parse_target
 from wsgireload.engine import Engine
-from wsgireload.policy import ChangeSet
+from wsgireload.policy import ChangeSet, Policy
 
 from .conftest import (
     FakeClock,
+    NeedsNewdep,
     Recorder,
     edit,
     environ,
     force_due,
+    install,
     make_reloader,
     run_in_child,
     serve,
@@ -202,6 +205,25 @@ def test_without_a_record_each_process_scans_and_acts_alone(tmp_path: Path) -> N
     edit(watched, "X = 2\n")
     changes = engine.step(2.0)
     assert changes is not None and changes.files == (str(watched),)
+
+
+def test_a_refused_deploy_is_checked_again_when_a_module_is_installed(tmp_path: Path) -> None:
+    watched = tmp_path / "mod.py"
+    watched.write_text("X = 1\n")
+    lib = tmp_path / "lib"  # a directory on the search path the boot check imports from
+    lib.mkdir()
+    runner = NeedsNewdep(lib)
+    check = BootCheck(app=parse_target("mod"), runner=runner, python=lambda: sys.executable)
+    check.search_path = lambda: [str(lib)]  # type: ignore[method-assign]
+    options = Options.build("test", extra_files=[str(watched)], modules=False)
+    engine = Engine(options, Recording(per_process=False))
+    engine.policy = Policy(settle=0, settle_max=0, boot=check)
+    assert engine.step(1.0) is None
+    edit(watched, "import newdep\n")
+    assert [engine.step(t) for t in (2.0, 3.0, 4.0)] == [None] * 3 and runner.runs == 1
+    install(lib, "newdep.py")
+    changes = engine.step(5.0)
+    assert changes is not None and changes.files == (str(watched),) and runner.runs == 2
 
 
 def test_options_are_frozen_and_checked_once() -> None:

@@ -18,7 +18,18 @@ from wsgireload.boot import BootCheck, parse_target
 from wsgireload.detect import Identity
 from wsgireload.policy import ChangeSet, Policy, compile_errors, remove_stale_bytecode
 
-from .conftest import FakeClock, Recorder, bounded, bump, environ, make_reloader, ok_app, serve
+from .conftest import (
+    FakeClock,
+    NeedsNewdep,
+    Recorder,
+    bounded,
+    bump,
+    environ,
+    install,
+    make_reloader,
+    ok_app,
+    serve,
+)
 
 SNAP: Dict[str, Optional[Identity]] = {}
 
@@ -288,3 +299,86 @@ def test_policy_hands_out_each_file_once_never_early(
     if changes is not None:
         handed.extend(changes.files)
     assert handed == observed
+
+
+# -- a refused deploy is checked again when the search path changes ----------------------------
+def waiting_for_newdep(tmp_path: Path) -> Tuple[Policy, NeedsNewdep, Path, List[int]]:
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    runner = NeedsNewdep(lib)
+    looks: List[int] = []
+    check = BootCheck(app=parse_target("app"), runner=runner, python=lambda: sys.executable)
+    check.search_path = lambda: looks.append(1) or [str(lib)]  # type: ignore[method-assign]
+    return Policy(settle=1.0, boot=check), runner, lib, looks
+
+
+def step(policy: Policy, now: float) -> Optional[ChangeSet]:
+    """What the engine does with the policy at each step."""
+    policy.recheck_if_environment_changed(now)
+    return policy.due(now, SNAP)
+
+
+def test_a_deploy_refused_for_a_missing_module_boots_once_it_is_installed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    policy, runner, lib, _ = waiting_for_newdep(tmp_path)
+    app = str(tmp_path / "app.py")
+    policy.observe([app], 0.0)
+    assert [step(policy, t) for t in (0.0, 1.0, 2.0, 30.0, 100.0)] == [None] * 5
+    assert runner.runs == 1  # refused once; no retry while nothing changes
+    install(lib, "newdep.py")
+    with caplog.at_level(logging.INFO, logger="wsgireload"):
+        assert step(policy, 101.0) is None  # the install must be quiet for ``settle`` first
+    assert "lib changed: checking the refused change set again once it is quiet" in caplog.text
+    assert runner.runs == 1
+    changes = step(policy, 102.0)
+    assert changes is not None and changes.files == (app,) and runner.runs == 2
+    assert changes.first_seen == 101.0
+
+
+def test_an_install_while_a_change_set_settles_postpones_its_check(tmp_path: Path) -> None:
+    policy, runner, lib, _ = waiting_for_newdep(tmp_path)
+    policy.observe([str(tmp_path / "app.py")], 0.0)
+    assert step(policy, 0.0) is None
+    install(lib, "newdep.py")  # "cp code; pip install": the check waits for the install
+    assert step(policy, 0.5) is None
+    assert step(policy, 1.2) is None and runner.runs == 0
+    assert step(policy, 1.5) is not None and runner.runs == 1
+
+
+def test_with_nothing_pending_the_search_path_is_not_even_read(tmp_path: Path) -> None:
+    policy, runner, lib, looks = waiting_for_newdep(tmp_path)
+    install(lib, "newdep.py")
+    for now in (0.0, 1.0, 2.0):
+        assert step(policy, now) is None
+    install(lib, "other.py")
+    assert step(policy, 3.0) is None
+    assert looks == [] and runner.runs == 0  # no code changed: nothing to reload, nothing read
+    policy.observe([str(tmp_path / "app.py")], 4.0)
+    assert [step(policy, t) is None for t in (4.0, 5.0)] == [True, False]
+    assert step(policy, 6.0) is None and len(looks) == 3  # two looks, the check's own; no more
+
+
+def test_a_compile_error_waits_for_an_edit_not_an_install(tmp_path: Path) -> None:
+    policy, runner, lib, looks = waiting_for_newdep(tmp_path)
+    bad = tmp_path / "bad.py"
+    bad.write_text("def broken(:\n")
+    policy.observe([str(bad)], 0.0)
+    assert step(policy, 0.0) is None and step(policy, 1.0) is None
+    looked = len(looks)
+    install(lib, "newdep.py")
+    assert [step(policy, t) for t in (2.0, 3.0, 4.0)] == [None] * 3
+    assert runner.runs == 0 and len(looks) == looked  # no install fixes a syntax error
+    bad.write_text("def fixed():\n    pass\n")
+    policy.observe([str(bad)], 5.0)
+    assert step(policy, 5.0) is None and step(policy, 6.0) is not None
+
+
+def test_a_module_installed_where_the_real_boot_check_imports_from(tmp_path: Path) -> None:
+    (tmp_path / "wr_needs_dep.py").write_text("import wr_installed_dep\n")
+    check = BootCheck(app=parse_target("wr_needs_dep", default_attr=None), cwd=str(tmp_path))
+    policy = Policy(settle=0.0, boot=check)  # watches the checker's own search path
+    policy.observe([str(tmp_path / "wr_needs_dep.py")], 0.0)
+    assert step(policy, 0.0) is None and "wr_installed_dep" in str(policy.refusal)
+    install(tmp_path, "wr_installed_dep.py")
+    assert step(policy, 1.0) is not None

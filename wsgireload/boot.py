@@ -350,13 +350,19 @@ class BootCheck:
             python,
             targets,
             timeout=self.timeout,
-            path=[self.cwd, *sys.path] if self.cwd else list(sys.path),
+            path=self.search_path(),
             smoke=self.smoke,
             uwsgi_opt=None if uwsgi is None else (getattr(uwsgi, "opt", None) or {}),
             cwd=self.cwd,
         )
         log.debug("wsgireload: boot check of %s took %.2fs", targets[0].spec, outcome.seconds)
         return outcome.problem
+
+    def search_path(self) -> List[str]:
+        """Where the checker imports from: the server's ``sys.path``, less what this process
+        found unusable (missing when first looked in: its forked siblings cannot use it)."""
+        path = [p for p in sys.path if sys.path_importer_cache.get(p, True) is not None]
+        return [self.cwd, *path] if self.cwd else path
 
     def _once(self, level: int, message: str, *args: Any) -> None:
         if message not in self._said:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fnmatch
 import glob
+import importlib.machinery
 import importlib.util
 import os
 import site
@@ -298,6 +299,39 @@ class Detector:
     def baseline(self) -> Snapshot:
         """The identity of every watched file as last scanned (read it, do not change it)."""
         return self._baseline
+
+
+class SearchPath:
+    """What a module search path offers to import (an install adds or renames a module, a
+    package, its ``.dist-info``, a ``.pth``): one stat per entry per look, a listing only once
+    its mtime moved, and only names the import system can use count (not a sqlite journal)."""
+
+    def __init__(self, entries: Callable[[], Iterable[str]]) -> None:
+        self.entries = entries  # read at each look; '' is the working directory
+        self._seen: Dict[str, Tuple[object, object]] = {}  # entry: (its _dir_key, its offer)
+
+    def changed(self) -> List[str]:
+        """Entries offering other names than at the last look (none at the first look)."""
+        seen, changed = {}, []
+        for entry in self.entries():
+            path = entry or os.curdir
+            key, old = _dir_key(path), self._seen.get(entry)
+            seen[entry] = old if old and old[0] == key else (key, self._offer(path, key))
+            if old is not None and old[1] != seen[entry][1]:
+                changed.append(path)
+        self._seen = seen
+        return changed
+
+    @staticmethod
+    def _offer(path: str, key: object) -> object:
+        """A directory's importable names; a file's (a zip's) identity; None if missing."""
+        suffixes = (*importlib.machinery.all_suffixes(), ".pth")
+        try:
+            with os.scandir(path) as found:
+                return frozenset(e.name for e in found if not e.name.startswith(".") and (
+                    e.name.endswith(suffixes) or (e.is_dir() and e.name != "__pycache__")))
+        except OSError as exc:
+            return key if isinstance(exc, NotADirectoryError) else None
 
 
 def _dir_key(path: str) -> Optional[Tuple[int, int]]:

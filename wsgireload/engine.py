@@ -203,6 +203,7 @@ class Engine(Siblings):
         if not decide:
             return None
         policy = self.policy
+        policy.recheck_if_environment_changed(now)
         validating = policy.settled(now) and policy.unvalidated
         pending = policy.pending
         changes = policy.due(now, self.detector.baseline)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from .boot import BootCheck
-from .detect import Snapshot, fingerprint
+from .detect import SearchPath, Snapshot, fingerprint
 
 log = logging.getLogger("wsgireload")
 
@@ -129,6 +129,10 @@ class Policy:
     _version: int = 0
     _rejected_version: int = -1
     refusal: Optional[str] = None  # why the last change set was refused (for the record)
+    _compile_refused: bool = False  # only a file edit can fix that refusal
+
+    def __post_init__(self) -> None:
+        self._environment = SearchPath(self.boot.search_path)  # what the check imports
 
     @property
     def pending(self) -> Tuple[str, ...]:
@@ -148,6 +152,20 @@ class Policy:
             self._pending.update(dict.fromkeys(paths))
             self._last = now
             self._version += 1
+            self._compile_refused = False
+
+    def recheck_if_environment_changed(self, now: float) -> None:
+        """While a change set awaits or stands refused by the boot check, an install where it
+        imports from restarts the settle period and lifts the refusal. Not after a compile
+        error (only an edit fixes it), nor with nothing pending (no new code to reload)."""
+        if not self._pending or self.validate != "boot" or self._compile_refused:
+            return
+        changed = self._environment.changed()
+        if changed and not self.unvalidated:
+            log.info("wsgireload: %s changed: checking the refused change set again once "
+                     "it is quiet", _short(os.path.abspath(changed[0])))
+            self._rejected_version, self._first = -1, now
+        self._last = now if changed else self._last
 
     def settled(self, now: float) -> bool:
         if not self._pending:
@@ -185,6 +203,7 @@ class Policy:
         if self.validate is None:
             return None
         problems = compile_errors(files)
+        self._compile_refused = bool(problems)
         if problems:
             extra = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
             return f"{problems[0]}{extra}"

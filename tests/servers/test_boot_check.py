@@ -356,6 +356,61 @@ def test_gunicorn_config_hook_refuses_unbootable_deploys(
     run_steps(server, app, GUNICORN_BOOT)
 
 
+# -- the fix is an install, not an edit ---------------------------------------------------------
+NEEDS_NEWDEP = "import newdep\nVERSION = newdep.VERSION\n"
+
+
+@pytest.mark.parametrize("lib_at_start", [True, False], ids=["lib-exists", "lib-appears-later"])
+def test_gunicorn_boots_a_refused_deploy_once_its_missing_module_is_installed(
+    lib_at_start: bool, tmp_path: Path, servers: List[Server]
+) -> None:
+    """Refused for a missing module; the module then lands in a directory on the server's
+    PYTHONPATH with no edit of any code: the deploy goes out, and no worker ever booted
+    without it (gunicorn would have halted). A directory that did not exist when gunicorn
+    started stays unusable to its forked workers: then the deploy stays refused."""
+    app = plain_app(tmp_path, False)
+    mod = app.cwd / "mod.py"
+    lib = tmp_path / "lib"  # a virtualenv's site-packages would do the same
+    if lib_at_start:
+        lib.mkdir()
+    server = start_gunicorn(tmp_path, app)
+    server.env["PYTHONPATH"] = str(lib)  # after the app dir and this repository
+    servers.append(server.start())
+    boots = lambda: len(GUNICORN_BOOT.findall(server.log()))  # noqa: E731
+    assert wait_for(lambda: boots() == WORKERS, 20), server.log()
+    with Load(server.port, threads=4, max_seconds=60) as load:
+        assert wait_for(lambda: recent_all(load, b"v1 "), 20)
+        time.sleep(0.5)  # every worker served: its watcher runs
+        write(mod, NEEDS_NEWDEP)
+        assert wait_for(lambda: bool(refusals(server.log())), 20), server.log()[-3000:]
+        assert "No module named 'newdep'" in refusals(server.log())[0].group(0)
+        time.sleep(2.0)  # a worker booted meanwhile would show now
+        assert boots() == WORKERS
+        installed = time.monotonic()
+        write(lib / "newdep.py", "VERSION = 'v2'\n")  # the install: no code edited
+        if lib_at_start:
+            assert wait_for(lambda: recent_all(load, b"v2 "), 60, interval=0.02), (
+                f"{sorted(set(load.result.bodies_since(installed)))[:6]}\n{server.log()[-3000:]}"
+            )
+            took = time.monotonic() - installed
+            assert wait_for(lambda: boots() >= 2 * WORKERS, 10)
+        else:
+            time.sleep(3.0)
+            assert all(b"v1 " in body for body in load.result.bodies_since(installed))
+        time.sleep(1.0)
+    result = load.stop()
+    log = server.log()
+    # Each worker replaced once, and only after the install; or never.
+    assert boots() == (2 if lib_at_start else 1) * WORKERS, log
+    assert ("lib changed: checking the refused change set again" in log) == lib_at_start
+    assert "Worker failed to boot" not in log and server.proc is not None
+    assert server.proc.poll() is None
+    assert_no_failed_requests(result)
+    if lib_at_start:
+        print(f"\nrefused; the install reached every worker {took:.2f}s later; "
+              f"{result.ok} ok, {result.failed} failed")
+
+
 # -- wsgireload watch --pidfile --import ----------------------------------------------------
 def test_pidfile_watcher_boot_checks_before_hup(
     tmp_path: Path, servers: List[Server], watchers: List["subprocess.Popen[str]"]
