@@ -423,7 +423,8 @@ def table(results: Sequence[Tuple[Case, float, List[Figures], Optional[str]]],
     lines = [
         f"`{command}`",
         "",
-        f"{versions()}; rollout option: {'yes' if has_rollout else 'no'}; "
+        f"{versions()}; rollout option: "
+        f"{'yes' if has_rollout else 'no (all-at-once rows: wsgireload with no option)'}; "
         f"wsgireload interval={INTERVAL}, settle={SETTLE}, its boot check on; "
         f"{CLIENTS} client threads, a new connection per request; "
         f"{max((len(r[2]) for r in results), default=0)} run(s) per row.",
@@ -446,6 +447,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--no-nobody", action="store_true",
                         help="leave out gunicorn --user nobody (it needs root)")
     parser.add_argument("--out", help="also write the table to this file")
+    parser.add_argument("--max-seconds", type=float,
+                        help="rows not started by then are left out (default 420; --quick 150)")
     args = parser.parse_args(argv)
     boots = args.boot or [0.2, 2.0]
     has_rollout = rollout_supported()
@@ -453,9 +456,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               if args.only is None or args.only in c.label]
     results: Dict[Tuple[Case, float], List[Figures]] = {(c, b): [] for c in chosen for b in boots}
     missing = {key: unavailable(key[0], has_rollout) for key in results}
+    stop_at = time.monotonic() + (args.max_seconds or (150 if args.quick else 420))
     for repeat in range(args.repeat):
         for case, boot in results:
             if missing[case, boot] is not None:
+                continue
+            if time.monotonic() > stop_at:
+                if not results[case, boot]:
+                    missing[case, boot] = "left out (the run's time bound, --max-seconds)"
                 continue
             print(f"[{repeat + 1}/{args.repeat}] {case.label}, import {boot:g} s",
                   file=sys.stderr, flush=True)
@@ -467,7 +475,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     print(f"  failed: {exc!r}", file=sys.stderr)
                     if log.exists():
                         print(log.read_text(errors="replace")[-3000:], file=sys.stderr)
-                    missing[case, boot] = f"failed to run ({type(exc).__name__})"
+                    if not results[case, boot]:  # else the row shows the runs that worked
+                        missing[case, boot] = f"failed to run ({type(exc).__name__})"
                     continue
             results[case, boot].append(figures)
             if figures.errors:
