@@ -101,9 +101,10 @@ class Case:
 class Figures:
     """What one run of a case measured (seconds; None: not reached within the bound)."""
 
-    requests: int  # started from the edit until the new code was everywhere
+    requests: int  # answered, in flight at some moment from the edit until the new code was
+    # everywhere
     failed: int  # over the whole load
-    slowest_before: float  # the slowest request in the second before the edit
+    slowest_before: float  # the slowest request of the second before the edit
     slowest: float
     p99: float
     peak: int  # most worker processes alive at once
@@ -350,8 +351,10 @@ def measure(case: Case, boot: float, directory: Path, has_rollout: bool) -> Figu
             load.stop()
             sampler.stop()
         end = sampler.everywhere or edited + bound
-        during = [e - s for s, e in load.requests if edited <= s <= end]
-        before = [e - s for s, e in load.requests if edited - BEFORE <= s < edited]
+        # In flight at any moment of the reload: a request sent just before the edit and
+        # queued behind a worker that then leaves waits for the new one too.
+        during = [e - s for s, e in load.requests if s <= end and e >= edited]
+        before = [e - s for s, e in load.requests if s >= edited - BEFORE and e < edited]
         return Figures(
             requests=len(during), failed=load.result.failed,
             slowest_before=max(before, default=0.0), slowest=max(during, default=0.0),
