@@ -65,7 +65,7 @@ time.sleep({boot})  # what importing the app costs
 import mod
 
 def app(environ, start_response):
-    time.sleep(0.01)  # some work: 4 clients then keep every worker busy, so each one answers
+    time.sleep(0.01)  # some work, so that 4 clients keep every worker answering
     body = ("%d %s" % (os.getpid(), mod.VERSION)).encode()
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
     return [body]
@@ -101,8 +101,7 @@ class Case:
 class Figures:
     """What one run of a case measured (seconds; None: not reached within the bound)."""
 
-    requests: int  # answered, in flight at some moment from the edit until the new code was
-    # everywhere
+    requests: int  # answered requests in flight during the reload (the edit to everywhere)
     failed: int  # over the whole load
     slowest_before: float  # the slowest request of the second before the edit
     slowest: float
@@ -338,7 +337,8 @@ def measure(case: Case, boot: float, directory: Path, has_rollout: bool) -> Figu
         server.start(timeout=30 + 2 * boot)
         assert server.proc is not None
         master = server.proc.pid
-        with TimedLoad(server.port, max_seconds=60 + bound) as load:
+        load = TimedLoad(server.port, max_seconds=60 + bound)
+        with load:
             if not wait_for(lambda: load.answered(OLD) >= case.workers, 30):
                 raise RuntimeError(f"{case.label}: not every worker answered\n{server.log()}")
             time.sleep(BEFORE)

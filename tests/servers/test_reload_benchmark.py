@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import re
+import shlex
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -49,13 +50,13 @@ def test_smallest_case_has_a_figure_in_every_column(
 ) -> None:
     out = tmp_path / "table.md"
     only = "gunicorn sync -w 1, HUP by hand"
-    assert bench.main(["--only", only, "--boot", "0.2", "--repeat", "1", "--out", str(out)]) == 0
+    argv = ["--only", only, "--boot", "0.2", "--repeat", "1", "--out", str(out)]
+    assert bench.main(argv) == 0
     printed = capsys.readouterr()
     text = out.read_text()
     assert text in printed.out
     lines = text.splitlines()
-    assert lines[0] == f"`python benchmarks/reload_disturbance.py --only '{only}' --boot 0.2 " \
-        f"--repeat 1 --out {out}`"
+    assert lines[0] == f"`{shlex.join(['python', 'benchmarks/reload_disturbance.py', *argv])}`"
     assert re.search(r"Python 3\.\d+\.\d+, gunicorn \d+\.\d+\.\d+, uWSGI ", lines[2]), lines[2]
     header = [c.strip() for c in lines[4].strip("|").split("|")]
     rows = [line for line in lines if line.startswith("| gunicorn")]
