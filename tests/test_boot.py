@@ -452,7 +452,7 @@ UWSGI_APP = """\
 
 def test_uwsgi_imports_are_stubbed_when_the_worker_runs_under_uwsgi(app_dir: Path) -> None:
     write(app_dir, "uwapp.py", UWSGI_APP)
-    assert boot(app_dir, "uwapp:application", uwsgi_opt={"module": b"wsgi"}) is None
+    assert boot(app_dir, "uwapp:application", stubs=("uwsgi", {"module": b"wsgi"})) is None
     assert "ModuleNotFoundError: No module named 'uwsgi'" in (boot(app_dir, "uwapp") or "")
 
 
@@ -561,7 +561,7 @@ def test_the_checker_stubs_uwsgi_only_under_uwsgi_with_its_options(
     runner = CountingRunner([])
     check = BootCheck(app=parse_target("wsgi:application"), runner=runner, python=lambda: "/p")
     assert check.check() is None
-    assert runner.calls[0]["uwsgi_opt"] == stubs
+    assert runner.calls[0]["stubs"] == (None if stubs is None else ("uwsgi", stubs))
 
 
 def test_policy_boots_once_per_change_set_and_logs_one_error(

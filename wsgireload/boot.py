@@ -104,8 +104,10 @@ def calling_module() -> Optional[Target]:
     filename = frame.f_globals.get("__file__")
     if not isinstance(name, str) or not name:
         return None
-    # mod_wsgi and uWSGI's wsgi-file load a script under a made-up name: import it by path.
-    if name == "__main__" or name.startswith(("_mod_wsgi_", "uwsgi_file_")):
+    # A server that loads a script file names its module (mod_wsgi, uWSGI's wsgi-file): by path.
+    from .servers import SCRIPT_PREFIXES
+
+    if name == "__main__" or name.startswith(SCRIPT_PREFIXES):
         if isinstance(filename, str) and os.path.isfile(filename):  # site.wsgi is Python too
             return Target(path=os.path.abspath(filename), spec=filename)
         return None
@@ -186,7 +188,7 @@ def run_checker(
     timeout: float,
     path: Sequence[str],
     smoke: Optional[str] = None,
-    uwsgi_opt: Optional[Mapping[str, Any]] = None,  # stub uWSGI's modules with it; None: don't
+    stubs: Optional[Tuple[str, Mapping[str, Any]]] = None,  # (server, data): its stand-ins
     cwd: Optional[str] = None,
 ) -> CheckResult:
     """Boot ``targets`` in a fresh ``python`` (this process's environment); bounded in time."""
@@ -196,7 +198,7 @@ def run_checker(
         "prefix": sys.prefix,
         "targets": [asdict(t) for t in targets],
         "smoke": smoke,
-        "uwsgi_opt": None if uwsgi_opt is None else {str(k): v for k, v in uwsgi_opt.items()},
+        "stubs": stubs,
     }
     environment = {**os.environ, VALIDATING_ENV: "1"}
     started = time.monotonic()
@@ -263,7 +265,7 @@ def _last_json(out: bytes) -> Optional[Dict[str, Any]]:
 
 
 def _as_json(value: Any) -> Any:
-    """uWSGI's option values as JSON has them: bytes as text, anything else as its str()."""
+    """A server's option values as JSON has them: bytes as text, anything else as its str()."""
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
@@ -343,16 +345,15 @@ class BootCheck:
                 sys.version_info[0], sys.version_info[1],
             )
             return None
-        from .servers.uwsgi import module
+        from .servers import checker_stubs
 
-        uwsgi = module()
         outcome = self.runner(
             python,
             targets,
             timeout=self.timeout,
             path=self.search_path(),
             smoke=self.smoke,
-            uwsgi_opt=None if uwsgi is None else (getattr(uwsgi, "opt", None) or {}),
+            stubs=checker_stubs(),
             cwd=self.cwd,
         )
         log.debug("wsgireload: boot check of %s took %.2fs", targets[0].spec, outcome.seconds)
@@ -516,10 +517,10 @@ def _checker_main(payload: Dict[str, Any]) -> None:
     if payload.get("prefix") != sys.prefix:  # not the worker's venv: read its .pth files too
         for entry in _site_packages():
             site.addsitedir(entry)
-    if payload.get("uwsgi_opt") is not None:
-        from .servers.uwsgi import install_stubs
+    if payload.get("stubs"):
+        from .servers import install_stubs
 
-        install_stubs(payload["uwsgi_opt"])
+        install_stubs(*payload["stubs"])
     result = _check(payload)
     with os.fdopen(result_fd, "w") as out:
         out.write(json.dumps(result) + "\n")

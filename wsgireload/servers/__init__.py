@@ -2,8 +2,10 @@
 
 A server module holds everything about its server: ``serves(environ)`` (recognising it from a
 request's environ), ``master_of(environ)`` (the master whose workers share one record),
-``auto_action()``, ``boot_targets()`` (the app its options name), ``threads_available(environ)``,
-and ``early_environ()`` and ``before_workers(hook)`` (starting before the first request). A
+``auto_action()``, ``boot_targets()`` (the app its options name), ``SCRIPT_PREFIX`` and
+``checker_stubs()`` (what the boot checker needs to boot it as the server would),
+``threads_available(environ)``, and ``early_environ()`` and ``before_workers(hook)`` (starting
+before the first request). A
 server that is none of them is "standalone": no master to reload it. Adding a server is adding
 its module to ``SERVERS``.
 """
@@ -41,6 +43,21 @@ def master_of(environ: Environ) -> Optional[Tuple[str, int]]:
 def boot_targets() -> List[Target]:
     """The app as the server's own options name it (uWSGI's, gunicorn's app URI), if any."""
     return next((found for server in SERVERS if (found := server.boot_targets())), [])
+
+
+# The module names a server gives a script file it loads (``site.wsgi``, uWSGI's wsgi-file).
+SCRIPT_PREFIXES = tuple(server.SCRIPT_PREFIX for server in SERVERS if server.SCRIPT_PREFIX)
+
+
+def checker_stubs() -> Optional[Tuple[str, Dict[str, Any]]]:
+    """(server, data) for the stand-ins of the server's own modules that the boot checker
+    installs, as this process sees them; None where the app imports no server module."""
+    return next(((s.NAME, data) for s in SERVERS if (data := s.checker_stubs()) is not None), None)
+
+
+def install_stubs(name: str, data: Dict[str, Any]) -> None:
+    """In the boot checker: install the stand-ins ``checker_stubs`` named."""
+    next(server for server in SERVERS if server.NAME == name).install_stubs(data)
 
 
 def threads_available(environ: Environ) -> bool:

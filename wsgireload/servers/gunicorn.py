@@ -269,6 +269,11 @@ class RestartWorkerAction(Action):
 
 # -- recognising gunicorn, its master, its app and its workers --------------------------------
 NAME = "gunicorn"
+SCRIPT_PREFIX = ""  # gunicorn imports modules by name
+
+
+def checker_stubs() -> None:
+    """gunicorn's workers import nothing of gunicorn's that the boot checker must stand in for."""
 
 
 def serves(environ: Mapping[str, Any]) -> bool:

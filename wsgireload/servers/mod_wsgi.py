@@ -71,6 +71,11 @@ class ModWsgiAction(Action):
 
 
 NAME = "mod_wsgi"
+SCRIPT_PREFIX = "_mod_wsgi_"  # the module name mod_wsgi gives a WSGIScriptAlias script
+
+
+def checker_stubs() -> None:
+    """An app under mod_wsgi may import ``mod_wsgi``; the checker's Python has it installed."""
 
 
 def serves(environ: Mapping[str, Any]) -> bool:

@@ -343,6 +343,7 @@ def _advice(problem: MasterProblem) -> str:
 
 # -- recognising uWSGI, its master, its apps, its threads and its workers ---------------------
 NAME = "uwsgi"
+SCRIPT_PREFIX = "uwsgi_file_"  # the module name uWSGI gives a --wsgi-file script
 
 
 def serves(environ: Mapping[str, Any]) -> bool:
@@ -355,6 +356,14 @@ def module() -> Any:
     if not hasattr(found, "opt") or getattr(found, "__wsgireload_stub__", False):
         return None
     return found
+
+
+def checker_stubs() -> Optional[Dict[str, Any]]:
+    """This worker's ``uwsgi.opt`` for the checker's stand-in ``uwsgi`` modules
+    (``install_stubs``); None outside uWSGI."""
+    found = module()
+    opt = None if found is None else getattr(found, "opt", None) or {}
+    return None if opt is None else {str(k): v for k, v in opt.items()}
 
 
 def master_of(environ: Mapping[str, Any], system: System = SYSTEM) -> Optional[Tuple[str, int]]:
