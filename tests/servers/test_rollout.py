@@ -23,6 +23,7 @@ from wsgireload._system import SYSTEM
 
 from . import test_gunicorn as gunicorn_tests
 from .harness import ChildSampler, Load, Server, free_port, wait_for, write
+from .test_field_deployments import nobody_gunicorn, nobody_tree  # noqa: F401 (a fixture)
 
 pytestmark = [pytest.mark.server, pytest.mark.skipif(sys.platform != "linux", reason="/proc")]
 
@@ -66,6 +67,8 @@ application = Reloader(app, interval={interval}, settle={settle}, boot_timeout={
 
 def make_app(directory: Path, *, timeout: float = 30.0, rollout: str = "one-by-one") -> None:
     write(directory / "mod.py", "VALUE = 'v1'\n")
+    write(directory / "delays.txt", "")
+    os.chmod(directory / "delays.txt", 0o666)  # workers running as nobody take delays too
     write(directory / "wsgi.py", APP.format(
         delays=str(directory / "delays.txt"), boot=BOOT, interval=INTERVAL, settle=SETTLE,
         timeout=timeout, rollout=rollout,
@@ -104,6 +107,7 @@ def edit_under_load(
         sampler = ChildSampler(master)
         edited = time.monotonic()
         write(app_dir / "mod.py", f"VALUE = {value!r}\n")
+        os.chmod(app_dir / "mod.py", 0o644)
         if during is not None:
             during()
         took = gunicorn_tests.wait_all_workers_serve(
@@ -193,3 +197,15 @@ def test_one_worker_rollout_has_no_gap(tmp_path: Path, servers: List[Server]) ->
     server = start(tmp_path, servers, 1)
     assert_smooth(edit_under_load(server, tmp_path, 1, "v2", "v1", label="1 worker"), 1)
     assert (signals(server, "ttin"), signals(server, "ttou"), signals(server, "hup")) == (1, 1, 0)
+
+
+def test_nobody_workers_restart_one_at_a_time(
+    tmp_path: Path, servers: List[Server], nobody_tree: Path
+) -> None:
+    server, app_dir = nobody_gunicorn(tmp_path, nobody_tree, make_app)
+    servers.append(server)
+    outcome = edit_under_load(server, app_dir, 3, "v2", "v1", label="--user nobody, 3 workers")
+    assert outcome.failed == 0, outcome.errors[:5]
+    assert outcome.slowest <= SLOWEST, f"a request took {outcome.slowest:.2f}s"
+    assert outcome.replaced == 3 and len(outcome.new) == 3 and not outcome.new & outcome.old
+    assert server.log().count("each worker restarts itself after its response") == 1

@@ -82,6 +82,48 @@ def step_rollout(data: Dict[str, Any], master: int, siblings: Siblings, system: 
     return signal.SIGTTIN, {**state, "extra": True, "since": now, "at": now}
 
 
+def take_turn(siblings: Siblings, system: System) -> Optional[bool]:
+    """Whether this worker may restart itself now (one-by-one, through the master's record):
+    True (its turn, noted), False (wait: a worker that restarted has no ready replacement
+    yet), None (give up: none became ready within boot_timeout). Alone: True."""
+    verdict: List[Optional[bool]] = [True]
+
+    def change(data: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+        generation, now = section(data, "generation"), system.monotonic()
+        state = section(data, "restarts")
+        if state.get("n") != generation.get("n"):
+            state = {"n": generation.get("n"), "done": 0, "at": now}
+        since = float(generation.get("at", now))
+        ready = [pid for pid, w in section(data, "workers").items() if isinstance(w, dict)
+                 and "ready" in w and float(w.get("born", 0.0)) >= since
+                 and system.alive(int(pid), w.get("start"))]
+        if len(ready) >= int(state["done"]):
+            return {**data, "restarts": {**state, "done": int(state["done"]) + 1, "at": now}}
+        verdict[0] = None if now - float(state["at"]) > siblings.boot_timeout else False
+        return None
+
+    if siblings.rollout == "one-by-one":
+        siblings.update(change)
+    return verdict[0]
+
+
+def restart_in_turn(siblings: Siblings, system: System, master: int) -> None:
+    """SIGTERM to this worker once its turn comes: one worker of the master at a time."""
+    turn = take_turn(siblings, system)
+    if turn is None and siblings.first_to_log("restarts-stopped"):
+        log.error("wsgireload: restarting workers one by one stopped: a worker that restarted "
+                  "itself has no ready replacement after boot_timeout (%.0fs); the others go on "
+                  "serving the old code. Make the app import faster, or raise boot_timeout, "
+                  "then deploy again", siblings.boot_timeout)
+    elif turn is False:
+        system.later(ROLL_GAP, lambda: restart_in_turn(siblings, system, master))
+    elif turn:
+        if len(system.children(master)) <= 1 and siblings.first_to_log("one-worker-gap"):
+            log.info("wsgireload: one worker and a master it may not signal: each reload waits "
+                     "one boot with nobody serving; run 2 workers or more to avoid it")
+        terminate_self(system)
+
+
 def terminate_self(system: System) -> None:
     """SIGTERM to this worker: gunicorn's worker finishes its requests and exits, and the
     master spawns a fresh one. (``sys.exit()`` would be caught by gunicorn: no restart.)"""
@@ -197,7 +239,7 @@ class GunicornAction(MasterAction):
                 "wsgireload: not restarting this worker: %s; restart gunicorn yourself", problem
             )
             return
-        terminate_self(self.system)
+        restart_in_turn(self.siblings, self.system, self.master.pid if self.master else 0)
 
     def _denied(self, exc: OSError) -> None:
         assert self.master is not None
@@ -353,8 +395,10 @@ class RestartWorkerAction(Action):
         self.runtime_dir = runtime_dir  # of the master's record (the --preload ERROR once)
         self.system = system
         self.disabled: Optional[str] = None
+        self.siblings: Siblings = Siblings()
 
     def setup(self, context: ProcessContext) -> None:
+        self.siblings = context.siblings
         if context.preloaded:
             self.disabled = "--preload"
             if context.siblings.first_to_log("preload-error"):
@@ -364,7 +408,7 @@ class RestartWorkerAction(Action):
         if self.disabled is not None:
             log.debug("wsgireload: not reloading (%s): %s", self.disabled, changes.describe())
             return
-        terminate_self(self.system)
+        restart_in_turn(self.siblings, self.system, self.system.getppid())
 
     def describe(self) -> str:
         if self.disabled is not None:
