@@ -40,7 +40,7 @@ pytestmark = [pytest.mark.server, pytest.mark.skipif(sys.platform != "linux", re
 
 UNSHARE = ["unshare", "--pid", "--fork", "--mount-proc"]  # the server becomes pid 1
 WORKERS = 3
-NEW_CODE_WITHIN = 5.0  # seconds from the edit until every worker serves the new code
+NEW_CODE_WITHIN = 10.0  # seconds from the edit until every worker serves the new code
 
 
 def pids(bodies: Sequence[bytes], value: str) -> Set[str]:
@@ -83,9 +83,10 @@ def test_gunicorn_as_pid_1_reloads_each_worker_once(
     servers.append(server.start())
     assert "[1] [INFO] Starting gunicorn" in server.log()  # the master is pid 1
     gunicorn_reload_under_load(server, tmp_path, "gunicorn as pid 1")
-    # One HUP reached the master, sent by one worker ("sending SIGHUP" itself is DEBUG).
-    assert server.log().count("Handling signal: hup") == 1, server.log()
-    assert server.log().count("reloading with auto: gunicorn: SIGHUP to master 1") == 1
+    # One rollout of master 1, driven by the workers ("sending SIGTTIN" itself is DEBUG).
+    log = server.log()
+    assert log.count("Handling signal: ttin") == WORKERS == log.count("Handling signal: ttou")
+    assert log.count("one new worker ready before each old one leaves (master 1)") == 1, log
 
 
 class NamespacedUwsgi(Server):

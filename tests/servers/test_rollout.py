@@ -165,7 +165,6 @@ def test_three_workers_rollout_then_scanner_killed_then_a_worker_never_ready(
     # 1. One edit: each worker replaced once, one at a time.
     assert_smooth(edit_under_load(server, tmp_path, 3, "v2", "v1", label="3 workers"), 3)
     assert (signals(server, "ttin"), signals(server, "ttou"), signals(server, "hup")) == (3, 3, 0)
-    assert server.log().count("rollout of reload 1 done") == 1
 
     # 2. The scanner is SIGKILLed once the rollout has retired one old worker.
     def kill_scanner() -> None:

@@ -59,6 +59,8 @@ def step_rollout(data: Dict[str, Any], master: int, siblings: Siblings, system: 
     if now - float(state.get("at", 0.0)) < ROLL_GAP:
         return None
     live = system.children(master)
+    if not live:
+        return None  # the master is gone or stopping (or /proc is unreadable)
     born_before = {int(pid) for pid in state.get("old", ())}
     old = [pid for pid in live if pid in born_before]
     count = int(state.get("count", 1))
@@ -74,7 +76,7 @@ def step_rollout(data: Dict[str, Any], master: int, siblings: Siblings, system: 
             return signal.SIGTTOU, {**state, "extra": False, "at": now, "end": "stopped"}
         return None
     if not old:
-        log.info("wsgireload: rollout of reload %s done: every worker of master %d replaced, "
+        log.debug("wsgireload: rollout of reload %s done: every worker of master %d replaced, "
                  "each new one ready before an old one left", state.get("n"), master)
         return 0, {**state, "end": "done"}
     if len(live) > count and now - float(state.get("at", 0.0)) < siblings.boot_timeout:
@@ -339,7 +341,7 @@ class GunicornAction(MasterAction):
         """Send the rollout's next signal, if it is due, to the verified master only."""
         if self.master is None or self.disabled or self.restarting:
             return
-        master = self.master.pid
+        master, due = self.master.pid, []
 
         def step(data: Dict[str, Any]) -> Optional[Dict[str, Any]]:
             state = section(data, "rollout")
@@ -353,14 +355,15 @@ class GunicornAction(MasterAction):
                 log.warning("wsgireload: rollout stopped: %s; restart gunicorn yourself", problem)
                 state = {**state, "end": "refused"}
             elif sig:
-                log.debug("wsgireload: sending %s to gunicorn master %d", signal.Signals(sig).name,
-                          master)
-                self.system.kill(master, sig)
+                due.append(signal.Signals(sig))
             self.rolling = not state.get("end")
             return {**data, "rollout": state}
 
         try:
             self.siblings.update(step)
+            for sig in due:  # written first: a SIGTTOU may retire this very worker
+                log.debug("wsgireload: sending %s to gunicorn master %d", sig.name, master)
+                self.system.kill(master, sig)
         except Exception as exc:  # the record or a signal failed: the next step tries again
             log.warning("wsgireload: rollout step failed: %r", exc)
 
