@@ -15,15 +15,17 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, List, Optional
 
 import pytest
 
 from wsgireload._system import SYSTEM
 
+from . import test_field_deployments as field
 from . import test_gunicorn as gunicorn_tests
 from .harness import ChildSampler, Load, Server, free_port, wait_for, write
-from .test_field_deployments import nobody_gunicorn, nobody_tree  # noqa: F401 (a fixture)
+
+nobody_tree = field.nobody_tree  # a fixture: a directory nobody can read
 
 pytestmark = [pytest.mark.server, pytest.mark.skipif(sys.platform != "linux", reason="/proc")]
 
@@ -201,7 +203,7 @@ def test_one_worker_rollout_has_no_gap(tmp_path: Path, servers: List[Server]) ->
 def test_nobody_workers_restart_one_at_a_time(
     tmp_path: Path, servers: List[Server], nobody_tree: Path
 ) -> None:
-    server, app_dir = nobody_gunicorn(tmp_path, nobody_tree, make_app)
+    server, app_dir = field.nobody_gunicorn(tmp_path, nobody_tree, make_app)
     servers.append(server)
     outcome = edit_under_load(server, app_dir, 3, "v2", "v1", label="--user nobody, 3 workers")
     assert outcome.failed == 0, outcome.errors[:5]
