@@ -187,6 +187,7 @@ def test_three_workers_rollout_then_scanner_killed_then_a_worker_never_ready(
         write(tmp_path / "mod.py", "VALUE = 'v4'\n")
         assert wait_for(lambda: "rollout of reload 3 stopped" in server.log(), 20), server.log()
         master = server.proc.pid if server.proc is not None else 0
+        assert wait_for(lambda: len(SYSTEM.children(master)) == 3, 10)  # the retired one left
         gunicorn_tests.assert_stays(3, lambda: len(SYSTEM.children(master)), 2.0)
     result = load.stop()
     assert result.failed == 0, result.errors[:5]
