@@ -159,8 +159,9 @@ class GunicornAction(MasterAction):
 
     name = "gunicorn"
     summary = (
-        "one SIGHUP per deploy to the verified master (graceful reload of every worker); "
-        "with --preload, one ERROR and no reload"
+        "one new worker ready before each old one leaves (SIGTTIN, SIGTTOU to the verified "
+        "master); rollout='all-at-once': one SIGHUP per deploy; with --preload, one ERROR and "
+        "no reload"
     )
 
     def __init__(
