@@ -460,6 +460,13 @@ def test_a_changed_gunicorn_config_file_is_reloaded_with_a_hup(
     assert "configuration file /srv/app/views.py changed" in caplog.text
 
 
+def test_without_proc_to_follow_a_rollout_the_hup_is_sent(world: World) -> None:
+    Arbiter1(world, 3)
+    world.system.kids.clear()
+    world.worker(pid=101)(CHANGES)
+    assert world.system.killed == [(MASTER.pid, signal.SIGHUP)]
+
+
 def test_all_at_once_sends_the_hup(world: World) -> None:
     Arbiter1(world, 3)
     world.siblings.rollout = "all-at-once"

@@ -15,7 +15,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Sequence
 
 import pytest
 
@@ -141,9 +141,10 @@ def assert_smooth(outcome: Outcome, workers: int) -> None:
     assert outcome.took <= new_code_within(workers), f"new code everywhere after {outcome.took}s"
 
 
-def start(tmp_path: Path, servers: List[Server], workers: int, **app: object) -> Server:
+def start(tmp_path: Path, servers: List[Server], workers: int, extra: Sequence[str] = (),
+          **app: object) -> Server:
     make_app(tmp_path, **app)  # type: ignore[arg-type]
-    server = gunicorn_tests.gunicorn(tmp_path, free_port(), workers=workers)
+    server = gunicorn_tests.gunicorn(tmp_path, free_port(), workers=workers, extra=extra)
     servers.append(server.start(timeout=30 + BOOT * workers))
     return server
 
@@ -211,3 +212,19 @@ def test_nobody_workers_restart_one_at_a_time(
     assert outcome.slowest <= SLOWEST, f"a request took {outcome.slowest:.2f}s"
     assert outcome.replaced == 3 and len(outcome.new) == 3 and not outcome.new & outcome.old
     assert server.log().count("each worker restarts itself after its response") == 1
+
+
+def test_a_changed_gunicorn_config_file_is_reloaded_with_the_hup_that_rereads_it(
+    tmp_path: Path, servers: List[Server]
+) -> None:
+    conf = tmp_path / "gunicorn_conf.py"
+    write(conf, "graceful_timeout = 15\n")
+    server = start(tmp_path, servers, 2, extra=["-c", str(conf)])
+    master = server.proc.pid if server.proc is not None else 0
+    assert wait_for(lambda: len(SYSTEM.children(master)) == 2, 20)
+    write(conf, "graceful_timeout = 16\n")
+    assert wait_for(lambda: signals(server, "hup") == 1, 20), server.log()
+    assert wait_for(lambda: gunicorn_tests.boots(server) == 4, 20), server.log()
+    log = server.log()
+    assert f"the gunicorn configuration file {conf} changed: reloading with SIGHUP" in log
+    assert signals(server, "ttin") == 0

@@ -308,7 +308,8 @@ class GunicornAction(MasterAction):
             )
             self._retry_pending = True
             self.system.later(wait, self._retry)
-        elif self.siblings.rollout == "one-by-one" and self._hup_for is None:
+        elif self.siblings.rollout == "one-by-one" and self._hup_for is None and (
+                self.system.children(self.master.pid)):  # (no /proc to follow it: a HUP)
             self.siblings.reloading()  # noted first: new workers find themselves born after it
             self._start_rollout()
         else:
