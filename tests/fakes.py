@@ -35,6 +35,7 @@ class FakeSystem(System):
         self.fifo_writes: List[Tuple[str, bytes]] = []
         self.fifo_error: Optional[OSError] = None
         self.wakes: List[Tuple[float, Callable[[], None]]] = []  # repeat()s: (until, function)
+        self.kids: Dict[int, List[int]] = {}  # children(pid), oldest first
 
     def add(self, pid: int, argv: Tuple[str, ...] = ("gunicorn",), start: Optional[str] = "1000",
             uid: Optional[int] = 1001) -> ProcessInfo:
@@ -64,6 +65,9 @@ class FakeSystem(System):
 
     def monotonic(self) -> float:
         return self.now
+
+    def children(self, pid: int) -> List[int]:
+        return list(self.kids.get(pid, []))
 
     def started(self) -> float:
         return self.start
@@ -139,6 +143,13 @@ class FakeSiblings(Siblings):
         self.reload: Dict[str, Any] = {}
         self.logged: Set[str] = set()
         self.restarts_each = 0  # times an action reported the EPERM fallback
+        self.record: Dict[str, Any] = {}  # the master's record, for ``update``
+
+    def update(self, change: Any) -> Dict[str, Any]:
+        new = change(dict(self.record))
+        if new is not None:
+            self.record = new
+        return self.record
 
     def last_reload(self) -> Dict[str, Any]:
         return dict(self.reload)

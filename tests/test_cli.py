@@ -72,7 +72,8 @@ def test_check_reports_files_scan_compile_and_action(
     assert "one scan:" in out and "ms for" in out
     assert "compile:" in out and ".py files compile" in out
     assert "here: standalone" in out
-    assert "under gunicorn: one SIGHUP per deploy to the verified master" in out
+    assert "under gunicorn: one new worker ready before each old one leaves" in out
+    assert "add --lazy-apps --master-fifo <path> for the chain reload" in out
 
 
 def test_check_verbose_lists_every_file(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:

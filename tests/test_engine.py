@@ -22,7 +22,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import pytest
 
-from wsgireload import Reloader, _record
+from wsgireload import Reloader, _record, engine
 from wsgireload._options import Options
 from wsgireload._record import Record, Share
 from wsgireload.actions import Action
@@ -63,6 +63,9 @@ class Recording(Action):
 
     def __call__(self, changes: ChangeSet) -> None:
         self.calls.append(changes)
+
+    def advance(self) -> None:
+        self.advanced = getattr(self, "advanced", 0) + 1
 
 
 class Worker:
@@ -291,6 +294,18 @@ def test_followers_of_a_per_master_action_wake_rarely(
     follower.tick(1.0)
     assert scanner.engine.pause(0.5) == 0.5  # it scans every interval
     assert follower.engine.pause(0.5) == follower_pause  # a per-master follower: FOLLOW_EVERY
+
+
+def test_the_first_step_comes_soon_and_a_scanner_rolling_out_steps_fast(world: World) -> None:
+    scanner, follower = world.workers(per_process=False, count=2)
+    assert scanner.engine.pause(1.0) == engine.FIRST_STEP  # it marks the worker ready
+    scanner.tick(1.0)
+    follower.tick(1.0)
+    assert getattr(scanner.action, "advanced", 0) == 1  # the scanner drives a rollout
+    assert getattr(follower.action, "advanced", 0) == 0
+    scanner.action.rolling = True
+    assert scanner.engine.pause(1.0) == engine.ROLL_STEP
+    assert follower.engine.pause(1.0) == engine.FOLLOW_EVERY
 
 
 def test_with_no_writable_place_for_the_record_a_worker_scans_and_acts_alone(

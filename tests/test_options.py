@@ -40,6 +40,7 @@ def app(environ: dict, start_response: Any) -> list:
         ({"extra_files": 3}, "extra_files must be a path or pattern, or a list of them"),
         ({"extra_files": ["a", 3]}, "extra_files entries must be paths or patterns"),
         ({"exclude": [None]}, "exclude entries must be paths or patterns"),
+        ({"rollout": "batch"}, "rollout='batch' is not allowed; use 'one-by-one' or 'all-at-once'"),
     ],
 )
 def test_bad_configuration(kwargs: dict, message: str) -> None:

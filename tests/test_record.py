@@ -48,6 +48,12 @@ def record(tmp_path: Path) -> Record:
     return Record(str(rundir / f"gunicorn-42-7{_record.SUFFIX}"))
 
 
+def test_a_worker_joining_is_ready_for_a_rollout(record: Record) -> None:
+    system = machine(7)
+    share(record, 7, system)
+    assert record.read()["workers"]["7"]["ready"] == system.now
+
+
 def test_a_torn_or_foreign_record_reads_as_empty(record: Record) -> None:
     Path(record.path).write_text('{"generation": {"n": 3')  # a crash mid-write of old code
     assert record.read() == {}

@@ -339,3 +339,168 @@ def test_real_frames_of_a_gunicorn_worker_and_of_an_arbiter() -> None:
     assert namespace["load_wsgi"](Worker(os.getpid(), os.getppid()), detect) is not None
     assert namespace["load_wsgi"](Arbiter(), detect) is None
     assert detect() is None  # this test's own frames are not gunicorn's
+
+
+# -- the rollout: one new worker ready before each old one leaves ----------------------------
+class Arbiter1:
+    """What gunicorn's arbiter does with the rollout's signals: SIGTTIN forks a worker (ready
+    in the record when ``ready`` says so), SIGTTOU retires the oldest."""
+
+    def __init__(self, world: World, workers: int) -> None:
+        self.world, self.next_pid = world, 100
+        self.num_workers = workers
+        world.system.kids[MASTER.pid] = [self.spawn() for _ in range(workers)]
+        world.siblings.rollout = "one-by-one"
+        self.peak = workers
+
+    def spawn(self, ready: bool = True) -> int:
+        self.next_pid += 1
+        entry: Dict[str, Any] = {"born": self.world.system.now}
+        if ready:
+            entry["ready"] = self.world.system.now
+        self.world.siblings.record.setdefault("workers", {})[str(self.next_pid)] = entry
+        return self.next_pid
+
+    def handle(self, ready: bool = True) -> None:
+        kids = self.world.system.kids[MASTER.pid]
+        for _, sig in self.world.system.killed:
+            if sig == signal.SIGTTIN:
+                self.num_workers += 1
+                kids.append(self.spawn(ready))
+            elif sig == signal.SIGTTOU:
+                self.num_workers -= 1
+                kids.pop(0)
+            self.peak = max(self.peak, len(kids))
+        self.world.system.killed.clear()
+
+    def run(self, driver: GunicornAction, steps: int, ready: bool = True) -> None:
+        for _ in range(steps):
+            self.world.system.now += 0.5
+            driver.advance()
+            self.handle(ready)
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_a_rollout_replaces_each_worker_once_never_more_than_n_plus_1(
+    world: World, workers: int
+) -> None:
+    arbiter = Arbiter1(world, workers)
+    old = list(world.system.kids[MASTER.pid])
+    scanner = world.worker(pid=old[-1])
+    scanner(CHANGES)
+    assert world.system.killed == [(MASTER.pid, signal.SIGTTIN)]
+    arbiter.handle()
+    arbiter.run(scanner, 4 * workers)
+    kids = world.system.kids[MASTER.pid]
+    assert len(kids) == workers == arbiter.num_workers and not set(kids) & set(old)
+    assert arbiter.peak == workers + 1
+    assert world.siblings.record["rollout"]["end"] == "done" and not scanner.rolling
+
+
+def test_whoever_scans_next_continues_the_rollout(world: World) -> None:
+    arbiter = Arbiter1(world, 3)
+    world.worker(pid=world.system.kids[MASTER.pid][0])(CHANGES)  # the oldest: retired first
+    arbiter.handle()
+    arbiter.run(world.worker(pid=999), 1)  # the old scanner is gone; another steps
+    arbiter.run(world.worker(pid=998), 12)  # and another, after a while
+    assert arbiter.num_workers == 3 and arbiter.peak == 4
+    assert world.siblings.record["rollout"]["end"] == "done"
+
+
+def test_a_second_step_right_after_a_signal_sends_nothing(world: World) -> None:
+    Arbiter1(world, 3)
+    scanner = world.worker(pid=101)
+    scanner(CHANGES)
+    world.system.now += gunicorn.ROLL_GAP / 2  # the master has not acted on it yet
+    world.worker(pid=999).advance()
+    assert world.system.killed == [(MASTER.pid, signal.SIGTTIN)]
+
+
+def test_a_new_worker_never_ready_stops_the_rollout_with_the_count_restored(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    arbiter = Arbiter1(world, 3)
+    scanner = world.worker(pid=103)
+    scanner(CHANGES)
+    arbiter.handle(ready=False)
+    arbiter.run(scanner, int(world.siblings.boot_timeout / 0.5) + 10, ready=False)
+    assert arbiter.num_workers == 3 and arbiter.peak == 4
+    assert world.siblings.record["rollout"]["end"] == "stopped"
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1 and "not ready within boot_timeout (30s)" in errors[0]
+
+
+def test_a_deploy_during_a_rollout_keeps_its_count_and_its_pending_ttin(world: World) -> None:
+    arbiter = Arbiter1(world, 3)
+    scanner = world.worker(pid=103)
+    scanner(CHANGES)
+    arbiter.handle(ready=False)  # the new worker still imports the first deploy
+    world.system.now += 5.0
+    newest = world.worker(pid=104, booted=world.system.now - 4.0)  # a new worker scans now
+    newest(ChangeSet(("/srv/app/views.py",), "second", 1.0, 1.0))
+    # Every live worker is old now, the unready one too: the pending SIGTTIN gets its SIGTTOU.
+    assert world.system.killed == [(MASTER.pid, signal.SIGTTOU)]
+    arbiter.handle()
+    world.siblings.record["workers"]["104"]["ready"] = world.system.now
+    arbiter.run(newest, 20)
+    assert arbiter.num_workers == 3 and arbiter.peak == 4
+    assert world.siblings.record["rollout"]["end"] == "done"
+
+
+def test_a_changed_gunicorn_config_file_is_reloaded_with_a_hup(
+    world: World, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    Arbiter1(world, 3)
+    config = type(sys)("__config__")
+    config.__file__ = CHANGES.files[0]
+    monkeypatch.setitem(sys.modules, "__config__", config)
+    caplog.set_level(logging.INFO, "wsgireload")
+    world.worker(pid=101)(CHANGES)
+    assert world.system.killed == [(MASTER.pid, signal.SIGHUP)]
+    assert "configuration file /srv/app/views.py changed" in caplog.text
+
+
+def test_without_proc_to_follow_a_rollout_the_hup_is_sent(world: World) -> None:
+    Arbiter1(world, 3)
+    world.system.kids.clear()
+    world.worker(pid=101)(CHANGES)
+    assert world.system.killed == [(MASTER.pid, signal.SIGHUP)]
+
+
+def test_all_at_once_sends_the_hup(world: World) -> None:
+    Arbiter1(world, 3)
+    world.siblings.rollout = "all-at-once"
+    world.worker(pid=101)(CHANGES)
+    assert world.system.killed == [(MASTER.pid, signal.SIGHUP)]
+
+
+def test_workers_restarting_themselves_take_turns(caplog: pytest.LogCaptureFixture) -> None:
+    system = FakeSystem(parent=MASTER.pid)
+    siblings = FakeSiblings(system)
+    siblings.rollout = "one-by-one"
+    system.kids[MASTER.pid] = [1, 2, 3]
+    siblings.record = {"generation": {"n": 1, "at": 50.0}, "workers": {}}
+    for pid in (1, 2, 3):
+        system.add(pid)
+    assert gunicorn.take_turn(siblings, system) is True  # the first goes at once
+    assert gunicorn.take_turn(siblings, system) is False  # the next waits for its replacement
+    system.add(4)
+    siblings.record["workers"]["4"] = {"born": 51.0, "ready": 53.0, "start": "1000"}
+    assert gunicorn.take_turn(siblings, system) is True
+    system.now += 100.0
+    assert gunicorn.take_turn(siblings, system) is None  # no replacement within boot_timeout
+    siblings.rollout = "all-at-once"
+    assert gunicorn.take_turn(siblings, system) is True  # today's: everyone at once
+
+
+def test_one_worker_restarting_itself_says_once_that_it_leaves_a_gap(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    system = FakeSystem(parent=MASTER.pid)
+    siblings = FakeSiblings(system)
+    system.kids[MASTER.pid] = [system.pid]
+    caplog.set_level(logging.INFO, "wsgireload")
+    for _ in range(2):
+        gunicorn.restart_in_turn(siblings, system, MASTER.pid)
+    assert caplog.text.count("one worker and a master it may not signal") == 1
+    assert system.killed == [(system.pid, signal.SIGTERM)] * 2

@@ -148,6 +148,20 @@ def test_without_lazy_apps_a_fifo_is_not_used(proc: Path, tmp_path: Path) -> Non
     assert world.system.fifo_writes == []
 
 
+def test_a_full_reload_says_once_per_master_how_to_get_the_chain_reload(
+    proc: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "wsgireload")
+    world = World(proc, {"master": True})
+    world.worker()
+    world.worker()
+    assert caplog.text.count("start uWSGI with --lazy-apps and --master-fifo <path>") == 1
+    caplog.clear()
+    fifo = mkfifo(tmp_path)
+    World(proc, {"master": True, "lazy-apps": True, "master-fifo": fifo.encode()}).worker()
+    assert "--lazy-apps" not in caplog.text
+
+
 def test_lazy_apps_without_fifo_full_reloads(proc: Path) -> None:
     world = World(proc, {"master": True, "lazy-apps": True})
     world.worker()(changes())

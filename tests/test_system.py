@@ -35,6 +35,15 @@ def test_read_process_keeps_arguments_with_spaces_apart(tree: ProcTree) -> None:
     assert info is not None and info.argv == ("timeout", "60", "sh", "-c", "exec gunicorn app:app")
 
 
+def test_children_are_read_from_every_task_of_the_parent(tmp_path: Path) -> None:
+    for task, kids in (("10", "12 11 "), ("13", "14 ")):
+        (tmp_path / "10" / "task" / task).mkdir(parents=True)
+        (tmp_path / "10" / "task" / task / "children").write_text(kids)
+    assert _system.System(str(tmp_path)).children(10) == [11, 12, 14]
+    assert _system.System(str(tmp_path)).children(99) == []
+    assert os.getpid() in SYSTEM.children(os.getppid())
+
+
 def test_read_process_without_proc_knows_only_the_pid(tmp_path: Path) -> None:
     missing = str(tmp_path / "no-proc")
     assert read_process(os.getpid(), root=missing) == ProcessInfo(os.getpid(), None, None, None)

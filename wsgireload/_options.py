@@ -58,6 +58,7 @@ def as_list(name: str, value: Any) -> List[Any]:
 MODES = ("auto", "thread", "inline")
 BACKENDS = ("poll", "events", "auto")
 VALIDATES = ("boot", "compile", None)
+ROLLOUTS = ("one-by-one", "all-at-once")
 
 
 def option(default: Any, unit: str, text: str) -> Any:
@@ -104,6 +105,10 @@ class Options:
         "poll", "", '``"poll"`` (works everywhere), ``"events"`` (needs ``watchfiles``) or '
         '``"auto"``'
     )
+    rollout: str = option(
+        "one-by-one", "", '``"one-by-one"`` (gunicorn: each new worker ready before an old one '
+        'leaves) or ``"all-at-once"`` (the server\'s own reload: gunicorn\'s HUP)'
+    )
 
     @classmethod
     def build(cls, owner: str, **values: Any) -> "Options":
@@ -117,7 +122,7 @@ class Options:
                 values[name] = tuple(os.fspath(p) for p in as_list(name, values[name]))
         options = cls(**values)
         options.policy()  # checks the timing and validation options
-        for name, allowed in (("mode", MODES), ("backend", BACKENDS)):
+        for name, allowed in (("mode", MODES), ("backend", BACKENDS), ("rollout", ROLLOUTS)):
             value = getattr(options, name)
             if value not in allowed:
                 choices = ", ".join(repr(a) for a in allowed[:-1]) + f" or {allowed[-1]!r}"

@@ -234,7 +234,9 @@ class Share:
 
     def join(self) -> None:
         """List this worker; a generation decided before it was born is not its to act on."""
-        me = {"start": self.start, "born": self.born}
+        # Joined once its app is loaded: "ready" is what a rollout waits for before an old
+        # worker leaves.
+        me = {"start": self.start, "born": self.born, "ready": self.system.monotonic()}
         data = self.record.update(lambda d: {**d, "workers": {**_workers(d), str(self.pid): me}})
         generation = section(data, "generation")
         number = int(generation.get("n", 0))

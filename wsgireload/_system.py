@@ -6,13 +6,14 @@ Everything that signals, reads another process or the time goes through one ``Sy
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Optional, Tuple, Union
+from typing import Callable, List, Optional, Tuple, Union
 
 PROC_ROOT = "/proc"
 
@@ -112,6 +113,16 @@ class System:
             return False
         info = self.process(pid)
         return info is not None and (start is None or info.start_time in (None, start))
+
+    def children(self, pid: int) -> List[int]:
+        """The live child processes of ``pid`` (``/proc/<pid>/task/*/children``); [] if
+        unreadable. A reaped child is gone; one that exited but is not reaped yet is listed."""
+        found: List[int] = []
+        with contextlib.suppress(OSError):
+            for task in os.scandir(os.path.join(self.proc_root, str(pid), "task")):
+                with open(os.path.join(task.path, "children"), "rb") as handle:
+                    found += [int(word) for word in handle.read().split()]
+        return sorted(set(found))
 
     # CLOCK_MONOTONIC: one clock for every process of the machine, never stepped.
     monotonic = staticmethod(time.monotonic)

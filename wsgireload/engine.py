@@ -21,13 +21,15 @@ from .boot import Target, validating
 from .detect import Detector, Identity
 from .events import EventDetector
 from .policy import ChangeSet
-from .servers.base import ProcessContext, Siblings
+from .servers.base import Change, ProcessContext, Siblings
 
 log = logging.getLogger("wsgireload")
 
 _FAILURE_LOG_EVERY = 60.0  # seconds between two logged watcher failures
 LEASE = 20.0  # seconds (at least 20 intervals) a scanner's lease lasts without renewal
 FOLLOW_EVERY = 60.0  # seconds between two looks at the record by a per-master follower
+FIRST_STEP = 0.1  # seconds: the first step joins the record, which marks the worker ready
+ROLL_STEP = 0.15  # seconds between two steps while a rollout goes on
 
 # (kind, detail) reports for a live display: "changed" (a path), "settling" (seconds to wait),
 # "rejected" (the files), "due" (the ChangeSet).
@@ -74,6 +76,7 @@ class Engine(Siblings):
         self.master = master
         self.on_event = on_event
         self.on_fork: Optional[Callable[[], None]] = None  # the owner's own per-process reset
+        self.rollout, self.boot_timeout = options.rollout, options.boot_timeout
         self._next_failure_log = 0.0
         self._reset()
         _engines.add(self)
@@ -140,8 +143,12 @@ class Engine(Siblings):
         a quarter of what the Django example's scanner does). A scanner that exits is
         replaced by the master, and the new worker takes the lease at its first step."""
         share = self.share
-        if share is None or share.scanning or self.action.per_process or not self._stepped:
-            return interval  # (a record joined at setup: its first step decides who scans)
+        if not self._stepped:
+            return min(interval, FIRST_STEP)
+        if share is not None and share.scanning and self.action.rolling:
+            return min(interval, ROLL_STEP)
+        if share is None or share.scanning or self.action.per_process:
+            return interval
         return max(interval, FOLLOW_EVERY)
 
     # -- one step ------------------------------------------------------------------------
@@ -178,6 +185,8 @@ class Engine(Siblings):
             due = None
             if decide and self.share is not None:  # (not while the owner still has one due)
                 due = self._shared(functools.partial(self._follow, share, now))
+            if scanning:
+                self.action.advance()  # (never raises: it logs its own failures)
             if due is not None or (self.share is not None and not scanning):
                 return due
             share = self.share
@@ -302,6 +311,10 @@ class Engine(Siblings):
         share = self.joined()
         if share is not None:
             share.note_reload(chain)
+
+    def update(self, change: Change) -> Dict[str, Any]:
+        share = self.joined()
+        return share.record.update(change) if share is not None else {}
 
     def first_to_log(self, name: str) -> bool:
         share = self.joined()

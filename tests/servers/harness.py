@@ -154,9 +154,14 @@ class LoadResult:
     failed: int = 0
     errors: List[str] = field(default_factory=list)
     bodies: List[Tuple[float, bytes]] = field(default_factory=list)  # (monotonic time, body)
+    timings: List[Tuple[float, float]] = field(default_factory=list)  # (started, seconds)
 
     def bodies_since(self, t0: float) -> List[bytes]:
         return [body for when, body in self.bodies if when >= t0]
+
+    def slowest_since(self, t0: float) -> float:
+        """The longest request (seconds) among those started at ``t0`` or later."""
+        return max((took for started, took in self.timings if started >= t0), default=0.0)
 
 
 def assert_no_failed_requests(result: "LoadResult", uwsgi_full_reloads: int = 0) -> None:
@@ -223,6 +228,7 @@ class Load:
 
     def _loop(self) -> None:
         while not self._stop.is_set() and time.monotonic() < self.deadline:
+            started = time.monotonic()
             try:
                 status, body = get(self.port, self.path)
                 with self._lock:
@@ -236,7 +242,30 @@ class Load:
                 with self._lock:
                     self.result.failed += 1
                     self.result.errors.append(repr(exc))
+            with self._lock:
+                self.result.timings.append((started, time.monotonic() - started))
             time.sleep(self.pause)
+
+
+class ChildSampler:
+    """The most child processes ``pid`` had at once, sampled from /proc every ``every`` s."""
+
+    def __init__(self, pid: int, every: float = 0.05) -> None:
+        from wsgireload._system import SYSTEM
+
+        self.peak, self._stop = 0, threading.Event()
+
+        def run() -> None:
+            while not self._stop.wait(every):
+                self.peak = max(self.peak, len(SYSTEM.children(pid)))
+
+        self._thread = threading.Thread(target=run, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        return self.peak
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:

@@ -108,6 +108,14 @@ class AutoAction(Action):
     def runtime_dir(self) -> Optional[str]:  # type: ignore[override]
         return self.delegate.runtime_dir if self.delegate is not None else None
 
+    @property
+    def rolling(self) -> bool:  # type: ignore[override]
+        return bool(self.delegate and self.delegate.rolling)
+
+    def advance(self) -> None:
+        if self.delegate is not None:
+            self.delegate.advance()
+
     def __call__(self, changes: ChangeSet) -> None:
         if self.delegate is None:
             log.warning(

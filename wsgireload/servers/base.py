@@ -18,6 +18,7 @@ from .._system import SYSTEM, ProcessInfo, System
 from ..policy import ChangeSet
 
 log = logging.getLogger("wsgireload")
+Change = Callable[[Dict[str, Any]], Optional[Dict[str, Any]]]  # of the master's record
 
 
 class Siblings:
@@ -27,6 +28,8 @@ class Siblings:
     # True: the engine shares one record with the master's other workers, so one process
     # decides and acts for the master per change set.
     coordinated: ClassVar[bool] = False
+    rollout = "all-at-once"  # the ``rollout`` option: "one-by-one" needs the record
+    boot_timeout = 30.0  # seconds a new worker may take to become ready
 
     def why_alone(self) -> str:
         """Why there is no record shared with the master's other workers."""
@@ -39,6 +42,11 @@ class Siblings:
 
     def reloading(self, chain: bool = False) -> None:
         """Note that this process asks the master to reload now, for the current generation."""
+
+    def update(self, change: Change) -> Dict[str, Any]:
+        """Run ``change`` on the master's record under its lock and store what it returns
+        (None: nothing); the record as it then is ({} alone: ``change`` never runs)."""
+        return {}
 
     def first_to_log(self, name: str) -> bool:
         """True for the first process of the master to log the line ``name`` (always alone:
@@ -97,6 +105,12 @@ class Action:
     # The private directory of the master's record that the engine shares with the master's
     # other workers; None: ``$XDG_RUNTIME_DIR/wsgireload``, else ``<tmp>/wsgireload-<uid>``.
     runtime_dir: Optional[str] = None
+    # True while a reload goes on in steps (a rollout): the scanner steps fast and calls
+    # ``advance`` at each step.
+    rolling = False
+
+    def advance(self) -> None:
+        """Take the next step of a reload in progress, if any (the scanner calls it)."""
 
     def setup(self, context: ProcessContext) -> None:
         """Inspect the process and server once (worker start or first request; Watcher step)."""

@@ -1,5 +1,6 @@
-"""gunicorn: recognising it, its master, its app URI, its workers, and its two reloads: one
-SIGHUP to the verified master per deploy, or each worker restarting itself.
+"""gunicorn: recognising it, its master, its app URI, its workers, and its reloads: a rollout
+through the verified master (SIGTTIN, the new worker ready, SIGTTOU, until no old worker is
+left) or one SIGHUP per deploy, or each worker restarting itself in turn.
 
 Both reloads refuse under ``--preload``, where neither can load new code (the master holds the
 old modules) and a self-restarting worker would storm.
@@ -15,11 +16,12 @@ import threading
 import types
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
 
+from .._record import section
 from .._system import SYSTEM, System
 from ..boot import Target, parse_target
 from ..errors import ConfigurationError
 from ..policy import ChangeSet
-from .base import Action, MasterAction, ProcessContext, Refusal, record_master
+from .base import Action, MasterAction, ProcessContext, Refusal, Siblings, record_master
 
 log = logging.getLogger("wsgireload")
 
@@ -30,6 +32,98 @@ PRELOAD_ERROR = (
     "--preload, or reload yourself with `kill -USR2 <master pid>` and then "
     "`kill -TERM <old master pid>` once the new master serves."
 )
+
+
+ROLL_GAP = 0.3  # seconds the master gets to act on one signal before the next step
+ROLLOUT_STOPPED = (
+    "wsgireload: rollout of reload %s stopped: the new gunicorn worker was not ready within "
+    "boot_timeout (%.0fs). gunicorn is back to %d worker(s) (SIGTTOU retired the oldest); the "
+    "other old workers go on serving the old code, and the slow worker serves the new code "
+    "once its import ends. Make the app import faster, or raise boot_timeout, then deploy "
+    "again"
+)
+
+
+def step_rollout(data: Dict[str, Any], master: int, siblings: Siblings, system: System) -> Optional[
+        Tuple[int, Dict[str, Any]]]:
+    """The next signal of the rollout in ``data`` (the master's record) and the rollout as it
+    is once sent, or None: nothing to send now.
+
+    Each step is judged against the master's live children, so that whoever holds the lease
+    next continues where the last one stopped: ``extra`` says a SIGTTIN is not yet matched
+    by its SIGTTOU, and every SIGTTIN gets exactly one, so gunicorn ends with the worker
+    count it began with whatever dies on the way.
+    """
+    state = section(data, "rollout")
+    now = system.monotonic()
+    if now - float(state.get("at", 0.0)) < ROLL_GAP:
+        return None
+    live = system.children(master)
+    if not live:
+        return None  # the master is gone or stopping (or /proc is unreadable)
+    born_before = {int(pid) for pid in state.get("old", ())}
+    old = [pid for pid in live if pid in born_before]
+    count = int(state.get("count", 1))
+    workers = section(data, "workers")
+    new = [pid for pid in live if pid not in born_before]
+    ready = [pid for pid in new if "ready" in section(workers, str(pid))]
+    if state.get("extra"):
+        # Every old worker retired so far has its ready replacement, and so has the SIGTTIN.
+        if len(ready) > count - len(old):
+            return signal.SIGTTOU, {**state, "extra": False, "at": now}
+        if now - float(state.get("since", now)) > siblings.boot_timeout:
+            log.error(ROLLOUT_STOPPED, state.get("n"), siblings.boot_timeout, count)
+            return signal.SIGTTOU, {**state, "extra": False, "at": now, "end": "stopped"}
+        return None
+    if not old:
+        log.debug("wsgireload: rollout of reload %s done: every worker of master %d replaced, "
+                 "each new one ready before an old one left", state.get("n"), master)
+        return 0, {**state, "end": "done"}
+    if len(live) > count and now - float(state.get("at", 0.0)) < siblings.boot_timeout:
+        return None  # the worker retired last is still finishing its requests
+    return signal.SIGTTIN, {**state, "extra": True, "since": now, "at": now}
+
+
+def take_turn(siblings: Siblings, system: System) -> Optional[bool]:
+    """Whether this worker may restart itself now (one-by-one, through the master's record):
+    True (its turn, noted), False (wait: a worker that restarted has no ready replacement
+    yet), None (give up: none became ready within boot_timeout). Alone: True."""
+    verdict: List[Optional[bool]] = [True]
+
+    def change(data: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+        generation, now = section(data, "generation"), system.monotonic()
+        state = section(data, "restarts")
+        if state.get("n") != generation.get("n"):
+            state = {"n": generation.get("n"), "done": 0, "at": now}
+        since = float(generation.get("at", now))
+        ready = [pid for pid, w in section(data, "workers").items() if isinstance(w, dict)
+                 and "ready" in w and float(w.get("born", 0.0)) >= since
+                 and system.alive(int(pid), w.get("start"))]
+        if len(ready) >= int(state["done"]):
+            return {**data, "restarts": {**state, "done": int(state["done"]) + 1, "at": now}}
+        verdict[0] = None if now - float(state["at"]) > siblings.boot_timeout else False
+        return None
+
+    if siblings.rollout == "one-by-one":
+        siblings.update(change)
+    return verdict[0]
+
+
+def restart_in_turn(siblings: Siblings, system: System, master: int) -> None:
+    """SIGTERM to this worker once its turn comes: one worker of the master at a time."""
+    turn = take_turn(siblings, system)
+    if turn is None and siblings.first_to_log("restarts-stopped"):
+        log.error("wsgireload: restarting workers one by one stopped: a worker that restarted "
+                  "itself has no ready replacement after boot_timeout (%.0fs); the others go on "
+                  "serving the old code. Make the app import faster, or raise boot_timeout, "
+                  "then deploy again", siblings.boot_timeout)
+    elif turn is False:
+        system.later(ROLL_GAP, lambda: restart_in_turn(siblings, system, master))
+    elif turn:
+        if len(system.children(master)) <= 1 and siblings.first_to_log("one-worker-gap"):
+            log.info("wsgireload: one worker and a master it may not signal: each reload waits "
+                     "one boot with nobody serving; run 2 workers or more to avoid it")
+        terminate_self(system)
 
 
 def terminate_self(system: System) -> None:
@@ -65,8 +159,9 @@ class GunicornAction(MasterAction):
 
     name = "gunicorn"
     summary = (
-        "one SIGHUP per deploy to the verified master (graceful reload of every worker); "
-        "with --preload, one ERROR and no reload"
+        "one new worker ready before each old one leaves (SIGTTIN, SIGTTOU to the verified "
+        "master); rollout='all-at-once': one SIGHUP per deploy; with --preload, one ERROR and "
+        "no reload"
     )
 
     def __init__(
@@ -84,6 +179,7 @@ class GunicornAction(MasterAction):
         self.disabled: Optional[str] = None  # why this action does nothing in this process
         self.restarting: Optional[str] = None  # why each worker restarts itself instead
         self._retry_pending = False
+        self._hup_for: Optional[str] = None  # the configuration file, which only a HUP re-reads
 
     def setup(self, context: ProcessContext) -> None:
         super().setup(context)
@@ -119,6 +215,8 @@ class GunicornAction(MasterAction):
         elif self.restarting is not None:
             self._restart_self()
         elif not self._retry_pending:  # else the scheduled retry reloads for this change set too
+            config = getattr(sys.modules.get("__config__"), "__file__", None)  # gunicorn -c
+            self._hup_for = config if config in changes.files else None
             self._attempt()
 
     def _retry(self) -> None:
@@ -144,7 +242,7 @@ class GunicornAction(MasterAction):
                 "wsgireload: not restarting this worker: %s; restart gunicorn yourself", problem
             )
             return
-        terminate_self(self.system)
+        restart_in_turn(self.siblings, self.system, self.master.pid if self.master else 0)
 
     def _denied(self, exc: OSError) -> None:
         assert self.master is not None
@@ -210,7 +308,14 @@ class GunicornAction(MasterAction):
             )
             self._retry_pending = True
             self.system.later(wait, self._retry)
+        elif self.siblings.rollout == "one-by-one" and self._hup_for is None and (
+                self.system.children(self.master.pid)):  # (no /proc to follow it: a HUP)
+            self.siblings.reloading()  # noted first: new workers find themselves born after it
+            self._start_rollout()
         else:
+            if self._hup_for is not None:
+                log.info("wsgireload: the gunicorn configuration file %s changed: reloading with "
+                         "SIGHUP, which re-reads it (every worker restarts at once)", self._hup_for)
             log.debug("wsgireload: sending SIGHUP to gunicorn master %d", self.master.pid)
             # Noted before the signal: the workers it forks must find themselves born after it.
             self.siblings.reloading()
@@ -218,6 +323,51 @@ class GunicornAction(MasterAction):
                 self.system.kill(self.master.pid, signal.SIGHUP)
             except PermissionError as exc:
                 self._denied(exc)
+
+    def _start_rollout(self) -> None:
+        """Every live worker is old now; a rollout in progress keeps its count and its
+        unmatched SIGTTIN (its new worker is old now too, and is retired in turn)."""
+        assert self.master is not None
+        master, number = self.master.pid, self.siblings.last_reload().get("n")
+
+        def start(data: Dict[str, Any]) -> Dict[str, Any]:
+            live, going = self.system.children(master), section(data, "rollout")
+            going = going if going and not going.get("end") else {"count": len(live)}
+            return {**data, "rollout": {**going, "n": number, "old": live}}
+
+        self.siblings.update(start)
+        self.rolling = True
+        self.advance()
+
+    def advance(self) -> None:
+        """Send the rollout's next signal, if it is due, to the verified master only."""
+        if self.master is None or self.disabled or self.restarting:
+            return
+        master, due = self.master.pid, []
+
+        def step(data: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+            state = section(data, "rollout")
+            self.rolling = bool(state) and not state.get("end")
+            found = step_rollout(data, master, self.siblings, self.system) if self.rolling else None
+            if found is None:
+                return None
+            sig, state = found
+            problem = self._problem() if sig else None
+            if problem is not None:
+                log.warning("wsgireload: rollout stopped: %s; restart gunicorn yourself", problem)
+                state = {**state, "end": "refused"}
+            elif sig:
+                due.append(signal.Signals(sig))
+            self.rolling = not state.get("end")
+            return {**data, "rollout": state}
+
+        try:
+            self.siblings.update(step)
+            for sig in due:  # written first: a SIGTTOU may retire this very worker
+                log.debug("wsgireload: sending %s to gunicorn master %d", sig.name, master)
+                self.system.kill(master, sig)
+        except Exception as exc:  # the record or a signal failed: the next step tries again
+            log.warning("wsgireload: rollout step failed: %r", exc)
 
     @property
     def per_process(self) -> bool:  # type: ignore[override]
@@ -230,6 +380,8 @@ class GunicornAction(MasterAction):
         if self.restarting is not None:
             return "gunicorn: SIGTERM to this worker (its master cannot be signalled)"
         pid = self.master.pid if self.master is not None else "?"
+        if self.siblings.rollout == "one-by-one":
+            return f"gunicorn: one new worker ready before each old one leaves (master {pid})"
         return f"gunicorn: SIGHUP to master {pid}"
 
 
@@ -248,8 +400,10 @@ class RestartWorkerAction(Action):
         self.runtime_dir = runtime_dir  # of the master's record (the --preload ERROR once)
         self.system = system
         self.disabled: Optional[str] = None
+        self.siblings: Siblings = Siblings()
 
     def setup(self, context: ProcessContext) -> None:
+        self.siblings = context.siblings
         if context.preloaded:
             self.disabled = "--preload"
             if context.siblings.first_to_log("preload-error"):
@@ -259,7 +413,7 @@ class RestartWorkerAction(Action):
         if self.disabled is not None:
             log.debug("wsgireload: not reloading (%s): %s", self.disabled, changes.describe())
             return
-        terminate_self(self.system)
+        restart_in_turn(self.siblings, self.system, self.system.getppid())
 
     def describe(self) -> str:
         if self.disabled is not None:

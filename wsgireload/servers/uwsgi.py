@@ -142,8 +142,10 @@ class UwsgiAction(MasterAction):
 
     name = "uwsgi"
     summary = (
-        "chain reload through the master FIFO with --lazy-apps and --master-fifo, else "
-        "uwsgi.reload() of the verified master; refuses pyuwsgi in a venv without --binary-path"
+        "chain reload (one worker at a time) through the master FIFO with --lazy-apps and "
+        "--master-fifo, else uwsgi.reload() of the verified master, which stalls every request "
+        "for one boot (add --lazy-apps --master-fifo <path> for the chain reload); refuses "
+        "pyuwsgi in a venv without --binary-path"
     )
 
     def __init__(
@@ -208,6 +210,10 @@ class UwsgiAction(MasterAction):
                     ", ".join(self.options.master_fifos),
                 )
         self.method = CHAIN if self.fifo is not None else RELOAD
+        if self.method == RELOAD and self.siblings.first_to_log("uwsgi-full-reload"):
+            log.info("wsgireload: uWSGI will reload every worker at once, so each deploy stalls "
+                     "requests for one boot; for a chain reload (one worker at a time) start "
+                     "uWSGI with --lazy-apps and --master-fifo <path>")
         if self.pyuwsgi and self.virtualenv and not self.options.binary_path:
             python = os.path.join(sys.prefix, "bin", "python")
             self.refusal = (
