@@ -5,6 +5,7 @@ Everything is bounded in time; every process started is killed by its process gr
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import os
 import signal
@@ -16,7 +17,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import pytest
 
@@ -210,6 +211,9 @@ class Load:
         self.result = LoadResult()
         self._stop = threading.Event()
         self._lock = threading.Lock()
+        self._open = threading.Event()  # cleared: no new request starts (``held``)
+        self._open.set()
+        self._busy = 0  # requests in flight
         self._threads = [threading.Thread(target=self._loop, daemon=True) for _ in range(threads)]
 
     def __enter__(self) -> "Load":
@@ -226,8 +230,25 @@ class Load:
             thread.join(timeout=15)
         return self.result
 
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """No request in flight meanwhile: a test's own SIGKILL of a worker must not be what
+        fails a request (the kernel resets the connection the killed worker was serving)."""
+        with self._lock:
+            self._open.clear()
+        try:
+            assert wait_for(lambda: self._busy == 0, 15), "requests still in flight"
+            yield
+        finally:
+            self._open.set()
+
     def _loop(self) -> None:
         while not self._stop.is_set() and time.monotonic() < self.deadline:
+            self._open.wait(1.0)
+            with self._lock:
+                if not self._open.is_set():
+                    continue
+                self._busy += 1
             started = time.monotonic()
             try:
                 status, body = get(self.port, self.path)
@@ -244,6 +265,7 @@ class Load:
                     self.result.errors.append(repr(exc))
             with self._lock:
                 self.result.timings.append((started, time.monotonic() - started))
+                self._busy -= 1
             time.sleep(self.pause)
 
 

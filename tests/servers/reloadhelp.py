@@ -1,4 +1,4 @@
-"""Helpers for the integration tests: copy the examples, patch a file, count boots and HUPs."""
+"""Helpers for the integration tests: copy the examples, patch a file, count boots and reloads."""
 
 from __future__ import annotations
 
@@ -30,3 +30,8 @@ def boots(log: str) -> int:
 
 def hups(log: str) -> int:
     return len(re.findall(r"Handling signal: hup", log))
+
+
+def reloads(log: str, workers: int) -> int:
+    """Whole reloads in a gunicorn log: a HUP, or a rollout's SIGTTIN for each worker."""
+    return hups(log) + len(re.findall(r"Handling signal: ttin", log)) // workers

@@ -23,7 +23,7 @@ from .harness import (
     wait_for,
     write,
 )
-from .reloadhelp import boots, hups
+from .reloadhelp import boots, reloads
 
 pytestmark = pytest.mark.server
 
@@ -100,7 +100,7 @@ def test_gunicorn_hook_reloads_with_one_hup(tmp_path: Path, servers: List[Server
         import os
         from wsgireload.contrib.gunicorn import make_post_worker_init
 
-        start = make_post_worker_init(interval=0.25, settle=0.5)  # action="auto": gunicorn's HUP
+        start = make_post_worker_init(interval=0.25, settle=0.5)  # action="auto": a rollout
 
         def post_worker_init(worker):
             start(worker)
@@ -116,7 +116,7 @@ def test_gunicorn_hook_reloads_with_one_hup(tmp_path: Path, servers: List[Server
     result = load.stop()
     log = server.log()
     assert result.failed == 0, result.errors[:5]
-    assert hups(log) == 1 and boots(log) == 4, log
+    assert reloads(log, 2) == 1 and boots(log) == 4, log
 
 
 def uwsgi(tmp_path: Path, extra: List[str], env: Dict[str, str]) -> Server:

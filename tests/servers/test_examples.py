@@ -21,7 +21,7 @@ from .harness import (
     wait_for,
     write,
 )
-from .reloadhelp import boots, copy_examples, hups, patch
+from .reloadhelp import boots, copy_examples, patch, reloads
 
 pytestmark = pytest.mark.server
 
@@ -45,14 +45,14 @@ def body(port: int) -> str:
 
 
 def edit_and_see(
-    server: Server, path: Path, old: str, new: str, expect: str, reloads: int
+    server: Server, path: Path, old: str, new: str, expect: str, count: int
 ) -> None:
-    """Edit; wait for reload number ``reloads``, then for every worker to serve ``expect``."""
+    """Edit; wait for reload number ``count``, then for every worker to serve ``expect``."""
     text = path.read_text()
     assert old in text
     write(path, text.replace(old, new))
     # The Reloader acts after a response, so keep requesting while waiting for the reload.
-    assert wait_for(lambda: bool(body(server.port)) and hups(server.log()) >= reloads,
+    assert wait_for(lambda: bool(body(server.port)) and reloads(server.log(), 2) >= count,
                     timeout=30, interval=0.1), (
         f"no reload after editing {path.name}\n{server.log()}"
     )
@@ -71,14 +71,14 @@ def test_flask_example_reloads_template_and_code(tmp_path: Path, servers: List[S
     assert "Hello, world!" in body(server.port)
     with Load(server.port, threads=2, pause=0.02) as load:
         edit_and_see(server, examples / "templates" / "index.html", "<h1>", "<h1>Edited: ",
-                     "Edited: Hello, world!", reloads=1)
+                     "Edited: Hello, world!", count=1)
         edit_and_see(server, examples / "greeting.py", 'f"Hello, {name}!"', 'f"Howdy, {name}!"',
-                     "Edited: Howdy, world!", reloads=2)
+                     "Edited: Howdy, world!", count=2)
     result = load.stop()
     assert result.failed == 0, result.errors[:5]
     assert result.ok > 0
     log = server.log()
-    assert hups(log) == 2, log  # one reload per edit, not one per worker
+    assert reloads(log, 2) == 2, log  # one reload per edit, not one per worker
     assert boots(log) == 6, log
 
 
@@ -92,10 +92,10 @@ def test_django_example_reloads_template_and_code(tmp_path: Path, servers: List[
     assert "Hello from Django" in body(server.port)
     project = examples / "django_project"
     edit_and_see(server, project / "templates" / "hello.html", "<h1>", "<h1>Edited: ",
-                 "Edited: Hello from Django", reloads=1)
+                 "Edited: Hello from Django", count=1)
     edit_and_see(server, project / "views.py", '"Hello from Django"', '"Bonjour from Django"',
-                 "Edited: Bonjour from Django", reloads=2)
-    assert hups(server.log()) == 2, server.log()
+                 "Edited: Bonjour from Django", count=2)
+    assert reloads(server.log(), 2) == 2, server.log()
 
 
 def test_check_command_on_the_examples(tmp_path: Path) -> None:
