@@ -149,7 +149,8 @@ def test_plain_server_default_warns_once_keeps_serving_and_never_hups_the_parent
     result = load.stop()
     assert result.failed == 0, result.errors[:5]
     assert count.read_text() == "0"
-    assert server.log().count("WARNING") == 1
+    # wsgireload's own WARNINGs: waitress may add its "Task queue depth" one under this load.
+    assert server.log().count("WARNING wsgireload:") == 1, server.log()
     assert result.bodies[-1][1].endswith(b"value=v1")  # keeps serving what it loaded
 
 
