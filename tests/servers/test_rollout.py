@@ -164,7 +164,9 @@ def signals(server: Server, name: str) -> int:
 def test_three_workers_rollout_then_scanner_killed_then_a_worker_never_ready(
     tmp_path: Path, servers: List[Server]
 ) -> None:
-    server = start(tmp_path, servers, 3, timeout=BOOT + 2.0)
+    # --graceful-timeout: at the end a worker is still in its 30 s import (step 3), and gunicorn's
+    # stop would wait for it 30 s by default.
+    server = start(tmp_path, servers, 3, ("--graceful-timeout", "2"), timeout=BOOT + 2.0)
     # 1. One edit: each worker replaced once, one at a time.
     assert_smooth(edit_under_load(server, tmp_path, 3, "v2", "v1", label="3 workers"), 3)
     assert (signals(server, "ttin"), signals(server, "ttou"), signals(server, "hup")) == (3, 3, 0)
