@@ -196,6 +196,30 @@ def test_a_new_scanner_does_not_decide_again_what_was_decided(world: World) -> N
     assert record.read()["generation"]["n"] == 1
 
 
+def test_a_new_scanner_checks_a_refused_deploy_again(world: World, tmp_path: Path) -> None:
+    """The scanner that refused a deploy for a missing module exits; the module is installed;
+    the worker that takes over checks the deploy again (its predecessor's watch of the
+    environment left with it) and reloads."""
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    runner = NeedsNewdep(lib)
+    team = world.workers(per_process=False, count=2)
+    for worker in team:
+        check = BootCheck(app=parse_target("mod"), runner=runner, python=lambda: sys.executable)
+        check.search_path = lambda: [str(lib)]  # type: ignore[method-assign]
+        worker.engine.policy = Policy(settle=0, settle_max=0, boot=check)
+    tick(team, 1.0)
+    edit(world.watched, "import newdep\n")
+    team[0].tick(2.0)
+    assert runner.runs == 1 and world.record.read()["last_refusal"]["files"]
+    del world.system.procs[1]  # the scanner exits
+    world.record.update(lambda data: {**data, "lease": {**data["lease"], "expires": 0}})
+    install(lib, "newdep.py")
+    tick(team[1:], 3.0, 4.0, 5.0)
+    assert world.record.read()["lease"]["pid"] == 2
+    assert runner.runs == 2 and [len(w.action.calls) for w in team] == [0, 1]
+
+
 def test_without_a_record_each_process_scans_and_acts_alone(tmp_path: Path) -> None:
     watched = tmp_path / "mod.py"
     watched.write_text("X = 1\n")

@@ -186,8 +186,8 @@ def test_generations_and_who_was_born_after_them(record: Record) -> None:
 
 def test_validations_and_refusals_are_recorded(record: Record) -> None:
     member = share(record, 1, machine(1))
-    member.validated(["/app/mod.py"], "", "/app/mod.py:3: invalid syntax", {"/app/mod.py": None})
-    member.validated(["/app/mod.py"], "f00", None, {})
+    member.validated(["/app/mod.py"], "", "/app/mod.py:3: invalid syntax")
+    member.validated(["/app/mod.py"], "f00", None)
     data = record.read()
     assert [v["verdict"] for v in data["validations"]] == ["refused", "ok"]
     assert data["last_refusal"]["where"] == "/app/mod.py:3"

@@ -304,9 +304,7 @@ class Share:
         watched, ms = self._scan
         return {**data, "watched": watched, "scan_ms": ms} if watched else data
 
-    def validated(
-        self, files: List[str], fingerprint: str, problem: Optional[str], identities: Data
-    ) -> None:
+    def validated(self, files: List[str], fingerprint: str, problem: Optional[str]) -> None:
         entry = {"at": self.system.monotonic(), "files": files, "fingerprint": fingerprint,
                  "verdict": "refused" if problem else "ok", "by": self.pid}
 
@@ -316,7 +314,6 @@ class Share:
             if problem is not None:
                 data["last_refusal"] = {"at": entry["at"], "files": files, "error": problem,
                                         "where": where(problem)}
-                data["decided"] = {**decided_files(data), **identities}
             return data
 
         self.record.update(change)
@@ -400,6 +397,7 @@ def _workers(data: Data) -> Dict[str, Any]:
 
 
 def decided_files(data: Data) -> Data:
-    """Each file as it was when last decided or refused: a new scanner must not decide it again."""
+    """Each file as it was when last decided: a new scanner must not decide it again. (A refused
+    file is not here: a new scanner checks it again, as an install may have fixed it since.)"""
     return section(data, "decided")
 

@@ -222,7 +222,6 @@ class Engine(Siblings):
                 list(pending),
                 changes.fingerprint if changes else "",
                 None if changes else policy.refusal or "refused",
-                self._identities(pending),
             ))
         if changes is None:
             if validating:
@@ -276,7 +275,8 @@ class Engine(Siblings):
         return {path: baseline.get(path) for path in files}
 
     def _not_yet_decided(self, share: _record.Share, changed: List[str]) -> List[str]:
-        """A new scanner's changes minus those its predecessor already decided or refused."""
+        """A new scanner's changes minus those its predecessor already decided (a refused
+        change set is checked again: its predecessor's environment watch left with it)."""
         known = _record.decided_files(share.record.read())
         baseline = self.detector.baseline
         return [
