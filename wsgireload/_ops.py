@@ -154,7 +154,10 @@ class Ops:
         """End the open reload if it ended: gunicorn's rollout is over (the last old worker
         retired, or it stopped), or every live worker of the master was born after the reload
         and is ready (a HUP, uWSGI, each worker restarting), or the master was never asked."""
-        data = share.record.read() if share is not None else {}
+        if share is None:
+            return None
+        share.record.poll()  # one os.stat: read again only when the record changed
+        data = share.record.data
         opened = section(section(data, "stats"), "open")
         if not opened:
             return None

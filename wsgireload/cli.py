@@ -410,7 +410,8 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("target", metavar="MODULE:APP")
     check.add_argument("-v", "--verbose", action="store_true", help="list every file; tracebacks")
     check.add_argument("--runtime-dir", metavar="DIR", help="where the running masters' records "
-                       "are, whose traps are shown (default: as for status)")
+                       "are, whose traps are shown (default: $XDG_RUNTIME_DIR/wsgireload or "
+                       "<tmp>/wsgireload-<uid>)")
 
     watch = sub.add_parser(
         "watch",
