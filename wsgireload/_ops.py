@@ -19,19 +19,15 @@ from .errors import ConfigurationError
 
 log = logging.getLogger("wsgireload")
 
-METRICS = (  # wsgireload_<name>, its type and help
-    ("reloads_total", "counter", "Reloads of the server asked for after a deploy validated."),
-    ("reloads_failed_total", "counter",
-     "Deploys refused by the validation, and reloads that stopped or were not sent."),
-    ("last_reload_successful", "gauge",
-     "1 if the last deploy is loaded everywhere, 0 if it was refused or its reload failed."),
-    ("last_reload_success_timestamp_seconds", "gauge",
-     "Unix time of the end of the last successful reload (0: none since the master started)."),
-    ("last_rollout_duration_seconds", "gauge",
-     "Seconds from the last reload's decision until every worker was new and ready."),
+METRICS = (  # wsgireload_<name>, its type and help (docs/operators.md says more)
+    ("reloads_total", "counter", "Reloads asked for after a deploy validated."),
+    ("reloads_failed_total", "counter", "Deploys refused, and reloads that failed."),
+    ("last_reload_successful", "gauge", "1: the last deploy serves everywhere; 0: it failed."),
+    ("last_reload_success_timestamp_seconds", "gauge", "Unix time the last good reload ended."),
+    ("last_rollout_duration_seconds", "gauge", "Seconds the last reload took to end."),
     ("watched_files", "gauge", "Files the scanner watches."),
-    ("last_scan_duration_seconds", "gauge", "Seconds the last scan of the watched files took."),
-    ("info", "gauge", "Always 1: the server and master that this file describes."),
+    ("last_scan_duration_seconds", "gauge", "Seconds the last scan took."),
+    ("info", "gauge", "Always 1: the server and master this file describes."),
 )
 REWRITE_EVERY = 60.0  # seconds: the scan's figures alone refresh the file no more often
 NOT_RELOADED = 30.0  # seconds after which a decided reload that the master never got ends
@@ -92,19 +88,15 @@ def reloading(files: Sequence[str]) -> Sequence[str]:
 
 
 class Ops:
-    """The reload counters of one master, and the file and the notifications they make.
-
-    :param share: this process's place in the master's record, when it is the scanner; None
-        alone (the counters then live here).
-    """
+    """The reload counters of one master (in its record, given as ``share`` by the scanner;
+    alone, here), and the file and the notifications they make."""
 
     def __init__(self, metrics_file: Optional[str], notify_systemd: bool,
                  system: System = SYSTEM) -> None:
         self.metrics_file, self.notify_systemd, self.system = metrics_file, notify_systemd, system
         self.labels: Dict[str, Any] = {}
         self.local: Data = {}  # the counters when alone
-        self.written: Optional[Tuple[Any, ...]] = None  # the figures last written
-        self.written_at = 0.0
+        self.written: Tuple[Optional[Tuple[Any, ...]], float] = (None, 0.0)  # figures, when
         self.stats: Data = {}  # the master's counters as last seen
 
     @property
@@ -182,7 +174,7 @@ class Ops:
         """Write the metrics file if a figure changed (the scan's alone: once a minute)."""
         if not self.metrics_file:
             return
-        if stats is None and self.written is None:  # a new scanner: the master's counters
+        if stats is None and self.written[0] is None:  # a new scanner: the master's counters
             stats = section(share.record.read(), "stats") if share is not None else self.local
         stats = self.stats = stats if stats is not None else self.stats
         facts = {
@@ -193,14 +185,14 @@ class Ops:
             "last_rollout_duration_seconds": stats.get("duration"), "watched_files": watched,
         }
         key, now = tuple(facts.values()), self.system.monotonic()
-        if key == self.written and now - self.written_at < REWRITE_EVERY:
+        if key == self.written[0] and now - self.written[1] < REWRITE_EVERY:
             return
         facts["last_scan_duration_seconds"] = scan
         try:
             write_atomically(self.metrics_file, render(facts, self.labels))
         except OSError as exc:
             log.warning("wsgireload: cannot write metrics_file %s: %s", self.metrics_file, exc)
-        self.written, self.written_at = key, now
+        self.written = (key, now)
 
 
 class ServerLog(logging.Handler):
@@ -231,8 +223,7 @@ class Facts(logging.Filter):
     fields: Dict[str, Any] = {}
 
     def filter(self, record: logging.LogRecord) -> bool:
-        for key, value in self.fields.items():
-            record.__dict__.setdefault(key, value)
+        record.__dict__.update({**self.fields, **record.__dict__})
         return True
 
 

@@ -167,6 +167,10 @@ def figures(path: Path) -> Tuple[float, float, float]:
             value(text, "wsgireload_last_reload_successful"))
 
 
+def success(path: Path) -> float:
+    return value(path.read_text(), "wsgireload_last_reload_success_timestamp_seconds")
+
+
 def test_metrics_notify_and_the_log_through_a_good_a_refused_and_a_fixed_deploy(
         tmp_path: Path, servers: List[Server]) -> None:
     app_dir, metrics = tmp_path / "app", tmp_path / "wsgireload.prom"
@@ -190,9 +194,8 @@ def test_metrics_notify_and_the_log_through_a_good_a_refused_and_a_fixed_deploy(
             write(app_dir / "mod.py", "VALUE = 'v2'\n")
             gunicorn_tests.wait_all_workers_serve(load, edited, "v2", WORKERS, timeout=30)
             new_code = time.time()
-            assert wait_for(lambda: figures(metrics) == (1, 0, 1), 15), metrics.read_text()
-            success = value(metrics.read_text(), "wsgireload_last_reload_success_timestamp_seconds")
-            assert abs(success - new_code) < 5
+            assert wait_for(lambda: success(metrics) > 0, 15), metrics.read_text()
+            assert figures(metrics) == (1, 0, 1) and abs(success(metrics) - new_code) < 5
 
             write(app_dir / "mod.py", "import wsgireload_no_such_module\nVALUE = 'v3'\n")
             assert wait_for(lambda: figures(metrics) == (1, 1, 0), 20), server.log()
@@ -202,6 +205,7 @@ def test_metrics_notify_and_the_log_through_a_good_a_refused_and_a_fixed_deploy(
             write(app_dir / "mod.py", "VALUE = 'v4'\n")
             gunicorn_tests.wait_all_workers_serve(load, edited, "v4", WORKERS, timeout=30)
             assert wait_for(lambda: figures(metrics) == (2, 1, 1), 15), metrics.read_text()
+            assert abs(success(metrics) - time.time()) < 5
             # the last READY=1 comes when the last old worker exits
             assert wait_for(lambda: len(notes.from_workers(master)) >= 6, 15), notes.received
         result = load.result
@@ -231,8 +235,10 @@ def test_metrics_notify_and_the_log_through_a_good_a_refused_and_a_fixed_deploy(
 
 def test_a_clean_setup_notifies_nothing_and_check_names_no_trap(
         tmp_path: Path, servers: List[Server]) -> None:
+    """Also: a HUP's reload ends once every worker is new and ready (the metrics say so)."""
     app_dir, run = tmp_path / "app", private_dir(tmp_path / "run")
-    make_app(app_dir)
+    metrics = tmp_path / "wsgireload.prom"
+    make_app(app_dir, f", metrics_file={str(metrics)!r}, rollout='all-at-once'")
     notes = Notifications(tmp_path / "notify")
     port = free_port()
     server = Server(gunicorn(app_dir, port), cwd=app_dir, port=port,
@@ -247,6 +253,13 @@ def test_a_clean_setup_notifies_nothing_and_check_names_no_trap(
             edited = time.monotonic()
             write(app_dir / "mod.py", "VALUE = 'v2'\n")
             gunicorn_tests.wait_all_workers_serve(load, edited, "v2", WORKERS, timeout=30)
+            new_code = time.time()
+            assert wait_for(lambda: "rollout_duration" in metrics.read_text(), 15), server.log()
+        text = metrics.read_text()
+        assert figures(metrics) == (1, 0, 1), text
+        assert abs(success(metrics) - new_code) < 5
+        assert 0 < value(text, "wsgireload_last_rollout_duration_seconds") < 10
+        assert "Handling signal: hup" in server.log()
         out = check(app_dir, run)
     finally:
         notes.close()
