@@ -345,12 +345,8 @@ def released_through_link(app_file: Optional[str]) -> Dict[str, str]:
         return {}  # imported through the link: a swap changes every watched path
     for release in (directory, os.path.dirname(directory)):
         for parent in (os.path.dirname(release), os.path.dirname(os.path.dirname(release))):
-            try:
-                with os.scandir(parent) as entries:
-                    links = [e.path for e in entries if e.name in LINKS and e.is_symlink()]
-            except OSError:
-                continue
-            link = next((path for path in links if os.path.realpath(path) == release), None)
+            link = next((path for path in (os.path.join(parent, name) for name in LINKS)
+                         if os.path.islink(path) and os.path.realpath(path) == release), None)
             if link is not None:
                 return {"release-link": (
                     f"the app is imported from {release} by its real path, while {link} "
