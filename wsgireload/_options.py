@@ -11,6 +11,7 @@ import os
 import time
 from typing import Any, List, Optional, Tuple, TypeVar, Union
 
+from ._ops import check_metrics_file
 from .actions import Action
 from .boot import BootCheck, Target, check_options
 from .detect import Detector
@@ -109,6 +110,14 @@ class Options:
         "one-by-one", "", '``"one-by-one"`` (gunicorn: each new worker ready before an old one '
         'leaves) or ``"all-at-once"`` (the server\'s own reload: gunicorn\'s HUP)'
     )
+    metrics_file: Optional[str] = option(
+        None, "path of a ``*.prom`` file", "Prometheus text file of the master's reloads, "
+        "written atomically for node_exporter's textfile collector"
+    )
+    systemd_notify: bool = option(
+        False, "", "tell systemd (``$NOTIFY_SOCKET``) when a reload starts and ends, with a "
+        "``STATUS=`` line (the unit needs ``NotifyAccess=all``)"
+    )
 
     @classmethod
     def build(cls, owner: str, **values: Any) -> "Options":
@@ -120,8 +129,11 @@ class Options:
         for name in ("extra_files", "exclude"):
             if name in values:
                 values[name] = tuple(os.fspath(p) for p in as_list(name, values[name]))
+        if isinstance(values.get("metrics_file"), os.PathLike):
+            values["metrics_file"] = os.fspath(values["metrics_file"])
         options = cls(**values)
         options.policy()  # checks the timing and validation options
+        check_metrics_file(options.metrics_file)
         for name, allowed in (("mode", MODES), ("backend", BACKENDS), ("rollout", ROLLOUTS)):
             value = getattr(options, name)
             if value not in allowed:
@@ -195,6 +207,7 @@ def run_action(
             changes.describe(),
             action.describe(),
             note,
+            extra={"wsgireload_event": "reload", "files": list(changes.files)},
         )
         action(changes)
     except Exception as exc:

@@ -173,6 +173,9 @@ def cmd_check(args: argparse.Namespace) -> int:
     print(f"action:    {named}")
     for line in _server_lines():
         print(f"  {line}")
+    for data in _record.read_all(args.runtime_dir):
+        for text in _record.section(data, "traps").values():
+            print(f"trap:      {data.get('server')} master {data.get('master')}: {text}")
     if problems:
         for problem in problems[: None if args.verbose else 5]:
             print(f"  {problem}")
@@ -283,6 +286,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
         action=action,
         detector=detector,
         on_event=_on_event,
+        metrics_file=args.metrics_file,
     )
     if server_cwd is not None:
         # Boot the app from where the server imports it: the master's working directory.
@@ -405,6 +409,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("target", metavar="MODULE:APP")
     check.add_argument("-v", "--verbose", action="store_true", help="list every file; tracebacks")
+    check.add_argument("--runtime-dir", metavar="DIR", help="where the running masters' records "
+                       "are, whose traps are shown (default: $XDG_RUNTIME_DIR/wsgireload or "
+                       "<tmp>/wsgireload-<uid>)")
 
     watch = sub.add_parser(
         "watch",
@@ -434,6 +441,8 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument("--expect", action="append", metavar="NAME",
                        help="the signalled process's command line must name this (repeatable; "
                        "default gunicorn or uwsgi)")
+    watch.add_argument("--metrics-file", metavar="PATH.prom", help="write the reload "
+                       "counters there (Prometheus text, for node_exporter's textfile collector)")
     watch.add_argument("-v", "--verbose", action="store_true", help="debug log lines; tracebacks")
 
     status = sub.add_parser(

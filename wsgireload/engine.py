@@ -9,12 +9,13 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import sys
 import threading
 import time
 import weakref
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
-from . import _record, _system, classic, events, servers
+from . import _ops, _record, _system, classic, events, servers
 from ._options import Options, run_action
 from .actions import ActionSpec, resolve
 from .boot import Target, validating
@@ -77,6 +78,8 @@ class Engine(Siblings):
         self.on_event = on_event
         self.on_fork: Optional[Callable[[], None]] = None  # the owner's own per-process reset
         self.rollout, self.boot_timeout = options.rollout, options.boot_timeout
+        self.ops = _ops.Ops(options.metrics_file, options.systemd_notify)
+        self.creator = creator
         self._next_failure_log = 0.0
         self._reset()
         _engines.add(self)
@@ -92,6 +95,8 @@ class Engine(Siblings):
         self._decided: Optional[ChangeSet] = None  # the last change set this process decided
         self._stepping = threading.Lock()  # per process: a fork may copy it held
         self._failures: List[str] = []
+        self._scan: Tuple[int, float] = (0, 0.0)  # files watched, seconds the last scan took
+        self._environ: Optional[Mapping[str, Any]] = None  # until the traps are looked for
 
     def after_fork(self) -> None:
         self._reset()
@@ -106,6 +111,11 @@ class Engine(Siblings):
         self._joined = False  # the record is joined by the first step: off the request path
         try:
             self._master = self.master or servers.master_of(environ)
+            self._environ = environ
+            server, pid = self._master or (servers.detect_server(environ), None)
+            _ops.FACTS.fields = {"server": server, "master_pid": pid}
+            self.ops.labels = {"server": server, "master_pid": pid or os.getpid()}
+            _ops.use_server_log(servers.log_target(environ))
         except Exception as exc:
             self.log_failure(exc)
         try:
@@ -180,6 +190,8 @@ class Engine(Siblings):
     def _step(self, now: float, decide: bool) -> Optional[ChangeSet]:
         self._stepped = True
         share = self.joined()
+        if self._environ is not None:
+            self._report_traps(share, self._environ)
         if share is not None:
             scanning = self._shared(share.turn)
             due = None
@@ -195,8 +207,9 @@ class Engine(Siblings):
             self.detector.add(failures)
         started = time.perf_counter()
         changed = self.detector.scan()
+        self._scan = (len(self.detector.baseline), time.perf_counter() - started)
         if share is not None:
-            share.note_scan(len(self.detector.baseline), time.perf_counter() - started)
+            share.note_scan(*self._scan)
         if self.since_ns is not None:
             changed = sorted(set(changed).union(self.detector.modified_since(self.since_ns)))
             self.since_ns = None
@@ -210,11 +223,14 @@ class Engine(Siblings):
                 self.event("changed", path)
             self.event("settling", self.policy.settle)
         if not decide:
+            self._operate(share)
             return None
         policy = self.policy
         policy.recheck_if_environment_changed(now)
         validating = policy.settled(now) and policy.unvalidated
         pending = policy.pending
+        if validating:
+            self.ops.notify(*_ops.reloading(pending))
         changes = policy.due(now, self.detector.baseline)
         if validating and share is not None:
             log.debug("wsgireload: validated %d file(s) for the master", len(pending))
@@ -224,16 +240,42 @@ class Engine(Siblings):
                 None if changes else policy.refusal or "refused",
             ))
         if changes is None:
+            stats = None
             if validating:
                 self.event("rejected", pending)
+                if self.ops.active:
+                    stats = self.ops.refused(share, policy.refusal or "refused")
+            self._operate(share, stats)
             return None
         self.event("due", changes)
         self._decided = changes
-        if share is not None:
-            self._publish(share, changes)
+        number = self._publish(share, changes) if share is not None else 0
+        self._operate(share, self.ops.decided(share, number or 0) if self.ops.active else None)
         return changes
 
-    def _publish(self, share: _record.Share, changes: ChangeSet) -> None:
+    def _operate(self, share: Optional[_record.Share], stats: Optional[Dict[str, Any]] = None
+                 ) -> None:
+        """What operators see of the master: its open reload followed to its end, the
+        metrics file (this process scans, or is alone)."""
+        if self.ops.active:
+            if stats is None and share is not None and self._master is not None:
+                stats = self.ops.follow(share, self._master[1])
+            self.ops.publish(stats, share, *self._scan)
+
+    def _report_traps(self, share: Optional[_record.Share], environ: Mapping[str, Any]) -> None:
+        """Once per master: each known trap of this setup, logged and kept in the record for
+        ``wsgireload check``."""
+        self._environ = None
+        module = sys.modules.get(self.creator.module or "") if self.creator else None
+        found = servers.traps(environ, getattr(module, "__file__", None) or (
+            self.creator.path if self.creator else None))
+        for name, text in found.items():
+            if self.first_to_log(name):
+                log.warning("wsgireload: trap: %s", text, extra={"wsgireload_event": "trap"})
+        if share is not None and found:
+            self._shared(lambda: share.record.update(lambda d: {**d, "traps": found}))
+
+    def _publish(self, share: _record.Share, changes: ChangeSet) -> Optional[int]:
         """A new generation: the reload of ``changes``, as the action now stands. It is the
         claim: the one process that publishes it acts for the master."""
         generation = {
@@ -243,7 +285,7 @@ class Engine(Siblings):
             "per_process": self.action.per_process,
         }
         identities = self._identities(changes.files)
-        self._shared(lambda: share.decide(generation, identities))
+        return self._shared(lambda: share.decide(generation, identities))  # type: ignore[no-any-return]
 
     def _shared(self, operation: Callable[[], Any]) -> Any:
         """Run a record operation; if it fails (disk full, a foreign file), scan alone."""
@@ -293,7 +335,11 @@ class Engine(Siblings):
         if self.share is not None and self.action.per_process:
             master = self._master[1] if self._master is not None else 0
             note = f" (and so does every other worker of master {master})"
-        return run_action(self.action, changes, logging.INFO, note)
+        failure = run_action(self.action, changes, logging.INFO, note)
+        if self.share is None and self.ops.active:  # alone: the reload ends with its action
+            how = "reloaded" if failure is None else f"reload failed: {failure!r}"
+            self.ops.publish(self.ops.ended(None, failure is None, how), None, *self._scan)
+        return failure
 
     # -- what the action may know of the master's other workers (Siblings) ---------------
     @property

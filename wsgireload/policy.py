@@ -193,6 +193,7 @@ class Policy:
                 "wsgireload: not reloading, the new code is broken (keeping the old code "
                 "running; fix the file and the reload will follow): %s",
                 problem,
+                extra={"wsgireload_event": "refused", "files": list(files)},
             )
             return None
         changes = ChangeSet(files, fingerprint(snapshot, files), self._first, self._last)

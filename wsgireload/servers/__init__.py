@@ -18,7 +18,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 from ..boot import Target
 from ..policy import ChangeSet
 from . import gunicorn, mod_wsgi, uwsgi
-from .base import Action, ProcessContext
+from .base import Action, ProcessContext, released_through_link
 from .standalone import StandaloneAction
 
 log = logging.getLogger("wsgireload")
@@ -58,6 +58,19 @@ def checker_stubs() -> Optional[Tuple[str, Dict[str, Any]]]:
 def install_stubs(name: str, data: Dict[str, Any]) -> None:
     """In the boot checker: install the stand-ins ``checker_stubs`` named."""
     next(server for server in SERVERS if server.NAME == name).install_stubs(data)
+
+
+def traps(environ: Environ, app_file: Optional[str]) -> Dict[str, str]:
+    """{name: what goes wrong on reload and the fix} for this setup (``wsgireload check``)."""
+    found = released_through_link(app_file)
+    server = next((server for server in SERVERS if server.serves(environ)), None)
+    return {**found, **getattr(server, "traps", lambda environ: {})(environ)}
+
+
+def log_target(environ: Environ) -> Optional[logging.Logger]:
+    """The logger whose handlers write the server's own log, if it has one."""
+    server = next((server for server in SERVERS if server.serves(environ)), None)
+    return getattr(server, "log_target", lambda: None)()
 
 
 def threads_available(environ: Environ) -> bool:

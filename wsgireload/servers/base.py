@@ -332,3 +332,25 @@ def signal_denied(info: ProcessInfo, system: System = SYSTEM) -> Optional[str]:
         f"the master {info.pid} runs as uid {info.uid} and this worker as uid {euid}, "
         "so the worker may not signal it"
     )
+
+
+LINKS = ("current", "live", "latest", "active")  # what release layouts name their link
+
+
+def released_through_link(app_file: Optional[str]) -> Dict[str, str]:
+    """The trap of an app imported from a release directory by its real path while a link
+    (``current -> releases/42``) points there: the deploy swaps the link, the app never sees it."""
+    directory = os.path.dirname(os.path.abspath(app_file)) if app_file else ""
+    if not directory or os.path.realpath(directory) != directory:
+        return {}  # imported through the link: a swap changes every watched path
+    for release in (directory, os.path.dirname(directory)):
+        for parent in (os.path.dirname(release), os.path.dirname(os.path.dirname(release))):
+            link = next((path for path in (os.path.join(parent, name) for name in LINKS)
+                         if os.path.islink(path) and os.path.realpath(path) == release), None)
+            if link is not None:
+                return {"release-link": (
+                    f"the app is imported from {release} by its real path, while {link} "
+                    "points there: when a deploy swaps the link, the server (and a reload) "
+                    f"keeps the old release. Fix: import through the link, e.g. gunicorn "
+                    f"--chdir {link} started from outside it (see docs/deploy/symlink.md)")}
+    return {}

@@ -521,5 +521,39 @@ def threads_available(environ: Mapping[str, Any]) -> bool:
     return True
 
 
+MIGRATE_REQ = "/proc/sys/net/ipv4/tcp_migrate_req"
+
+
+def traps(environ: Mapping[str, Any], migrate_req: str = MIGRATE_REQ) -> Dict[str, str]:
+    """What in this gunicorn's configuration breaks reloads, each with its fix."""
+    cfg = next((c for o in frame_objects() if (c := getattr(o, "cfg", None)) is not None), None)
+    found, requests = {}, getattr(cfg, "max_requests", 0) or 0
+    if getattr(cfg, "preload_app", False):
+        found["preload-error"] = PRELOAD_ERROR.removeprefix("wsgireload: ")
+    try:
+        with open(migrate_req, "rb") as handle:  # (no such file: an old kernel, nothing to say)
+            migrating = handle.read().strip() != b"0"
+    except OSError:
+        migrating = True
+    if getattr(cfg, "reuse_port", False) and not migrating:
+        found["reuse-port"] = (
+            "gunicorn --reuse-port with net.ipv4.tcp_migrate_req = 0: every reload drops the "
+            "connections queued on the old workers' sockets (4-5 failed requests per reload "
+            "measured). Fix: sysctl -w net.ipv4.tcp_migrate_req=1 (and set it in "
+            "/etc/sysctl.d/), or drop --reuse-port")
+    if requests > 0 and not getattr(cfg, "max_requests_jitter", 0):
+        found["max-requests"] = (
+            f"gunicorn --max-requests {requests} without --max-requests-jitter: the workers a "
+            "reload started together also restart together, every worker at once, each "
+            f"{requests} requests. Fix: add --max-requests-jitter {max(1, requests // 10)}")
+    return found
+
+
+def log_target() -> Optional[logging.Logger]:
+    """gunicorn's error log (``--error-logfile``, stderr by default), in gunicorn's format."""
+    error_log = logging.getLogger("gunicorn.error")
+    return error_log if error_log.handlers else None
+
+
 def before_workers(hook: Callable[[], None]) -> bool:
     return False  # a worker imports the app itself (or, with --preload, cannot reload)

@@ -99,6 +99,14 @@ def boot_targets() -> List[Target]:
     return []  # the script is named in the environ only (the boot check's ``note_environ``)
 
 
+def traps(environ: Mapping[str, Any]) -> Dict[str, str]:
+    if environ.get("mod_wsgi.process_group"):
+        return {}
+    return {"mod_wsgi-embedded": (
+        "mod_wsgi runs this app in embedded mode (in Apache's own children), where code "
+        "cannot be reloaded. Fix: daemon mode, WSGIDaemonProcess + WSGIProcessGroup")}
+
+
 def threads_available(environ: Mapping[str, Any]) -> bool:
     return True
 

@@ -404,6 +404,25 @@ def boot_targets(opt: Optional[Mapping[str, Any]] = None) -> List[Target]:
     return targets
 
 
+def traps(environ: Mapping[str, Any]) -> Dict[str, str]:
+    """uWSGI without --lazy-apps: no chain reload, every reload stalls every request."""
+    if UwsgiOptions.parse(getattr(module(), "opt", {}) or {}).lazy_apps:
+        return {}
+    return {"uwsgi-full-reload": (
+        "uWSGI without --lazy-apps: no chain reload is possible, so each reload restarts every "
+        "worker at once and requests wait for one boot. Fix: start uWSGI with --lazy-apps and "
+        "--master-fifo <path>")}
+
+
+def log_target() -> Optional[logging.Logger]:
+    """uWSGI logs what its workers write to stderr, line by line, as it is."""
+    stderr = logging.getLogger("wsgireload.uwsgi")
+    if not stderr.handlers:
+        stderr.propagate = False  # a child of wsgireload's own logger
+        stderr.addHandler(logging.StreamHandler(sys.stderr))
+    return stderr
+
+
 def threads_available(environ: Mapping[str, Any]) -> bool:
     """uWSGI before 2.0.27 runs no Python threads unless started with --enable-threads."""
     version = environ.get("uwsgi.version")
