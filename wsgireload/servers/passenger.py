@@ -1,0 +1,157 @@
+"""Phusion Passenger (cPanel / CloudLinux "Setup Python App"): recognising its wsgi-loader, the
+app's root and ``passenger_wsgi.py``, and its reload: each app process stops accepting once its
+response is sent, Passenger's loader then ends it, and Passenger spawns fresh ones from disk.
+
+Never the Passenger core (the app processes' parent, shared by every app it serves), never
+``tmp/restart.txt``: the core looks at it only on a request, at most every ``stat_throttle_rate``
+seconds, and then drops every process at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import socket
+import sys
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+
+from .._system import SYSTEM, System
+from ..boot import Target
+from ..policy import ChangeSet
+from .base import Action
+
+log = logging.getLogger("wsgireload")
+
+NAME = "passenger"
+SCRIPT_PREFIX = "passenger_wsgi"  # the module name the loader gives the startup file
+APP_ROOT = "passenger.app_root"  # the key wsgireload's own early environ carries
+
+
+def loader() -> Optional[Any]:
+    """Passenger's ``wsgi-loader.py`` running as ``__main__`` in this process, or None."""
+    main = sys.modules.get("__main__")
+    options = getattr(main, "options", None)
+    if os.environ.get("IN_PASSENGER") != "1" or not isinstance(options, dict):
+        return None
+    return main if isinstance(options.get("app_root"), str) else None
+
+
+def app_root() -> Optional[str]:
+    main = loader()
+    return str(main.options["app_root"]) if main is not None else None
+
+
+class _Stopped:
+    """Stands in for the loader's listening socket once the process stops accepting: its
+    loop's next ``accept`` takes a connection already queued, else ends the loop (the loader
+    then removes its socket and the process exits)."""
+
+    def __init__(self, listener: socket.socket) -> None:
+        self.listener = listener
+
+    def fileno(self) -> int:
+        return self.listener.fileno()
+
+    def accept(self) -> Tuple[Optional[socket.socket], Any]:
+        self.listener.setblocking(False)  # (an accepted socket is blocking again)
+        try:
+            return self.listener.accept()
+        except OSError:  # nothing queued (EAGAIN), or shut down (EINVAL)
+            return None, None
+
+
+class PassengerAction(Action):
+    """Each app process stops accepting once no response is in flight; Passenger's loader
+    ends it after the request it may be serving, and Passenger spawns new processes, which
+    load the code on disk (the boot check passed first).
+
+    The listening socket is shut down for reading, so the core's next connection to it is
+    refused and goes to another process (the core retries), while the loader's blocked
+    ``select`` wakes up and ends its loop. An unknown loader (no ``handler.server`` socket):
+    one WARNING, no reload.
+    """
+
+    name = "passenger"
+    summary = (
+        "each app process stops accepting after its response and Passenger's loader ends it; "
+        "Passenger spawns fresh processes (tmp/restart.txt untouched)"
+    )
+    per_process = True
+
+    def __init__(self, *, system: System = SYSTEM) -> None:
+        self.system = system
+        self.stopped = False
+        self._warned = False
+
+    def __call__(self, changes: ChangeSet) -> None:
+        if self.stopped:
+            return
+        handler: Any = getattr(loader(), "handler", None)
+        listener = getattr(handler, "server", None)
+        if not isinstance(listener, socket.socket) or self.system.getpid() <= 1:
+            if not self._warned:
+                self._warned = True
+                log.warning(
+                    "wsgireload: code changed (%s) but Passenger's loader in this process is "
+                    "not one wsgireload knows (no handler.server socket); touch "
+                    "tmp/restart.txt in the app's root to restart it", changes.describe(),
+                )
+            return
+        self.stopped = True
+        handler.server = _Stopped(listener)
+        listener.shutdown(socket.SHUT_RD)  # wakes the loader's select; refuses new connects
+
+    def describe(self) -> str:
+        return "passenger: this app process stops accepting and exits"
+
+
+def serves(environ: Mapping[str, Any]) -> bool:
+    software = environ.get("SERVER_SOFTWARE")
+    if isinstance(software, str) and software.startswith("Phusion_Passenger/"):
+        return True
+    return APP_ROOT in environ
+
+
+def master_of(environ: Mapping[str, Any], system: System = SYSTEM) -> Optional[Tuple[str, int]]:
+    """The processes of one app are the workers of the Passenger core; one core serves many
+    apps, so the app's root is part of the record's name."""
+    root = app_root()
+    if not serves(environ) or root is None:
+        return None
+    digest = hashlib.sha256(root.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+    return f"{NAME}.{digest}", system.parent_at_start()
+
+
+def auto_action() -> Action:
+    return PassengerAction()
+
+
+def boot_targets() -> List[Target]:
+    """The startup file the loader loads (``passenger_wsgi.py`` by default), ``application``."""
+    main = loader()
+    if main is None:
+        return []
+    options = main.options
+    root = str(options["app_root"])
+    path = os.path.join(root, str(options.get("startup_file") or "passenger_wsgi.py"))
+    return [Target(path=path, attr="application", spec=path)]
+
+
+def checker_stubs() -> None:
+    """An app under Passenger imports nothing of Passenger's."""
+
+
+def threads_available(environ: Mapping[str, Any]) -> bool:
+    return True
+
+
+def early_environ() -> Optional[Dict[str, Any]]:
+    """An app process of Passenger is a serving process already while it imports the app
+    (Python apps are spawned directly, never forked from a preloader)."""
+    root = app_root()
+    return {APP_ROOT: root} if root else None
+
+
+def before_workers(hook: Callable[[], None]) -> bool:
+    return False
