@@ -120,6 +120,8 @@ def _server_lines() -> List[str]:
     here = detect_server({})
     if here == "gunicorn":
         why = "gunicorn's worker module is loaded in this process"
+    elif "passenger_wsgi" in sys.modules:
+        why = "passenger_wsgi is Passenger's startup file: under Passenger, see below"
     else:
         why = "no server module loaded; in a worker the first request's environ tells"
     lines = [f"here: {here} ({why})"]
