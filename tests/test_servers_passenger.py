@@ -8,7 +8,7 @@ import socket
 import sys
 import types
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Dict, Iterator
 
 import pytest
 
@@ -16,7 +16,7 @@ from wsgireload import cli
 from wsgireload.actions import AutoAction, detect_server, resolve
 from wsgireload.policy import ChangeSet
 from wsgireload.servers import passenger
-from wsgireload.servers.base import ProcessContext
+from wsgireload.servers.base import Change, ProcessContext, Siblings
 from wsgireload.servers.passenger import PassengerAction
 
 from .fakes import FakeSystem
@@ -126,3 +126,71 @@ def test_check_on_passenger_wsgi_says_what_auto_does_under_passenger(
     out = capsys.readouterr().out
     assert "here: standalone (passenger_wsgi is Passenger's startup file" in out
     assert f"under passenger: {PassengerAction.summary}" in out
+
+
+class Record(Siblings):
+    """The app's record as the engine shows it to an action: one dict, updated in place."""
+
+    coordinated = True
+
+    def __init__(self, rollout: str = "one-by-one") -> None:
+        self.rollout = rollout
+        self.data: Dict[str, Any] = {"generation": {"n": 1, "at": 50.0}, "workers": {}}
+
+    def update(self, change: Change) -> Dict[str, Any]:
+        self.data = change(self.data) or self.data
+        return self.data
+
+    def worker(self, system: FakeSystem, pid: int, born: float = 0.0, boot: float = 0.5) -> None:
+        system.add(pid, ("python",), start=str(pid))
+        self.data["workers"][str(pid)] = {"start": str(pid), "born": born, "ready": born + boot}
+
+
+def process(system: FakeSystem, record: Record, pid: int) -> PassengerAction:
+    action = PassengerAction(system=system)
+    action.setup(ProcessContext(pid, pid, SOFTWARE, record))
+    return action
+
+
+def turn(system: FakeSystem, action: PassengerAction, pid: int) -> bool:
+    system.pid = pid
+    return action._turn()  # noqa: SLF001 (the rule itself, without a loader)
+
+
+def test_one_by_one_a_process_leaves_once_a_replacement_is_ready() -> None:
+    system, record = FakeSystem(now=100.0), Record()
+    record.worker(system, 5000)
+    record.worker(system, 5001)
+    first, second = process(system, record, 5000), process(system, record, 5001)
+    assert turn(system, first, 5000)  # the other one stays
+    assert not turn(system, second, 5001)  # nobody would be left serving
+    system.now += 1.0
+    assert not turn(system, second, 5001)
+    record.worker(system, 5002, born=100.5)  # Passenger spawned a fresh one: it is ready
+    assert turn(system, second, 5001)
+    assert record.data["leaving"]["pids"] == ["5000", "5001"]
+
+
+def test_one_by_one_gives_up_waiting_after_two_boots_and_alone_goes_at_once() -> None:
+    system, record = FakeSystem(now=100.0), Record()
+    record.worker(system, 5000, boot=1.0)
+    record.worker(system, 5001, boot=1.0)
+    first, second = process(system, record, 5000), process(system, record, 5001)
+    assert turn(system, first, 5000)
+    del system.procs[5000]  # it exited; Passenger spawns on demand only: maybe never
+    system.now += 3.9
+    assert not turn(system, second, 5001)
+    system.now += 0.2  # 2 boots + 2 s
+    assert turn(system, second, 5001)
+    alone = Record()
+    alone.worker(system, 6000)
+    assert turn(system, process(system, alone, 6000), 6000)
+
+
+def test_all_at_once_never_waits() -> None:
+    system, record = FakeSystem(), Record("all-at-once")
+    record.worker(system, 5000)
+    record.worker(system, 5001)
+    assert turn(system, process(system, record, 5000), 5000)
+    assert turn(system, process(system, record, 5001), 5001)
+    assert "leaving" not in record.data

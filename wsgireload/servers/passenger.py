@@ -1,10 +1,10 @@
 """Phusion Passenger (cPanel / CloudLinux "Setup Python App"): recognising its wsgi-loader, the
-app's root and ``passenger_wsgi.py``, and its reload: each app process stops accepting once its
-response is sent, Passenger's loader then ends it, and Passenger spawns fresh ones from disk.
+app's root and ``passenger_wsgi.py``, and its reload: one app process at a time stops accepting
+once a fresh one is ready; Passenger's loader ends it, and Passenger spawns new ones from disk.
 
-Never the Passenger core (the app processes' parent, shared by every app it serves), never
-``tmp/restart.txt``: the core looks at it only on a request, at most every ``stat_throttle_rate``
-seconds, and then drops every process at once.
+Never signals the Passenger core (the app processes' parent, shared by every app it serves) nor
+touches ``tmp/restart.txt``: the core looks at it only on a request, at most every
+``stat_throttle_rate`` seconds, and then drops every process at once.
 """
 
 from __future__ import annotations
@@ -16,16 +16,18 @@ import socket
 import sys
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
+from .._record import section
 from .._system import SYSTEM, System
 from ..boot import Target
 from ..policy import ChangeSet
-from .base import Action
+from .base import ALONE, Action, ProcessContext
 
 log = logging.getLogger("wsgireload")
 
 NAME = "passenger"
 SCRIPT_PREFIX = "passenger_wsgi"  # the module name the loader gives the startup file
 APP_ROOT = "passenger.app_root"  # the key wsgireload's own early environ carries
+TURN_GAP = 0.2  # seconds between two looks at the record while waiting for a turn
 
 
 def loader() -> Optional[Any]:
@@ -62,34 +64,37 @@ class _Stopped:
 
 
 class PassengerAction(Action):
-    """Each app process stops accepting once no response is in flight; Passenger's loader
-    ends it after the request it may be serving, and Passenger spawns new processes, which
-    load the code on disk (the boot check passed first).
-
-    The listening socket is shut down for reading, so the core's next connection to it is
-    refused and goes to another process (the core retries), while the loader's blocked
-    ``select`` wakes up and ends its loop. An unknown loader (no ``handler.server`` socket):
-    one WARNING, no reload.
+    """Each app process, in its turn (``_turn``), stops accepting: its listening socket is
+    shut down for reading, so the core's next connection to it is refused and goes to another
+    process (the core retries), while the loader's blocked ``select`` wakes up and its loop
+    ends after the request it may be serving. Passenger spawns new processes, which load the
+    code on disk (the boot check passed first). An unknown loader (no ``handler.server``
+    socket): one WARNING, no reload.
     """
 
     name = "passenger"
     summary = (
-        "each app process stops accepting after its response and Passenger's loader ends it; "
-        "Passenger spawns fresh processes (tmp/restart.txt untouched)"
+        "one app process at a time stops accepting after its response and Passenger's loader "
+        "ends it; Passenger spawns fresh ones (tmp/restart.txt untouched)"
     )
     per_process = True
 
     def __init__(self, *, system: System = SYSTEM) -> None:
         self.system = system
+        self.siblings = ALONE
         self.stopped = False
+        self.waiting = False  # for its turn
         self._warned = False
 
+    def setup(self, context: ProcessContext) -> None:
+        self.siblings = context.siblings
+
     def __call__(self, changes: ChangeSet) -> None:
-        if self.stopped:
+        if self.stopped or self.waiting:
             return
         handler: Any = getattr(loader(), "handler", None)
-        listener = getattr(handler, "server", None)
-        if not isinstance(listener, socket.socket) or self.system.getpid() <= 1:
+        if not isinstance(getattr(handler, "server", None), socket.socket) or (
+                self.system.getpid() <= 1):
             if not self._warned:
                 self._warned = True
                 log.warning(
@@ -98,9 +103,51 @@ class PassengerAction(Action):
                     "tmp/restart.txt in the app's root to restart it", changes.describe(),
                 )
             return
-        self.stopped = True
-        handler.server = _Stopped(listener)
-        listener.shutdown(socket.SHUT_RD)  # wakes the loader's select; refuses new connects
+        self._stop_in_turn(handler)
+
+    def _stop_in_turn(self, handler: Any) -> None:
+        try:
+            self.waiting = not self._turn()
+            if self.waiting:
+                self.system.later(TURN_GAP, lambda: self._stop_in_turn(handler))
+                return
+            self.stopped = True
+            listener = handler.server
+            handler.server = _Stopped(listener)
+            listener.shutdown(socket.SHUT_RD)  # wakes the loader's select; refuses new connects
+        except Exception as exc:  # from a timer thread: say it, never raise
+            self.waiting = False
+            log.warning("wsgireload: could not stop this Passenger process: %r", exc)
+
+    def _turn(self) -> bool:
+        """Whether this process may stop accepting now (noted in the app's record): with
+        ``rollout="one-by-one"``, once as many other ready processes stay as the app had
+        when the reload began, less one; or if it was alone; or if none came for as long as
+        two boots take (Passenger spawns on demand: it may not replace a process at all)."""
+        verdict, me = [True], str(self.system.getpid())
+
+        def change(data: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+            now, generation = self.system.monotonic(), section(data, "generation")
+            live = {pid: w for pid, w in section(data, "workers").items() if isinstance(w, dict)
+                    and self.system.alive(int(pid), w.get("start"))}
+            state = section(data, "leaving")
+            if state.get("n") != generation.get("n"):
+                state = {"n": generation.get("n"), "count": len(live), "at": now, "pids": []}
+            gone = list(state.get("pids", ()))
+            staying = [pid for pid, w in live.items() if pid != me and pid not in gone
+                       and "ready" in w]
+            boots = [float(w["ready"]) - float(w["born"]) for w in live.values()
+                     if "ready" in w and "born" in w]
+            patience = min(self.siblings.boot_timeout, 2 * max(boots, default=0.0) + 2.0)
+            if (len(staying) >= int(state["count"]) - 1
+                    or now - float(state["at"]) > patience):
+                return {**data, "leaving": {**state, "pids": [*gone, me], "at": now}}
+            verdict[0] = False
+            return None
+
+        if self.siblings.rollout == "one-by-one":
+            self.siblings.update(change)
+        return verdict[0]
 
     def describe(self) -> str:
         return "passenger: this app process stops accepting and exits"
