@@ -64,7 +64,8 @@ class _Stopped:
 
 
 class PassengerAction(Action):
-    """Each app process, in its turn (``_turn``), stops accepting: its listening socket is
+    """Each app process, in its turn, stops accepting (``rollout="one-by-one"``: once as many
+    other ready processes stay as the app had, less one). Its listening socket is
     shut down for reading, so the core's next connection to it is refused and goes to another
     process (the core retries), while the loader's blocked ``select`` wakes up and its loop
     ends after the request it may be serving. Passenger spawns new processes, which load the
@@ -150,7 +151,7 @@ class PassengerAction(Action):
         return verdict[0]
 
     def describe(self) -> str:
-        return "passenger: this app process stops accepting and exits"
+        return "passenger: each app process in turn stops accepting and exits"
 
 
 def serves(environ: Mapping[str, Any]) -> bool:
