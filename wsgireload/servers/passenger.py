@@ -30,30 +30,22 @@ APP_ROOT = "passenger.app_root"  # the key wsgireload's own early environ carrie
 TURN_GAP = 0.2  # seconds between two looks at the record while waiting for a turn
 
 
-def loader() -> Optional[Any]:
-    """Passenger's ``wsgi-loader.py`` running as ``__main__`` in this process, or None."""
-    main = sys.modules.get("__main__")
-    options = getattr(main, "options", None)
+def loader_options() -> Dict[str, Any]:
+    """The options (``app_root``, ``startup_file``...) of Passenger's ``wsgi-loader.py``, if it
+    runs as ``__main__`` in this process; else {}."""
+    options = getattr(sys.modules.get("__main__"), "options", None)
     if os.environ.get("IN_PASSENGER") != "1" or not isinstance(options, dict):
-        return None
-    return main if isinstance(options.get("app_root"), str) else None
-
-
-def app_root() -> Optional[str]:
-    main = loader()
-    return str(main.options["app_root"]) if main is not None else None
+        return {}
+    return options if isinstance(options.get("app_root"), str) else {}
 
 
 class _Stopped:
-    """Stands in for the loader's listening socket once the process stops accepting: its
-    loop's next ``accept`` takes a connection already queued, else ends the loop (the loader
-    then removes its socket and the process exits)."""
+    """The loader's listening socket once shut down: its loop's next ``accept`` takes a
+    connection already queued, else ends the loop (and the process)."""
 
     def __init__(self, listener: socket.socket) -> None:
         self.listener = listener
-
-    def fileno(self) -> int:
-        return self.listener.fileno()
+        self.fileno = listener.fileno
 
     def accept(self) -> Tuple[Optional[socket.socket], Any]:
         self.listener.setblocking(False)  # (an accepted socket is blocking again)
@@ -64,13 +56,10 @@ class _Stopped:
 
 
 class PassengerAction(Action):
-    """Each app process, in its turn, stops accepting (``rollout="one-by-one"``: once as many
-    other ready processes stay as the app had, less one). Its listening socket is
-    shut down for reading, so the core's next connection to it is refused and goes to another
-    process (the core retries), while the loader's blocked ``select`` wakes up and its loop
-    ends after the request it may be serving. Passenger spawns new processes, which load the
-    code on disk (the boot check passed first). An unknown loader (no ``handler.server``
-    socket): one WARNING, no reload.
+    """Each app process, in its turn, shuts its listening socket down for reading: the core's
+    next connection to it is refused and goes to another process (the core retries), and the
+    loader's loop ends after the request it may be serving. Passenger spawns new processes
+    from the code on disk (which the boot check booted). An unknown loader: one WARNING.
     """
 
     name = "passenger"
@@ -93,9 +82,8 @@ class PassengerAction(Action):
     def __call__(self, changes: ChangeSet) -> None:
         if self.stopped or self.waiting:
             return
-        handler: Any = getattr(loader(), "handler", None)
-        if not isinstance(getattr(handler, "server", None), socket.socket) or (
-                self.system.getpid() <= 1):
+        handler = getattr(sys.modules["__main__"], "handler", None) if loader_options() else None
+        if not isinstance(getattr(handler, "server", None), socket.socket):
             if not self._warned:
                 self._warned = True
                 log.warning(
@@ -121,10 +109,9 @@ class PassengerAction(Action):
             log.warning("wsgireload: could not stop this Passenger process: %r", exc)
 
     def _turn(self) -> bool:
-        """Whether this process may stop accepting now (noted in the app's record): with
-        ``rollout="one-by-one"``, once as many other ready processes stay as the app had
-        when the reload began, less one; or if it was alone; or if none came for as long as
-        two boots take (Passenger spawns on demand: it may not replace a process at all)."""
+        """Whether this process may stop now (then noted in the app's record): one-by-one, once
+        as many other ready processes stay as the app had at the reload's start, less one, or
+        none came for two boots' time (Passenger spawns on demand: maybe never)."""
         verdict, me = [True], str(self.system.getpid())
 
         def change(data: Dict[str, Any]) -> Optional[Dict[str, Any]]:
@@ -155,16 +142,14 @@ class PassengerAction(Action):
 
 
 def serves(environ: Mapping[str, Any]) -> bool:
-    software = environ.get("SERVER_SOFTWARE")
-    if isinstance(software, str) and software.startswith("Phusion_Passenger/"):
-        return True
-    return APP_ROOT in environ
+    return str(environ.get("SERVER_SOFTWARE")).startswith("Phusion_Passenger/") or (
+        APP_ROOT in environ)
 
 
 def master_of(environ: Mapping[str, Any], system: System = SYSTEM) -> Optional[Tuple[str, int]]:
     """The processes of one app are the workers of the Passenger core; one core serves many
     apps, so the app's root is part of the record's name."""
-    root = app_root()
+    root = loader_options().get("app_root")
     if not serves(environ) or root is None:
         return None
     digest = hashlib.sha256(root.encode("utf-8", "surrogateescape")).hexdigest()[:16]
@@ -177,12 +162,10 @@ def auto_action() -> Action:
 
 def boot_targets() -> List[Target]:
     """The startup file the loader loads (``passenger_wsgi.py`` by default), ``application``."""
-    main = loader()
-    if main is None:
+    options = loader_options()
+    if not options:
         return []
-    options = main.options
-    root = str(options["app_root"])
-    path = os.path.join(root, str(options.get("startup_file") or "passenger_wsgi.py"))
+    path = os.path.join(options["app_root"], options.get("startup_file") or "passenger_wsgi.py")
     return [Target(path=path, attr="application", spec=path)]
 
 
@@ -197,7 +180,7 @@ def threads_available(environ: Mapping[str, Any]) -> bool:
 def early_environ() -> Optional[Dict[str, Any]]:
     """An app process of Passenger is a serving process already while it imports the app
     (Python apps are spawned directly, never forked from a preloader)."""
-    root = app_root()
+    root = loader_options().get("app_root")
     return {APP_ROOT: root} if root else None
 
 
