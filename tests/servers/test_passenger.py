@@ -48,10 +48,12 @@ application = Reloader(app, interval={interval}, settle={settle})
 
 def loader_python() -> Optional[str]:
     """A Python for Passenger's wsgi-loader.py, which imports ``imp`` (gone in 3.12): this one
-    if it is 3.11 or older, else a ``python3.11`` on PATH (wsgireload itself is stdlib-only)."""
-    if sys.version_info < (3, 12):
-        return sys.executable
-    return shutil.which("python3.11")
+    if it can, else a ``python3.11`` (wsgireload itself is stdlib-only: PYTHONPATH finds it)."""
+    for python in (sys.executable, shutil.which("python3.11"), "/usr/bin/python3.11"):
+        if python and subprocess.run([python, "-W", "ignore", "-c", "import imp"],
+                                     capture_output=True, timeout=30).returncode == 0:
+            return python
+    return None
 
 
 def passenger_argv(app: Path, base: Path, registry: Path, port: int, python: str,
