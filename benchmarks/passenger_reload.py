@@ -32,6 +32,7 @@ if ROOT not in sys.path:
 from tests.servers import test_passenger as psg  # noqa: E402
 from tests.servers.harness import Load, Server, free_port, wait_for, write  # noqa: E402
 
+BOOT = 0.3  # seconds the app's import takes
 APP = psg.APP.replace("settle={settle})", "settle={settle},\n                       "
                       "action=os.environ['BENCH_ACTION'])")
 
@@ -41,7 +42,8 @@ def run(kind: str, python: str) -> Dict[str, float]:
     registry = Path(tempfile.mkdtemp(prefix="psg-"))
     app = base / "app"
     write(app / "mod.py", "VALUE = 'v1'\n")
-    write(app / "passenger_wsgi.py", APP.format(interval=psg.INTERVAL, settle=psg.SETTLE))
+    write(app / "passenger_wsgi.py", APP.format(interval=psg.INTERVAL, settle=psg.SETTLE,
+                                                boot=BOOT))
     (app / "tmp").mkdir()
     port = free_port()
     action = "auto" if kind == "wsgireload" else "log-only"
