@@ -154,7 +154,7 @@ def process(system: FakeSystem, record: Record, pid: int) -> PassengerAction:
 
 def turn(system: FakeSystem, action: PassengerAction, pid: int) -> bool:
     system.pid = pid
-    return action._turn()  # noqa: SLF001 (the rule itself, without a loader)
+    return action.may_stop()
 
 
 def test_one_by_one_a_process_leaves_once_a_replacement_is_ready() -> None:
@@ -194,3 +194,23 @@ def test_all_at_once_never_waits() -> None:
     assert turn(system, process(system, record, 5000), 5000)
     assert turn(system, process(system, record, 5001), 5001)
     assert "leaving" not in record.data
+
+
+def test_a_process_waits_for_its_turn_then_stops_accepting(
+    loader: types.ModuleType, tmp_path: Path
+) -> None:
+    system, record = FakeSystem(now=100.0), Record()
+    record.worker(system, 5000)
+    record.worker(system, 5001)
+    assert turn(system, process(system, record, 5000), 5000)  # the other one left first
+    real = listener(tmp_path / "app.sock")
+    loader.handler = types.SimpleNamespace(server=real)
+    action = process(system, record, 5001)
+    action(changes())
+    action(changes())  # a newer change set while it waits: still one wait
+    assert action.waiting and loader.handler.server is real and len(system.scheduled) == 1
+    record.worker(system, 5002, born=100.2)  # Passenger's fresh process is ready
+    delay, retry = system.scheduled.pop()
+    retry()
+    assert action.stopped and not action.waiting and loader.handler.server is not real
+    real.close()

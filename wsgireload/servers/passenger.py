@@ -96,7 +96,7 @@ class PassengerAction(Action):
 
     def _stop_in_turn(self, handler: Any) -> None:
         try:
-            self.waiting = not self._turn()
+            self.waiting = not self.may_stop()
             if self.waiting:
                 self.system.later(TURN_GAP, lambda: self._stop_in_turn(handler))
                 return
@@ -108,7 +108,7 @@ class PassengerAction(Action):
             self.waiting = False
             log.warning("wsgireload: could not stop this Passenger process: %r", exc)
 
-    def _turn(self) -> bool:
+    def may_stop(self) -> bool:
         """Whether this process may stop now (then noted in the app's record): one-by-one, once
         as many other ready processes stay as the app had at the reload's start, less one, or
         none came for two boots' time (Passenger spawns on demand: maybe never)."""
