@@ -205,7 +205,7 @@ def test_a_process_waits_for_its_turn_then_stops_accepting(
     assert turn(system, process(system, record, 5000), 5000)  # the other one left first
     real = listener(tmp_path / "app.sock")
     loader.handler = types.SimpleNamespace(server=real)
-    action = process(system, record, 5001)
+    action, system.pid = process(system, record, 5001), 5001
     action(changes())
     action(changes())  # a newer change set while it waits: still one wait
     assert action.waiting and loader.handler.server is real and len(system.scheduled) == 1
