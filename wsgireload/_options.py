@@ -107,8 +107,8 @@ class Options:
         '``"auto"``'
     )
     rollout: str = option(
-        "one-by-one", "", '``"one-by-one"`` (gunicorn: each new worker ready before an old one '
-        'leaves) or ``"all-at-once"`` (the server\'s own reload: gunicorn\'s HUP)'
+        "one-by-one", "", '``"one-by-one"`` (gunicorn, Passenger: each new worker ready before '
+        'an old one leaves) or ``"all-at-once"`` (the server\'s own reload: gunicorn\'s HUP)'
     )
     metrics_file: Optional[str] = option(
         None, "path of a ``*.prom`` file", "Prometheus text file of the master's reloads, "

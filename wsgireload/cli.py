@@ -120,10 +120,12 @@ def _server_lines() -> List[str]:
     here = detect_server({})
     if here == "gunicorn":
         why = "gunicorn's worker module is loaded in this process"
+    elif "passenger_wsgi" in sys.modules:
+        why = "passenger_wsgi is Passenger's startup file: under Passenger, see below"
     else:
         why = "no server module loaded; in a worker the first request's environ tells"
     lines = [f"here: {here} ({why})"]
-    for server in ("gunicorn", "uwsgi", "mod_wsgi", "standalone"):
+    for server in ("gunicorn", "uwsgi", "mod_wsgi", "passenger", "standalone"):
         what = getattr(REGISTRY.get(server), "summary", "") or "warns once and does not reload"
         lines.append(f"under {server}: {what}")
     return lines

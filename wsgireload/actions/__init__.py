@@ -14,6 +14,7 @@ from ..servers import AutoAction, detect_server
 from ..servers.base import Action, CallbackAction, LogOnlyAction, ProcessContext
 from ..servers.gunicorn import GunicornAction, RestartWorkerAction
 from ..servers.mod_wsgi import ModWsgiAction
+from ..servers.passenger import PassengerAction
 from ..servers.standalone import ExecAction, ExitAction, StandaloneAction
 from ..servers.uwsgi import UwsgiAction
 
@@ -26,6 +27,7 @@ __all__ = [
     "GunicornAction",
     "LogOnlyAction",
     "ModWsgiAction",
+    "PassengerAction",
     "ProcessContext",
     "REGISTRY",
     "RestartWorkerAction",
@@ -48,6 +50,7 @@ REGISTRY: Dict[str, Callable[[], Action]] = {
     "exec": ExecAction,
     "mod_wsgi": ModWsgiAction,
     "uwsgi": UwsgiAction,
+    "passenger": PassengerAction,
 }
 
 

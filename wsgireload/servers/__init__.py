@@ -17,7 +17,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from ..boot import Target
 from ..policy import ChangeSet
-from . import gunicorn, mod_wsgi, uwsgi
+from . import gunicorn, mod_wsgi, passenger, uwsgi
 from .base import Action, ProcessContext, released_through_link
 from .standalone import StandaloneAction
 
@@ -27,7 +27,7 @@ Environ = Mapping[str, Any]
 
 # In the order they are recognised: the keys of uWSGI and mod_wsgi are their own, while
 # gunicorn is also recognised by its worker module, which an embedding app may have loaded.
-SERVERS = (uwsgi, mod_wsgi, gunicorn)
+SERVERS = (uwsgi, mod_wsgi, passenger, gunicorn)
 
 
 def detect_server(environ: Environ) -> str:
