@@ -86,6 +86,11 @@ class Reloader(Gate):
             return await self._lifespan(scope, receive, send)
         if kind != "http" or not self._request_started(scope):
             return await self.app(scope, receive, send)
+        return await self._counted(scope, receive, send)
+
+    async def _counted(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The app's call, counted in flight until its last body message (or its end).
+        (Apart from ``__call__``: closures there would cost every steady request.)"""
         done = False
 
         def finish() -> None:

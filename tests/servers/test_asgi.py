@@ -47,8 +47,8 @@ async def home(request):
     return PlainTextResponse("pid=%d value=%s" % (os.getpid(), mod.VALUE))
 
 
-application = Reloader(Starlette(routes=[Route("/", home)], lifespan=lifespan),
-                       interval={interval}, settle={settle})
+starlette_app = Starlette(routes=[Route("/", home)], lifespan=lifespan)
+application = Reloader(starlette_app, interval={interval}, settle={settle})
 """
 FAILING = """\
 VALUE = 'v3'
@@ -58,6 +58,15 @@ def startup():
     raise ConnectionError("database unreachable")
 """
 UVICORN = "uvicorn_worker.UvicornWorker"
+
+
+def make_app(directory: Path, boot: float = BOOT, wrapped: bool = True) -> None:
+    """The Starlette app in ``directory`` (``wrapped=False``: without wsgireload)."""
+    write(directory / "mod.py", "VALUE = 'v1'\n")
+    text = APP.format(boot=boot, interval=rollout.INTERVAL, settle=rollout.SETTLE)
+    if not wrapped:
+        text = text[: text.index("application = Reloader(")] + "application = starlette_app\n"
+    write(directory / "wsgi.py", text)
 
 
 def assert_no_failed(outcome: rollout.Outcome, worker: str) -> None:
@@ -73,9 +82,7 @@ def assert_no_failed(outcome: rollout.Outcome, worker: str) -> None:
 def test_rollout_then_a_failing_lifespan_startup_refused_then_the_fix(
     tmp_path: Path, servers: List[Server], worker: str
 ) -> None:
-    write(tmp_path / "mod.py", "VALUE = 'v1'\n")
-    write(tmp_path / "wsgi.py", APP.format(boot=BOOT, interval=rollout.INTERVAL,
-                                           settle=rollout.SETTLE))
+    make_app(tmp_path)
     server = gunicorn_tests.gunicorn(tmp_path, free_port(), workers=3, extra=["-k", worker])
     servers.append(server.start(timeout=30))
     master = server.proc.pid if server.proc is not None else 0
