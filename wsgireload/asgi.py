@@ -31,6 +31,7 @@ from typing import Any, Awaitable, Callable, Dict, MutableMapping
 
 from . import servers
 from ._options import documented
+from .errors import ConfigurationError
 from .middleware import Gate
 
 Scope = MutableMapping[str, Any]
@@ -73,6 +74,12 @@ class Reloader(Gate):
     """
 
     app: ASGIApp
+
+    def __init__(self, app: ASGIApp, **options: Any) -> None:
+        if options.get("smoke") is not None:
+            raise ConfigurationError("smoke is for WSGI apps only: the boot check of an ASGI "
+                                     "app runs its lifespan startup instead; drop smoke=")
+        super().__init__(app, **options)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self._steady:

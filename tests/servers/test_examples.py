@@ -98,11 +98,10 @@ def test_django_example_reloads_template_and_code(tmp_path: Path, servers: List[
     assert reloads(server.log(), 2) == 2, server.log()
 
 
-@pytest.mark.parametrize("worker", ["asgi", "uvicorn_worker.UvicornWorker"])
-def test_starlette_example_reloads_code(tmp_path: Path, servers: List[Server], worker: str) -> None:
+def test_starlette_example_reloads_code(tmp_path: Path, servers: List[Server]) -> None:
     examples = copy_examples(tmp_path)
     patch(examples / "starlette_app.py", "lifespan=lifespan)", "lifespan=lifespan), " + FAST)
-    server = gunicorn(tmp_path, "examples.starlette_app:app", "-k", worker)
+    server = gunicorn(tmp_path, "examples.starlette_app:app", "-k", "uvicorn_worker.UvicornWorker")
     servers.append(server.start())
     assert "Hello, world!" in body(server.port)
     edit_and_see(server, examples / "greeting.py", 'f"Hello, {name}!"', 'f"Howdy, {name}!"',
