@@ -59,7 +59,8 @@ class Gate:
         **options: Any,  # the Options fields: interval, settle, extra_files, validate...
     ) -> None:
         if not callable(app):
-            raise ConfigurationError(f"app must be a WSGI callable, not {type(app).__name__}")
+            kind = "an ASGI" if type(self).__module__.endswith("asgi") else "a WSGI"
+            raise ConfigurationError(f"app must be {kind} callable, not {type(app).__name__}")
         self.options = Options.build(type(self).__name__, **options)
         self.app = app
         self.interval = self.options.interval
@@ -115,14 +116,14 @@ class Gate:
             self._due_at = self.clock()
 
     # -- the request path (off the steady flag) ----------------------------------------
-    def _request_started(self, environ: Environ) -> bool:
+    def _request_started(self, request: Any) -> bool:
         """Start this process's watching, scan if inline. True: the response is counted in
         flight, and ``_response_closed`` must run when it ends. Never raises."""
         if self.closed:
             return False
         try:
             if self._pid != os.getpid():
-                self._start_process(environ)
+                self._start_process(self._environ(request))
             if self._inline:
                 now = self.clock()
                 # The second test: a clock that stepped back must not stop the scans.
@@ -137,6 +138,10 @@ class Gate:
         except Exception as exc:  # never let the watcher fail a request
             self.engine.log_failure(exc)
             return False
+
+    def _environ(self, request: Environ) -> Environ:
+        """What the servers layer reads of this process, from a request (WSGI: its environ)."""
+        return request
 
     def _response_closed(self) -> None:
         with self._lock:

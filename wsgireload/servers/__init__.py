@@ -78,11 +78,17 @@ def threads_available(environ: Environ) -> bool:
     return all(server.threads_available(environ) for server in SERVERS)
 
 
+def early_environ() -> Optional[Dict[str, Any]]:
+    """The server's keys if this process is known to be one of its serving workers without a
+    request (see each module's ``early_environ``), else None."""
+    return next((found for server in SERVERS if (found := server.early_environ())), None)
+
+
 def start_early(start: Callable[[Dict[str, Any]], None], after_fork: Callable[[], None]) -> bool:
     """Call ``start`` with the server's keys if this process is a serving worker already, or
     have ``after_fork`` called in each worker a master forks after importing the app; False:
     neither (wait for the first request)."""
-    environ = next((found for server in SERVERS if (found := server.early_environ())), None)
+    environ = early_environ()
     if environ is not None:
         start(environ)
         return True
