@@ -265,8 +265,10 @@ def run_steps(server: Server, app: App, boot: "re.Pattern[str]") -> None:
             else:
                 assert step.serves is not None
                 marker = step.serves
-                assert wait_for(lambda m=marker: recent_all(load, m), 5.0, interval=0.02), (
-                    f"{step.name}: {marker!r} not served everywhere within 5 s: "
+                # settle + boot check + a one-by-one rollout of WORKERS workers (about 5 s
+                # alone on this machine), with room for a loaded one
+                assert wait_for(lambda m=marker: recent_all(load, m), 15.0, interval=0.02), (
+                    f"{step.name}: {marker!r} not served everywhere within 15 s: "
                     f"{sorted(set(load.result.bodies_since(started)))[:6]}\n"
                     f"{server.log()[-3000:]}"
                 )
