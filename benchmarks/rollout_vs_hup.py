@@ -9,7 +9,8 @@ wsgireload and sends SIGHUP to the master right after the edit.
     PYTHONPATH=$PWD python benchmarks/rollout_vs_hup.py [--workers 3 1]
 
 ``--worker-class asgi`` (or ``uvicorn_worker.UvicornWorker``): the same with gunicorn's ASGI
-worker and a Starlette app in ``wsgireload.asgi.Reloader`` (tests/servers/test_asgi.py).
+worker and a Starlette app in ``wsgireload.asgi.Reloader`` (tests/servers/test_asgi.py);
+``--worker-class gthread`` (or ``gevent``): the WSGI app under that worker class.
 """
 
 from __future__ import annotations
@@ -33,15 +34,18 @@ from tests.servers.harness import ChildSampler, Load, free_port, wait_for, write
 from tests.servers.test_rollout import make_app  # noqa: E402
 from wsgireload._system import SYSTEM  # noqa: E402
 
+ASGI_CLASSES = ("asgi", "uvicorn_worker.UvicornWorker")
+
 
 def measure(workers: int, mode: str, worker_class: str = "") -> Dict[str, float]:
     tmp = Path(tempfile.mkdtemp(prefix="wsgireload-rollout-bench-"))
+    asgi = worker_class in ASGI_CLASSES
     try:
-        if worker_class:
+        if asgi:
             asgi_tests.make_app(tmp, boot=rollout_tests.BOOT, wrapped=mode != "HUP by hand")
         else:
             make_app(tmp)
-        if mode == "HUP by hand" and not worker_class:  # the same app, without wsgireload
+        if mode == "HUP by hand" and not asgi:  # the same app, without wsgireload
             text = (tmp / "wsgi.py").read_text()
             write(tmp / "wsgi.py", text[: text.index("application = Reloader(")] +
                   "application = app\n")
