@@ -12,9 +12,12 @@ from ..errors import ConfigurationError
 from ..policy import ChangeSet
 from ..servers import AutoAction, detect_server
 from ..servers.base import Action, CallbackAction, LogOnlyAction, ProcessContext
+from ..servers.granian import GranianAction
 from ..servers.gunicorn import GunicornAction, RestartWorkerAction
+from ..servers.hypercorn import HypercornAction
 from ..servers.mod_wsgi import ModWsgiAction
 from ..servers.standalone import ExecAction, ExitAction, StandaloneAction
+from ..servers.uvicorn import UvicornAction
 from ..servers.uwsgi import UwsgiAction
 
 __all__ = [
@@ -23,13 +26,16 @@ __all__ = [
     "CallbackAction",
     "ExecAction",
     "ExitAction",
+    "GranianAction",
     "GunicornAction",
+    "HypercornAction",
     "LogOnlyAction",
     "ModWsgiAction",
     "ProcessContext",
     "REGISTRY",
     "RestartWorkerAction",
     "StandaloneAction",
+    "UvicornAction",
     "UwsgiAction",
     "detect_server",
     "resolve",
@@ -48,6 +54,9 @@ REGISTRY: Dict[str, Callable[[], Action]] = {
     "exec": ExecAction,
     "mod_wsgi": ModWsgiAction,
     "uwsgi": UwsgiAction,
+    "uvicorn": UvicornAction,
+    "granian": GranianAction,
+    "hypercorn": HypercornAction,
 }
 
 

@@ -17,7 +17,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from ..boot import Target
 from ..policy import ChangeSet
-from . import gunicorn, mod_wsgi, uwsgi
+from . import granian, gunicorn, hypercorn, mod_wsgi, uvicorn, uwsgi
 from .base import Action, ProcessContext
 from .standalone import StandaloneAction
 
@@ -27,7 +27,8 @@ Environ = Mapping[str, Any]
 
 # In the order they are recognised: the keys of uWSGI and mod_wsgi are their own, while
 # gunicorn is also recognised by its worker module, which an embedding app may have loaded.
-SERVERS = (uwsgi, mod_wsgi, gunicorn)
+# The ASGI servers come after gunicorn: its UvicornWorker runs uvicorn's modules too.
+SERVERS = (uwsgi, mod_wsgi, gunicorn, uvicorn, granian, hypercorn)
 
 
 def detect_server(environ: Environ) -> str:

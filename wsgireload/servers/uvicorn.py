@@ -1,0 +1,112 @@
+"""uvicorn: recognising a worker of its supervisor (``uvicorn --workers N``, N > 1) and its
+reload, SIGHUP to the verified supervisor, which replaces one worker at a time, each once its
+replacement has started (its lifespan startup complete), and keeps the old ones if a new one
+fails. A lone uvicorn (no ``--workers``, or ``--workers 1``) dies on SIGHUP: never signal it.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+
+from .._system import SYSTEM, System
+from ..boot import Target, parse_target
+from ..errors import ConfigurationError
+from .base import ASGI_KEY, Action, HupAction, frame_locals
+
+NAME = "uvicorn"
+SCRIPT_PREFIX = ""
+SUPERVISED, RELOADER, LONE = "supervised", "--reload", "lone"
+
+
+def role() -> Tuple[Optional[str], Any]:
+    """(what this process is to uvicorn, uvicorn's Config): SUPERVISED (a worker of
+    ``uvicorn --workers``), RELOADER (a worker of ``uvicorn --reload``), LONE (``uvicorn``
+    without ``--workers``, or ``uvicorn.run()``); None elsewhere (gunicorn's UvicornWorker,
+    ``Server.serve()`` from a script). Read from the main thread's stack."""
+    if "uvicorn" not in sys.modules:
+        return None, None
+    started = frame_locals("uvicorn/_subprocess.py", ("subprocess_started",))
+    if started is not None:  # a process uvicorn spawned: its supervisor's, or --reload's
+        config = started.get("config")
+        return (RELOADER if getattr(config, "should_reload", False) else SUPERVISED), config
+    run = frame_locals("uvicorn/main.py", ("run",))
+    return (LONE, run.get("config")) if run is not None else (None, None)
+
+
+def lone_advice(argv: Optional[List[str]] = None) -> str:
+    """What the one WARNING of a lone uvicorn says, with the command line that can reload."""
+    words = [os.path.basename(word) if i == 0 else word
+             for i, word in enumerate(sys.argv if argv is None else argv)]
+    if words and words[0].startswith("uvicorn"):
+        while "--workers" in words:  # uvicorn --workers 1 runs no supervisor either
+            at = words.index("--workers")
+            del words[at:at + 2]
+        command = shlex.join([*words, "--workers", "2"])
+    else:
+        command = "uvicorn <app> --workers 2"
+    return (
+        "uvicorn runs without a supervisor (no --workers, or --workers 1), and SIGHUP would "
+        f"stop it. Run `{command}` (its supervisor replaces the workers one at a time on "
+        "SIGHUP), or gunicorn -k uvicorn_worker.UvicornWorker, to reload on deploy; or "
+        "restart uvicorn yourself"
+    )
+
+
+class UvicornAction(HupAction):
+    name = "uvicorn"
+    summary = (
+        "uvicorn --workers N (N > 1): SIGHUP to the verified supervisor, which replaces one "
+        "worker at a time once its replacement has started; a lone uvicorn (no --workers, or "
+        "--workers 1) dies on SIGHUP: one WARNING with the command line that can reload, no "
+        "signal; --reload: nothing (it reloads by itself)"
+    )
+
+    def why_no_master(self) -> Optional[str]:
+        found = role()[0]
+        if found == SUPERVISED:
+            return None
+        if found == RELOADER:
+            return "uvicorn runs with --reload, which reloads the code by itself"
+        return lone_advice()
+
+
+def serves(environ: Mapping[str, Any]) -> bool:
+    """An ASGI gate's process that uvicorn itself runs (not gunicorn's UvicornWorker)."""
+    return ASGI_KEY in environ and "gunicorn.socket" not in environ and role()[0] is not None
+
+
+def master_of(environ: Mapping[str, Any], system: System = SYSTEM) -> Optional[Tuple[str, int]]:
+    """A supervisor's workers are its children (spawned): one record per supervisor."""
+    return (NAME, system.parent_at_start()) if serves(environ) and role()[0] == SUPERVISED else None
+
+
+def auto_action() -> Action:
+    return UvicornAction()
+
+
+def boot_targets() -> List[Target]:
+    """The app as uvicorn's command line names it (``module:attribute``)."""
+    app = getattr(role()[1], "app", None)
+    try:
+        return [parse_target(app)] if isinstance(app, str) else []
+    except ConfigurationError:
+        return []
+
+
+def checker_stubs() -> None:
+    """uvicorn's workers import nothing the boot checker must stand in for."""
+
+
+def threads_available(environ: Mapping[str, Any]) -> bool:
+    return True
+
+
+def early_environ() -> Optional[Dict[str, Any]]:
+    return None  # the ASGI gate starts at the worker's lifespan startup
+
+
+def before_workers(hook: Callable[[], None]) -> bool:
+    return False
