@@ -21,6 +21,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import pytest
 
 from wsgireload import ConfigurationError, Reloader
+from wsgireload.asgi import Reloader as AsgiReloader
 from wsgireload.boot import (
     BootCheck,
     CheckResult,
@@ -28,6 +29,8 @@ from wsgireload.boot import (
     calling_module,
     describe_failure,
     find_python,
+    is_asgi,
+    lifespan_failure,
     parse_target,
     probe_version,
     python_candidates,
@@ -761,3 +764,81 @@ def test_the_checker_skips_a_directory_the_server_cannot_import_from(
     path = BootCheck().search_path()
     assert path[0] == str(tmp_path) and str(later) not in path
     assert BootCheck(cwd="/srv").search_path()[:2] == ["/srv", str(tmp_path)]
+
+
+# -- ASGI apps: the lifespan startup, as the servers run it --------------------------------------
+async def _no_lifespan(scope: Any, receive: Any, send: Any) -> None:
+    assert scope["type"] == "http", "this app has no lifespan"
+
+
+async def _reports_failure(scope: Any, receive: Any, send: Any) -> None:
+    await receive()
+    await send({"type": "lifespan.startup.failed", "message": "no database"})
+
+
+async def _returns(scope: Any, receive: Any, send: Any) -> None:
+    return None
+
+
+@pytest.mark.parametrize(
+    ("app", "expected"),
+    [(_no_lifespan, AssertionError), (_returns, None), (_reports_failure, ("no database", None))],
+    ids=["raises-unreported", "returns", "reports-failure"],
+)
+def test_lifespan_failure_decides_as_the_servers_do(app: Any, expected: Any) -> None:
+    """Only a reported startup.failed refuses: gunicorn, uvicorn, granian and hypercorn all
+    serve an app whose lifespan raises without reporting (as "lifespan unsupported")."""
+    if isinstance(expected, type):
+        with pytest.raises(expected):
+            lifespan_failure(app)
+    else:
+        assert lifespan_failure(app) == expected
+
+
+def test_an_asgi_app_boots_through_its_lifespan_startup_and_shutdown(app_dir: Path) -> None:
+    write(app_dir, "good_asgi.py", """\
+        from pathlib import Path
+        from wsgireload.asgi import Reloader
+
+        async def app(scope, receive, send):
+            while True:
+                message = await receive()
+                Path(message["type"]).touch()
+                await send({"type": message["type"] + ".complete"})
+                if message["type"] == "lifespan.shutdown":
+                    return
+
+        application = Reloader(app)
+    """)
+    assert is_asgi(AsgiReloader(_returns)) and not is_asgi(ok_app)
+    assert boot(app_dir, "good_asgi:application") is None
+    assert (app_dir / "lifespan.startup").exists() and (app_dir / "lifespan.shutdown").exists()
+
+
+def test_a_starlette_startup_that_fails_is_refused_with_the_users_line(app_dir: Path) -> None:
+    path = write(app_dir, "star.py", """\
+        from contextlib import asynccontextmanager
+        from starlette.applications import Starlette
+        from wsgireload.asgi import Reloader
+
+        def connect():
+            raise ConnectionError("database unreachable")
+
+        @asynccontextmanager
+        async def lifespan(app):
+            connect()
+            yield
+
+        app = Reloader(Starlette(lifespan=lifespan))
+    """)
+    problem = boot(app_dir, "star:app")
+    assert problem is not None
+    assert f"{path}:6: ConnectionError: database unreachable" in problem, problem
+    assert "lifespan startup of star:app" in problem
+    write(app_dir, "bare.py", """\
+        async def app(scope, receive, send):
+            await receive()
+            await send({"type": "lifespan.startup.failed", "message": "no database"})
+    """)
+    problem = boot(app_dir, "bare:app")
+    assert problem is not None and "lifespan.startup.failed: no database" in problem, problem

@@ -7,6 +7,7 @@ finds the interpreter and the app, the checker half (``_checker_main``) imports 
 from __future__ import annotations
 
 import ast
+import asyncio
 import functools
 import importlib.machinery
 import importlib.util
@@ -275,6 +276,8 @@ def describe_failure(stage: str, target: str, what: str, where: str = "", path: 
         context = f"importing Django's URLconf and views, as {target}'s first request would"
     elif stage == "smoke":
         context = f"the smoke request GET {path} to {target}"
+    elif stage == "lifespan":
+        context = f"the ASGI lifespan startup of {target}, run as the server would"
     else:
         context = f"booting {target} as the server would, in a fresh interpreter"
     return f"{where}{what} ({context})"
@@ -509,6 +512,54 @@ def smoke_request(app: Any, path: str) -> str:
     return status[0]
 
 
+def _served(app: Any) -> Any:
+    """The app a module target serves (its ``application`` or ``app``), else ``app``."""
+    if isinstance(app, types.ModuleType):
+        return getattr(app, "application", None) or getattr(app, "app", None)
+    return app
+
+
+def is_asgi(app: Any) -> bool:
+    """An ASGI 3 app: a coroutine function, or an object whose ``__call__`` is one."""
+    return callable(app) and (inspect.iscoroutinefunction(app)
+                              or inspect.iscoroutinefunction(type(app).__call__))
+
+
+LIFESPAN_END = 5.0  # seconds the app gets to end its lifespan once startup is decided
+
+
+def lifespan_failure(app: Any) -> Optional[Tuple[str, Optional[BaseException]]]:
+    """Run the ASGI lifespan startup, then its shutdown, as a server does: the message of a
+    reported ``lifespan.startup.failed`` and what the app raised with it, else None (started,
+    or no lifespan support). Raises what the app raises without reporting."""
+
+    async def run() -> Optional[Tuple[str, Optional[BaseException]]]:
+        inbox: "asyncio.Queue[Dict[str, Any]]" = asyncio.Queue()
+        inbox.put_nowait({"type": "lifespan.startup"})
+        decided = asyncio.get_running_loop().create_future()
+
+        async def send(message: Dict[str, Any]) -> None:
+            if message.get("type") == "lifespan.startup.complete":
+                inbox.put_nowait({"type": "lifespan.shutdown"})
+            if message.get("type", "").startswith("lifespan.startup.") and not decided.done():
+                decided.set_result(message)
+
+        scope = {"type": "lifespan", "asgi": {"version": "3.0", "spec_version": "2.0"},
+                 "state": {}}
+        call = asyncio.ensure_future(app(scope, inbox.get, send))
+        await asyncio.wait([call, decided], return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait([call], timeout=LIFESPAN_END)  # the shutdown, or the raise
+        report = decided.result() if decided.done() else {}
+        if report.get("type") != "lifespan.startup.failed":
+            if call.done() and not report:
+                call.result()  # raised without reporting: raise it here
+            return None
+        raised = call.exception() if call.done() and not call.cancelled() else None
+        return str(report.get("message") or ""), raised
+
+    return asyncio.run(run())
+
+
 def _checker_main(payload: Dict[str, Any]) -> None:
     """Entry point in the fresh interpreter: boot, walk, smoke; print one JSON result."""
     result_fd = os.dup(1)
@@ -541,11 +592,21 @@ def _check(payload: Dict[str, Any]) -> Dict[str, Any]:
         _walk_urlconf()
     except BaseException as exc:
         return _failure("urlconf", spec, exc)
+    if apps and is_asgi(app := _served(apps[0][1])):
+        try:
+            failed = lifespan_failure(app)
+        except Exception as exc:  # raised without reporting: the servers serve such an app
+            failed = None
+            log.debug("wsgireload: lifespan raised without reporting: %r", exc)
+        if failed is not None:
+            message, raised = failed
+            if raised is not None:
+                return _failure("lifespan", spec, raised)
+            what = f"lifespan.startup.failed: {message}".rstrip(": ")
+            return {"problem": describe_failure("lifespan", spec, what)}
     smoke = payload.get("smoke")
     if smoke:
-        spec, app = apps[0]
-        if isinstance(app, types.ModuleType):
-            app = getattr(app, "application", None) or getattr(app, "app", None)
+        spec, app = apps[0][0], _served(apps[0][1])
         if not callable(app):
             error = LookupError("no WSGI app found to send it to: pass boot_app='module:app'")
             return _failure("smoke", spec, error, path=smoke)
