@@ -3,8 +3,10 @@ deploy; a lone uvicorn is never signalled and WARNs once with the command that c
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import signal
+import socket
 import types
 from typing import Any
 
@@ -132,3 +134,41 @@ def test_a_lone_uvicorn_is_never_signalled_and_warns_once(
 def test_check_says_what_auto_does_under_uvicorn() -> None:
     assert "one WARNING" in REGISTRY["uvicorn"].summary  # type: ignore[attr-defined]
     assert uvicorn.lone_advice(["python", "serve.py"]).count("uvicorn <app> --workers 2") == 1
+
+
+def test_a_supervised_worker_stops_accepting_before_uvicorn_sees_its_sigterm(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """uvicorn's shutdown closes connections that sent no request yet: none may be accepted
+    between the SIGTERM and that shutdown."""
+    monkeypatch.setattr(uvicorn, "STOP_ACCEPTING_FOR", 0.0)
+    accepted, exits = [], []
+
+    class Server:  # uvicorn's Server as its SIGTERM handler shows it
+        should_exit = False
+        servers: Any = ()
+
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            exits.append(sig)
+
+    async def scenario() -> None:
+        server = Server()
+        server.servers = [await asyncio.start_server(
+            lambda r, w: accepted.append(w), "127.0.0.1", 0)]
+        signal.signal(signal.SIGTERM, server.handle_exit)
+        uvicorn.accept_nothing_before_exit()
+        signal.getsignal(signal.SIGTERM)(signal.SIGTERM, None)  # type: ignore[operator]
+        for _ in range(5):
+            await asyncio.sleep(0)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        with socket.create_connection(("127.0.0.1", port), timeout=5):
+            for _ in range(20):
+                await asyncio.sleep(0.001)
+        server.servers[0].close()
+
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        asyncio.run(scenario())
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert exits == [signal.SIGTERM]  # uvicorn's own handler still runs
+    assert accepted == []

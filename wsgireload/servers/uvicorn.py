@@ -2,12 +2,18 @@
 reload, SIGHUP to the verified supervisor, which replaces one worker at a time, each once its
 replacement has started (its lifespan startup complete), and keeps the old ones if a new one
 fails. A lone uvicorn (no ``--workers``, or ``--workers 1``) dies on SIGHUP: never signal it.
+
+uvicorn's shutdown closes every connection that has not sent its request yet, so a client
+whose connection an old worker had just accepted sees it reset: each supervised worker stops
+accepting ``STOP_ACCEPTING_FOR`` seconds before its SIGTERM reaches uvicorn.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import shlex
+import signal
 import sys
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
@@ -16,9 +22,11 @@ from ..boot import Target, parse_target
 from ..errors import ConfigurationError
 from .base import ASGI_KEY, Action, HupAction, frame_locals
 
+log = logging.getLogger("wsgireload")
 NAME = "uvicorn"
 SCRIPT_PREFIX = ""
 SUPERVISED, RELOADER, LONE = "supervised", "--reload", "lone"
+STOP_ACCEPTING_FOR = 0.2  # seconds: a connection accepted just before sends its request
 
 
 def role() -> Tuple[Optional[str], Any]:
@@ -67,10 +75,39 @@ class UvicornAction(HupAction):
     def why_no_master(self) -> Optional[str]:
         found = role()[0]
         if found == SUPERVISED:
+            try:
+                accept_nothing_before_exit()
+            except (RuntimeError, ValueError) as exc:  # no loop running, or another thread
+                log.debug("wsgireload: uvicorn's SIGTERM left as it is: %r", exc)
             return None
         if found == RELOADER:
             return "uvicorn runs with --reload, which reloads the code by itself"
         return lone_advice()
+
+
+def accept_nothing_before_exit() -> None:
+    """In this worker's main thread, with uvicorn's loop running: on SIGTERM, stop accepting
+    at once, and hand the signal to uvicorn's own handler ``STOP_ACCEPTING_FOR`` seconds later
+    (measured: resets at an old worker's shutdown, 4 in 40 hand-sent SIGHUPs, none after)."""
+    import asyncio  # (only in a uvicorn worker)
+
+    original = signal.getsignal(signal.SIGTERM)
+    server = getattr(original, "__self__", None)  # uvicorn's Server, by its handle_exit
+    if not callable(original) or not hasattr(server, "should_exit"):
+        return
+    loop = asyncio.get_running_loop()
+
+    def stop_accepting() -> None:
+        for listener in getattr(server, "servers", ()):
+            for sock in listener.sockets:
+                # The reader only: Server.close() would fail a connection being set up.
+                loop.remove_reader(sock.fileno())
+
+    def on_term(sig: int, frame: Any) -> None:
+        loop.call_soon_threadsafe(stop_accepting)
+        loop.call_soon_threadsafe(loop.call_later, STOP_ACCEPTING_FOR, original, sig, None)
+
+    signal.signal(signal.SIGTERM, on_term)
 
 
 def serves(environ: Mapping[str, Any]) -> bool:
