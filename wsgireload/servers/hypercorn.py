@@ -1,7 +1,7 @@
 """hypercorn: recognising a worker of its supervisor (``hypercorn --workers N``, N >= 1, the
 default) and its reload. On SIGHUP the supervisor stops *every* worker, waits for them all to
 exit, then starts new ones: nobody serves for one shutdown plus one boot, and connections the
-old workers had just accepted are dropped (docs/servers/asgi.md has the figures). So
+old workers had just accepted are dropped (docs/servers/asgi-servers.md has the figures). So
 ``action="auto"`` does not reload under hypercorn: one WARNING per master saying so;
 ``action="hypercorn"`` asks for that SIGHUP (to the verified supervisor, once per deploy).
 ``hypercorn --workers 0`` has no supervisor and dies on SIGHUP: never signalled.
