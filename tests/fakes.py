@@ -209,12 +209,11 @@ def watched_file(tmp_path: Path) -> Path:
 def fake_stack(monkeypatch: pytest.MonkeyPatch, *frames: Tuple[str, str, Dict[str, Any]],
                modules: Tuple[str, ...] = ()) -> None:
     """The main thread's stack as the servers layer reads it: (file, function, locals) frames,
-    innermost first (``wsgireload.servers.base.main_frames`` and its importers), with the
+    innermost first (``wsgireload.servers.base.main_frames``), with the
     server's ``modules`` imported (stand-ins where missing)."""
     for name in modules:
         if name not in sys.modules:
             monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
     stack = [types.SimpleNamespace(f_code=types.SimpleNamespace(co_filename=path, co_name=name),
                                    f_locals=local) for path, name, local in frames]
-    for module in ("base", "granian"):
-        monkeypatch.setattr(f"wsgireload.servers.{module}.main_frames", lambda: iter(stack))
+    monkeypatch.setattr("wsgireload.servers.base.main_frames", lambda: iter(stack))

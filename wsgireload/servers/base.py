@@ -16,7 +16,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Dict, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from .._system import SYSTEM, ProcessInfo, System
 from ..policy import ChangeSet
@@ -220,6 +220,34 @@ class HupAction(MasterAction):
         return f"{self.name}: SIGHUP to master {self.master.pid if self.master else '?'}"
 
 
+# -- what a server module whose workers need no more says (uvicorn, granian, hypercorn) -------
+def checker_stubs() -> None:
+    """Its workers import nothing of the server's that the boot checker must stand in for."""
+
+
+def threads_available(environ: Mapping[str, Any]) -> bool:
+    return True
+
+
+def early_environ() -> Optional[Dict[str, Any]]:
+    return None  # an ASGI gate starts as its worker's lifespan startup completes
+
+
+def before_workers(hook: Callable[[], None]) -> bool:
+    return False
+
+
+def app_targets(spec: Any) -> List[Any]:
+    """[the boot check's Target for ``spec``], a server's ``module:attribute`` option, or []."""
+    from ..boot import parse_target
+    from ..errors import ConfigurationError
+
+    try:
+        return [parse_target(spec)] if isinstance(spec, str) else []
+    except ConfigurationError:
+        return []
+
+
 def main_frames() -> Iterator[Any]:
     """The frames of the main thread's stack, innermost first (from any thread)."""
     main = threading.main_thread().ident
@@ -229,12 +257,11 @@ def main_frames() -> Iterator[Any]:
         frame = frame.f_back
 
 
-def frame_locals(path: str, names: Sequence[str],
-                 frames: Optional[Sequence[Any]] = None) -> Optional[Dict[str, Any]]:
+def frame_locals(path: str, names: Sequence[str]) -> Optional[Dict[str, Any]]:
     """The locals of the innermost main-thread frame running one of ``names`` in a file
     whose path ends with ``path`` (``uvicorn/_subprocess.py``), or None."""
     suffix = path.replace("/", os.sep)
-    for frame in main_frames() if frames is None else frames:
+    for frame in main_frames():
         code = frame.f_code
         if code.co_name in names and code.co_filename.endswith(suffix):
             return dict(frame.f_locals)

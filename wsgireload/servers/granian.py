@@ -10,34 +10,31 @@ the boot check refuses such a deploy before any signal.
 from __future__ import annotations
 
 import sys
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+from typing import Any, List, Mapping, Optional, Tuple
 
 from .._system import SYSTEM, System
-from ..boot import Target, parse_target
-from ..errors import ConfigurationError
-from .base import ASGI_KEY, Action, HupAction, main_frames
+from ..boot import Target
+from . import base
+from .base import ASGI_KEY, Action, HupAction, app_targets, frame_locals
 
 NAME = "granian"
 SCRIPT_PREFIX = ""
+# The rest of a server module's interface, as every worker of these servers needs it:
+checker_stubs, threads_available = base.checker_stubs, base.threads_available
+early_environ, before_workers = base.early_environ, base.before_workers
 
 
 def supervisor() -> Optional[Any]:
-    """granian's server object (``granian.server.mp.MPServer``) on this worker's stack: a
-    worker forks from its supervisor inside ``_spawn_workers`` and keeps those frames."""
-    if "granian.server.mp" not in sys.modules:
-        return None
-    for frame in main_frames():
-        server = frame.f_locals.get("self")
-        if "granian" in frame.f_code.co_filename and hasattr(server, "respawn_interval"):
-            return server
-    return None
+    """granian's server object (``MPServer``) on this worker's stack: a worker forks from its
+    supervisor as it spawns workers, and keeps those frames."""
+    found = frame_locals("granian/server/common.py", ("_spawn_workers", "_respawn_workers"))
+    return (found or {}).get("self")
 
 
 def worker() -> bool:
     """This process is a worker process granian's supervisor started."""
-    return "granian.server.mp" in sys.modules and any(
-        frame.f_code.co_name == "wrapped" and frame.f_code.co_filename.endswith("mp.py")
-        and "granian" in frame.f_code.co_filename for frame in main_frames())
+    return "granian.server.mp" in sys.modules and frame_locals(
+        "granian/server/mp.py", ("wrapped",)) is not None
 
 
 class GranianAction(HupAction):
@@ -69,24 +66,4 @@ def auto_action() -> Action:
 
 def boot_targets() -> List[Target]:
     """The app as granian's command line names it (``module:attribute``)."""
-    target = getattr(supervisor(), "target", None)
-    try:
-        return [parse_target(target)] if isinstance(target, str) else []
-    except ConfigurationError:
-        return []
-
-
-def checker_stubs() -> None:
-    """granian's workers import nothing the boot checker must stand in for."""
-
-
-def threads_available(environ: Mapping[str, Any]) -> bool:
-    return True
-
-
-def early_environ() -> Optional[Dict[str, Any]]:
-    return None  # the ASGI gate starts at the worker's lifespan startup
-
-
-def before_workers(hook: Callable[[], None]) -> bool:
-    return False
+    return app_targets(getattr(supervisor(), "target", None))

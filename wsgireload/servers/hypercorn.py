@@ -11,15 +11,18 @@ from __future__ import annotations
 
 import multiprocessing
 import sys
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+from typing import Any, List, Mapping, Optional, Tuple
 
 from .._system import SYSTEM, System
-from ..boot import Target, parse_target
-from ..errors import ConfigurationError
-from .base import ASGI_KEY, Action, HupAction, frame_locals
+from ..boot import Target
+from . import base
+from .base import ASGI_KEY, Action, HupAction, app_targets, frame_locals
 
 NAME = "hypercorn"
 SCRIPT_PREFIX = ""
+# The rest of a server module's interface, as every worker of these servers needs it:
+checker_stubs, threads_available = base.checker_stubs, base.threads_available
+early_environ, before_workers = base.early_environ, base.before_workers
 WORKERS = ("asyncio_worker", "uvloop_worker", "trio_worker")
 STOPS_ALL = (
     "hypercorn reloads on SIGHUP by stopping every worker before it starts new ones (every "
@@ -76,24 +79,4 @@ def auto_action() -> Action:
 
 def boot_targets() -> List[Target]:
     """The app as hypercorn's command line names it (``module:attribute``)."""
-    path = getattr(config()[1], "application_path", None)
-    try:
-        return [parse_target(path)] if isinstance(path, str) else []
-    except ConfigurationError:
-        return []
-
-
-def checker_stubs() -> None:
-    """hypercorn's workers import nothing the boot checker must stand in for."""
-
-
-def threads_available(environ: Mapping[str, Any]) -> bool:
-    return True
-
-
-def early_environ() -> Optional[Dict[str, Any]]:
-    return None  # the ASGI gate starts at the worker's lifespan startup
-
-
-def before_workers(hook: Callable[[], None]) -> bool:
-    return False
+    return app_targets(getattr(config()[1], "application_path", None))

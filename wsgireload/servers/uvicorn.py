@@ -15,16 +15,19 @@ import os
 import shlex
 import signal
 import sys
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+from typing import Any, List, Mapping, Optional, Tuple
 
 from .._system import SYSTEM, System
-from ..boot import Target, parse_target
-from ..errors import ConfigurationError
-from .base import ASGI_KEY, Action, HupAction, frame_locals
+from ..boot import Target
+from . import base
+from .base import ASGI_KEY, Action, HupAction, app_targets, frame_locals
 
 log = logging.getLogger("wsgireload")
 NAME = "uvicorn"
 SCRIPT_PREFIX = ""
+# The rest of a server module's interface, as every worker of these servers needs it:
+checker_stubs, threads_available = base.checker_stubs, base.threads_available
+early_environ, before_workers = base.early_environ, base.before_workers
 SUPERVISED, RELOADER, LONE = "supervised", "--reload", "lone"
 STOP_ACCEPTING_FOR = 0.2  # seconds: a connection accepted just before sends its request
 
@@ -126,24 +129,4 @@ def auto_action() -> Action:
 
 def boot_targets() -> List[Target]:
     """The app as uvicorn's command line names it (``module:attribute``)."""
-    app = getattr(role()[1], "app", None)
-    try:
-        return [parse_target(app)] if isinstance(app, str) else []
-    except ConfigurationError:
-        return []
-
-
-def checker_stubs() -> None:
-    """uvicorn's workers import nothing the boot checker must stand in for."""
-
-
-def threads_available(environ: Mapping[str, Any]) -> bool:
-    return True
-
-
-def early_environ() -> Optional[Dict[str, Any]]:
-    return None  # the ASGI gate starts at the worker's lifespan startup
-
-
-def before_workers(hook: Callable[[], None]) -> bool:
-    return False
+    return app_targets(getattr(role()[1], "app", None))
