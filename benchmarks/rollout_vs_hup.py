@@ -7,6 +7,9 @@ seconds until every worker serves the new code. "HUP by hand" serves the same ap
 wsgireload and sends SIGHUP to the master right after the edit.
 
     PYTHONPATH=$PWD python benchmarks/rollout_vs_hup.py [--workers 3 1]
+
+``--worker-class asgi`` (or ``uvicorn_worker.UvicornWorker``): the same with gunicorn's ASGI
+worker and a Starlette app in ``wsgireload.asgi.Reloader`` (tests/servers/test_asgi.py).
 """
 
 from __future__ import annotations
@@ -23,21 +26,27 @@ from typing import Dict, List
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from tests.servers import test_asgi as asgi_tests  # noqa: E402
 from tests.servers import test_gunicorn as gunicorn_tests  # noqa: E402
+from tests.servers import test_rollout as rollout_tests  # noqa: E402
 from tests.servers.harness import ChildSampler, Load, free_port, wait_for, write  # noqa: E402
 from tests.servers.test_rollout import make_app  # noqa: E402
 from wsgireload._system import SYSTEM  # noqa: E402
 
 
-def measure(workers: int, mode: str) -> Dict[str, float]:
+def measure(workers: int, mode: str, worker_class: str = "") -> Dict[str, float]:
     tmp = Path(tempfile.mkdtemp(prefix="wsgireload-rollout-bench-"))
     try:
-        make_app(tmp)
-        if mode == "HUP by hand":  # the same app, without wsgireload
+        if worker_class:
+            asgi_tests.make_app(tmp, boot=rollout_tests.BOOT, wrapped=mode != "HUP by hand")
+        else:
+            make_app(tmp)
+        if mode == "HUP by hand" and not worker_class:  # the same app, without wsgireload
             text = (tmp / "wsgi.py").read_text()
             write(tmp / "wsgi.py", text[: text.index("application = Reloader(")] +
                   "application = app\n")
-        server = gunicorn_tests.gunicorn(tmp, free_port(), workers=workers)
+        extra = ["-k", worker_class] if worker_class else []
+        server = gunicorn_tests.gunicorn(tmp, free_port(), workers=workers, extra=extra)
         server.start(timeout=60)
         try:
             master = server.proc.pid if server.proc is not None else 0
@@ -66,13 +75,16 @@ def measure(workers: int, mode: str) -> Dict[str, float]:
 def main(argv: List[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, nargs="+", default=[3, 1])
+    parser.add_argument("--worker-class", default="", help="gunicorn -k: asgi, "
+                        "uvicorn_worker.UvicornWorker (a Starlette app)")
+    parser.add_argument("--runs", type=int, default=1, help="runs of each row")
     args = parser.parse_args(argv)
     print("| workers | reload | requests | failed | slowest after the edit | peak workers "
           "| new code everywhere |")
     print("|---|---|---|---|---|---|---|")
     for workers in args.workers:
-        for mode in ("rollout (one-by-one)", "HUP by hand"):
-            row = measure(workers, mode)
+        for mode in ("rollout (one-by-one)", "HUP by hand") * args.runs:
+            row = measure(workers, mode, args.worker_class)
             print(f"| {workers} | {mode} | {row['requests']:.0f} | {row['failed']:.0f} | "
                   f"{row['slowest']:.3f} s | {row['peak']:.0f} | {row['took']:.2f} s |",
                   flush=True)

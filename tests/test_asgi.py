@@ -108,9 +108,11 @@ async def request(reloader: Reloader, scope: Dict[str, Any] = HTTP) -> List[Mess
     return sent
 
 
-def test_a_non_callable_app_is_refused() -> None:
+def test_a_non_callable_app_and_a_smoke_path_are_refused() -> None:
     with pytest.raises(ConfigurationError, match="app must be an ASGI callable"):
         Reloader(object())
+    with pytest.raises(ConfigurationError, match="smoke is for WSGI apps only"):
+        Reloader(App(), smoke="/healthz")
 
 
 @pytest.mark.parametrize("outcome", ["complete", "failed", "raise", None])

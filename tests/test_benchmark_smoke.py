@@ -33,6 +33,7 @@ def test_quick_benchmark_prints_the_table() -> None:
     for section in ("request", "scan", "watcher CPU", "latency", "memory"):
         assert f"\n{section}" in out, section
     assert "Werkzeug StatReloaderLoop.run_step()" in out
+    assert "asgi hello: asgi.Reloader (thread mode, steady)" in out
     assert ("Django StatReloader.snapshot_files()" in out) is HAVE_DJANGO
 
 

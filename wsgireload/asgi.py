@@ -31,6 +31,7 @@ from typing import Any, Awaitable, Callable, Dict, MutableMapping
 
 from . import servers
 from ._options import documented
+from .errors import ConfigurationError
 from .middleware import Gate
 
 Scope = MutableMapping[str, Any]
@@ -74,6 +75,12 @@ class Reloader(Gate):
 
     app: ASGIApp
 
+    def __init__(self, app: ASGIApp, **options: Any) -> None:
+        if options.get("smoke") is not None:
+            raise ConfigurationError("smoke is for WSGI apps only: the boot check of an ASGI "
+                                     "app runs its lifespan startup instead; drop smoke=")
+        super().__init__(app, **options)
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self._steady:
             try:
@@ -86,6 +93,11 @@ class Reloader(Gate):
             return await self._lifespan(scope, receive, send)
         if kind != "http" or not self._request_started(scope):
             return await self.app(scope, receive, send)
+        return await self._counted(scope, receive, send)
+
+    async def _counted(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The app's call, counted in flight until its last body message (or its end).
+        (Apart from ``__call__``: closures there would cost every steady request.)"""
         done = False
 
         def finish() -> None:

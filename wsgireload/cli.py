@@ -23,7 +23,7 @@ from .actions.pidfile import DEFAULT_EXPECT, PidfileAction, parse_signal
 from .detect import Detector, site_dirs
 from .errors import ConfigurationError, WsgiReloadError
 from .events import EventDetector
-from .middleware import Reloader
+from .middleware import Gate
 from .policy import ChangeSet, compile_errors
 from .watcher import Watcher
 
@@ -80,8 +80,8 @@ def load_app(target: str) -> Tuple[Any, str]:
     return app, f"{module_name}:{attrs}"
 
 
-def find_reloader(app: Any, depth: int = 4) -> Tuple[Optional[Reloader], str]:
-    """The Reloader in ``app`` or in what it wraps (Flask's ``wsgi_app``, ``.app``...)."""
+def find_reloader(app: Any, depth: int = 4) -> Tuple[Optional[Gate], str]:
+    """The Reloader (WSGI or ASGI) in ``app`` or in what it wraps (Flask's ``wsgi_app``...)."""
     queue: List[Tuple[Any, str, int]] = [(app, "app", 0)]
     seen = set()
     while queue:
@@ -89,7 +89,7 @@ def find_reloader(app: Any, depth: int = 4) -> Tuple[Optional[Reloader], str]:
         if id(obj) in seen:
             continue
         seen.add(id(obj))
-        if isinstance(obj, Reloader):
+        if isinstance(obj, Gate):
             return obj, where
         if level >= depth:
             continue

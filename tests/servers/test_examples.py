@@ -29,11 +29,11 @@ pytestmark = pytest.mark.server
 FAST = "interval=0.25, settle=0.5,\n"
 
 
-def gunicorn(tmp_path: Path, target: str) -> Server:
+def gunicorn(tmp_path: Path, target: str, *extra: str) -> Server:
     port = free_port()
     return Server(
         [bin_path("gunicorn"), "--workers", "2", "--bind", f"127.0.0.1:{port}",
-         *gunicorn_no_control_socket(), "--graceful-timeout", "10", target],
+         *gunicorn_no_control_socket(), "--graceful-timeout", "10", *extra, target],
         cwd=tmp_path, port=port, log_path=tmp_path / "gunicorn.log",
     )
 
@@ -98,14 +98,43 @@ def test_django_example_reloads_template_and_code(tmp_path: Path, servers: List[
     assert reloads(server.log(), 2) == 2, server.log()
 
 
+def test_starlette_example_reloads_code(tmp_path: Path, servers: List[Server]) -> None:
+    examples = copy_examples(tmp_path)
+    patch(examples / "starlette_app.py", "lifespan=lifespan)", "lifespan=lifespan), " + FAST)
+    server = gunicorn(tmp_path, "examples.starlette_app:app", "-k", "uvicorn_worker.UvicornWorker")
+    servers.append(server.start())
+    assert "Hello, world!" in body(server.port)
+    edit_and_see(server, examples / "greeting.py", 'f"Hello, {name}!"', 'f"Howdy, {name}!"',
+                 "Howdy, world!", count=1)
+    assert reloads(server.log(), 2) == 1 and boots(server.log()) == 4, server.log()
+
+
+def test_django_asgi_example_reloads_template_and_code(
+    tmp_path: Path, servers: List[Server]
+) -> None:
+    examples = copy_examples(tmp_path)
+    patch(examples / "django_asgi.py", "extra_files=django_extra_files()",
+          "extra_files=django_extra_files(), " + FAST.strip())
+    server = gunicorn(tmp_path, "examples.django_asgi:application", "-k", "asgi")
+    servers.append(server.start())
+    assert "Hello from Django" in body(server.port)
+    project = examples / "django_project"
+    edit_and_see(server, project / "templates" / "hello.html", "<h1>", "<h1>Edited: ",
+                 "Edited: Hello from Django", count=1)
+    edit_and_see(server, project / "views.py", '"Hello from Django"', '"Bonjour from Django"',
+                 "Edited: Bonjour from Django", count=2)
+    assert reloads(server.log(), 2) == 2, server.log()
+
+
 def test_check_command_on_the_examples(tmp_path: Path) -> None:
-    """`wsgireload check` on both examples, from the repository root, as the README shows."""
+    """`wsgireload check` on the examples, from the repository root, as the README shows."""
     import subprocess
 
     from .harness import _repo_root
 
     for target, expect in [("examples.flask_app:app", "reloader:  app.wsgi_app"),
-                           ("examples.django_wsgi:application", "reloader:  app ")]:
+                           ("examples.django_wsgi:application", "reloader:  app "),
+                           ("examples.starlette_app:app", "reloader:  app ")]:
         proc = subprocess.run([sys.executable, "-m", "wsgireload", "check", target],
                               cwd=_repo_root(), capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0, proc.stderr
