@@ -172,3 +172,26 @@ def test_a_supervised_worker_stops_accepting_before_uvicorn_sees_its_sigterm(
         signal.signal(signal.SIGTERM, previous)
     assert exits == [signal.SIGTERM]  # uvicorn's own handler still runs
     assert accepted == []
+
+
+def test_the_action_wraps_uvicorns_sigterm_only_in_a_supervised_worker(
+        monkeypatch: pytest.MonkeyPatch, system: FakeSystem) -> None:
+    class Server:
+        should_exit = False
+
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            """uvicorn's own SIGTERM handler."""
+
+    async def handler_after_setup(supervised_worker: bool) -> Any:
+        original = Server().handle_exit
+        signal.signal(signal.SIGTERM, original)
+        (supervised if supervised_worker else lone)(monkeypatch)
+        worker(system, FakeSiblings(system))
+        return signal.getsignal(signal.SIGTERM) != original
+
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        assert asyncio.run(handler_after_setup(True))
+        assert not asyncio.run(handler_after_setup(False))
+    finally:
+        signal.signal(signal.SIGTERM, previous)

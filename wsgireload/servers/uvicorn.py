@@ -20,7 +20,7 @@ from typing import Any, List, Mapping, Optional, Tuple
 from .._system import SYSTEM, System
 from ..boot import Target
 from . import base
-from .base import ASGI_KEY, Action, HupAction, app_targets, frame_locals
+from .base import ASGI_KEY, Action, HupAction, ProcessContext, app_targets, frame_locals
 
 log = logging.getLogger("wsgireload")
 NAME = "uvicorn"
@@ -75,13 +75,17 @@ class UvicornAction(HupAction):
         "signal; --reload: nothing (it reloads by itself)"
     )
 
+    def setup(self, context: ProcessContext) -> None:
+        super().setup(context)
+        try:
+            if self.unsupervised is None:
+                accept_nothing_before_exit()
+        except (RuntimeError, ValueError) as exc:  # no loop running, or another thread
+            log.debug("wsgireload: uvicorn's SIGTERM left as it is: %r", exc)
+
     def why_no_master(self) -> Optional[str]:
         found = role()[0]
         if found == SUPERVISED:
-            try:
-                accept_nothing_before_exit()
-            except (RuntimeError, ValueError) as exc:  # no loop running, or another thread
-                log.debug("wsgireload: uvicorn's SIGTERM left as it is: %r", exc)
             return None
         if found == RELOADER:
             return "uvicorn runs with --reload, which reloads the code by itself"
@@ -90,8 +94,8 @@ class UvicornAction(HupAction):
 
 def accept_nothing_before_exit() -> None:
     """In this worker's main thread, with uvicorn's loop running: on SIGTERM, stop accepting
-    at once, and hand the signal to uvicorn's own handler ``STOP_ACCEPTING_FOR`` seconds later
-    (measured: resets at an old worker's shutdown, 4 in 40 hand-sent SIGHUPs, none after)."""
+    at once, and hand the signal to uvicorn's own handler ``STOP_ACCEPTING_FOR`` seconds later,
+    once every connection accepted before has sent its request."""
     import asyncio  # (only in a uvicorn worker)
 
     original = signal.getsignal(signal.SIGTERM)
