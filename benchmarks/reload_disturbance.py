@@ -1,8 +1,9 @@
 """Reload disturbance on real servers: what visitors see while new code replaces the old.
 
-Run from the repository root: ``python benchmarks/reload_disturbance.py`` (about 5 minutes;
-``--quick`` about 1; ``--repeat N``; ``--out FILE`` also writes the table there). Needs the
-test extras (gunicorn, uWSGI, pytest: it starts servers with the real-server test harness).
+Run from the repository root: ``python benchmarks/reload_disturbance.py`` (about 8 minutes;
+``--quick`` about 1; ``--repeat N``; ``--only uvicorn``; ``--out FILE`` also writes the table
+there). Needs the test extras (gunicorn, uWSGI, uvicorn, granian, hypercorn, pytest: it starts
+servers with the real-server test harness). The ASGI servers serve the same app as ASGI.
 
 For each server and reload, one server at a time on 127.0.0.1: an app whose import takes 0.2 s
 or 2 s (``time.sleep`` at import, as a Django project's settings and URLconf take 2-6 s) is
@@ -31,6 +32,7 @@ import sys
 import tempfile
 import threading
 import time
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
@@ -78,6 +80,33 @@ from wsgireload import Reloader
 application = Reloader(app, interval={interval}, settle={settle}{extra})
 """
 NO_ROLLOUT = "n/a (this wsgireload has no rollout option)"
+ASGI_APP = """\
+import logging, os, sys, asyncio, time
+logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                    format="%(asctime)s [%(process)d] %(levelname)s %(message)s")
+time.sleep({boot})  # what importing the app costs
+import mod
+
+async def app(scope, receive, send):
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            await send({{"type": message["type"] + ".complete"}})
+            if message["type"] == "lifespan.shutdown":
+                return
+    await asyncio.sleep(0.01)  # some work
+    body = ("%d %s" % (os.getpid(), mod.VERSION)).encode()
+    await send({{"type": "http.response.start", "status": 200,
+                "headers": [(b"content-length", str(len(body)).encode())]}})
+    await send({{"type": "http.response.body", "body": body}})
+
+{wrap}
+"""
+ASGI_WRAPPED = """\
+from wsgireload.asgi import Reloader
+app = Reloader(app, interval={interval}, settle={settle}{extra})
+"""
+ASGI_SERVERS = ("uvicorn", "granian", "hypercorn")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,6 +120,7 @@ class Case:
     by_hand: Optional[str] = None  # "hup" or "chain" (uWSGI's master FIFO); None: wsgireload
     rollout: Optional[str] = None  # the Reloader's rollout option, where the row asks for it
     lazy: bool = False  # uWSGI: --lazy-apps --master-fifo
+    action: Optional[str] = None  # the Reloader's action option, where the row asks for it
 
     @property
     def label(self) -> str:
@@ -146,7 +176,17 @@ def cases(quick: bool, nobody: bool) -> List[Case]:
             Case(prefork, "HUP by hand (full reload)", "uwsgi", 3, by_hand="hup"),
             Case(prefork, "wsgireload (`uwsgi.reload()`)", "uwsgi", 3),
         ]
-    return gunicorn + uwsgi
+    asgi = [] if quick else [
+        Case("uvicorn --workers 3", "HUP by hand (no wsgireload)", "uvicorn", 3, by_hand="hup"),
+        Case("uvicorn --workers 3", "wsgireload", "uvicorn", 3),
+        Case("granian --workers 2", "HUP by hand (no wsgireload)", "granian", 2, by_hand="hup"),
+        Case("granian --workers 2", "wsgireload", "granian", 2),
+        Case("hypercorn --workers 3", "HUP by hand (no wsgireload)", "hypercorn", 3,
+             by_hand="hup"),
+        Case("hypercorn --workers 3", "wsgireload, action='hypercorn' (auto: none)",
+             "hypercorn", 3, action="hypercorn"),
+    ]
+    return gunicorn + uwsgi + asgi
 
 
 def unavailable(case: Case, has_rollout: bool) -> Optional[str]:
@@ -157,16 +197,28 @@ def unavailable(case: Case, has_rollout: bool) -> Optional[str]:
         return "n/a (uWSGI is not installed)"
     if case.kind == "nobody" and (os.geteuid() != 0 or not os.access("/usr/bin/python3", os.X_OK)):
         return "n/a (needs root and /usr/bin/python3)"
+    if case.kind in ASGI_SERVERS and shutil.which(bin_path(case.kind)) is None:
+        return f"n/a ({case.kind} is not installed)"
     return None
 
 
 def children(pid: int) -> List[int]:
-    """The children of ``pid``'s main thread: gunicorn's arbiter and uWSGI's master fork there."""
+    """The children of ``pid``'s main thread: gunicorn's arbiter and uWSGI's master fork there;
+    multiprocessing's resource tracker (uvicorn's, hypercorn's) is not a worker."""
     try:
         with open(f"/proc/{pid}/task/{pid}/children") as handle:
-            return [int(p) for p in handle.read().split()]
+            found = [int(p) for p in handle.read().split()]
     except OSError:
         return []
+    return [child for child in found if b"resource_tracker" not in cmdline(child)]
+
+
+def cmdline(pid: int) -> bytes:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            return handle.read()
+    except OSError:
+        return b""
 
 
 class TimedLoad(Load):
@@ -243,13 +295,29 @@ def p99(values: Sequence[float]) -> float:
 
 
 def make_app(app_dir: Path, case: Case, boot: float, has_rollout: bool) -> None:
+    asgi = case.kind in ASGI_SERVERS
     if case.by_hand:
-        wrap = PLAIN
+        wrap = "" if asgi else PLAIN
     else:
         extra = f", rollout={case.rollout!r}" if case.rollout and has_rollout else ""
-        wrap = WRAPPED.format(interval=INTERVAL, settle=SETTLE, extra=extra)
+        extra += f", action={case.action!r}" if case.action else ""
+        wrap = (ASGI_WRAPPED if asgi else WRAPPED).format(
+            interval=INTERVAL, settle=SETTLE, extra=extra)
     write(app_dir / "mod.py", f"VERSION = {OLD!r}\n")
-    write(app_dir / "wsgi.py", APP.format(boot=boot, wrap=wrap))
+    write(app_dir / "wsgi.py", (ASGI_APP if asgi else APP).format(boot=boot, wrap=wrap))
+
+
+def asgi_server(case: Case, directory: Path, port: int) -> Server:
+    argv = {
+        "uvicorn": [bin_path("uvicorn"), "--workers", str(case.workers), "--port", str(port),
+                    "--no-access-log", "wsgi:app"],
+        "granian": [bin_path("granian"), "--interface", "asgi", "--workers", str(case.workers),
+                    "--port", str(port), "--no-access-log", "wsgi:app"],
+        "hypercorn": [bin_path("hypercorn"), "--workers", str(case.workers), "--bind",
+                      f"127.0.0.1:{port}", "wsgi:app"],
+    }[case.kind]
+    return Server(argv, cwd=directory / "app", port=port, log_path=directory / "server.log",
+                  env={"TMPDIR": str(directory / "run"), "XDG_RUNTIME_DIR": ""})
 
 
 def gunicorn_server(case: Case, directory: Path, port: int) -> Server:
@@ -299,6 +367,7 @@ def uwsgi_server(case: Case, directory: Path, port: int) -> Server:
 
 SERVERS: Dict[str, Callable[[Case, Path, int], Server]] = {
     "gunicorn": gunicorn_server, "nobody": nobody_server, "uwsgi": uwsgi_server,
+    **{kind: asgi_server for kind in ASGI_SERVERS},
 }
 
 
@@ -416,8 +485,14 @@ def versions() -> str:
                                 capture_output=True, text=True, timeout=30).stdout.strip()
     except OSError:
         commit = ""
+    asgi = []
+    for name in ASGI_SERVERS:
+        try:
+            asgi.append(f"{name} {version(name)}")
+        except PackageNotFoundError:
+            asgi.append(f"{name} not installed")
     return (f"Python {platform.python_version()}, gunicorn {gunicorn.__version__}, "
-            f"uWSGI {uwsgi_version}, wsgireload {commit or '(no git)'}, "
+            f"uWSGI {uwsgi_version}, {', '.join(asgi)}, wsgireload {commit or '(no git)'}, "
             f"{os.cpu_count()} CPUs, {platform.system()}")
 
 

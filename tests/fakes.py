@@ -204,3 +204,16 @@ def watched_file(tmp_path: Path) -> Path:
     path = tmp_path / "watched.cfg"
     path.write_text("v1")
     return path
+
+
+def fake_stack(monkeypatch: pytest.MonkeyPatch, *frames: Tuple[str, str, Dict[str, Any]],
+               modules: Tuple[str, ...] = ()) -> None:
+    """The main thread's stack as the servers layer reads it: (file, function, locals) frames,
+    innermost first (``wsgireload.servers.base.main_frames``), with the
+    server's ``modules`` imported (stand-ins where missing)."""
+    for name in modules:
+        if name not in sys.modules:
+            monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    stack = [types.SimpleNamespace(f_code=types.SimpleNamespace(co_filename=path, co_name=name),
+                                   f_locals=local) for path, name, local in frames]
+    monkeypatch.setattr("wsgireload.servers.base.main_frames", lambda: iter(stack))

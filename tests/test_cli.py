@@ -74,6 +74,10 @@ def test_check_reports_files_scan_compile_and_action(
     assert "here: standalone" in out
     assert "under gunicorn: one new worker ready before each old one leaves" in out
     assert "add --lazy-apps --master-fifo <path> for the chain reload" in out
+    assert "under uvicorn: uvicorn --workers N (N > 1): SIGHUP to the verified supervisor" in out
+    assert "a lone uvicorn (no --workers, or --workers 1) dies on SIGHUP: one WARNING" in out
+    assert "under granian: SIGHUP to the verified granian supervisor" in out
+    assert "under hypercorn: auto: no reload, one WARNING" in out
 
 
 def test_check_verbose_lists_every_file(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import errno
+import gc
 import os
+import warnings
 from pathlib import Path
 
 import pytest
@@ -42,6 +44,16 @@ def test_children_are_read_from_every_task_of_the_parent(tmp_path: Path) -> None
     assert _system.System(str(tmp_path)).children(10) == [11, 12, 14]
     assert _system.System(str(tmp_path)).children(99) == []
     assert os.getpid() in SYSTEM.children(os.getppid())
+
+
+def test_children_of_a_thread_that_exits_mid_scan_leave_nothing_open(tmp_path: Path) -> None:
+    (tmp_path / "42" / "task" / "42").mkdir(parents=True)  # its children file is gone
+    (tmp_path / "42" / "task" / "43").mkdir()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert _system.System(str(tmp_path)).children(42) == []
+        gc.collect()
+    assert not [w for w in caught if issubclass(w.category, ResourceWarning)]
 
 
 def test_read_process_without_proc_knows_only_the_pid(tmp_path: Path) -> None:

@@ -118,8 +118,10 @@ class System:
         """The live child processes of ``pid`` (``/proc/<pid>/task/*/children``); [] if
         unreadable. A reaped child is gone; one that exited but is not reaped yet is listed."""
         found: List[int] = []
-        with contextlib.suppress(OSError):
-            for task in os.scandir(os.path.join(self.proc_root, str(pid), "task")):
+        # (closed however it ends: a thread that exits mid-scan makes open() fail)
+        with contextlib.suppress(OSError), os.scandir(
+                os.path.join(self.proc_root, str(pid), "task")) as tasks:
+            for task in tasks:
                 with open(os.path.join(task.path, "children"), "rb") as handle:
                     found += [int(word) for word in handle.read().split()]
         return sorted(set(found))

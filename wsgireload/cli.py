@@ -125,7 +125,8 @@ def _server_lines() -> List[str]:
     else:
         why = "no server module loaded; in a worker the first request's environ tells"
     lines = [f"here: {here} ({why})"]
-    for server in ("gunicorn", "uwsgi", "mod_wsgi", "passenger", "standalone"):
+    for server in ("gunicorn", "uwsgi", "mod_wsgi", "passenger", "uvicorn", "granian",
+                   "hypercorn", "standalone"):
         what = getattr(REGISTRY.get(server), "summary", "") or "warns once and does not reload"
         lines.append(f"under {server}: {what}")
     return lines

@@ -12,10 +12,13 @@ from ..errors import ConfigurationError
 from ..policy import ChangeSet
 from ..servers import AutoAction, detect_server
 from ..servers.base import Action, CallbackAction, LogOnlyAction, ProcessContext
+from ..servers.granian import GranianAction
 from ..servers.gunicorn import GunicornAction, RestartWorkerAction
+from ..servers.hypercorn import HypercornAction
 from ..servers.mod_wsgi import ModWsgiAction
 from ..servers.passenger import PassengerAction
 from ..servers.standalone import ExecAction, ExitAction, StandaloneAction
+from ..servers.uvicorn import UvicornAction
 from ..servers.uwsgi import UwsgiAction
 
 __all__ = [
@@ -24,7 +27,9 @@ __all__ = [
     "CallbackAction",
     "ExecAction",
     "ExitAction",
+    "GranianAction",
     "GunicornAction",
+    "HypercornAction",
     "LogOnlyAction",
     "ModWsgiAction",
     "PassengerAction",
@@ -32,6 +37,7 @@ __all__ = [
     "REGISTRY",
     "RestartWorkerAction",
     "StandaloneAction",
+    "UvicornAction",
     "UwsgiAction",
     "detect_server",
     "resolve",
@@ -51,6 +57,9 @@ REGISTRY: Dict[str, Callable[[], Action]] = {
     "mod_wsgi": ModWsgiAction,
     "uwsgi": UwsgiAction,
     "passenger": PassengerAction,
+    "uvicorn": UvicornAction,
+    "granian": GranianAction,
+    "hypercorn": HypercornAction,
 }
 
 

@@ -17,7 +17,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from ..boot import Target
 from ..policy import ChangeSet
-from . import gunicorn, mod_wsgi, passenger, uwsgi
+from . import granian, gunicorn, hypercorn, mod_wsgi, passenger, uvicorn, uwsgi
 from .base import Action, ProcessContext, released_through_link
 from .standalone import StandaloneAction
 
@@ -27,7 +27,8 @@ Environ = Mapping[str, Any]
 
 # In the order they are recognised: the keys of uWSGI and mod_wsgi are their own, while
 # gunicorn is also recognised by its worker module, which an embedding app may have loaded.
-SERVERS = (uwsgi, mod_wsgi, passenger, gunicorn)
+# The ASGI servers come after gunicorn: its UvicornWorker runs uvicorn's modules too.
+SERVERS = (uwsgi, mod_wsgi, passenger, gunicorn, uvicorn, granian, hypercorn)
 
 
 def detect_server(environ: Environ) -> str:

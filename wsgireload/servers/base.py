@@ -11,13 +11,19 @@ from __future__ import annotations
 import enum
 import logging
 import os
+import signal
+import sys
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Dict, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from .._system import SYSTEM, ProcessInfo, System
 from ..policy import ChangeSet
 
 log = logging.getLogger("wsgireload")
+# The key of an ASGI gate's mapping (``wsgireload.asgi.asgi_environ``): its scope.
+ASGI_KEY = "wsgireload.asgi"
 Change = Callable[[Dict[str, Any]], Optional[Dict[str, Any]]]  # of the master's record
 
 
@@ -150,6 +156,116 @@ class MasterAction(Action):
         if isinstance(at, (int, float)) and started <= at <= self.system.monotonic():
             return self.system.monotonic() - at
         return None
+
+
+class HupAction(MasterAction):
+    """SIGHUP to this worker's verified master, once per change set for the master's workers:
+    for the servers whose master replaces its workers on SIGHUP (uvicorn ``--workers``,
+    granian, hypercorn). A subclass names the server and says, at setup, why a process has no
+    such master (``why_no_master``): there it never signals, and WARNs once per process.
+
+    :param server_names: names one of which the master's program must be.
+    :param runtime_dir: private directory for the master's record.
+    :param system: the operating system (tests pass a fake).
+    """
+
+    def __init__(self, *, server_names: Sequence[str] = (), runtime_dir: Optional[str] = None,
+                 system: System = SYSTEM) -> None:
+        super().__init__(server_names or (self.name,), runtime_dir, system)
+        self.unsupervised: Optional[str] = "setup has not run"  # why no master reloads us
+        self._warned = False
+
+    def why_no_master(self) -> Optional[str]:
+        """Why this process has no master that reloads it on SIGHUP (what to do), or None."""
+        return None
+
+    def setup(self, context: ProcessContext) -> None:
+        super().setup(context)
+        self.unsupervised = self.why_no_master()
+        if self.unsupervised is None:
+            self.master = record_master(self.system.parent_at_start(), self.system)
+
+    def __call__(self, changes: ChangeSet) -> None:
+        if self.unsupervised is not None:
+            if not self._warned and self.siblings.first_to_log(f"{self.name}-unsupervised"):
+                self._warned = True
+                log.warning("wsgireload: code changed (%s) but not reloading: %s",
+                            changes.describe(), self.unsupervised)
+            return
+        problem = self._problem()
+        if problem is not None or self.master is None:
+            log.warning("wsgireload: not signalling the master: %s; restart %s yourself",
+                        problem, self.name)
+            return
+        if not self.siblings.coordinated:  # else each worker would HUP: one cycle each
+            log.warning("wsgireload: not reloading: no safe place to coordinate workers (%s); "
+                        "pass runtime_dir= a private directory, or restart %s yourself",
+                        self.siblings.why_alone(), self.name)
+            return
+        if self._covered() is not None:
+            log.debug("wsgireload: %s master %d already reloaded since this worker started",
+                      self.name, self.master.pid)
+            return
+        try:
+            self.system.kill(self.master.pid, 0)  # a refusal must not note a reload
+            self.siblings.reloading()  # noted first: the new workers find themselves after it
+            self.system.kill(self.master.pid, signal.SIGHUP)
+        except OSError as exc:
+            log.warning("wsgireload: not reloading: %s master %d: %s; restart it yourself",
+                        self.name, self.master.pid, exc.strerror or exc)
+
+    def describe(self) -> str:
+        if self.unsupervised is not None:
+            return f"{self.name}: nothing (no master reloads this process)"
+        return f"{self.name}: SIGHUP to master {self.master.pid if self.master else '?'}"
+
+
+# -- what a server module whose workers need no more says (uvicorn, granian, hypercorn) -------
+def checker_stubs() -> None:
+    """Its workers import nothing of the server's that the boot checker must stand in for."""
+
+
+def threads_available(environ: Mapping[str, Any]) -> bool:
+    return True
+
+
+def early_environ() -> Optional[Dict[str, Any]]:
+    return None  # an ASGI gate starts as its worker's lifespan startup completes
+
+
+def before_workers(hook: Callable[[], None]) -> bool:
+    return False
+
+
+def app_targets(spec: Any) -> List[Any]:
+    """[the boot check's Target for ``spec``], a server's ``module:attribute`` option, or []."""
+    from ..boot import parse_target
+    from ..errors import ConfigurationError
+
+    try:
+        return [parse_target(spec)] if isinstance(spec, str) else []
+    except ConfigurationError:
+        return []
+
+
+def main_frames() -> Iterator[Any]:
+    """The frames of the main thread's stack, innermost first (from any thread)."""
+    main = threading.main_thread().ident
+    frame = sys._current_frames().get(main) if main is not None else None  # noqa: SLF001
+    while frame is not None:
+        yield frame
+        frame = frame.f_back
+
+
+def frame_locals(path: str, names: Sequence[str]) -> Optional[Dict[str, Any]]:
+    """The locals of the innermost main-thread frame running one of ``names`` in a file
+    whose path ends with ``path`` (``uvicorn/_subprocess.py``), or None."""
+    suffix = path.replace("/", os.sep)
+    for frame in main_frames():
+        code = frame.f_code
+        if code.co_name in names and code.co_filename.endswith(suffix):
+            return dict(frame.f_locals)
+    return None
 
 
 class CallbackAction(Action):

@@ -1,0 +1,87 @@
+"""granian with a fake system and a fake stack: SIGHUP to its verified supervisor once per
+deploy, from a worker process it started; nothing elsewhere."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import types
+
+import pytest
+
+from wsgireload._system import ProcessInfo
+from wsgireload.policy import ChangeSet
+from wsgireload.servers import AutoAction, granian
+from wsgireload.servers.base import ASGI_KEY, ProcessContext
+from wsgireload.servers.granian import GranianAction
+
+from .fakes import FakeSiblings, FakeSystem, fake_stack
+
+SITE = "/venv/lib/python3.11/site-packages/"
+MASTER = ProcessInfo(4242, "1000", 1001, ("/venv/bin/python3", "/venv/bin/granian",
+                                         "--interface", "asgi", "app:app"))
+CHANGES = ChangeSet(("/srv/app/views.py",), "abc", 1.0, 1.0)
+ENVIRON = {ASGI_KEY: {"type": "lifespan"}}
+
+
+def worker_stack(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A forked worker keeps its supervisor's frames below its own."""
+    server = types.SimpleNamespace(respawn_interval=3.5, target="app:app")
+    fake_stack(monkeypatch, (SITE + "granian/server/mp.py", "_spawn_asgi_lifespan_worker", {}),
+               (SITE + "granian/server/mp.py", "wrapped", {}),
+               ("/usr/lib/python3.11/multiprocessing/process.py", "_bootstrap", {}),
+               (SITE + "granian/server/common.py", "_spawn_workers", {"self": server}),
+               modules=("granian", "granian.server.mp"))
+
+
+@pytest.fixture
+def system() -> FakeSystem:
+    machine = FakeSystem(parent=MASTER.pid)
+    machine.procs[MASTER.pid] = MASTER
+    return machine
+
+
+def test_auto_hups_the_verified_supervisor_once_per_deploy(
+        monkeypatch: pytest.MonkeyPatch, system: FakeSystem) -> None:
+    worker_stack(monkeypatch)
+    assert granian.serves(ENVIRON) and not granian.serves({})
+    assert granian.master_of(ENVIRON, system) == ("granian", MASTER.pid)
+    assert [t.module for t in granian.boot_targets()] == ["app"]
+    siblings = FakeSiblings(system)
+    action = AutoAction()
+    action.setup(ProcessContext(5000, 5000, ENVIRON, siblings))
+    assert isinstance(action.delegate, GranianAction)
+    action.delegate.system = system  # (the fake machine, seen from this worker)
+    action.delegate.master = system.procs[MASTER.pid]
+    action(CHANGES)
+    assert system.killed == [(MASTER.pid, signal.SIGHUP)]
+    system.now += 1
+    action(CHANGES)  # the reload it asked for replaces this worker: not twice
+    assert system.killed == [(MASTER.pid, signal.SIGHUP)]
+
+
+def test_a_master_that_is_not_our_parent_any_more_is_never_signalled(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+        system: FakeSystem) -> None:
+    worker_stack(monkeypatch)
+    action = GranianAction(system=system)
+    action.setup(ProcessContext(5000, 5000, ENVIRON, FakeSiblings(system)))
+    system.parent = 1  # orphaned
+    with caplog.at_level(logging.WARNING, "wsgireload"):
+        action(CHANGES)
+    assert system.killed == []
+    assert "no longer this worker's parent" in caplog.text
+
+
+def test_a_process_granian_did_not_start_is_never_signalled(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+        system: FakeSystem) -> None:
+    fake_stack(monkeypatch, (SITE + "granian/server/embed.py", "serve", {}),
+               modules=("granian", "granian.server.mp"))
+    assert not granian.serves(ENVIRON) and granian.boot_targets() == []
+    action = GranianAction(system=system)
+    action.setup(ProcessContext(5000, 5000, ENVIRON))
+    with caplog.at_level(logging.WARNING, "wsgireload"):
+        action(CHANGES)
+    assert system.killed == []
+    assert "not a worker of granian's supervisor" in caplog.text
