@@ -8,12 +8,14 @@ import logging
 import signal
 import socket
 import types
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from wsgireload._system import ProcessInfo
 from wsgireload.actions import REGISTRY
+from wsgireload.asgi import Reloader
 from wsgireload.policy import ChangeSet
 from wsgireload.servers import AutoAction, uvicorn
 from wsgireload.servers.base import ASGI_KEY, ProcessContext
@@ -174,24 +176,48 @@ def test_a_supervised_worker_stops_accepting_before_uvicorn_sees_its_sigterm(
     assert accepted == []
 
 
-def test_the_action_wraps_uvicorns_sigterm_only_in_a_supervised_worker(
-        monkeypatch: pytest.MonkeyPatch, system: FakeSystem) -> None:
+def test_an_asgi_worker_wraps_uvicorns_sigterm_once_it_starts_watching(
+        tmp_path: Path) -> None:
+    """In any worker uvicorn runs (its supervisor's, gunicorn's UvicornWorker), the ASGI gate
+    wraps uvicorn's SIGTERM handler as its lifespan startup completes; any other handler (another
+    server's) is left alone."""
+    import uvicorn as _uvicorn_loaded  # noqa: F401  (the gate looks for it in sys.modules)
+
     class Server:
         should_exit = False
 
         def handle_exit(self, sig: int, frame: Any) -> None:
             """uvicorn's own SIGTERM handler."""
 
-    async def handler_after_setup(supervised_worker: bool) -> Any:
-        original = Server().handle_exit
+    def other_handler(sig: int, frame: Any) -> None:
+        """Another server's SIGTERM handler."""
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "lifespan.startup.complete"})
+
+    async def handler_after_startup(original: Any) -> bool:
         signal.signal(signal.SIGTERM, original)
-        (supervised if supervised_worker else lone)(monkeypatch)
-        worker(system, FakeSiblings(system))
-        return signal.getsignal(signal.SIGTERM) != original
+        reloader = Reloader(app, extra_files=[str(tmp_path / "x.cfg")], validate=None,
+                            action="log-only", interval=3600.0)
+        messages = iter([{"type": "lifespan.startup"}])
+        try:
+            await reloader({"type": "lifespan"}, lambda: _next(messages), _ignore)
+        finally:
+            reloader.close()
+        return bool(signal.getsignal(signal.SIGTERM) != original)
 
     previous = signal.getsignal(signal.SIGTERM)
     try:
-        assert asyncio.run(handler_after_setup(True))
-        assert not asyncio.run(handler_after_setup(False))
+        assert asyncio.run(handler_after_startup(Server().handle_exit))
+        assert not asyncio.run(handler_after_startup(other_handler))
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+async def _next(messages: Any) -> Any:
+    return next(messages)
+
+
+async def _ignore(message: Any) -> None:
+    return None

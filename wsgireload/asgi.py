@@ -27,6 +27,7 @@ exit. Lifespan messages pass through untouched.
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any, Awaitable, Callable, Dict, MutableMapping
 
 from . import servers
@@ -141,6 +142,8 @@ class Reloader(Gate):
             return
         try:
             self._start_process(asgi_environ(scope))
+            if "uvicorn" in sys.modules:  # its own workers, or gunicorn's UvicornWorker
+                servers.uvicorn.accept_nothing_before_exit()
         except Exception as exc:  # the first request tries again
             self._early_failed(exc)
 

@@ -7,7 +7,6 @@ finds the interpreter and the app, the checker half (``_checker_main``) imports 
 from __future__ import annotations
 
 import ast
-import asyncio
 import functools
 import importlib.machinery
 import importlib.util
@@ -532,6 +531,7 @@ def lifespan_failure(app: Any) -> Optional[Tuple[str, Optional[BaseException]]]:
     """Run the ASGI lifespan startup, then its shutdown, as a server does: the message of a
     reported ``lifespan.startup.failed`` and what the app raised with it, else None (started,
     or no lifespan support). Raises what the app raises without reporting."""
+    import asyncio  # (only for an ASGI app: WSGI users do not pay for its import)
 
     async def run() -> Optional[Tuple[str, Optional[BaseException]]]:
         inbox: "asyncio.Queue[Dict[str, Any]]" = asyncio.Queue()

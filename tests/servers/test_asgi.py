@@ -71,13 +71,11 @@ def make_app(directory: Path, boot: float = BOOT, wrapped: bool = True) -> None:
     write(directory / "wsgi.py", text)
 
 
-def assert_no_failed(outcome: rollout.Outcome, worker: str) -> None:
-    """None failed; under UvicornWorker, at most one reset per retired worker: uvicorn's own
-    graceful shutdown closes a connection it accepted before its request was read (see
-    docs/servers/asgi.md; a hand-sent HUP measures the same), nothing a reloader can reach."""
-    allowed = outcome.replaced if worker == UVICORN else 0
-    resets = [e for e in outcome.errors if e.startswith("ConnectionResetError")]
-    assert outcome.failed == len(resets) <= allowed, outcome.errors[:5]
+def assert_no_failed(outcome: rollout.Outcome) -> None:
+    """None failed, under UvicornWorker too: uvicorn's graceful shutdown closes a connection it
+    accepted before its request was read, so the gate has each uvicorn-run worker stop
+    accepting 0.2 s before uvicorn handles its SIGTERM (docs/servers/asgi.md)."""
+    assert outcome.failed == 0, outcome.errors[:5]
 
 
 @pytest.mark.parametrize("worker", ["asgi", UVICORN])
@@ -110,7 +108,7 @@ def test_a_failing_lifespan_startup_is_refused_and_its_fix_rolled_out(
 
     # 2. The fix, under load: each worker replaced once, a new one ready before an old leaves.
     outcome = rollout.edit_under_load(server, tmp_path, 3, "v2", "v1", label=worker)
-    assert_no_failed(outcome, worker)
+    assert_no_failed(outcome)
     assert outcome.slowest <= rollout.SLOWEST, f"a request took {outcome.slowest:.2f}s"
     assert outcome.peak <= 4 and outcome.replaced == 3, outcome
     assert len(outcome.new) == 3 and not outcome.new & outcome.old, outcome

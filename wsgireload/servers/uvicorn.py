@@ -5,7 +5,8 @@ fails. A lone uvicorn (no ``--workers``, or ``--workers 1``) dies on SIGHUP: nev
 
 uvicorn's shutdown closes every connection that has not sent its request yet, so a client
 whose connection an old worker had just accepted sees it reset: each supervised worker stops
-accepting ``STOP_ACCEPTING_FOR`` seconds before its SIGTERM reaches uvicorn.
+accepting ``STOP_ACCEPTING_FOR`` seconds before its SIGTERM reaches uvicorn (the ASGI gate
+installs this in every worker uvicorn runs: its own, and gunicorn's UvicornWorker).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any, List, Mapping, Optional, Tuple
 from .._system import SYSTEM, System
 from ..boot import Target
 from . import base
-from .base import ASGI_KEY, Action, HupAction, ProcessContext, app_targets, frame_locals
+from .base import ASGI_KEY, Action, HupAction, app_targets, frame_locals
 
 log = logging.getLogger("wsgireload")
 NAME = "uvicorn"
@@ -75,14 +76,6 @@ class UvicornAction(HupAction):
         "signal; --reload: nothing (it reloads by itself)"
     )
 
-    def setup(self, context: ProcessContext) -> None:
-        super().setup(context)
-        try:
-            if self.unsupervised is None:
-                accept_nothing_before_exit()
-        except (RuntimeError, ValueError) as exc:  # no loop running, or another thread
-            log.debug("wsgireload: uvicorn's SIGTERM left as it is: %r", exc)
-
     def why_no_master(self) -> Optional[str]:
         found = role()[0]
         if found == SUPERVISED:
@@ -95,14 +88,20 @@ class UvicornAction(HupAction):
 def accept_nothing_before_exit() -> None:
     """In this worker's main thread, with uvicorn's loop running: on SIGTERM, stop accepting
     at once, and hand the signal to uvicorn's own handler ``STOP_ACCEPTING_FOR`` seconds later,
-    once every connection accepted before has sent its request."""
+    once every connection accepted before has sent its request. Elsewhere: nothing."""
     import asyncio  # (only in a uvicorn worker)
+    import threading
 
     original = signal.getsignal(signal.SIGTERM)
     server = getattr(original, "__self__", None)  # uvicorn's Server, by its handle_exit
     if not callable(original) or not hasattr(server, "should_exit"):
         return
-    loop = asyncio.get_running_loop()
+    if threading.current_thread() is not threading.main_thread():
+        return
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:  # no loop running in this thread
+        return
 
     def stop_accepting() -> None:
         for listener in getattr(server, "servers", ()):
