@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import importlib.util
 import os
 import signal
 import socket
@@ -45,6 +46,16 @@ def gunicorn_no_control_socket() -> List[str]:
     import gunicorn.config
 
     return ["--no-control-socket"] if hasattr(gunicorn.config, "ControlSocket") else []
+
+
+# What a user on an older Python cannot have (CI's Python has both): the tests skip, saying so.
+needs_gunicorn_asgi = pytest.mark.skipif(
+    importlib.util.find_spec("gunicorn.workers.gasgi") is None,
+    reason="gunicorn -k asgi needs gunicorn 27 (Python 3.10 or later)")
+needs_granian = pytest.mark.skipif(
+    importlib.util.find_spec("granian") is None,
+    reason="granian 2.8 needs Python 3.10 or later (2.5.7, the last for 3.9, hangs stopping a "
+    "worker that runs a thread)")
 
 
 def write(path: Path, text: str) -> None:

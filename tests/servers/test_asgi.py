@@ -18,7 +18,7 @@ from wsgireload._system import SYSTEM
 
 from . import test_gunicorn as gunicorn_tests
 from . import test_rollout as rollout
-from .harness import Load, Server, free_port, wait_for, write
+from .harness import Load, Server, free_port, needs_gunicorn_asgi, wait_for, write
 
 pytestmark = [pytest.mark.server, pytest.mark.skipif(sys.platform != "linux", reason="/proc")]
 
@@ -78,7 +78,7 @@ def assert_no_failed(outcome: rollout.Outcome) -> None:
     assert outcome.failed == 0, outcome.errors[:5]
 
 
-@pytest.mark.parametrize("worker", ["asgi", UVICORN])
+@pytest.mark.parametrize("worker", [pytest.param("asgi", marks=needs_gunicorn_asgi), UVICORN])
 def test_a_failing_lifespan_startup_is_refused_and_its_fix_rolled_out(
     tmp_path: Path, servers: List[Server], worker: str
 ) -> None:

@@ -17,7 +17,7 @@ import pytest
 
 from wsgireload._system import SYSTEM
 
-from .harness import Load, Server, bin_path, free_port, wait_for, write
+from .harness import Load, Server, bin_path, free_port, needs_granian, wait_for, write
 
 pytestmark = [pytest.mark.server, pytest.mark.skipif(sys.platform != "linux", reason="/proc")]
 
@@ -125,7 +125,8 @@ def edit(server: Server, text: str) -> None:
     write(server.cwd / "mod.py", text)
 
 
-@pytest.mark.parametrize(("kind", "count", "pace"), [("uvicorn", 3, 2.0), ("granian", 2, 3.5)])
+@pytest.mark.parametrize(("kind", "count", "pace"), [
+    ("uvicorn", 3, 2.0), pytest.param("granian", 2, 3.5, marks=needs_granian)])
 def test_one_edit_replaces_each_worker_once_and_a_failing_startup_reaches_none(
         kind: str, count: int, pace: float, tmp_path: Path, servers: List[Server]) -> None:
     server = start(kind, tmp_path, servers, count)

@@ -18,6 +18,7 @@ from .harness import (
     free_port,
     get,
     gunicorn_no_control_socket,
+    needs_gunicorn_asgi,
     wait_for,
     write,
 )
@@ -109,6 +110,7 @@ def test_starlette_example_reloads_code(tmp_path: Path, servers: List[Server]) -
     assert reloads(server.log(), 2) == 1 and boots(server.log()) == 4, server.log()
 
 
+@needs_gunicorn_asgi
 def test_django_asgi_example_reloads_template_and_code(
     tmp_path: Path, servers: List[Server]
 ) -> None:
