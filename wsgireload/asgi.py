@@ -34,6 +34,7 @@ from . import servers
 from ._options import documented
 from .errors import ConfigurationError
 from .middleware import Gate
+from .servers.base import ASGI_KEY
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -42,8 +43,6 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 __all__ = ["Reloader"]
-
-ASGI_KEY = "wsgireload.asgi"
 
 
 def asgi_environ(scope: Scope) -> Dict[str, Any]:
@@ -75,6 +74,7 @@ class Reloader(Gate):
     """
 
     app: ASGIApp
+    protocol = "an ASGI"
 
     def __init__(self, app: ASGIApp, **options: Any) -> None:
         if options.get("smoke") is not None:

@@ -49,6 +49,7 @@ class Gate:
     # (or a client keeping slow responses overlapping) that moment may never come;
     # server-graceful actions then fire at the next response close. Instances may override it.
     drain_timeout = 60.0
+    protocol = "a WSGI"  # of the app it wraps, for error messages
 
     def __init__(
         self,
@@ -59,8 +60,8 @@ class Gate:
         **options: Any,  # the Options fields: interval, settle, extra_files, validate...
     ) -> None:
         if not callable(app):
-            kind = "an ASGI" if type(self).__module__.endswith("asgi") else "a WSGI"
-            raise ConfigurationError(f"app must be {kind} callable, not {type(app).__name__}")
+            raise ConfigurationError(
+                f"app must be {self.protocol} callable, not {type(app).__name__}")
         self.options = Options.build(type(self).__name__, **options)
         self.app = app
         self.interval = self.options.interval

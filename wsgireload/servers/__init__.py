@@ -31,9 +31,15 @@ Environ = Mapping[str, Any]
 SERVERS = (uwsgi, mod_wsgi, passenger, gunicorn, uvicorn, granian, hypercorn)
 
 
+def _serving(environ: Environ) -> Any:
+    """The module of the server this environ comes from, or None (standalone)."""
+    return next((server for server in SERVERS if server.serves(environ)), None)
+
+
 def detect_server(environ: Environ) -> str:
     """Name the server from keys only the server sets (clients only reach ``HTTP_*`` keys)."""
-    return next((server.NAME for server in SERVERS if server.serves(environ)), "standalone")
+    server = _serving(environ)
+    return server.NAME if server is not None else "standalone"
 
 
 def master_of(environ: Environ) -> Optional[Tuple[str, int]]:
@@ -64,14 +70,12 @@ def install_stubs(name: str, data: Dict[str, Any]) -> None:
 def traps(environ: Environ, app_file: Optional[str]) -> Dict[str, str]:
     """{name: what goes wrong on reload and the fix} for this setup (``wsgireload check``)."""
     found = released_through_link(app_file)
-    server = next((server for server in SERVERS if server.serves(environ)), None)
-    return {**found, **getattr(server, "traps", lambda environ: {})(environ)}
+    return {**found, **getattr(_serving(environ), "traps", lambda environ: {})(environ)}
 
 
 def log_target(environ: Environ) -> Optional[logging.Logger]:
     """The logger whose handlers write the server's own log, if it has one."""
-    server = next((server for server in SERVERS if server.serves(environ)), None)
-    return getattr(server, "log_target", lambda: None)()
+    return getattr(_serving(environ), "log_target", lambda: None)()
 
 
 def threads_available(environ: Environ) -> bool:
