@@ -238,6 +238,19 @@ def touch(path: Path) -> None:
     os.utime(path, ns=(ns, ns))
 
 
+def first_step_done(reloader: Reloader) -> None:
+    """Wait (bounded) until a started watcher thread's first step (``FIRST_STEP`` after the
+    thread starts) has ended."""
+    engine = reloader.engine
+    deadline = time.monotonic() + 10.0
+    while reloader._thread is not None and time.monotonic() < deadline:  # noqa: SLF001
+        if engine._stepped:  # noqa: SLF001
+            break
+        time.sleep(0.002)
+    with engine._stepping:  # noqa: SLF001
+        pass
+
+
 def force_due(reloader: Reloader, watched: Path, clock: FakeClock) -> ChangeSet:
     """Change ``watched`` and step the watcher until a reload is due; return the change set."""
     touch(watched)

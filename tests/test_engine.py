@@ -36,6 +36,7 @@ from .conftest import (
     Recorder,
     edit,
     environ,
+    first_step_done,
     force_due,
     install,
     make_reloader,
@@ -419,6 +420,9 @@ def test_fork_after_the_watcher_started(watched: Path) -> None:
         serve(reloader, environ())
         parent_thread = reloader._thread  # noqa: SLF001
         assert parent_thread is not None and parent_thread.is_alive()
+        # The parent's first step (it comes at once) ends before the fork: a step running in
+        # the parent while the child deploys would act on the child's deploy.
+        first_step_done(reloader)
 
         def child() -> Dict[str, Any]:
             before = {

@@ -352,6 +352,7 @@ class Arbiter1:
         world.system.kids[MASTER.pid] = [self.spawn() for _ in range(workers)]
         world.siblings.rollout = "one-by-one"
         self.peak = workers
+        self.lose: Optional[int] = None  # the next such signal never reaches the master
 
     def spawn(self, ready: bool = True) -> int:
         self.next_pid += 1
@@ -364,7 +365,9 @@ class Arbiter1:
     def handle(self, ready: bool = True) -> None:
         kids = self.world.system.kids[MASTER.pid]
         for _, sig in self.world.system.killed:
-            if sig == signal.SIGTTIN:
+            if sig == self.lose:  # its sender died after writing it, before sending it
+                self.lose = None
+            elif sig == signal.SIGTTIN:
                 self.num_workers += 1
                 kids.append(self.spawn(ready))
             elif sig == signal.SIGTTOU:
@@ -404,6 +407,23 @@ def test_whoever_scans_next_continues_the_rollout(world: World) -> None:
     arbiter.run(world.worker(pid=999), 1)  # the old scanner is gone; another steps
     arbiter.run(world.worker(pid=998), 12)  # and another, after a while
     assert arbiter.num_workers == 3 and arbiter.peak == 4
+    assert world.siblings.record["rollout"]["end"] == "done"
+
+
+@pytest.mark.parametrize("lost", [signal.SIGTTIN, signal.SIGTTOU])
+def test_a_signal_written_but_never_sent_is_sent_again_and_the_count_holds(
+    world: World, lost: int
+) -> None:
+    arbiter = Arbiter1(world, 3)
+    old = list(world.system.kids[MASTER.pid])
+    arbiter.lose = lost
+    scanner = world.worker(pid=old[-1])
+    scanner(CHANGES)
+    arbiter.handle()
+    arbiter.run(world.worker(pid=999), int(4 * world.siblings.boot_timeout) + 20)
+    kids = world.system.kids[MASTER.pid]
+    assert arbiter.lose is None and arbiter.num_workers == len(kids) == 3
+    assert not set(kids) & set(old) and arbiter.peak == 4
     assert world.siblings.record["rollout"]["end"] == "done"
 
 

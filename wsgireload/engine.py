@@ -30,7 +30,7 @@ _FAILURE_LOG_EVERY = 60.0  # seconds between two logged watcher failures
 LEASE = 20.0  # seconds (at least 20 intervals) a scanner's lease lasts without renewal
 FOLLOW_EVERY = 60.0  # seconds between two looks at the record by a per-master follower
 FIRST_STEP = 0.1  # seconds: the first step joins the record, which marks the worker ready
-ROLL_STEP = 0.15  # seconds between two steps while a rollout goes on
+ROLL_STEP = 0.05  # seconds between two steps while a rollout goes on
 
 # (kind, detail) reports for a live display: "changed" (a path), "settling" (seconds to wait),
 # "rejected" (the files), "due" (the ChangeSet).

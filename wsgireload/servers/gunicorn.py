@@ -34,7 +34,7 @@ PRELOAD_ERROR = (
 )
 
 
-ROLL_GAP = 0.3  # seconds the master gets to act on one signal before the next step
+ROLL_GAP = 0.1  # seconds the master gets to act on one signal before the next step
 ROLLOUT_STOPPED = (
     "wsgireload: rollout of reload %s stopped: the new gunicorn worker was not ready within "
     "boot_timeout (%.0fs). gunicorn is back to %d worker(s) (SIGTTOU retired the oldest); the "
@@ -52,7 +52,9 @@ def step_rollout(data: Dict[str, Any], master: int, siblings: Siblings, system: 
     Each step is judged against the master's live children, so that whoever holds the lease
     next continues where the last one stopped: ``extra`` says a SIGTTIN is not yet matched
     by its SIGTTOU, and every SIGTTIN gets exactly one, so gunicorn ends with the worker
-    count it began with whatever dies on the way.
+    count it began with whatever dies on the way. A signal is written before it is sent: one
+    whose sender died in between is sent again, a SIGTTIN once no extra worker came within
+    boot_timeout, a SIGTTOU once one worker too many stayed for twice that.
     """
     state = section(data, "rollout")
     now = system.monotonic()
@@ -72,15 +74,19 @@ def step_rollout(data: Dict[str, Any], master: int, siblings: Siblings, system: 
         if len(ready) > count - len(old):
             return signal.SIGTTOU, {**state, "extra": False, "at": now}
         if now - float(state.get("since", now)) > siblings.boot_timeout:
+            if len(live) <= count:  # the SIGTTIN was written but its sender died unsent
+                return signal.SIGTTIN, {**state, "since": now, "at": now}
             log.error(ROLLOUT_STOPPED, state.get("n"), siblings.boot_timeout, count)
             return signal.SIGTTOU, {**state, "extra": False, "at": now, "end": "stopped"}
         return None
+    if len(live) > count:
+        if now - float(state.get("at", 0.0)) < 2 * siblings.boot_timeout:
+            return None  # the worker retired last is still finishing its requests
+        return signal.SIGTTOU, {**state, "at": now}  # the last SIGTTOU's sender died unsent
     if not old:
         log.debug("wsgireload: rollout of reload %s done: every worker of master %d replaced, "
                  "each new one ready before an old one left", state.get("n"), master)
         return 0, {**state, "end": "done"}
-    if len(live) > count and now - float(state.get("at", 0.0)) < siblings.boot_timeout:
-        return None  # the worker retired last is still finishing its requests
     return signal.SIGTTIN, {**state, "extra": True, "since": now, "at": now}
 
 
