@@ -144,6 +144,7 @@ class Reloader(Gate):
             self._start_process(asgi_environ(scope))
             if "uvicorn" in sys.modules:  # its own workers, or gunicorn's UvicornWorker
                 servers.uvicorn.accept_nothing_before_exit()
+            servers.gunicorn.leave_at_once()
         except Exception as exc:  # the first request tries again
             self._early_failed(exc)
 
