@@ -264,8 +264,8 @@ class Engine(Siblings):
             self.ops.publish(stats, share, *self._scan)
 
     def _report_traps(self, share: Optional[_record.Share], environ: Mapping[str, Any]) -> None:
-        """Once per master: each known trap of this setup, logged and kept in the record for
-        ``wsgireload check``."""
+        """Once per master (per process alone): each known trap of this setup, logged and
+        kept in the record for ``wsgireload check``."""
         self._environ = None
         module = sys.modules.get(self.creator.module or "") if self.creator else None
         found = servers.traps(environ, getattr(module, "__file__", None) or (
