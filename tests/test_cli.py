@@ -329,6 +329,34 @@ def test_status_text_names_each_part(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert "last refusal: " in out and ": /app/mod.py:1: boom\n" in out
 
 
+def test_check_names_each_trap_once_and_status_lists_masters_only(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from wsgireload._record import open_record
+
+    rundir = workdir / "run"
+    master = _live_record(rundir)
+    master.write_text(json.dumps({**json.loads(master.read_text()), "traps": {"t": "--preload"}}))
+    # Processes alone (no master: a lone uvicorn, Apache's embedded children) keep records of
+    # their own for their traps: one line for the processes of one setup.
+    for server, pid in (("uvicorn", os.getpid()), ("uvicorn", os.getppid()),
+                        ("mod_wsgi", os.getpid())):
+        record, _ = open_record(server, pid, str(rundir))
+        assert record is not None
+        record.update(lambda d, s=server: {**d, "traps": {"t": f"{s} alone"}, "alone": True})
+    name = module(workdir, APP)
+    code, out, err = run(["check", f"{name}:application", "--runtime-dir", str(rundir)], capsys)
+    assert code == 0, err
+    pids = sorted([os.getpid(), os.getppid()], key=str)
+    assert [line for line in out.splitlines() if line.startswith("trap:")] == [
+        f"trap:      gunicorn master {os.getpid()}: --preload",
+        f"trap:      mod_wsgi process {os.getpid()}: mod_wsgi alone",
+        f"trap:      uvicorn processes {pids[0]}, {pids[1]}: uvicorn alone",
+    ]
+    code, out, _ = run(["status", "--json", "--runtime-dir", str(rundir)], capsys)
+    assert [(m["server"], m["master"]) for m in json.loads(out)] == [("gunicorn", os.getpid())]
+
+
 def test_status_without_records_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(["status", "--runtime-dir", str(tmp_path / "none")], capsys)
     assert code == 0 and "no running master" in out

@@ -17,15 +17,19 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from wsgireload import Reloader
 from wsgireload import _ops as ops
-from wsgireload._record import Record, Share, section
+from wsgireload._options import Options
+from wsgireload._record import Record, Share, read_all, section
 from wsgireload.boot import VALIDATING_ENV
+from wsgireload.engine import Engine
 from wsgireload.errors import ConfigurationError
+from wsgireload.policy import ChangeSet
 from wsgireload.servers import gunicorn, mod_wsgi, uwsgi
-from wsgireload.servers.base import released_through_link
+from wsgireload.servers.base import ASGI_KEY, released_through_link
+from wsgireload.servers.uvicorn import UvicornAction
 from wsgireload.watcher import Watcher
 
 from .conftest import edit
-from .fakes import FakeSystem, ok_app
+from .fakes import FakeSystem, fake_stack, ok_app
 
 MASTER = 4242
 
@@ -375,6 +379,38 @@ def test_mod_wsgi_embedded_mode_is_a_trap() -> None:
     assert "WSGIDaemonProcess" in mod_wsgi.traps({"mod_wsgi.process_group": ""})[
         "mod_wsgi-embedded"]
     assert mod_wsgi.traps({"mod_wsgi.process_group": "app"}) == {}
+
+
+@pytest.mark.parametrize("server", ["uvicorn", "mod_wsgi"])
+def test_a_process_alone_keeps_its_trap_in_a_record_of_its_own_and_says_it_once(
+        server: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+        tmp_path: Path) -> None:
+    """A lone uvicorn, Apache's embedded children: no master, so no master's record; the trap
+    reaches `wsgireload check` through a record of the process's own (gone with it)."""
+    rundir = str(tmp_path / "run")
+    if server == "uvicorn":
+        fake_stack(monkeypatch, ("/venv/lib/uvicorn/main.py", "run", {"config": None}),
+                   modules=("uvicorn",))
+        monkeypatch.setattr("sys.argv", ["/venv/bin/uvicorn", "app:app"])
+        action: Any = UvicornAction(runtime_dir=rundir)
+        environ: Dict[str, Any] = {ASGI_KEY: {"type": "lifespan"}}
+    else:
+        action, environ = mod_wsgi.ModWsgiAction(), {"mod_wsgi.process_group": ""}
+        action.runtime_dir = rundir
+    options = Options.build("test", extra_files=[str(tmp_path / "*.py")], modules=False,
+                            settle=0, settle_max=0, validate="compile")
+    engine = Engine(options, action)
+    with caplog.at_level(logging.WARNING, "wsgireload"):
+        engine.setup(environ)
+        engine.step(1.0)
+        engine.step(2.0)
+        if server == "uvicorn":  # its deploy WARNING is the trap's line: said once in all
+            engine.act(ChangeSet(("/srv/app/views.py",), "abc", 1.0, 1.0))
+    (data,) = read_all(rundir)
+    assert (data["server"], data["master"], data["alone"]) == (server, os.getpid(), True)
+    (text,) = data["traps"].values()
+    assert ("`uvicorn app:app --workers 2`" if server == "uvicorn" else "WSGIDaemonProcess") in text
+    assert [r.getMessage() for r in caplog.records] == [f"wsgireload: trap: {text}"]
 
 
 def test_uwsgi_without_lazy_apps_is_a_trap(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -118,6 +118,18 @@ def test_open_record_creates_one_private_record_per_master(tmp_path: Path) -> No
     assert read_all(rundir) == [data]
 
 
+def test_read_all_removes_the_records_of_masters_and_processes_gone(tmp_path: Path) -> None:
+    rundir = str(tmp_path / "run")
+    for pid in (42, 43):  # a master, and a process alone (a lone uvicorn) with its traps
+        record, _ = open_record("uvicorn", pid, rundir, machine(42, 43))
+        assert record is not None
+        record.update(lambda d, p=pid: {**d, "traps": {"t": "text"}, "alone": p == 43})
+    assert [d["master"] for d in read_all(rundir, machine(42, 43))] == [42, 43]
+    assert [d["master"] for d in read_all(rundir, machine(42))] == [42]
+    assert sorted(os.listdir(rundir)) == ["uvicorn-42-na.master.json",
+                                          "uvicorn-42-na.master.json.lock"]
+
+
 def test_one_scanner_the_others_follow(record: Record) -> None:
     system = machine(1, 2, 3)
     first, second, third = (share(record, pid, system) for pid in (1, 2, 3))

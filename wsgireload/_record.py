@@ -196,8 +196,10 @@ def forget_dead(directory: str, system: System = SYSTEM) -> None:
 
 
 def read_all(directory: Optional[str] = None, system: System = SYSTEM) -> List[Data]:
-    """Every readable record of a running master in ``directory`` (for ``wsgireload status``)."""
+    """Every readable record of a running master (or process alone) in ``directory`` (for
+    ``wsgireload status`` and ``check``); those of masters that are gone are removed."""
     directory = directory or default_runtime_dir()
+    forget_dead(directory, system)
     try:
         names = sorted(os.listdir(directory))
     except OSError:

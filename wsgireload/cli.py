@@ -176,9 +176,16 @@ def cmd_check(args: argparse.Namespace) -> int:
     print(f"action:    {named}")
     for line in _server_lines():
         print(f"  {line}")
+    alone: Dict[Tuple[Any, str], List[str]] = {}  # one line for the lone processes of a setup
     for data in _record.read_all(args.runtime_dir):
         for text in _record.section(data, "traps").values():
-            print(f"trap:      {data.get('server')} master {data.get('master')}: {text}")
+            if data.get("alone"):
+                alone.setdefault((data.get("server"), text), []).append(str(data.get("master")))
+            else:
+                print(f"trap:      {data.get('server')} master {data.get('master')}: {text}")
+    for (server, text), pids in alone.items():
+        print(f"trap:      {server} process{'es' if len(pids) > 1 else ''} {', '.join(pids)}: "
+              f"{text}")
     if problems:
         for problem in problems[: None if args.verbose else 5]:
             print(f"  {problem}")
@@ -366,7 +373,8 @@ def _when(at: Any) -> str:
 
 def cmd_status(args: argparse.Namespace) -> int:
     now = time.monotonic()
-    masters = [master_status(data, now) for data in _record.read_all(args.runtime_dir)]
+    masters = [master_status(data, now) for data in _record.read_all(args.runtime_dir)
+               if not data.get("alone")]  # (a process alone keeps a record for its traps)
     if args.json:
         print(json.dumps(masters, indent=2))
         return 0

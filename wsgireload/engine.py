@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 import weakref
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Set, Tuple, Union
 
 from . import _ops, _record, _system, classic, events, servers
 from ._options import Options, run_action
@@ -97,6 +97,7 @@ class Engine(Siblings):
         self._failures: List[str] = []
         self._scan: Tuple[int, float] = (0, 0.0)  # files watched, seconds the last scan took
         self._environ: Optional[Mapping[str, Any]] = None  # until the traps are looked for
+        self._logged: Set[str] = set()  # lines logged once, alone (this process is its master)
 
     def after_fork(self) -> None:
         self._reset()
@@ -263,8 +264,8 @@ class Engine(Siblings):
             self.ops.publish(stats, share, *self._scan)
 
     def _report_traps(self, share: Optional[_record.Share], environ: Mapping[str, Any]) -> None:
-        """Once per master: each known trap of this setup, logged and kept in the record for
-        ``wsgireload check``."""
+        """Once per master (per process alone): each known trap of this setup, logged and
+        kept in the record for ``wsgireload check``."""
         self._environ = None
         module = sys.modules.get(self.creator.module or "") if self.creator else None
         found = servers.traps(environ, getattr(module, "__file__", None) or (
@@ -272,8 +273,15 @@ class Engine(Siblings):
         for name, text in found.items():
             if self.first_to_log(name):
                 log.warning("wsgireload: trap: %s", text, extra={"wsgireload_event": "trap"})
-        if share is not None and found:
-            self._shared(lambda: share.record.update(lambda d: {**d, "traps": found}))
+        if not found:
+            return
+        # A process no master coordinates (a lone uvicorn, Apache's embedded children): a
+        # record of its own, for `check` only (not a master: `status` leaves it out).
+        record = share.record if share is not None else _record.open_record(
+            servers.detect_server(environ), os.getpid(), self.action.runtime_dir)[0]
+        mark = {"traps": found, **({} if share is not None else {"alone": True})}
+        if record is not None:
+            self._shared(functools.partial(record.update, lambda d: {**d, **mark}))
 
     def _publish(self, share: _record.Share, changes: ChangeSet) -> Optional[int]:
         """A new generation: the reload of ``changes``, as the action now stands. It is the
@@ -365,9 +373,13 @@ class Engine(Siblings):
     def first_to_log(self, name: str) -> bool:
         share = self.joined()
         try:
-            return share is None or share.first_to_log(name)
+            if share is not None:
+                return share.first_to_log(name)
         except OSError:
             return True  # better a repeated line than a lost one
+        first = name not in self._logged  # alone: once per process
+        self._logged.add(name)
+        return first
 
     def restart_each_worker(self) -> None:
         """The action fell back to restarting this worker (the master refused its signal):

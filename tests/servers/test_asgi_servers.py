@@ -8,6 +8,7 @@ hypercorn), nothing is signalled and one WARNING says why.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -18,6 +19,7 @@ import pytest
 from wsgireload._system import SYSTEM
 
 from .harness import Load, Server, bin_path, free_port, needs_granian, wait_for, write
+from .test_ops import check, status
 
 pytestmark = [pytest.mark.server, pytest.mark.skipif(sys.platform != "linux", reason="/proc")]
 
@@ -125,6 +127,17 @@ def edit(server: Server, text: str) -> None:
     write(server.cwd / "mod.py", text)
 
 
+def records(server: Server) -> str:
+    """The runtime directory of the records of ``server``'s processes (see ``start``)."""
+    return str(server.cwd.parent / "run" / f"wsgireload-{os.getuid()}")
+
+
+def trap_lines(server: Server) -> List[str]:
+    """The `trap:` lines `wsgireload check` prints for the app ``server`` runs."""
+    return [line for line in check(server.cwd, records(server), "app:app").splitlines()
+            if line.startswith("trap:")]
+
+
 @pytest.mark.parametrize(("kind", "count", "pace"), [
     ("uvicorn", 3, 2.0), pytest.param("granian", 2, 3.5, marks=needs_granian)])
 def test_one_edit_replaces_each_worker_once_and_a_failing_startup_reaches_none(
@@ -157,6 +170,7 @@ def test_one_edit_replaces_each_worker_once_and_a_failing_startup_reaches_none(
         # 3. The fix reloads.
         edit(server, GOOD.format(value="v4"))
         seen.wait("v4", count, replaced, bound + 15)
+        assert trap_lines(server) == []  # a clean setup
     result = load.stop()
     assert server.proc is not None and server.proc.poll() is None, server.log()
     # granian's worker shutdown (in Rust, out of an app's reach) can drop a connection it had
@@ -176,13 +190,22 @@ def test_one_edit_replaces_each_worker_once_and_a_failing_startup_reaches_none(
     ("hypercorn", 2, "action='hypercorn'"),
 ])
 def test_auto_never_signals_a_lone_uvicorn_nor_hypercorn_and_warns_once(
-        kind: str, count: int, why: str, tmp_path: Path, servers: List[Server]) -> None:
+        kind: str, count: int, why: str, tmp_path: Path, servers: List[Server],
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A lone uvicorn's WARNING is its trap, which `wsgireload check` names too."""
     server = start(kind, tmp_path, servers, count)
     master = server.proc.pid if server.proc is not None else 0
     before = workers_of(master)
     warning = why.format(port=server.port)
     with Load(server.port, threads=4, max_seconds=60) as load:
         assert wait_for(lambda: load.result.ok > 10, 20), server.log()
+        if kind == "uvicorn":
+            assert wait_for(lambda: any(Path(records(server)).glob("uvicorn-*.json")), 10)
+            (line,) = trap_lines(server)
+            with capsys.disabled():
+                print(f"\n{line}")
+            assert line.startswith(f"trap:      uvicorn process {master}: ") and warning in line
+            assert status(records(server), capsys) == []  # not a master
         edit(server, GOOD.format(value="v2"))
         assert wait_for(lambda: warning in server.log(), 15), server.log()
         edit(server, GOOD.format(value="v3"))
@@ -194,3 +217,7 @@ def test_auto_never_signals_a_lone_uvicorn_nor_hypercorn_and_warns_once(
     assert workers_of(master) == before and server.proc is not None and server.proc.poll() is None
     assert result.failed == 0, result.errors[:5]
     assert {body.split(b"value=")[1] for _, body in result.bodies} == {b"v1"}  # never reloaded
+    if kind == "uvicorn":  # its record goes with it
+        server.stop()
+        assert status(records(server), capsys) == []
+        assert not list(Path(records(server)).glob("*.json"))

@@ -15,6 +15,7 @@ from typing import Iterator, List
 import pytest
 
 from .harness import HOST, Server, free_port, wait_for, write
+from .test_ops import check, status
 from .test_uwsgi import WSGI, TimedLoad, module, versions_by_pid
 
 APACHE = shutil.which("apache2") or shutil.which("httpd")
@@ -96,6 +97,17 @@ def start_apache(servers: List[Server], root: Path, daemon: bool) -> Server:
     return server
 
 
+def records(root: Path) -> str:
+    """The runtime directory of the records of Apache's processes (TMPDIR: see ``root``)."""
+    return str(next((root / "tmp").glob("wsgireload-*")))
+
+
+def trap_lines(root: Path) -> List[str]:
+    """The `trap:` lines `wsgireload check` prints for the app Apache runs."""
+    out = check(root / "app", records(root))
+    return [line for line in out.splitlines() if line.startswith("trap:")]
+
+
 def test_daemon_mode_each_process_restarts_itself_once(
     root: Path, servers: List[Server]
 ) -> None:
@@ -128,15 +140,28 @@ def test_daemon_mode_each_process_restarts_itself_once(
     print(f"\nmod_wsgi daemon: {load.result.ok} ok, {load.result.failed} failed, last old "
           f"response {last_old - edited:.2f}s after the edit, max latency {load.max_latency:.3f}s")
     assert last_old - edited < 5.0
+    assert trap_lines(root) == []  # a clean setup
 
 
-def test_embedded_mode_warns_and_keeps_serving(root: Path, servers: List[Server]) -> None:
+def test_embedded_mode_warns_and_keeps_serving(
+    root: Path, servers: List[Server], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """...and `wsgireload check` names its trap, from records of Apache's children alone
+    (never listed as masters by `status`, gone with Apache)."""
     server = start_apache(servers, root, daemon=False)
     with TimedLoad(server.port, threads=4, max_seconds=60) as load:
         time.sleep(0.5)
         before = set(versions_by_pid(load.result.bodies_since(0)))
+        assert wait_for(lambda: any((root / "tmp").glob("wsgireload-*/mod_wsgi-*.json")), 10)
+        (line,) = trap_lines(root)  # one line for every child that loaded the app
+        with capsys.disabled():
+            print(f"\n{line}")
+        assert re.match(r"trap:      mod_wsgi process(es)? \d+(, \d+)*: mod_wsgi runs this app "
+                        r"in embedded mode .* Fix: daemon mode, WSGIDaemonProcess", line), line
+        assert status(records(root), capsys) == []  # none is a master
         write(root / "app" / "mod.py", module("v2"))
-        assert wait_for(lambda: "embedded mode" in server.log(), timeout=10)
+        assert wait_for(lambda: "but mod_wsgi runs this app in embedded mode" in server.log(),
+                        timeout=10)
         warned = time.monotonic()
         time.sleep(1.0)
     assert load.result.failed == 0, load.result.errors[:5]
@@ -146,3 +171,5 @@ def test_embedded_mode_warns_and_keeps_serving(root: Path, servers: List[Server]
     after = versions_by_pid(load.result.bodies_since(warned))
     survivors = {pid: versions for pid, versions in after.items() if pid in before}
     assert survivors and all(versions == {b"v1"} for versions in survivors.values()), after
+    server.stop()
+    assert status(records(root), capsys) == [] and not list(Path(records(root)).glob("*.json"))

@@ -16,7 +16,7 @@ import os
 import shlex
 import signal
 import sys
-from typing import Any, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from .._system import SYSTEM, System
 from ..boot import Target
@@ -128,6 +128,11 @@ def master_of(environ: Mapping[str, Any], system: System = SYSTEM) -> Optional[T
 
 def auto_action() -> Action:
     return UvicornAction()
+
+
+def traps(environ: Mapping[str, Any]) -> Dict[str, str]:
+    """A lone uvicorn, under the name of the action's WARNING: one line says it, not two."""
+    return {f"{UvicornAction.name}-unsupervised": lone_advice()} if role()[0] == LONE else {}
 
 
 def boot_targets() -> List[Target]:
