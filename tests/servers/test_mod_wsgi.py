@@ -150,8 +150,7 @@ def test_embedded_mode_warns_and_keeps_serving(
     (never listed as masters by `status`, gone with Apache)."""
     server = start_apache(servers, root, daemon=False)
     with TimedLoad(server.port, threads=4, max_seconds=60) as load:
-        time.sleep(0.5)
-        before = set(versions_by_pid(load.result.bodies_since(0)))
+        assert wait_for(lambda: load.result.bodies_since(0), 20)  # (slow under a busy CPU)
         assert wait_for(lambda: any((root / "tmp").glob("wsgireload-*/mod_wsgi-*.json")), 10)
         (line,) = trap_lines(root)  # one line for every child that loaded the app
         with capsys.disabled():
@@ -159,6 +158,7 @@ def test_embedded_mode_warns_and_keeps_serving(
         assert re.match(r"trap:      mod_wsgi process(es)? \d+(, \d+)*: mod_wsgi runs this app "
                         r"in embedded mode .* Fix: daemon mode, WSGIDaemonProcess", line), line
         assert status(records(root), capsys) == []  # none is a master
+        before = set(versions_by_pid(load.result.bodies_since(0)))
         write(root / "app" / "mod.py", module("v2"))
         assert wait_for(lambda: "but mod_wsgi runs this app in embedded mode" in server.log(),
                         timeout=10)
