@@ -323,7 +323,10 @@ def test_followers_of_a_per_master_action_wake_rarely(
 
 def test_the_first_step_comes_soon_and_a_scanner_rolling_out_steps_fast(world: World) -> None:
     scanner, follower = world.workers(per_process=False, count=2)
-    assert scanner.engine.pause(1.0) == engine.FIRST_STEP  # it marks the worker ready
+    assert scanner.engine.pause(1.0) == 0.0  # at once: joining marks the worker ready
+    alone = world.workers(per_process=False, count=1)[0]
+    alone.engine.share = None  # no master: no rollout waits for it
+    assert alone.engine.pause(1.0) == engine.FIRST_STEP
     scanner.tick(1.0)
     follower.tick(1.0)
     assert getattr(scanner.action, "advanced", 0) == 1  # the scanner drives a rollout

@@ -29,7 +29,7 @@ log = logging.getLogger("wsgireload")
 _FAILURE_LOG_EVERY = 60.0  # seconds between two logged watcher failures
 LEASE = 20.0  # seconds (at least 20 intervals) a scanner's lease lasts without renewal
 FOLLOW_EVERY = 60.0  # seconds between two looks at the record by a per-master follower
-FIRST_STEP = 0.1  # seconds: the first step joins the record, which marks the worker ready
+FIRST_STEP = 0.1  # seconds to the first step of a process with no master
 ROLL_STEP = 0.05  # seconds between two steps while a rollout goes on
 
 # (kind, detail) reports for a live display: "changed" (a path), "settling" (seconds to wait),
@@ -154,8 +154,8 @@ class Engine(Siblings):
         a quarter of what the Django example's scanner does). A scanner that exits is
         replaced by the master, and the new worker takes the lease at its first step."""
         share = self.share
-        if not self._stepped:
-            return min(interval, FIRST_STEP)
+        if not self._stepped:  # a master's worker at once: joining marks it ready (rollout)
+            return 0.0 if self._master or self.share else min(interval, FIRST_STEP)
         if share is not None and share.scanning and self.action.rolling:
             return min(interval, ROLL_STEP)
         if share is None or share.scanning or self.action.per_process:
