@@ -6,7 +6,8 @@ request started after the edit, the most worker processes at once (/proc, every 
 seconds until every worker serves the new code. "HUP by hand" serves the same app without
 wsgireload and sends SIGHUP to the master right after the edit.
 
-    PYTHONPATH=$PWD python benchmarks/rollout_vs_hup.py [--workers 3 1]
+    PYTHONPATH=$PWD python benchmarks/rollout_vs_hup.py [--workers 3 1] [--boot 2]
+        [--all-at-once]
 
 ``--worker-class asgi`` (or ``uvicorn_worker.UvicornWorker``): the same with gunicorn's ASGI
 worker and a Starlette app in ``wsgireload.asgi.Reloader`` (tests/servers/test_asgi.py);
@@ -40,11 +41,15 @@ ASGI_CLASSES = ("asgi", "uvicorn_worker.UvicornWorker")
 def measure(workers: int, mode: str, worker_class: str = "") -> Dict[str, float]:
     tmp = Path(tempfile.mkdtemp(prefix="wsgireload-rollout-bench-"))
     asgi = worker_class in ASGI_CLASSES
+    rollout = "all-at-once" if "all-at-once" in mode else "one-by-one"
     try:
         if asgi:
             asgi_tests.make_app(tmp, boot=rollout_tests.BOOT, wrapped=mode != "HUP by hand")
+            text = (tmp / "wsgi.py").read_text()
+            write(tmp / "wsgi.py", text.replace("Reloader(starlette_app, ",
+                                                f"Reloader(starlette_app, rollout={rollout!r}, "))
         else:
-            make_app(tmp)
+            make_app(tmp, rollout=rollout)
         if mode == "HUP by hand" and not asgi:  # the same app, without wsgireload
             text = (tmp / "wsgi.py").read_text()
             write(tmp / "wsgi.py", text[: text.index("application = Reloader(")] +
@@ -82,12 +87,18 @@ def main(argv: List[str]) -> None:
     parser.add_argument("--worker-class", default="", help="gunicorn -k: asgi, "
                         "uvicorn_worker.UvicornWorker (a Starlette app)")
     parser.add_argument("--runs", type=int, default=1, help="runs of each row")
+    parser.add_argument("--boot", type=float, default=rollout_tests.BOOT,
+                        help="seconds the app's import takes (default 2)")
+    parser.add_argument("--all-at-once", action="store_true",
+                        help="also wsgireload with rollout='all-at-once' (one HUP)")
     args = parser.parse_args(argv)
+    rollout_tests.BOOT = args.boot  # (make_app reads it)
+    modes = ("rollout (one-by-one)",) + ("wsgireload, all-at-once",) * args.all_at_once
     print("| workers | reload | requests | failed | slowest after the edit | peak workers "
           "| new code everywhere |")
     print("|---|---|---|---|---|---|---|")
     for workers in args.workers:
-        for mode in ("rollout (one-by-one)", "HUP by hand") * args.runs:
+        for mode in (*modes, "HUP by hand") * args.runs:
             row = measure(workers, mode, args.worker_class)
             print(f"| {workers} | {mode} | {row['requests']:.0f} | {row['failed']:.0f} | "
                   f"{row['slowest']:.3f} s | {row['peak']:.0f} | {row['took']:.2f} s |",
