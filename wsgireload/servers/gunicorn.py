@@ -21,6 +21,7 @@ from .._system import SYSTEM, System
 from ..boot import Target, parse_target
 from ..errors import ConfigurationError
 from ..policy import ChangeSet
+from . import base
 from .base import Action, MasterAction, ProcessContext, Refusal, Siblings, record_master
 
 log = logging.getLogger("wsgireload")
@@ -521,21 +522,13 @@ def threads_available(environ: Mapping[str, Any]) -> bool:
     return True
 
 
-MIGRATE_REQ = "/proc/sys/net/ipv4/tcp_migrate_req"
-
-
-def traps(environ: Mapping[str, Any], migrate_req: str = MIGRATE_REQ) -> Dict[str, str]:
+def traps(environ: Mapping[str, Any], migrate_req: str = base.MIGRATE_REQ) -> Dict[str, str]:
     """What in this gunicorn's configuration breaks reloads, each with its fix."""
     cfg = next((c for o in frame_objects() if (c := getattr(o, "cfg", None)) is not None), None)
     found, requests = {}, getattr(cfg, "max_requests", 0) or 0
     if getattr(cfg, "preload_app", False):
         found["preload-error"] = PRELOAD_ERROR.removeprefix("wsgireload: ")
-    try:
-        with open(migrate_req, "rb") as handle:  # (no such file: an old kernel, nothing to say)
-            migrating = handle.read().strip() != b"0"
-    except OSError:
-        migrating = True
-    if getattr(cfg, "reuse_port", False) and not migrating:
+    if getattr(cfg, "reuse_port", False) and base.migrates(migrate_req) is False:
         found["reuse-port"] = (
             "gunicorn --reuse-port with net.ipv4.tcp_migrate_req = 0: every reload drops the "
             "connections queued on the old workers' sockets (4-5 failed requests per reload "
