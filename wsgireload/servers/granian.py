@@ -116,6 +116,11 @@ class GranianAction(HupAction):
                 "server, or worker threads): restart granian yourself")
 
 
+def lifespan_off() -> bool:
+    """``granian --interface asginl``: its worker runs the app without lifespan."""
+    return frame_locals("granian/server/mp.py", ("_spawn_asgi_worker",)) is not None
+
+
 def traps(environ: Mapping[str, Any]) -> Dict[str, str]:
     """What in this setup makes a reload drop a request, with its fix."""
     if base.migrates() is not False:

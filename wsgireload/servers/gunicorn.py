@@ -468,6 +468,12 @@ def frame_objects() -> Iterator[Any]:
         frame = frame.f_back
 
 
+def lifespan_off() -> bool:
+    """gunicorn's own ASGI worker (``-k asgi``) with ``--asgi-lifespan off``."""
+    worker = next((o for o in frame_objects() if type(o).__module__.endswith(".gasgi")), None)
+    return getattr(getattr(worker, "cfg", None), "asgi_lifespan", None) == "off"
+
+
 def app_uri() -> Optional[str]:
     """The app URI this gunicorn worker's master was started with (CLI or ``wsgi_app``)."""
     uri = app_uri_of(*frame_objects())

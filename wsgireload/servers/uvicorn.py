@@ -115,6 +115,13 @@ def accept_nothing_before_exit() -> None:
     signal.signal(signal.SIGTERM, on_term)
 
 
+def lifespan_off() -> bool:
+    """uvicorn's Config says ``lifespan="off"`` (its own workers, or gunicorn's UvicornWorker)."""
+    worker = frame_locals("uvicorn_worker/_workers.py", ("run",)) or {}
+    config = role()[1] or getattr(worker.get("self"), "config", None)
+    return getattr(config, "lifespan", None) == "off"
+
+
 def serves(environ: Mapping[str, Any]) -> bool:
     """An ASGI gate's process that uvicorn itself runs (not gunicorn's UvicornWorker)."""
     return ASGI_KEY in environ and "gunicorn.socket" not in environ and role()[0] is not None
