@@ -124,6 +124,7 @@ def test_a_worker_stops_accepting_before_granian_sees_its_sigterm(
             with pytest.raises(ConnectionRefusedError):
                 socket.create_connection(("127.0.0.1", port), timeout=5).close()
             socket.create_connection(apps.getsockname(), timeout=5).close()
+            assert not os.get_blocking(own.fileno())  # (granian's accept must never wait)
             return own.getsockname()[1] != port, bool(stopped), apps.getsockname()[1] > 0
 
     previous = signal.getsignal(signal.SIGTERM)

@@ -89,7 +89,8 @@ def accept_nothing_before_exit() -> None:
         key = spec.__getstate__()[1]  # (host, port, backlog)
 
     def on_term() -> None:  # on granian's loop, in place of its own handler
-        with socket.socket() as placeholder:
+        with socket.socket() as placeholder:  # (non-blocking, as granian's: never waits)
+            placeholder.setblocking(False)
             placeholder.bind(("127.0.0.1", 0))
             placeholder.listen(0)
             for fd in listening(key):
@@ -123,8 +124,8 @@ def lifespan_off() -> bool:
 
 def traps(environ: Mapping[str, Any]) -> Dict[str, str]:
     """What in this setup makes a reload drop a request, with its fix."""
-    if base.migrates() is not False:
-        return {}
+    if base.migrates() is not False or getattr(supervisor(), "bind_uds", None):
+        return {}  # (a Unix socket the workers share: each stops accepting first anyway)
     return {"tcp-migrate-req": (
         "granian on Linux listens on a socket per worker (SO_REUSEPORT), and its shutdown drops "
         "a connection an old worker has just accepted (5 in 60 retired workers measured under "
