@@ -7,8 +7,9 @@ A new worker that fails (its lifespan startup reports failure) takes the whole s
 the boot check refuses such a deploy before any signal.
 
 granian's worker shutdown (Rust) closes every connection whose first bytes it has not read yet:
-a client whose connection the old worker had just accepted sees it dropped. Each worker stops
-accepting ``STOP_ACCEPTING_FOR`` seconds before its SIGTERM reaches granian.
+a client whose connection the old worker had just accepted sees it dropped. Where no queued
+connection is lost by it, each worker stops accepting ``STOP_ACCEPTING_FOR`` seconds before
+its SIGTERM reaches granian.
 """
 
 from __future__ import annotations
@@ -45,57 +46,56 @@ def worker() -> bool:
         "granian/server/mp.py", ("wrapped",)) is not None
 
 
+def port_or_path(address: Any) -> Any:
+    return address if isinstance(address, str) else address[1]
+
+
 def listening(key: Any) -> List[int]:
-    """This process's descriptors of the listening socket(s) at ``key`` (a port, or a Unix
-    socket's path)."""
+    """This process's descriptors of listening sockets at ``key`` (a port, a Unix path)."""
     found = []
     for name in os.listdir("/proc/self/fd"):
         try:
-            if not os.readlink(f"/proc/self/fd/{name}").startswith("socket:"):
-                continue
-            with socket.socket(fileno=os.dup(int(name))) as sock:
-                address = sock.getsockname()
-                if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) and key == (
-                        address if isinstance(address, str) else address[1]):
-                    found.append(int(name))
+            if os.readlink(f"/proc/self/fd/{name}").startswith("socket:"):
+                with socket.socket(fileno=os.dup(int(name))) as sock:
+                    if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) and (
+                            port_or_path(sock.getsockname()) == key):
+                        found.append(int(name))
         except OSError:  # closed meanwhile, or not a socket Python knows
             pass
     return found
 
 
 def accept_nothing_before_exit() -> None:
-    """In a granian worker: on SIGTERM, stop accepting at once (this process's descriptors of
-    the listening socket become a placeholder's, a listening socket nobody connects to), and
-    hand the signal to granian ``STOP_ACCEPTING_FOR`` seconds later. Elsewhere: nothing.
-
-    On Linux each worker listens on a socket of its own (``SO_REUSEPORT``): it closes, and
-    the kernel sends new connections to the other workers. A socket the workers share (a Unix
-    socket) stays open in the others."""
+    """In a granian worker: on SIGTERM, stop accepting at once (its descriptors of the
+    listening socket now name a placeholder nobody connects to), and hand the signal to
+    granian ``STOP_ACCEPTING_FOR`` seconds later. Only where no queued connection is lost: a
+    worker's own socket (``SO_REUSEPORT``, on Linux) closes, so only where the kernel hands
+    its queue to the other workers' (``tcp_migrate_req=1``); a Unix socket the workers share
+    (``--uds``) stays open in the others. Elsewhere: nothing."""
     found = frame_locals("granian/server/mp.py",
                          ("_spawn_asgi_lifespan_worker", "_spawn_asgi_worker"))
     if found is None or not os.path.isdir("/proc/self/fd"):
         return
     loop, shutdown = found.get("loop"), getattr(found.get("shutdown_event"), "set", None)
     spec, shared = (list(found.get("sock") or ()) + [None, None])[:2]
-    if loop is None or shutdown is None or (spec or shared) is None:
-        return
-    if shared is None and not base.migrates():  # (its own socket's queue would be reset: leave it)
+    if loop is None or shutdown is None or not (shared or (spec and base.migrates())):
         return
     if shared is not None:
         with socket.socket(fileno=os.dup(shared.get_fd())) as sock:
-            address = sock.getsockname()
-        key = address if isinstance(address, str) else address[1]
+            key = port_or_path(sock.getsockname())
     else:
         key = spec.__getstate__()[1]  # (host, port, backlog)
 
     def on_term() -> None:  # on granian's loop, in place of its own handler
-        with socket.socket() as placeholder:  # (non-blocking, as granian's: never waits)
-            placeholder.setblocking(False)
-            placeholder.bind(("127.0.0.1", 0))
-            placeholder.listen(0)
-            for fd in listening(key):
-                os.dup2(placeholder.fileno(), fd)
-        loop.call_later(STOP_ACCEPTING_FOR, shutdown)
+        try:
+            with socket.socket() as placeholder:  # non-blocking, as granian's: never waits
+                placeholder.setblocking(False)
+                placeholder.bind(("127.0.0.1", 0))
+                placeholder.listen(0)
+                for fd in listening(key):
+                    os.dup2(placeholder.fileno(), fd)
+        finally:
+            loop.call_later(STOP_ACCEPTING_FOR, shutdown)
 
     if threading.current_thread() is threading.main_thread():
         loop.add_signal_handler(signal.SIGTERM, on_term)
