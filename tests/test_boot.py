@@ -46,6 +46,7 @@ from wsgireload.servers.uwsgi import boot_targets as uwsgi_targets
 from wsgireload.watcher import Watcher
 
 from .conftest import FakeClock, bump, ok_app
+from .fakes import fake_stack
 
 XY = (sys.version_info[0], sys.version_info[1])
 PYTHON = find_python()
@@ -842,3 +843,51 @@ def test_a_starlette_startup_that_fails_is_refused_with_the_users_line(app_dir: 
     """)
     problem = boot(app_dir, "bare:app")
     assert problem is not None and "lifespan.startup.failed: no database" in problem, problem
+
+
+def _gasgi_worker(lifespan: str) -> Any:
+    worker = type("ASGIWorker", (), {"__module__": "gunicorn.workers.gasgi"})()
+    worker.cfg = types.SimpleNamespace(asgi_lifespan=lifespan)
+    return worker
+
+
+SITE = "/venv/lib/python3.11/site-packages/"
+
+
+@pytest.mark.parametrize(("frame", "gunicorn_worker", "off"), [
+    ((SITE + "uvicorn/_subprocess.py", "subprocess_started",
+      {"config": types.SimpleNamespace(lifespan="off", should_reload=False)}), None, True),
+    ((SITE + "uvicorn/_subprocess.py", "subprocess_started",
+      {"config": types.SimpleNamespace(lifespan="auto", should_reload=False)}), None, False),
+    ((SITE + "uvicorn_worker/_workers.py", "run",
+      {"self": types.SimpleNamespace(config=types.SimpleNamespace(lifespan="off"))}), None, True),
+    ((SITE + "granian/server/mp.py", "_spawn_asgi_worker", {}), None, True),
+    ((SITE + "granian/server/mp.py", "_spawn_asgi_lifespan_worker", {}), None, False),
+    (("/srv/app/app.py", "app", {}), "off", True),
+    (("/srv/app/app.py", "app", {}), "auto", False),
+    (("/srv/app/app.py", "app", {}), None, False),
+], ids=["uvicorn-off", "uvicorn-auto", "uvicorn-worker-off", "granian-asginl", "granian-asgi",
+        "gunicorn-asgi-off", "gunicorn-asgi-auto", "none"])
+def test_the_boot_check_runs_no_lifespan_where_the_server_runs_none(
+        monkeypatch: pytest.MonkeyPatch, frame: Any, gunicorn_worker: Optional[str],
+        off: bool) -> None:
+    """A server run with lifespan off never runs the app's startup: refusing a deploy whose
+    startup fails would refuse code that server serves."""
+    fake_stack(monkeypatch, frame, modules=("uvicorn", "granian", "granian.server.mp"))
+    worker = [_gasgi_worker(gunicorn_worker)] if gunicorn_worker else []
+    monkeypatch.setattr("wsgireload.servers.gunicorn.frame_objects", lambda: iter(worker))
+    runner = CountingRunner([])
+    check = BootCheck(app=parse_target("app:app"), runner=runner, python=lambda: "/p")
+    assert check.check() is None and runner.calls[0]["lifespan"] is not off
+
+
+def test_without_lifespan_the_checker_still_imports_the_app(app_dir: Path) -> None:
+    write(app_dir, "bare.py", """\
+        async def app(scope, receive, send):
+            await receive()
+            await send({"type": "lifespan.startup.failed", "message": "no database"})
+    """)
+    assert boot(app_dir, "bare:app", lifespan=False) is None
+    write(app_dir, "broken.py", "import no_such_module\n")
+    problem = boot(app_dir, "broken:app", lifespan=False)
+    assert problem is not None and "no_such_module" in problem, problem

@@ -3,9 +3,14 @@ deploy, from a worker process it started; nothing elsewhere."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
 import signal
+import socket
+import time
 import types
+from typing import List, Optional, Tuple
 
 import pytest
 
@@ -85,3 +90,54 @@ def test_a_process_granian_did_not_start_is_never_signalled(
         action(CHANGES)
     assert system.killed == []
     assert "not a worker of granian's supervisor" in caplog.text
+
+
+@pytest.mark.parametrize("migrates", [True, False])
+def test_a_worker_stops_accepting_before_granian_sees_its_sigterm(
+        monkeypatch: pytest.MonkeyPatch, migrates: bool) -> None:
+    """granian's shutdown drops a connection it has just accepted: on SIGTERM the worker's own
+    listening socket (SO_REUSEPORT) closes at once, granian's shutdown comes later; only where
+    the kernel hands that socket's queued connections to another (tcp_migrate_req=1), else
+    closing it early would reset them: granian's own handler is left alone."""
+    monkeypatch.setattr(granian, "STOP_ACCEPTING_FOR", 0.0)
+    monkeypatch.setattr(granian.base, "migrates", lambda: migrates)
+    stopped: List[float] = []
+
+    async def scenario() -> Tuple[bool, bool, bool]:
+        loop = asyncio.get_running_loop()
+        with socket.create_server(("127.0.0.1", 0)) as own, \
+                socket.create_server(("127.0.0.1", 0)) as apps:  # the app's own: left alone
+            port = own.getsockname()[1]
+            spec = types.SimpleNamespace(__getstate__=lambda: ("127.0.0.1", port, 128))
+            shutdown = types.SimpleNamespace(set=lambda: stopped.append(time.monotonic()))
+            fake_stack(monkeypatch, (SITE + "granian/server/mp.py", "_spawn_asgi_lifespan_worker",
+                                     {"loop": loop, "shutdown_event": shutdown,
+                                      "sock": (spec, None)}),
+                       modules=("granian", "granian.server.mp"))
+            granian.accept_nothing_before_exit()
+            if not migrates:
+                return signal.getsignal(signal.SIGTERM) is previous, False, False
+            assert signal.getsignal(signal.SIGTERM) is not previous  # (else the kill ends pytest)
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(20):
+                await asyncio.sleep(0)
+            with pytest.raises(ConnectionRefusedError):
+                socket.create_connection(("127.0.0.1", port), timeout=5).close()
+            socket.create_connection(apps.getsockname(), timeout=5).close()
+            assert not os.get_blocking(own.fileno())  # (granian's accept must never wait)
+            return own.getsockname()[1] != port, bool(stopped), apps.getsockname()[1] > 0
+
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        assert asyncio.run(scenario()) == ((True, True, True) if migrates else (True, False, False))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert len(stopped) == (1 if migrates else 0)
+
+
+@pytest.mark.parametrize(("migrates", "trap"), [(False, True), (True, False), (None, False)])
+def test_check_names_the_sysctl_that_lets_a_worker_stop_accepting_first(
+        monkeypatch: pytest.MonkeyPatch, migrates: Optional[bool], trap: bool) -> None:
+    monkeypatch.setattr(granian.base, "migrates", lambda: migrates)
+    found = granian.traps(ENVIRON)
+    assert ("sysctl -w net.ipv4.tcp_migrate_req=1" in found.get("tcp-migrate-req", "")) == trap

@@ -142,11 +142,17 @@ class Reloader(Gate):
             return
         try:
             self._start_process(asgi_environ(scope))
-            if "uvicorn" in sys.modules:  # its own workers, or gunicorn's UvicornWorker
-                servers.uvicorn.accept_nothing_before_exit()
-            servers.gunicorn.leave_at_once()
         except Exception as exc:  # the first request tries again
             self._early_failed(exc)
+
+    def _start_process(self, environ: Dict[str, Any]) -> None:
+        super()._start_process(environ)
+        # Stop accepting before the server's shutdown, which drops just-accepted connections:
+        if "uvicorn" in sys.modules:  # its own workers, or gunicorn's UvicornWorker
+            servers.uvicorn.accept_nothing_before_exit()
+        elif "granian.server.mp" in sys.modules:
+            servers.granian.accept_nothing_before_exit()
+        servers.gunicorn.leave_at_once()  # (-k asgi: a retired worker leaves at once)
 
     def _environ(self, request: Any) -> Dict[str, Any]:
         return asgi_environ(request)

@@ -190,6 +190,7 @@ def run_checker(
     smoke: Optional[str] = None,
     stubs: Optional[Tuple[str, Mapping[str, Any]]] = None,  # (server, data): its stand-ins
     cwd: Optional[str] = None,
+    lifespan: bool = True,  # False: the server runs no ASGI lifespan, so neither does the check
 ) -> CheckResult:
     """Boot ``targets`` in a fresh ``python`` (this process's environment); bounded in time."""
     payload = {
@@ -199,6 +200,7 @@ def run_checker(
         "targets": [asdict(t) for t in targets],
         "smoke": smoke,
         "stubs": stubs,
+        "lifespan": lifespan,
     }
     environment = {**os.environ, VALIDATING_ENV: "1"}
     started = time.monotonic()
@@ -347,7 +349,7 @@ class BootCheck:
                 sys.version_info[0], sys.version_info[1],
             )
             return None
-        from .servers import checker_stubs
+        from .servers import checker_stubs, lifespan_off
 
         outcome = self.runner(
             python,
@@ -357,6 +359,7 @@ class BootCheck:
             smoke=self.smoke,
             stubs=checker_stubs(),
             cwd=self.cwd,
+            lifespan=not lifespan_off(),
         )
         log.debug("wsgireload: boot check of %s took %.2fs", targets[0].spec, outcome.seconds)
         return outcome.problem
@@ -592,7 +595,7 @@ def _check(payload: Dict[str, Any]) -> Dict[str, Any]:
         _walk_urlconf()
     except BaseException as exc:
         return _failure("urlconf", spec, exc)
-    if apps and is_asgi(app := _served(apps[0][1])):
+    if apps and payload.get("lifespan", True) and is_asgi(app := _served(apps[0][1])):
         try:
             failed = lifespan_failure(app)
         except Exception as exc:  # raised without reporting: the servers serve such an app

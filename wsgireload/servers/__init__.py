@@ -62,6 +62,12 @@ def checker_stubs() -> Optional[Tuple[str, Dict[str, Any]]]:
     return next(((s.NAME, data) for s in SERVERS if (data := s.checker_stubs()) is not None), None)
 
 
+def lifespan_off() -> bool:
+    """The server runs no ASGI lifespan in this worker (``uvicorn --lifespan off``, ``granian
+    --interface asginl``, ``gunicorn --asgi-lifespan off``): the boot check runs none either."""
+    return any(getattr(server, "lifespan_off", bool)() for server in SERVERS)
+
+
 def install_stubs(name: str, data: Dict[str, Any]) -> None:
     """In the boot checker: install the stand-ins ``checker_stubs`` named."""
     next(server for server in SERVERS if server.NAME == name).install_stubs(data)

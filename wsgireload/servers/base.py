@@ -24,6 +24,10 @@ from ..policy import ChangeSet
 log = logging.getLogger("wsgireload")
 # The key of an ASGI gate's mapping (``wsgireload.asgi.asgi_environ``): its scope.
 ASGI_KEY = "wsgireload.asgi"
+# seconds an ASGI worker stops accepting before its server's shutdown (uvicorn, granian):
+# a connection accepted just before has sent its request by then, and is answered
+STOP_ACCEPTING_FOR = 0.2
+MIGRATE_REQ = "/proc/sys/net/ipv4/tcp_migrate_req"
 Change = Callable[[Dict[str, Any]], Optional[Dict[str, Any]]]  # of the master's record
 
 
@@ -255,6 +259,17 @@ def main_frames() -> Iterator[Any]:
     while frame is not None:
         yield frame
         frame = frame.f_back
+
+
+def migrates(path: str = MIGRATE_REQ) -> Optional[bool]:
+    """The kernel hands a closing listening socket's queued connections to another socket of
+    its ``SO_REUSEPORT`` group (``sysctl net.ipv4.tcp_migrate_req=1``); None: a kernel
+    without that setting (before Linux 5.14)."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read().strip() != b"0"
+    except OSError:
+        return None
 
 
 def frame_locals(path: str, names: Sequence[str]) -> Optional[Dict[str, Any]]:

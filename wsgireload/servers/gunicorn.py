@@ -21,6 +21,7 @@ from .._system import SYSTEM, System
 from ..boot import Target, parse_target
 from ..errors import ConfigurationError
 from ..policy import ChangeSet
+from . import base
 from .base import Action, MasterAction, ProcessContext, Refusal, Siblings, record_master
 
 log = logging.getLogger("wsgireload")
@@ -499,6 +500,12 @@ def frame_objects() -> Iterator[Any]:
         frame = frame.f_back
 
 
+def lifespan_off() -> bool:
+    """gunicorn's own ASGI worker (``-k asgi``) with ``--asgi-lifespan off``."""
+    worker = next((o for o in frame_objects() if type(o).__module__.endswith(".gasgi")), None)
+    return getattr(getattr(worker, "cfg", None), "asgi_lifespan", None) == "off"
+
+
 def app_uri() -> Optional[str]:
     """The app URI this gunicorn worker's master was started with (CLI or ``wsgi_app``)."""
     uri = app_uri_of(*frame_objects())
@@ -553,21 +560,13 @@ def threads_available(environ: Mapping[str, Any]) -> bool:
     return True
 
 
-MIGRATE_REQ = "/proc/sys/net/ipv4/tcp_migrate_req"
-
-
-def traps(environ: Mapping[str, Any], migrate_req: str = MIGRATE_REQ) -> Dict[str, str]:
+def traps(environ: Mapping[str, Any], migrate_req: str = base.MIGRATE_REQ) -> Dict[str, str]:
     """What in this gunicorn's configuration breaks reloads, each with its fix."""
     cfg = next((c for o in frame_objects() if (c := getattr(o, "cfg", None)) is not None), None)
     found, requests = {}, getattr(cfg, "max_requests", 0) or 0
     if getattr(cfg, "preload_app", False):
         found["preload-error"] = PRELOAD_ERROR.removeprefix("wsgireload: ")
-    try:
-        with open(migrate_req, "rb") as handle:  # (no such file: an old kernel, nothing to say)
-            migrating = handle.read().strip() != b"0"
-    except OSError:
-        migrating = True
-    if getattr(cfg, "reuse_port", False) and not migrating:
+    if getattr(cfg, "reuse_port", False) and base.migrates(migrate_req) is False:
         found["reuse-port"] = (
             "gunicorn --reuse-port with net.ipv4.tcp_migrate_req = 0: every reload drops the "
             "connections queued on the old workers' sockets (4-5 failed requests per reload "

@@ -21,7 +21,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 from .._system import SYSTEM, System
 from ..boot import Target
 from . import base
-from .base import ASGI_KEY, Action, HupAction, app_targets, frame_locals
+from .base import ASGI_KEY, STOP_ACCEPTING_FOR, Action, HupAction, app_targets, frame_locals
 
 log = logging.getLogger("wsgireload")
 NAME = "uvicorn"
@@ -30,7 +30,6 @@ SCRIPT_PREFIX = ""
 checker_stubs, threads_available = base.checker_stubs, base.threads_available
 early_environ, before_workers = base.early_environ, base.before_workers
 SUPERVISED, RELOADER, LONE = "supervised", "--reload", "lone"
-STOP_ACCEPTING_FOR = 0.2  # seconds: a connection accepted just before sends its request
 
 
 def role() -> Tuple[Optional[str], Any]:
@@ -114,6 +113,13 @@ def accept_nothing_before_exit() -> None:
         loop.call_soon_threadsafe(loop.call_later, STOP_ACCEPTING_FOR, original, sig, None)
 
     signal.signal(signal.SIGTERM, on_term)
+
+
+def lifespan_off() -> bool:
+    """uvicorn's Config says ``lifespan="off"`` (its own workers, or gunicorn's UvicornWorker)."""
+    worker = frame_locals("uvicorn_worker/_workers.py", ("run",)) or {}
+    config = role()[1] or getattr(worker.get("self"), "config", None)
+    return getattr(config, "lifespan", None) == "off"
 
 
 def serves(environ: Mapping[str, Any]) -> bool:
