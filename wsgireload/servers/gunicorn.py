@@ -152,7 +152,10 @@ def leave_at_once() -> None:
         return
     import asyncio  # (only in an ASGI worker)
 
-    loop = asyncio.get_running_loop()
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:  # not in the worker's loop
+        return
     for task in asyncio.all_tasks(loop):
         coro = task.get_coro()
         worker = getattr(getattr(coro, "cr_frame", None), "f_locals", {}).get("self")
