@@ -171,7 +171,11 @@ def test_one_edit_replaces_each_worker_once_and_a_failing_startup_reaches_none(
         # 3. The fix reloads.
         edit(server, GOOD.format(value="v4"))
         seen.wait("v4", count, replaced, bound + 15)
-        assert trap_lines(server) == []  # a clean setup
+        traps = trap_lines(server)  # a clean setup: granian's only where the kernel drops
+        if kind == "granian" and not migrates():  # a closing listener's queue
+            assert len(traps) == 1 and "net.ipv4.tcp_migrate_req=1" in traps[0], traps
+        else:
+            assert traps == [], traps
     result = load.stop()
     assert server.proc is not None and server.proc.poll() is None, server.log()
     # granian's worker shutdown drops a connection it has just accepted, as its own hand-sent
