@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import signal
 import sys
-import types
 from typing import Any, Dict, List, Optional, Set
 
 import pytest
@@ -527,36 +525,3 @@ def test_one_worker_restarting_itself_says_once_that_it_leaves_a_gap(
     assert caplog.text.count("one worker and a master it may not signal") == 1
     assert system.killed == [(system.pid, signal.SIGTERM)] * 2
 
-
-# -- gunicorn's own ASGI worker (-k asgi) ------------------------------------------------------
-class ASGIWorker:
-    """gunicorn's ``ASGIWorker`` as the hook finds it: SIGTERM clears ``alive``, which its main
-    loop sees at its next heartbeat (every second in gunicorn; here 60 s, to make the point)."""
-
-    def __init__(self) -> None:
-        self.alive, self.servers, self.sockets, self.shut_down = True, ["server"], ["socket"], False
-
-    def handle_exit_signal(self) -> None:
-        self.alive = False
-
-    async def _serve(self) -> None:
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, self.handle_exit_signal)
-        gunicorn.leave_at_once()  # as the ASGI gate calls it once the worker serves
-        os.kill(os.getpid(), signal.SIGTERM)  # the rollout retires this worker
-        try:
-            while self.alive:
-                await asyncio.sleep(60.0)
-        except asyncio.CancelledError:
-            pass
-        self.shut_down = True  # gunicorn's graceful shutdown runs from here
-
-
-def test_a_retired_gunicorn_asgi_worker_leaves_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "gunicorn.workers.gasgi", types.ModuleType("gasgi"))
-    worker, loop = ASGIWorker(), asyncio.new_event_loop()
-    try:
-        loop.call_later(10.0, loop.stop)  # bounded: still in its heartbeat sleep, it fails
-        loop.run_until_complete(worker._serve())
-    finally:
-        loop.close()  # (removes the loop's SIGTERM handler)
-    assert worker.shut_down and not worker.alive

@@ -152,7 +152,6 @@ class Reloader(Gate):
             servers.uvicorn.accept_nothing_before_exit()
         elif "granian.server.mp" in sys.modules:
             servers.granian.accept_nothing_before_exit()
-        servers.gunicorn.leave_at_once()  # (-k asgi: a retired worker leaves at once)
 
     def _environ(self, request: Any) -> Dict[str, Any]:
         return asgi_environ(request)

@@ -143,35 +143,6 @@ def terminate_self(system: System) -> None:
     system.kill(pid, signal.SIGTERM)
 
 
-def leave_at_once() -> None:
-    """In gunicorn's own ASGI worker (``-k asgi``), its loop running: on SIGTERM, wake the
-    worker's main loop, which otherwise sees it at its next heartbeat, up to a second later,
-    so that a worker the rollout retires leaves (gracefully, as gunicorn has it) at once.
-    Elsewhere: nothing."""
-    if "gunicorn.workers.gasgi" not in sys.modules:
-        return
-    import asyncio  # (only in an ASGI worker)
-
-    try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError:  # not in the worker's loop
-        return
-    for task in asyncio.all_tasks(loop):
-        coro = task.get_coro()
-        worker = getattr(getattr(coro, "cr_frame", None), "f_locals", {}).get("self")
-        if getattr(coro, "__qualname__", "") != "ASGIWorker._serve" or worker is None:
-            continue
-
-        def on_term(worker: Any = worker, task: "asyncio.Task[Any]" = task) -> None:
-            serving = worker.alive and len(worker.servers) == len(worker.sockets)
-            worker.handle_exit_signal()
-            if serving:  # in its heartbeat loop: the cancelled sleep ends it, then its shutdown
-                task.cancel()
-
-        loop.add_signal_handler(signal.SIGTERM, on_term)
-        return
-
-
 class GunicornAction(MasterAction):
     """SIGHUP to this worker's gunicorn master: a graceful reload of every worker.
 
