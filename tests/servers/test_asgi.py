@@ -57,9 +57,10 @@ def startup():
     raise ConnectionError("database unreachable")
 """
 UVICORN = "uvicorn_worker.UvicornWorker"
-# The rollout tests' bound, plus per worker what an ASGI worker adds to a step: importing the
-# ASGI stack, and about a second for the retired worker's graceful shutdown to end.
-NEW_CODE_WITHIN = rollout.new_code_within(3) + 3 * 2.0
+# Issue 17 asks for the new code everywhere within 5 s: 3.7-4.3 s measured on a quiet machine
+# (docs/servers/asgi.md), the bound leaves room for a busy one. Per worker: the ASGI stack's
+# import, the app's, and up to a second for the retired worker's heartbeat (-k asgi).
+NEW_CODE_WITHIN = 7.0
 
 
 def make_app(directory: Path, boot: float = BOOT, wrapped: bool = True) -> None:
