@@ -83,6 +83,16 @@ def test_flask_example_reloads_template_and_code(tmp_path: Path, servers: List[S
     assert boots(log) == 6, log
 
 
+def template_then_code(server: Server, project: Path) -> None:
+    """The Django project's template edited, then its view: each served after one reload."""
+    assert "Hello from Django" in body(server.port)
+    edit_and_see(server, project / "templates" / "hello.html", "<h1>", "<h1>Edited: ",
+                 "Edited: Hello from Django", count=1)
+    edit_and_see(server, project / "views.py", '"Hello from Django"', '"Bonjour from Django"',
+                 "Edited: Bonjour from Django", count=2)
+    assert reloads(server.log(), 2) == 2, server.log()
+
+
 def test_django_example_reloads_template_and_code(tmp_path: Path, servers: List[Server]) -> None:
     pytest.importorskip("django")
     examples = copy_examples(tmp_path)
@@ -90,13 +100,7 @@ def test_django_example_reloads_template_and_code(tmp_path: Path, servers: List[
           "DjangoReloader(django_app, " + FAST.strip() + ")")
     server = gunicorn(tmp_path, "examples.django_wsgi:application")
     servers.append(server.start())
-    assert "Hello from Django" in body(server.port)
-    project = examples / "django_project"
-    edit_and_see(server, project / "templates" / "hello.html", "<h1>", "<h1>Edited: ",
-                 "Edited: Hello from Django", count=1)
-    edit_and_see(server, project / "views.py", '"Hello from Django"', '"Bonjour from Django"',
-                 "Edited: Bonjour from Django", count=2)
-    assert reloads(server.log(), 2) == 2, server.log()
+    template_then_code(server, examples / "django_project")
 
 
 def test_starlette_example_reloads_code(tmp_path: Path, servers: List[Server]) -> None:
@@ -119,13 +123,7 @@ def test_django_asgi_example_reloads_template_and_code(
           "extra_files=django_extra_files(), " + FAST.strip())
     server = gunicorn(tmp_path, "examples.django_asgi:application", "-k", "asgi")
     servers.append(server.start())
-    assert "Hello from Django" in body(server.port)
-    project = examples / "django_project"
-    edit_and_see(server, project / "templates" / "hello.html", "<h1>", "<h1>Edited: ",
-                 "Edited: Hello from Django", count=1)
-    edit_and_see(server, project / "views.py", '"Hello from Django"', '"Bonjour from Django"',
-                 "Edited: Bonjour from Django", count=2)
-    assert reloads(server.log(), 2) == 2, server.log()
+    template_then_code(server, examples / "django_project")
 
 
 def test_check_command_on_the_examples(tmp_path: Path) -> None:
