@@ -142,6 +142,8 @@ def test_a_supervised_worker_stops_accepting_before_uvicorn_sees_its_sigterm(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """uvicorn's shutdown closes connections that sent no request yet: none may be accepted
     between the SIGTERM and that shutdown."""
+    import uvicorn as _uvicorn_loaded  # noqa: F401  (in a uvicorn worker, as always)
+
     monkeypatch.setattr(uvicorn, "STOP_ACCEPTING_FOR", 0.0)
     accepted, exits = [], []
 

@@ -27,7 +27,6 @@ exit. Lifespan messages pass through untouched.
 from __future__ import annotations
 
 import os
-import sys
 from typing import Any, Awaitable, Callable, Dict, MutableMapping
 
 from . import servers
@@ -147,11 +146,7 @@ class Reloader(Gate):
 
     def _start_process(self, environ: Dict[str, Any]) -> None:
         super()._start_process(environ)
-        # Stop accepting before the server's shutdown, which drops just-accepted connections:
-        if "uvicorn" in sys.modules:  # its own workers, or gunicorn's UvicornWorker
-            servers.uvicorn.accept_nothing_before_exit()
-        elif "granian.server.mp" in sys.modules:
-            servers.granian.accept_nothing_before_exit()
+        servers.accept_nothing_before_exit()
 
     def _environ(self, request: Any) -> Dict[str, Any]:
         return asgi_environ(request)

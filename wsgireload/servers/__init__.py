@@ -68,6 +68,13 @@ def lifespan_off() -> bool:
     return any(getattr(server, "lifespan_off", bool)() for server in SERVERS)
 
 
+def accept_nothing_before_exit() -> None:
+    """In an ASGI worker: stop accepting on SIGTERM, before the server's own shutdown, which
+    drops just-accepted connections (uvicorn's, granian's own way); elsewhere nothing."""
+    for server in SERVERS:
+        getattr(server, "accept_nothing_before_exit", lambda: None)()
+
+
 def install_stubs(name: str, data: Dict[str, Any]) -> None:
     """In the boot checker: install the stand-ins ``checker_stubs`` named."""
     next(server for server in SERVERS if server.NAME == name).install_stubs(data)

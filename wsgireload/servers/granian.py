@@ -72,6 +72,8 @@ def accept_nothing_before_exit() -> None:
     worker's own socket (``SO_REUSEPORT``, on Linux) closes, so only where the kernel hands
     its queue to the other workers' (``tcp_migrate_req=1``); a Unix socket the workers share
     (``--uds``) stays open in the others. Elsewhere: nothing."""
+    if "granian.server.mp" not in sys.modules:
+        return
     found = frame_locals("granian/server/mp.py",
                          ("_spawn_asgi_lifespan_worker", "_spawn_asgi_worker"))
     if found is None or not os.path.isdir("/proc/self/fd"):

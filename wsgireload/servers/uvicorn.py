@@ -88,6 +88,8 @@ def accept_nothing_before_exit() -> None:
     """In this worker's main thread, with uvicorn's loop running: on SIGTERM, stop accepting
     at once, and hand the signal to uvicorn's own handler ``STOP_ACCEPTING_FOR`` seconds later,
     once every connection accepted before has sent its request. Elsewhere: nothing."""
+    if "uvicorn" not in sys.modules:  # its own workers, or gunicorn's UvicornWorker
+        return
     import asyncio  # (only in a uvicorn worker)
     import threading
 
