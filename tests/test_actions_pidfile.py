@@ -102,6 +102,7 @@ def test_refuses_a_dead_pid(tmp_path: Path) -> None:
         (str(os.getpid()), "this watcher or its parent"),
         (str(os.getppid()), "this watcher or its parent"),
     ],
+    ids=["zero", "empty", "text", "own-pid", "parent-pid"],  # the same in every pytest process
 )
 def test_refuses_bad_pidfiles(tmp_path: Path, content: str, reason: str) -> None:
     pidfile = tmp_path / "server.pid"
