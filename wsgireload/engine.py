@@ -21,7 +21,7 @@ from .actions import ActionSpec, resolve
 from .boot import Target, validating
 from .detect import Detector, Identity
 from .events import EventDetector
-from .policy import ChangeSet
+from .policy import ChangeSet, printable
 from .servers.base import Change, ProcessContext, Siblings
 
 log = logging.getLogger("wsgireload")
@@ -218,7 +218,7 @@ class Engine(Siblings):
             share.took_over = False
             changed = self._not_yet_decided(share, changed)
         if changed:
-            log.debug("wsgireload: changed: %s", ", ".join(changed))
+            log.debug("wsgireload: changed: %s", ", ".join(map(printable, changed)))
             self.policy.observe(changed, now)
             for path in changed:
                 self.event("changed", path)

@@ -38,8 +38,14 @@ def _short(path: str) -> str:
     try:
         rel = os.path.relpath(path)
     except ValueError:  # another drive on Windows
-        return path
-    return path if rel.startswith("..") else rel
+        rel = ".."
+    return printable(path if rel.startswith("..") else rel)
+
+
+def printable(path: str) -> str:
+    """A file name for a log line: bytes that are not UTF-8 as ``\\xe9``, never as the lone
+    surrogates a strict log file (gunicorn's ``--error-logfile``) cannot encode."""
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 @dataclass
