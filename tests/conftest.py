@@ -192,17 +192,24 @@ class Recorder:
             return len(self.calls)
 
 
-class DrainingRecorder(Action):
-    """A recording action that, like exit/exec, needs every in-flight response counted."""
+class ServerReload(Action):
+    """Stands for a server's graceful reload, which lets responses in flight finish (it may
+    fire from the watcher thread); its calls go to ``recorder``."""
 
-    name = "draining-recorder"
-    requires_drain = True
+    name = "server-reload"
 
     def __init__(self, recorder: Recorder) -> None:
         self.recorder = recorder
 
     def __call__(self, changes: ChangeSet) -> None:
         self.recorder(changes)
+
+
+class DrainingRecorder(ServerReload):
+    """A recording action that, like exit/exec, needs every in-flight response counted."""
+
+    name = "draining-recorder"
+    requires_drain = True
 
 
 def make_reloader(
@@ -322,6 +329,18 @@ def serve(
             except Exception as exc:
                 errors.append(("close", exc))
     return got, errors
+
+
+def serve_a_reload(app: Any, watched: Path, action: Any) -> None:
+    """A Reloader of ``app`` serves a request (which starts its watcher), a reload is made due,
+    and the next request fires it; the Reloader is closed after, whatever happened."""
+    reloader, clock = make_reloader(app, watched, action)
+    try:
+        serve(reloader, environ())
+        force_due(reloader, watched, clock)
+        serve(reloader, environ())
+    finally:
+        reloader.close()
 
 
 def thread_names() -> List[str]:

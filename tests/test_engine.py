@@ -42,6 +42,7 @@ from .conftest import (
     make_reloader,
     run_in_child,
     serve,
+    serve_a_reload,
 )
 from .fakes import FakeSystem, ok_app, watched_file
 
@@ -497,13 +498,7 @@ def test_only_the_action_signals(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     watched = tmp_path / "watched.txt"
     watched.write_text("1")
     recorder = Recorder()
-    reloader, clock = make_reloader(ok_app, watched, recorder)
-    try:
-        serve(reloader, environ())
-        force_due(reloader, watched, clock)
-        serve(reloader, environ())
-    finally:
-        reloader.close()
+    serve_a_reload(ok_app, watched, recorder)
     assert recorder.count == 1 and signals == []
 
 
