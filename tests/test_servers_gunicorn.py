@@ -17,12 +17,11 @@ from wsgireload.servers import gunicorn
 from wsgireload.servers.base import ProcessContext
 from wsgireload.servers.gunicorn import GunicornAction, RestartWorkerAction
 
-from .fakes import FakeSiblings, FakeSystem
+from .fakes import CHANGES, FakeSiblings, FakeSystem
 
 MASTER = ProcessInfo(
     4242, "1000", 1001, ("/usr/bin/python3", "/usr/local/bin/gunicorn", "app:app")
 )
-CHANGES = ChangeSet(("/srv/app/views.py",), "abc", 1.0, 1.0)
 GUNICORN_ENV = {"gunicorn.socket": object(), "SERVER_SOFTWARE": "gunicorn/27.0.1"}
 
 
@@ -30,8 +29,7 @@ class World:
     """One gunicorn master as its workers see it: the fake system, the shared siblings."""
 
     def __init__(self, master: ProcessInfo = MASTER, coordinated: bool = True) -> None:
-        self.system = FakeSystem(parent=master.pid)
-        self.system.procs[master.pid] = master
+        self.system = FakeSystem(master=master)
         self.siblings = FakeSiblings(self.system, coordinated)
 
     def worker(
