@@ -168,8 +168,16 @@ def edit(path: Path, text: str) -> None:
 
 def ok_app(environ: Dict[str, Any], start_response: Callable[..., Any]) -> List[bytes]:
     """The smallest WSGI app: 200 OK, ``ok``."""
-    start_response("200 OK", [])
+    start_response("200 OK", [("Content-Type", "text/plain")])
     return [b"ok"]
+
+
+@pytest.fixture
+def watched(tmp_path: Path) -> Path:
+    """A watched file of the test's own (``watched.cfg``), for a Reloader's ``extra_files``."""
+    path = tmp_path / "watched.cfg"
+    path.write_text("v1")
+    return path
 
 
 class Recorder:

@@ -1,6 +1,6 @@
 """The one fake of the operating system (``FakeSystem``, ``SignalRecorder``), of a master's
 other workers as the engine shows them to an action (``FakeSiblings``), of uWSGI's ``uwsgi``
-module (``FakeUwsgi``, the ``fake_uwsgi`` fixture), and a watched file with a trivial app."""
+module (``FakeUwsgi``, the ``fake_uwsgi`` fixture), and the stack the servers layer reads."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import logging
 import os
 import sys
 import types
-from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 import pytest
@@ -213,17 +212,6 @@ def install_uwsgi(monkeypatch: pytest.MonkeyPatch, **kw: Any) -> FakeUwsgi:
     fake = FakeUwsgi(**kw)
     monkeypatch.setitem(sys.modules, "uwsgi", fake)
     return fake
-
-
-def ok_app(env: Any, start_response: Any) -> List[bytes]:
-    start_response("200 OK", [("Content-Type", "text/plain")])
-    return [b"ok"]
-
-
-def watched_file(tmp_path: Path) -> Path:
-    path = tmp_path / "watched.cfg"
-    path.write_text("v1")
-    return path
 
 
 def fake_stack(monkeypatch: pytest.MonkeyPatch, *frames: Tuple[str, str, Dict[str, Any]],

@@ -40,16 +40,12 @@ from .conftest import (
     force_due,
     install,
     make_reloader,
+    ok_app,
     run_in_child,
     serve,
     serve_a_reload,
 )
-from .fakes import FakeSystem, ok_app, watched_file
-
-
-@pytest.fixture
-def watched(tmp_path: Path) -> Path:
-    return watched_file(tmp_path)
+from .fakes import FakeSystem
 
 
 class Recording(Action):
@@ -127,8 +123,12 @@ def tick(team: List[Worker], *times: float) -> None:
             worker.tick(now)
 
 
-def deploy(world: World, per_process: bool, text: str) -> List[Worker]:
-    """Three workers that served, an edit of the watched file, and three steps of each."""
+def deploy(
+    world: World, per_process: bool, text: str, caplog: pytest.LogCaptureFixture
+) -> List[Worker]:
+    """Three workers that served, an edit of the watched file, and three steps of each; the
+    log captured down to DEBUG."""
+    caplog.set_level(logging.DEBUG, logger="wsgireload")
     team = world.workers(per_process=per_process)
     tick(team, 1.0)
     edit(world.watched, text)
@@ -139,28 +139,25 @@ def deploy(world: World, per_process: bool, text: str) -> List[Worker]:
 def test_a_per_master_action_runs_once_and_one_line_is_logged(
     world: World, caplog: pytest.LogCaptureFixture
 ) -> None:
-    watched, record = world.watched, world.record
-    caplog.set_level(logging.DEBUG, logger="wsgireload")
-    team = deploy(world, False, "X = 2\n")
+    team = deploy(world, False, "X = 2\n", caplog)
     assert [len(w.action.calls) for w in team] == [1, 0, 0]
     info = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
     described = team[0].action.calls[0].describe()
     assert info == [f"wsgireload: 1 file changed ({described}); reloading with recording"]
-    generation = record.read()["generation"]
-    assert generation["n"] == 1 and generation["files"] == [str(watched)]
+    generation = world.record.read()["generation"]
+    assert generation["n"] == 1 and generation["files"] == [str(world.watched)]
 
 
 def test_a_per_process_action_runs_once_in_every_worker_born_before_it(
     world: World, caplog: pytest.LogCaptureFixture
 ) -> None:
-    watched, record, system = world.watched, world.record, world.system
-    caplog.set_level(logging.DEBUG, logger="wsgireload")
-    team = deploy(world, True, "X = 2\n")
+    team = deploy(world, True, "X = 2\n", caplog)
     assert [len(w.action.calls) for w in team] == [1, 1, 1]
     assert len([r for r in caplog.records if r.levelno == logging.INFO]) == 1
     (line,) = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
     assert "every other worker of master" in line
-    newborn = Worker(record, 4, watched, system, per_process=True, born=system.now + 1)
+    newborn = Worker(world.record, 4, world.watched, world.system, per_process=True,
+                     born=world.system.now + 1)
     for now in (5.0, 6.0):
         newborn.tick(now)
     assert newborn.action.calls == []  # forked after the decision: it runs the new code
@@ -169,9 +166,8 @@ def test_a_per_process_action_runs_once_in_every_worker_born_before_it(
 def test_a_broken_deploy_is_validated_and_refused_once_per_master(
     world: World, caplog: pytest.LogCaptureFixture
 ) -> None:
+    team = deploy(world, False, "X = (\n", caplog)
     watched, record = world.watched, world.record
-    caplog.set_level(logging.DEBUG, logger="wsgireload")
-    team = deploy(world, False, "X = (\n")
     errors = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert len(errors) == 1 and "mod.py:1" in errors[0].getMessage()
     data = record.read()

@@ -63,13 +63,6 @@ def watcher_threads() -> List[threading.Thread]:
     return [t for t in threading.enumerate() if t.name == "wsgireload-watcher"]
 
 
-@pytest.fixture
-def watched(tmp_path: Path) -> Path:
-    path = tmp_path / "watched.cfg"
-    path.write_text("v1")
-    return path
-
-
 def make(app: Any, watched: Path, clock: FakeClock, **kw: Any) -> Reloader:
     kw.setdefault("settle", 0.0)
     kw.setdefault("mode", "inline")
