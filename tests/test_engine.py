@@ -104,16 +104,22 @@ class World:
 
 
 @pytest.fixture
-def world(tmp_path: Path) -> World:
-    watched = tmp_path / "mod.py"
-    watched.write_text("X = 1\n")
+def mod(tmp_path: Path) -> Path:
+    """The app's module, ``mod.py`` (``X = 1``), in the test's directory."""
+    path = tmp_path / "mod.py"
+    path.write_text("X = 1\n")
+    return path
+
+
+@pytest.fixture
+def world(tmp_path: Path, mod: Path) -> World:
     rundir = tmp_path / "run"
     rundir.mkdir(mode=0o700)
     record = Record(str(rundir / "gunicorn-42-7.master.json"))
     system = FakeSystem(now=1_000_000.0)
     for pid in (1, 2, 3):
         system.add(pid, start=None)
-    return World(watched, record, system)
+    return World(mod, record, system)
 
 
 def tick(team: List[Worker], *times: float) -> None:
@@ -218,37 +224,35 @@ def test_a_new_scanner_checks_a_refused_deploy_again(world: World, tmp_path: Pat
     assert runner.runs == 2 and [len(w.action.calls) for w in team] == [0, 1]
 
 
-def test_without_a_record_each_process_scans_and_acts_alone(tmp_path: Path) -> None:
-    watched = tmp_path / "mod.py"
-    watched.write_text("X = 1\n")
+def test_without_a_record_each_process_scans_and_acts_alone(mod: Path) -> None:
     action = Recording(per_process=False)
     options = Options.build(
-        "test", extra_files=[str(watched)], modules=False, settle=0, settle_max=0
+        "test", extra_files=[str(mod)], modules=False, settle=0, settle_max=0
     )
     engine = Engine(options, action, master=("gunicorn", 1))  # not our parent: no record
     assert engine.step(1.0) is None and engine.share is None
-    edit(watched, "X = 2\n")
+    edit(mod, "X = 2\n")
     changes = engine.step(2.0)
-    assert changes is not None and changes.files == (str(watched),)
+    assert changes is not None and changes.files == (str(mod),)
 
 
-def test_a_refused_deploy_is_checked_again_when_a_module_is_installed(tmp_path: Path) -> None:
-    watched = tmp_path / "mod.py"
-    watched.write_text("X = 1\n")
+def test_a_refused_deploy_is_checked_again_when_a_module_is_installed(
+    tmp_path: Path, mod: Path
+) -> None:
     lib = tmp_path / "lib"  # a directory on the search path the boot check imports from
     lib.mkdir()
     runner = NeedsNewdep(lib)
     check = BootCheck(app=parse_target("mod"), runner=runner, python=lambda: sys.executable)
     check.search_path = lambda: [str(lib)]  # type: ignore[method-assign]
-    options = Options.build("test", extra_files=[str(watched)], modules=False)
+    options = Options.build("test", extra_files=[str(mod)], modules=False)
     engine = Engine(options, Recording(per_process=False))
     engine.policy = Policy(settle=0, settle_max=0, boot=check)
     assert engine.step(1.0) is None
-    edit(watched, "import newdep\n")
+    edit(mod, "import newdep\n")
     assert [engine.step(t) for t in (2.0, 3.0, 4.0)] == [None] * 3 and runner.runs == 1
     install(lib, "newdep.py")
     changes = engine.step(5.0)
-    assert changes is not None and changes.files == (str(watched),) and runner.runs == 2
+    assert changes is not None and changes.files == (str(mod),) and runner.runs == 2
 
 
 def test_options_are_frozen_and_checked_once() -> None:
@@ -334,31 +338,27 @@ def test_the_first_step_comes_soon_and_a_scanner_rolling_out_steps_fast(world: W
 
 
 def test_with_no_writable_place_for_the_record_a_worker_scans_and_acts_alone(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, mod: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    watched = tmp_path / "mod.py"
-    watched.write_text("X = 1\n")
     blocker = tmp_path / "read-only"
     blocker.write_text("")  # a file where the runtime directory would go
     monkeypatch.setattr(_record, "default_runtime_dir", lambda: str(blocker / "run"))
     action = Recording(per_process=False)
     options = Options.build(
-        "test", extra_files=[str(watched)], modules=False, settle=0, settle_max=0
+        "test", extra_files=[str(mod)], modules=False, settle=0, settle_max=0
     )
     engine = Engine(options, action, master=("gunicorn", os.getppid()))
     assert engine.step(1.0) is None and engine.share is None
-    edit(watched, "X = 2\n")
+    edit(mod, "X = 2\n")
     changes = engine.step(2.0)
     assert changes is not None and engine.act(changes) is None and len(action.calls) == 1
 
 
-def test_the_record_is_kept_where_the_action_says(tmp_path: Path) -> None:
+def test_the_record_is_kept_where_the_action_says(tmp_path: Path, mod: Path) -> None:
     # GunicornAction(runtime_dir=...): a read-only /tmp (a container) still coordinates.
-    watched = tmp_path / "mod.py"
-    watched.write_text("X = 1\n")
     action = Recording(per_process=False)
     action.runtime_dir = str(tmp_path / "run")
-    options = Options.build("test", extra_files=[str(watched)], modules=False)
+    options = Options.build("test", extra_files=[str(mod)], modules=False)
     engine = Engine(options, action, master=("gunicorn", os.getppid()))
     engine.step(1.0)
     assert engine.coordinated and engine.share is not None
