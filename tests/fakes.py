@@ -1,6 +1,7 @@
 """The one fake of the operating system (``FakeSystem``, ``SignalRecorder``), of a master's
 other workers as the engine shows them to an action (``FakeSiblings``), of uWSGI's ``uwsgi``
-module (``FakeUwsgi``, the ``fake_uwsgi`` fixture), and the stack the servers layer reads."""
+module (``FakeUwsgi``, the ``fake_uwsgi`` fixture), the stack the servers layer reads, and one
+deploy (``CHANGES``) with ``refusal_log`` to check an action that must signal nobody."""
 
 from __future__ import annotations
 
@@ -105,7 +106,8 @@ class FakeSystem(System):
 
 def refusal_log(action: Callable[[ChangeSet], None], system: FakeSystem,
                 caplog: pytest.LogCaptureFixture) -> str:
-    """Run ``action`` on CHANGES, assert it signalled nobody; what it logged at WARNING+."""
+    """Run ``action`` on CHANGES with WARNING and above captured, assert it signalled nobody;
+    return the captured log text."""
     with caplog.at_level(logging.WARNING, "wsgireload"):
         action(CHANGES)
     assert system.killed == []
