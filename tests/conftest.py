@@ -168,8 +168,16 @@ def edit(path: Path, text: str) -> None:
 
 def ok_app(environ: Dict[str, Any], start_response: Callable[..., Any]) -> List[bytes]:
     """The smallest WSGI app: 200 OK, ``ok``."""
-    start_response("200 OK", [])
+    start_response("200 OK", [("Content-Type", "text/plain")])
     return [b"ok"]
+
+
+@pytest.fixture
+def watched(tmp_path: Path) -> Path:
+    """A watched file of the test's own (``watched.cfg``), for a Reloader's ``extra_files``."""
+    path = tmp_path / "watched.cfg"
+    path.write_text("v1")
+    return path
 
 
 class Recorder:
@@ -192,17 +200,24 @@ class Recorder:
             return len(self.calls)
 
 
-class DrainingRecorder(Action):
-    """A recording action that, like exit/exec, needs every in-flight response counted."""
+class ServerReload(Action):
+    """Stands for a server's graceful reload, which lets responses in flight finish (it may
+    fire from the watcher thread); its calls go to ``recorder``."""
 
-    name = "draining-recorder"
-    requires_drain = True
+    name = "server-reload"
 
     def __init__(self, recorder: Recorder) -> None:
         self.recorder = recorder
 
     def __call__(self, changes: ChangeSet) -> None:
         self.recorder(changes)
+
+
+class DrainingRecorder(ServerReload):
+    """A recording action that, like exit/exec, needs every in-flight response counted."""
+
+    name = "draining-recorder"
+    requires_drain = True
 
 
 def make_reloader(
@@ -322,6 +337,18 @@ def serve(
             except Exception as exc:
                 errors.append(("close", exc))
     return got, errors
+
+
+def serve_a_reload(app: Any, watched: Path, action: Any) -> None:
+    """A Reloader of ``app`` serves a request (which starts its watcher), a reload is made due,
+    and the next request fires it; the Reloader is closed after, whatever happened."""
+    reloader, clock = make_reloader(app, watched, action)
+    try:
+        serve(reloader, environ())
+        force_due(reloader, watched, clock)
+        serve(reloader, environ())
+    finally:
+        reloader.close()
 
 
 def thread_names() -> List[str]:

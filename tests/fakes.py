@@ -1,31 +1,42 @@
 """The one fake of the operating system (``FakeSystem``, ``SignalRecorder``), of a master's
 other workers as the engine shows them to an action (``FakeSiblings``), of uWSGI's ``uwsgi``
-module (``FakeUwsgi``, the ``fake_uwsgi`` fixture), and a watched file with a trivial app."""
+module (``FakeUwsgi``, the ``fake_uwsgi`` fixture), the stack the servers layer reads, and one
+deploy (``CHANGES``) with ``refusal_log`` to check an action that must signal nobody."""
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import types
-from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 import pytest
 
 from wsgireload._system import PROC_ROOT, ProcessInfo, System, read_process
-from wsgireload.servers.base import Siblings
+from wsgireload.policy import ChangeSet
+from wsgireload.servers.base import ASGI_KEY, Siblings
+
+CHANGES = ChangeSet(("/srv/app/views.py",), "abc", 1.0, 1.0)  # one deploy, for an action
+ASGI_ENVIRON = {ASGI_KEY: {"type": "lifespan"}}  # what an ASGI worker's gate shows the layer
+SITE = "/venv/lib/python3.11/site-packages/"  # where a fake stack's server frames live
 
 
 class FakeSystem(System):
     """A machine the test sets by hand: processes (a dict, or a fake /proc tree given as
     ``proc_root``), this process's pid, parent, uid and start, a clock; it records signals,
-    timers, FIFO writes and repeated wake-ups instead of sending or starting them."""
+    timers, FIFO writes and repeated wake-ups instead of sending or starting them. With
+    ``master``, this process is a worker of that running master (its parent)."""
 
     def __init__(self, proc_root: Optional[str] = None, *, pid: int = 5000, parent: int = 4242,
-                 uid: int = 1001, now: float = 100.0) -> None:
+                 uid: int = 1001, now: float = 100.0,
+                 master: Optional[ProcessInfo] = None) -> None:
         super().__init__(proc_root or "/nonexistent-proc")
         self.use_tree = proc_root is not None
         self.procs: Dict[int, ProcessInfo] = {}
+        if master is not None:
+            parent = master.pid
+            self.procs[master.pid] = master
         self.pid, self.parent, self.uid, self.euid = pid, parent, uid, None
         self.now = now
         self.start = 10.0  # monotonic() when this process started
@@ -91,6 +102,16 @@ class FakeSystem(System):
         other = _Process(self)
         other.pid, other.start = pid, start
         return other  # type: ignore[return-value]
+
+
+def refusal_log(action: Callable[[ChangeSet], None], system: FakeSystem,
+                caplog: pytest.LogCaptureFixture) -> str:
+    """Run ``action`` on CHANGES with WARNING and above captured, assert it signalled nobody;
+    return the captured log text."""
+    with caplog.at_level(logging.WARNING, "wsgireload"):
+        action(CHANGES)
+    assert system.killed == []
+    return caplog.text
 
 
 class SignalRecorder(System):
@@ -193,17 +214,6 @@ def install_uwsgi(monkeypatch: pytest.MonkeyPatch, **kw: Any) -> FakeUwsgi:
     fake = FakeUwsgi(**kw)
     monkeypatch.setitem(sys.modules, "uwsgi", fake)
     return fake
-
-
-def ok_app(env: Any, start_response: Any) -> List[bytes]:
-    start_response("200 OK", [("Content-Type", "text/plain")])
-    return [b"ok"]
-
-
-def watched_file(tmp_path: Path) -> Path:
-    path = tmp_path / "watched.cfg"
-    path.write_text("v1")
-    return path
 
 
 def fake_stack(monkeypatch: pytest.MonkeyPatch, *frames: Tuple[str, str, Dict[str, Any]],

@@ -6,18 +6,16 @@ from __future__ import annotations
 import asyncio
 import os
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Awaitable, Callable, Dict, List, Optional
 
 import pytest
 
 from wsgireload import servers
-from wsgireload.actions import Action
 from wsgireload.asgi import ASGI_KEY, Reloader, asgi_environ
 from wsgireload.errors import ConfigurationError
-from wsgireload.policy import ChangeSet
 from wsgireload.servers import gunicorn
 
-from .conftest import FakeClock, Recorder, force_due
+from .conftest import FakeClock, Recorder, ServerReload, force_due
 
 Message = Dict[str, Any]
 HTTP: Dict[str, Any] = {"type": "http", "method": "GET", "path": "/", "headers": []}
@@ -51,18 +49,6 @@ class App:
         if self.raise_after:
             raise ValueError("app failed mid-response")
         await send({"type": "http.response.body", "body": b"llo"})
-
-
-class ServerReload(Action):
-    """Stands for a server's graceful reload (it may fire from the watcher thread)."""
-
-    name = "server-reload"
-
-    def __init__(self, recorder: Recorder) -> None:
-        self.recorder = recorder
-
-    def __call__(self, changes: ChangeSet) -> None:
-        self.recorder(changes)
 
 
 def make(tmp_path: Path, app: Any) -> tuple:
@@ -106,6 +92,25 @@ async def request(reloader: Reloader, scope: Dict[str, Any] = HTTP) -> List[Mess
 
     await reloader(dict(scope), receive, send)
     return sent
+
+
+Scenario = Callable[[Reloader, Recorder, FakeClock], Awaitable[None]]
+
+
+def run_with_a_reload_due(tmp_path: Path, app: App, scenario: Scenario) -> None:
+    """Run a Reloader of ``app`` through its lifespan startup, make a reload due, then run
+    ``scenario`` on the same event loop; the Reloader is closed after, whatever happened."""
+    reloader, recorder, watched, clock = make(tmp_path, app)
+
+    async def go() -> None:
+        await lifespan(reloader)
+        force_due(reloader, watched, clock)
+        await scenario(reloader, recorder, clock)
+
+    try:
+        asyncio.run(go())
+    finally:
+        reloader.close()
 
 
 def test_a_non_callable_app_and_a_smoke_path_are_refused() -> None:
@@ -161,11 +166,8 @@ def test_steady_requests_pass_through_untouched(tmp_path: Path) -> None:
 @pytest.mark.parametrize("ending", ["last body", "raise"])
 def test_a_due_reload_fires_after_the_last_response_in_flight(tmp_path: Path, ending: str) -> None:
     app = App()
-    reloader, recorder, watched, clock = make(tmp_path, app)
 
-    async def go() -> None:
-        await lifespan(reloader)
-        force_due(reloader, watched, clock)
+    async def scenario(reloader: Reloader, recorder: Recorder, clock: FakeClock) -> None:
         first = asyncio.ensure_future(request(reloader))
         second = asyncio.ensure_future(request(reloader))
         await asyncio.sleep(0)
@@ -184,19 +186,13 @@ def test_a_due_reload_fires_after_the_last_response_in_flight(tmp_path: Path, en
         await request(reloader)
         assert recorder.count == 1  # once per change set
 
-    try:
-        asyncio.run(go())
-    finally:
-        reloader.close()
+    run_with_a_reload_due(tmp_path, app, scenario)
 
 
 def test_websockets_do_not_hold_a_reload(tmp_path: Path) -> None:
     app = App()
-    reloader, recorder, watched, clock = make(tmp_path, app)
 
-    async def go() -> None:
-        await lifespan(reloader)
-        force_due(reloader, watched, clock)
+    async def scenario(reloader: Reloader, recorder: Recorder, clock: FakeClock) -> None:
         socket = asyncio.ensure_future(request(reloader, {"type": "websocket", "path": "/"}))
         await asyncio.sleep(0)
         reloader._tick()  # noqa: SLF001
@@ -204,21 +200,15 @@ def test_websockets_do_not_hold_a_reload(tmp_path: Path) -> None:
         app.release.set()
         await socket
 
-    try:
-        asyncio.run(go())
-    finally:
-        reloader.close()
+    run_with_a_reload_due(tmp_path, app, scenario)
 
 
 def test_a_response_streaming_for_ever_holds_a_reload_for_drain_timeout_only(
     tmp_path: Path,
 ) -> None:
     app = App()
-    reloader, recorder, watched, clock = make(tmp_path, app)
 
-    async def go() -> None:
-        await lifespan(reloader)
-        force_due(reloader, watched, clock)
+    async def scenario(reloader: Reloader, recorder: Recorder, clock: FakeClock) -> None:
         stream = asyncio.ensure_future(request(reloader))
         await asyncio.sleep(0)
         clock.advance(reloader.drain_timeout - 1)
@@ -231,10 +221,7 @@ def test_a_response_streaming_for_ever_holds_a_reload_for_drain_timeout_only(
         await stream
         assert recorder.count == 1
 
-    try:
-        asyncio.run(go())
-    finally:
-        reloader.close()
+    run_with_a_reload_due(tmp_path, app, scenario)
 
 
 def test_without_lifespan_the_first_request_starts_watching(tmp_path: Path) -> None:

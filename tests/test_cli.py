@@ -50,6 +50,14 @@ APP = """
 """
 
 
+@pytest.fixture
+def src(workdir: Path) -> Path:
+    """An empty ``src`` directory in the test's cwd."""
+    path = workdir / "src"
+    path.mkdir()
+    return path
+
+
 def run(argv: List[str], capsys: pytest.CaptureFixture[str]) -> "tuple[int, str, str]":
     code = cli.main(argv)
     captured = capsys.readouterr()
@@ -186,21 +194,31 @@ def nothing() -> None:
     pass
 
 
-def test_watch_paths_prints_changes_decisions_and_stops_cleanly(
-    workdir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    src = workdir / "src"
-    src.mkdir()
-    (src / "app.py").write_text("X = 1\n")
-    (src / "app.pyc").write_text("ignored")
+def watch_broken_then_fixed(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, path: Path,
+    broken: str, fixed: str, *args: str
+) -> str:
+    """What ``wsgireload watch --settle 1 *args`` prints while ``path`` is edited to ``broken``
+    and then to ``fixed``, each edit followed by two quiet steps; it exits 0."""
     script(monkeypatch, [
-        lambda: edit(src / "app.py", "def broken(:\n"),
+        lambda: edit(path, broken),
         nothing, nothing,  # settles, is refused
-        lambda: edit(src / "app.py", "X = 2\n"),
+        lambda: edit(path, fixed),
         nothing, nothing,  # settles, passes
     ])
-    code, out, _ = run(["watch", "--settle", "1", "src"], capsys)
+    code, out, _ = run(["watch", "--settle", "1", *args], capsys)
     assert code == 0
+    return out
+
+
+def test_watch_paths_prints_changes_decisions_and_stops_cleanly(
+    src: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (src / "app.py").write_text("X = 1\n")
+    (src / "app.pyc").write_text("ignored")
+    out = watch_broken_then_fixed(
+        capsys, monkeypatch, src / "app.py", "def broken(:\n", "X = 2\n", "src"
+    )
     lines = out.splitlines()
     assert "watching  src (1 files); Ctrl-C to stop" in lines[0]
     assert any(f"changed   {src / 'app.py'}" in line for line in lines)
@@ -363,22 +381,16 @@ def test_status_without_records_says_so(tmp_path: Path, capsys: pytest.CaptureFi
 
 
 def test_watch_import_boots_the_app_before_it_is_due(
-    workdir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    src: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    src = workdir / "src"
-    src.mkdir()
     (src / "wsgi.py").write_text("import helper\napplication = helper.app\n")
     helper = src / "helper.py"
     helper.write_text("def app(environ, start_response):\n    return []\n")
     monkeypatch.syspath_prepend(str(src))
-    script(monkeypatch, [
-        lambda: edit(helper, "import a_module_that_does_not_exist\n"),
-        nothing, nothing,  # settles, compiles, cannot boot: refused
-        lambda: edit(helper, "def app(environ, start_response):\n    return []\n"),
-        nothing, nothing,  # settles, boots
-    ])
-    code, out, _ = run(["watch", "--settle", "1", "--import", "wsgi:application", "src"], capsys)
-    assert code == 0
+    out = watch_broken_then_fixed(  # refused: it compiles but cannot boot; the fix boots
+        capsys, monkeypatch, helper, "import a_module_that_does_not_exist\n",
+        "def app(environ, start_response):\n    return []\n", "--import", "wsgi:application", "src"
+    )
     assert (f"error     not reloading, the new code is broken (keeping the old code running; "
             f"fix the file and the reload will follow): {helper}:1: ModuleNotFoundError: "
             "No module named 'a_module_that_does_not_exist' (booting wsgi:application as the "

@@ -40,15 +40,12 @@ from .conftest import (
     force_due,
     install,
     make_reloader,
+    ok_app,
     run_in_child,
     serve,
+    serve_a_reload,
 )
-from .fakes import FakeSystem, ok_app, watched_file
-
-
-@pytest.fixture
-def watched(tmp_path: Path) -> Path:
-    return watched_file(tmp_path)
+from .fakes import FakeSystem
 
 
 class Recording(Action):
@@ -107,16 +104,22 @@ class World:
 
 
 @pytest.fixture
-def world(tmp_path: Path) -> World:
-    watched = tmp_path / "mod.py"
-    watched.write_text("X = 1\n")
+def mod(tmp_path: Path) -> Path:
+    """The app's module, ``mod.py`` (``X = 1``), in the test's directory."""
+    path = tmp_path / "mod.py"
+    path.write_text("X = 1\n")
+    return path
+
+
+@pytest.fixture
+def world(tmp_path: Path, mod: Path) -> World:
     rundir = tmp_path / "run"
     rundir.mkdir(mode=0o700)
     record = Record(str(rundir / "gunicorn-42-7.master.json"))
     system = FakeSystem(now=1_000_000.0)
     for pid in (1, 2, 3):
         system.add(pid, start=None)
-    return World(watched, record, system)
+    return World(mod, record, system)
 
 
 def tick(team: List[Worker], *times: float) -> None:
@@ -126,8 +129,12 @@ def tick(team: List[Worker], *times: float) -> None:
             worker.tick(now)
 
 
-def deploy(world: World, per_process: bool, text: str) -> List[Worker]:
-    """Three workers that served, an edit of the watched file, and three steps of each."""
+def deploy(
+    world: World, per_process: bool, text: str, caplog: pytest.LogCaptureFixture
+) -> List[Worker]:
+    """Three workers that served, an edit of the watched file, and three steps of each; the
+    log captured down to DEBUG."""
+    caplog.set_level(logging.DEBUG, logger="wsgireload")
     team = world.workers(per_process=per_process)
     tick(team, 1.0)
     edit(world.watched, text)
@@ -138,28 +145,25 @@ def deploy(world: World, per_process: bool, text: str) -> List[Worker]:
 def test_a_per_master_action_runs_once_and_one_line_is_logged(
     world: World, caplog: pytest.LogCaptureFixture
 ) -> None:
-    watched, record = world.watched, world.record
-    caplog.set_level(logging.DEBUG, logger="wsgireload")
-    team = deploy(world, False, "X = 2\n")
+    team = deploy(world, False, "X = 2\n", caplog)
     assert [len(w.action.calls) for w in team] == [1, 0, 0]
     info = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
     described = team[0].action.calls[0].describe()
     assert info == [f"wsgireload: 1 file changed ({described}); reloading with recording"]
-    generation = record.read()["generation"]
-    assert generation["n"] == 1 and generation["files"] == [str(watched)]
+    generation = world.record.read()["generation"]
+    assert generation["n"] == 1 and generation["files"] == [str(world.watched)]
 
 
 def test_a_per_process_action_runs_once_in_every_worker_born_before_it(
     world: World, caplog: pytest.LogCaptureFixture
 ) -> None:
-    watched, record, system = world.watched, world.record, world.system
-    caplog.set_level(logging.DEBUG, logger="wsgireload")
-    team = deploy(world, True, "X = 2\n")
+    team = deploy(world, True, "X = 2\n", caplog)
     assert [len(w.action.calls) for w in team] == [1, 1, 1]
     assert len([r for r in caplog.records if r.levelno == logging.INFO]) == 1
     (line,) = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
     assert "every other worker of master" in line
-    newborn = Worker(record, 4, watched, system, per_process=True, born=system.now + 1)
+    newborn = Worker(world.record, 4, world.watched, world.system, per_process=True,
+                     born=world.system.now + 1)
     for now in (5.0, 6.0):
         newborn.tick(now)
     assert newborn.action.calls == []  # forked after the decision: it runs the new code
@@ -168,9 +172,8 @@ def test_a_per_process_action_runs_once_in_every_worker_born_before_it(
 def test_a_broken_deploy_is_validated_and_refused_once_per_master(
     world: World, caplog: pytest.LogCaptureFixture
 ) -> None:
+    team = deploy(world, False, "X = (\n", caplog)
     watched, record = world.watched, world.record
-    caplog.set_level(logging.DEBUG, logger="wsgireload")
-    team = deploy(world, False, "X = (\n")
     errors = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert len(errors) == 1 and "mod.py:1" in errors[0].getMessage()
     data = record.read()
@@ -221,37 +224,35 @@ def test_a_new_scanner_checks_a_refused_deploy_again(world: World, tmp_path: Pat
     assert runner.runs == 2 and [len(w.action.calls) for w in team] == [0, 1]
 
 
-def test_without_a_record_each_process_scans_and_acts_alone(tmp_path: Path) -> None:
-    watched = tmp_path / "mod.py"
-    watched.write_text("X = 1\n")
+def test_without_a_record_each_process_scans_and_acts_alone(mod: Path) -> None:
     action = Recording(per_process=False)
     options = Options.build(
-        "test", extra_files=[str(watched)], modules=False, settle=0, settle_max=0
+        "test", extra_files=[str(mod)], modules=False, settle=0, settle_max=0
     )
     engine = Engine(options, action, master=("gunicorn", 1))  # not our parent: no record
     assert engine.step(1.0) is None and engine.share is None
-    edit(watched, "X = 2\n")
+    edit(mod, "X = 2\n")
     changes = engine.step(2.0)
-    assert changes is not None and changes.files == (str(watched),)
+    assert changes is not None and changes.files == (str(mod),)
 
 
-def test_a_refused_deploy_is_checked_again_when_a_module_is_installed(tmp_path: Path) -> None:
-    watched = tmp_path / "mod.py"
-    watched.write_text("X = 1\n")
+def test_a_refused_deploy_is_checked_again_when_a_module_is_installed(
+    tmp_path: Path, mod: Path
+) -> None:
     lib = tmp_path / "lib"  # a directory on the search path the boot check imports from
     lib.mkdir()
     runner = NeedsNewdep(lib)
     check = BootCheck(app=parse_target("mod"), runner=runner, python=lambda: sys.executable)
     check.search_path = lambda: [str(lib)]  # type: ignore[method-assign]
-    options = Options.build("test", extra_files=[str(watched)], modules=False)
+    options = Options.build("test", extra_files=[str(mod)], modules=False)
     engine = Engine(options, Recording(per_process=False))
     engine.policy = Policy(settle=0, settle_max=0, boot=check)
     assert engine.step(1.0) is None
-    edit(watched, "import newdep\n")
+    edit(mod, "import newdep\n")
     assert [engine.step(t) for t in (2.0, 3.0, 4.0)] == [None] * 3 and runner.runs == 1
     install(lib, "newdep.py")
     changes = engine.step(5.0)
-    assert changes is not None and changes.files == (str(watched),) and runner.runs == 2
+    assert changes is not None and changes.files == (str(mod),) and runner.runs == 2
 
 
 def test_options_are_frozen_and_checked_once() -> None:
@@ -337,31 +338,27 @@ def test_the_first_step_comes_soon_and_a_scanner_rolling_out_steps_fast(world: W
 
 
 def test_with_no_writable_place_for_the_record_a_worker_scans_and_acts_alone(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, mod: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    watched = tmp_path / "mod.py"
-    watched.write_text("X = 1\n")
     blocker = tmp_path / "read-only"
     blocker.write_text("")  # a file where the runtime directory would go
     monkeypatch.setattr(_record, "default_runtime_dir", lambda: str(blocker / "run"))
     action = Recording(per_process=False)
     options = Options.build(
-        "test", extra_files=[str(watched)], modules=False, settle=0, settle_max=0
+        "test", extra_files=[str(mod)], modules=False, settle=0, settle_max=0
     )
     engine = Engine(options, action, master=("gunicorn", os.getppid()))
     assert engine.step(1.0) is None and engine.share is None
-    edit(watched, "X = 2\n")
+    edit(mod, "X = 2\n")
     changes = engine.step(2.0)
     assert changes is not None and engine.act(changes) is None and len(action.calls) == 1
 
 
-def test_the_record_is_kept_where_the_action_says(tmp_path: Path) -> None:
+def test_the_record_is_kept_where_the_action_says(tmp_path: Path, mod: Path) -> None:
     # GunicornAction(runtime_dir=...): a read-only /tmp (a container) still coordinates.
-    watched = tmp_path / "mod.py"
-    watched.write_text("X = 1\n")
     action = Recording(per_process=False)
     action.runtime_dir = str(tmp_path / "run")
-    options = Options.build("test", extra_files=[str(watched)], modules=False)
+    options = Options.build("test", extra_files=[str(mod)], modules=False)
     engine = Engine(options, action, master=("gunicorn", os.getppid()))
     engine.step(1.0)
     assert engine.coordinated and engine.share is not None
@@ -497,13 +494,7 @@ def test_only_the_action_signals(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     watched = tmp_path / "watched.txt"
     watched.write_text("1")
     recorder = Recorder()
-    reloader, clock = make_reloader(ok_app, watched, recorder)
-    try:
-        serve(reloader, environ())
-        force_due(reloader, watched, clock)
-        serve(reloader, environ())
-    finally:
-        reloader.close()
+    serve_a_reload(ok_app, watched, recorder)
     assert recorder.count == 1 and signals == []
 
 

@@ -31,18 +31,19 @@ from hypothesis import strategies as st
 from webtest.lint import middleware as lint
 
 from wsgireload import Reloader
-from wsgireload.actions import Action
 from wsgireload.policy import ChangeSet
 
 from .conftest import (
     DrainingRecorder,
     FakeClock,
     Recorder,
+    ServerReload,
     bump,
     environ,
     force_due,
     make_reloader,
     serve,
+    serve_a_reload,
     touch,
 )
 from .servers.harness import Load, wait_for
@@ -60,13 +61,6 @@ def hello(environ: dict, start_response: Callable[..., Any]) -> Iterable[bytes]:
 
 def watcher_threads() -> List[threading.Thread]:
     return [t for t in threading.enumerate() if t.name == "wsgireload-watcher"]
-
-
-@pytest.fixture
-def watched(tmp_path: Path) -> Path:
-    path = tmp_path / "watched.cfg"
-    path.write_text("v1")
-    return path
 
 
 def make(app: Any, watched: Path, clock: FakeClock, **kw: Any) -> Reloader:
@@ -998,17 +992,11 @@ def test_no_unraisable_exceptions_from_wrapper(watched: Path) -> None:
     try:
         trace = Trace()
         recorder = Recorder()
-        reloader, clock = make_reloader(
+        serve_a_reload(
             webtest.lint.middleware(make_app(Behaviour("closable", [b"a", b"b"], "none"), trace)),
             watched,
             recorder,
         )
-        try:
-            serve(reloader, environ())
-            force_due(reloader, watched, clock)
-            serve(reloader, environ())
-        finally:
-            reloader.close()
         gc.collect()
     finally:
         sys.unraisablehook = old
@@ -1157,33 +1145,21 @@ def test_module_edited_then_imported_lazily_after_creation_is_a_change(
 
 
 # -- acting without waiting for traffic ------------------------------------------------------
-class ServerReload(Action):
-    """Stands for a server's graceful reload (it lets responses in flight finish)."""
-
-    name = "server-reload"
-
-    def __init__(self) -> None:
-        self.calls: List[ChangeSet] = []
-
-    def __call__(self, changes: ChangeSet) -> None:
-        self.calls.append(changes)
-
-
 def test_a_due_reload_with_nothing_in_flight_acts_from_the_watcher_tick(watched: Path) -> None:
-    action = ServerReload()
+    action = ServerReload(Recorder())
     reloader, clock = make_reloader(hello, watched, action)
     try:
         serve(reloader, environ())  # the first request starts this process's watcher
         touch(watched)
         clock.now += 1.0
         reloader._tick()  # what the watcher thread does every interval
-        assert len(action.calls) == 1 and reloader.reload_due is None
+        assert len(action.recorder.calls) == 1 and reloader.reload_due is None
     finally:
         reloader.close()
 
 
 def test_a_due_reload_with_a_response_in_flight_waits_for_its_close(watched: Path) -> None:
-    action = ServerReload()
+    action = ServerReload(Recorder())
     reloader, clock = make_reloader(hello, watched, action)
     try:
         list(reloader(environ(), lambda *a: None))  # start the watcher
@@ -1192,10 +1168,10 @@ def test_a_due_reload_with_a_response_in_flight_waits_for_its_close(watched: Pat
         reloader.run_step(clock.now)  # due: responses from now on are counted
         body = reloader(environ(), lambda *a: None)
         reloader._tick()
-        assert action.calls == []  # a response is open
+        assert action.recorder.calls == []  # a response is open
         list(body)
         body.close()  # type: ignore[attr-defined]
-        assert len(action.calls) == 1
+        assert len(action.recorder.calls) == 1
     finally:
         reloader.close()
 

@@ -28,8 +28,8 @@ from wsgireload.servers.base import ASGI_KEY, released_through_link
 from wsgireload.servers.uvicorn import UvicornAction
 from wsgireload.watcher import Watcher
 
-from .conftest import edit
-from .fakes import FakeSystem, fake_stack, ok_app
+from .conftest import edit, ok_app
+from .fakes import FakeSystem, fake_stack
 
 MASTER = 4242
 

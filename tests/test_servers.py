@@ -27,15 +27,9 @@ from wsgireload.actions import (
 from wsgireload.policy import ChangeSet
 from wsgireload.servers import master_of
 
-from .conftest import environ, force_due, make_reloader, serve
-from .fakes import ok_app, watched_file
+from .conftest import environ, force_due, make_reloader, ok_app, serve
 
 GUNICORN_ENV = {"gunicorn.socket": object(), "SERVER_SOFTWARE": "gunicorn/27.0.1"}
-
-
-@pytest.fixture
-def watched(tmp_path: Path) -> Path:
-    return watched_file(tmp_path)
 
 
 def context(environ: Optional[Dict[str, Any]] = None) -> ProcessContext:

@@ -22,9 +22,8 @@ from wsgireload.servers.base import (
 )
 
 from .conftest import ProcTree
-from .fakes import FakeSystem
+from .fakes import CHANGES, FakeSystem
 
-CHANGES = ChangeSet(("/srv/app/views.py",), "abc", 1.0, 1.0)
 GUNICORN = ["/usr/bin/python3", "/usr/local/bin/gunicorn", "-w", "3", "app:app"]
 UWSGI = ["/venv/bin/uwsgi", "--master", "--processes", "3", "--module", "wsgi"]
 

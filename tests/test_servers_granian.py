@@ -4,7 +4,6 @@ deploy, from a worker process it started; nothing elsewhere."""
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import signal
 import socket
@@ -15,18 +14,14 @@ from typing import List, Optional, Tuple
 import pytest
 
 from wsgireload._system import ProcessInfo
-from wsgireload.policy import ChangeSet
 from wsgireload.servers import AutoAction, granian
-from wsgireload.servers.base import ASGI_KEY, ProcessContext
+from wsgireload.servers.base import ProcessContext
 from wsgireload.servers.granian import GranianAction
 
-from .fakes import FakeSiblings, FakeSystem, fake_stack
+from .fakes import ASGI_ENVIRON, CHANGES, SITE, FakeSiblings, FakeSystem, fake_stack, refusal_log
 
-SITE = "/venv/lib/python3.11/site-packages/"
 MASTER = ProcessInfo(4242, "1000", 1001, ("/venv/bin/python3", "/venv/bin/granian",
                                          "--interface", "asgi", "app:app"))
-CHANGES = ChangeSet(("/srv/app/views.py",), "abc", 1.0, 1.0)
-ENVIRON = {ASGI_KEY: {"type": "lifespan"}}
 
 
 def worker_stack(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -41,20 +36,18 @@ def worker_stack(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def system() -> FakeSystem:
-    machine = FakeSystem(parent=MASTER.pid)
-    machine.procs[MASTER.pid] = MASTER
-    return machine
+    return FakeSystem(master=MASTER)
 
 
 def test_auto_hups_the_verified_supervisor_once_per_deploy(
         monkeypatch: pytest.MonkeyPatch, system: FakeSystem) -> None:
     worker_stack(monkeypatch)
-    assert granian.serves(ENVIRON) and not granian.serves({})
-    assert granian.master_of(ENVIRON, system) == ("granian", MASTER.pid)
+    assert granian.serves(ASGI_ENVIRON) and not granian.serves({})
+    assert granian.master_of(ASGI_ENVIRON, system) == ("granian", MASTER.pid)
     assert [t.module for t in granian.boot_targets()] == ["app"]
     siblings = FakeSiblings(system)
     action = AutoAction()
-    action.setup(ProcessContext(5000, 5000, ENVIRON, siblings))
+    action.setup(ProcessContext(5000, 5000, ASGI_ENVIRON, siblings))
     assert isinstance(action.delegate, GranianAction)
     action.delegate.system = system  # (the fake machine, seen from this worker)
     action.delegate.master = system.procs[MASTER.pid]
@@ -70,12 +63,9 @@ def test_a_master_that_is_not_our_parent_any_more_is_never_signalled(
         system: FakeSystem) -> None:
     worker_stack(monkeypatch)
     action = GranianAction(system=system)
-    action.setup(ProcessContext(5000, 5000, ENVIRON, FakeSiblings(system)))
+    action.setup(ProcessContext(5000, 5000, ASGI_ENVIRON, FakeSiblings(system)))
     system.parent = 1  # orphaned
-    with caplog.at_level(logging.WARNING, "wsgireload"):
-        action(CHANGES)
-    assert system.killed == []
-    assert "no longer this worker's parent" in caplog.text
+    assert "no longer this worker's parent" in refusal_log(action, system, caplog)
 
 
 def test_a_process_granian_did_not_start_is_never_signalled(
@@ -83,13 +73,10 @@ def test_a_process_granian_did_not_start_is_never_signalled(
         system: FakeSystem) -> None:
     fake_stack(monkeypatch, (SITE + "granian/server/embed.py", "serve", {}),
                modules=("granian", "granian.server.mp"))
-    assert not granian.serves(ENVIRON) and granian.boot_targets() == []
+    assert not granian.serves(ASGI_ENVIRON) and granian.boot_targets() == []
     action = GranianAction(system=system)
-    action.setup(ProcessContext(5000, 5000, ENVIRON))
-    with caplog.at_level(logging.WARNING, "wsgireload"):
-        action(CHANGES)
-    assert system.killed == []
-    assert "not a worker of granian's supervisor" in caplog.text
+    action.setup(ProcessContext(5000, 5000, ASGI_ENVIRON))
+    assert "not a worker of granian's supervisor" in refusal_log(action, system, caplog)
 
 
 @pytest.mark.parametrize("migrates", [True, False])
@@ -139,5 +126,5 @@ def test_a_worker_stops_accepting_before_granian_sees_its_sigterm(
 def test_check_names_the_sysctl_that_lets_a_worker_stop_accepting_first(
         monkeypatch: pytest.MonkeyPatch, migrates: Optional[bool], trap: bool) -> None:
     monkeypatch.setattr(granian.base, "migrates", lambda: migrates)
-    found = granian.traps(ENVIRON)
+    found = granian.traps(ASGI_ENVIRON)
     assert ("sysctl -w net.ipv4.tcp_migrate_req=1" in found.get("tcp-migrate-req", "")) == trap

@@ -6,7 +6,7 @@ import logging
 import os
 import signal
 import sys
-from typing import Any, Dict, List, Optional, Set
+from typing import Any, Dict, List, Optional, Set, Tuple
 
 import pytest
 
@@ -17,21 +17,20 @@ from wsgireload.servers import gunicorn
 from wsgireload.servers.base import ProcessContext
 from wsgireload.servers.gunicorn import GunicornAction, RestartWorkerAction
 
-from .fakes import FakeSiblings, FakeSystem
+from .fakes import CHANGES, FakeSiblings, FakeSystem, refusal_log
 
 MASTER = ProcessInfo(
     4242, "1000", 1001, ("/usr/bin/python3", "/usr/local/bin/gunicorn", "app:app")
 )
-CHANGES = ChangeSet(("/srv/app/views.py",), "abc", 1.0, 1.0)
 GUNICORN_ENV = {"gunicorn.socket": object(), "SERVER_SOFTWARE": "gunicorn/27.0.1"}
 
 
 class World:
     """One gunicorn master as its workers see it: the fake system, the shared siblings."""
 
-    def __init__(self, master: ProcessInfo = MASTER, coordinated: bool = True) -> None:
-        self.system = FakeSystem(parent=master.pid)
-        self.system.procs[master.pid] = master
+    def __init__(self, master: ProcessInfo = MASTER, coordinated: bool = True,
+                 uid: int = 1001) -> None:
+        self.system = FakeSystem(master=master, uid=uid)  # uid: the workers'
         self.siblings = FakeSiblings(self.system, coordinated)
 
     def worker(
@@ -94,10 +93,7 @@ def test_an_orphaned_worker_signals_nobody(
 ) -> None:
     action = world.worker()
     world.system.parent = parent  # master died: reparented to init or a subreaper
-    with caplog.at_level(logging.WARNING, logger="wsgireload"):
-        action(CHANGES)
-    assert world.system.killed == []
-    assert "no longer this worker's parent" in caplog.text
+    assert "no longer this worker's parent" in refusal_log(action, world.system, caplog)
 
 
 def test_a_reused_master_pid_is_not_signalled(world: World) -> None:
@@ -147,8 +143,7 @@ def test_preload_logs_one_error_per_master_and_never_signals(
 # -- a master that is pid 1 (a container without an init) ------------------------------------
 def test_a_master_that_is_pid_1_is_hupped_like_any_other() -> None:
     container = ProcessInfo(1, "50", 0, ("/venv/bin/python", "/venv/bin/gunicorn", "app:app"))
-    world = World(master=container)
-    world.system.uid = 0
+    world = World(master=container, uid=0)
     workers = [world.worker(pid=5000 + n) for n in range(3)]
     for worker in workers:
         worker(CHANGES)
@@ -160,12 +155,8 @@ def test_a_worker_whose_pid_1_parent_is_init_signals_nobody(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     init = ProcessInfo(1, "1", 0, ("/sbin/init",))
-    world = World(master=init)
-    world.system.uid = 0
-    with caplog.at_level(logging.WARNING, logger="wsgireload"):
-        world.worker()(CHANGES)
-    assert world.system.killed == []
-    assert "does not look like gunicorn" in caplog.text
+    world = World(master=init, uid=0)
+    assert "does not look like gunicorn" in refusal_log(world.worker(), world.system, caplog)
 
 
 # -- a master this worker may not signal (gunicorn --user) -------------------------------------
@@ -177,17 +168,24 @@ def infos(caplog: pytest.LogCaptureFixture, words: str) -> List[str]:
             and words in r.getMessage()]
 
 
-def test_a_root_master_makes_each_worker_restart_itself_with_one_info(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    world = World(master=ROOT_MASTER)
-    world.system.uid = 65534
+def three_restart_themselves(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> Tuple[List[GunicornAction], str]:
+    """Three workers with the fallback act on one deploy: each SIGTERMs itself, nothing else is
+    signalled; the workers and the one INFO saying why."""
     with caplog.at_level(logging.INFO, logger="wsgireload"):
         workers = [world.worker(pid=5000 + n, restart_fallback=True) for n in range(3)]
         for worker in workers:
             worker(CHANGES)
     assert world.system.killed == [(5000 + n, signal.SIGTERM) for n in range(3)]
     [info] = infos(caplog, "restarts itself")
+    return workers, info
+
+
+def test_a_root_master_makes_each_worker_restart_itself_with_one_info(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    workers, info = three_restart_themselves(World(master=ROOT_MASTER, uid=65534), caplog)
     assert "runs as uid 0 and this worker as uid 65534" in info and "--user" in info
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert "SIGTERM to this worker" in workers[0].describe()
@@ -196,12 +194,9 @@ def test_a_root_master_makes_each_worker_restart_itself_with_one_info(
 def test_a_root_master_without_the_fallback_warns_what_to_do(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    world = World(master=ROOT_MASTER)
-    world.system.uid = 65534
-    with caplog.at_level(logging.WARNING, logger="wsgireload"):
-        world.worker()(CHANGES)
-    assert world.system.killed == []
-    assert "action='restart-worker'" in caplog.text and "runs as uid 0" in caplog.text
+    world = World(master=ROOT_MASTER, uid=65534)
+    text = refusal_log(world.worker(), world.system, caplog)
+    assert "action='restart-worker'" in text and "runs as uid 0" in text
 
 
 @pytest.mark.parametrize("refused", [{0, signal.SIGHUP}, {signal.SIGHUP}], ids=["probe", "hup"])
@@ -210,13 +205,8 @@ def test_eperm_at_signal_time_falls_back_for_this_and_later_change_sets(
 ) -> None:
     # /proc showed the same uid, the kernel says no anyway (a saved uid, a security module).
     world.system.refused = set(refused)
-    with caplog.at_level(logging.INFO, logger="wsgireload"):
-        workers = [world.worker(pid=5000 + n, restart_fallback=True) for n in range(3)]
-        for worker in workers:
-            worker(CHANGES)
+    workers, info = three_restart_themselves(world, caplog)
     assert (MASTER.pid, signal.SIGHUP) not in world.system.killed
-    assert world.system.killed == [(5000 + n, signal.SIGTERM) for n in range(3)]
-    [info] = infos(caplog, "restarts itself")
     assert "refused this worker's signal (Operation not permitted)" in info
     workers[0](ChangeSet(("/srv/app/other.py",), "def", 2.0, 2.0))  # the next deploy
     assert world.system.killed[-1] == (5000, signal.SIGTERM)
@@ -226,24 +216,18 @@ def test_eperm_without_the_fallback_warns_what_to_do(
     world: World, caplog: pytest.LogCaptureFixture
 ) -> None:
     world.system.refused = {0, signal.SIGHUP}
-    with caplog.at_level(logging.WARNING, logger="wsgireload"):
-        world.worker()(CHANGES)
-    assert world.system.killed == []
-    assert "refused this worker's signal" in caplog.text
-    assert "action='restart-worker'" in caplog.text
+    text = refusal_log(world.worker(), world.system, caplog)
+    assert "refused this worker's signal" in text
+    assert "action='restart-worker'" in text
 
 
 def test_an_orphan_with_the_fallback_does_not_restart_itself(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    world = World(master=ROOT_MASTER)
-    world.system.uid = 65534
+    world = World(master=ROOT_MASTER, uid=65534)
     action = world.worker(restart_fallback=True)
     world.system.parent = 1  # the master died: nobody would replace this worker
-    with caplog.at_level(logging.WARNING, logger="wsgireload"):
-        action(CHANGES)
-    assert world.system.killed == []
-    assert "no longer this worker's parent" in caplog.text
+    assert "no longer this worker's parent" in refusal_log(action, world.system, caplog)
 
 
 def test_restart_worker_terminates_itself_only() -> None:

@@ -12,17 +12,13 @@ import pytest
 
 from wsgireload._system import ProcessInfo
 from wsgireload.actions import resolve
-from wsgireload.policy import ChangeSet
 from wsgireload.servers import AutoAction, hypercorn
-from wsgireload.servers.base import ASGI_KEY, ProcessContext
+from wsgireload.servers.base import ProcessContext
 from wsgireload.servers.hypercorn import HypercornAction
 
-from .fakes import FakeSiblings, FakeSystem, fake_stack
+from .fakes import ASGI_ENVIRON, CHANGES, SITE, FakeSiblings, FakeSystem, fake_stack, refusal_log
 
-SITE = "/venv/lib/python3.11/site-packages/"
 MASTER = ProcessInfo(4242, "1000", 1001, ("/venv/bin/python3", "/venv/bin/hypercorn", "app:app"))
-CHANGES = ChangeSet(("/srv/app/views.py",), "abc", 1.0, 1.0)
-ENVIRON = {ASGI_KEY: {"type": "lifespan"}}
 CONFIG = types.SimpleNamespace(application_path="app:app", workers=2)
 
 
@@ -36,22 +32,20 @@ def stack(monkeypatch: pytest.MonkeyPatch, spawned: bool = True) -> None:
 
 @pytest.fixture
 def system() -> FakeSystem:
-    machine = FakeSystem(parent=MASTER.pid)
-    machine.procs[MASTER.pid] = MASTER
-    return machine
+    return FakeSystem(master=MASTER)
 
 
 def test_auto_never_signals_and_warns_once_per_master(
         monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
         system: FakeSystem) -> None:
     stack(monkeypatch)
-    assert hypercorn.master_of(ENVIRON, system) == ("hypercorn", MASTER.pid)
+    assert hypercorn.master_of(ASGI_ENVIRON, system) == ("hypercorn", MASTER.pid)
     assert [t.module for t in hypercorn.boot_targets()] == ["app"]
     siblings = FakeSiblings(system)
     with caplog.at_level(logging.WARNING, "wsgireload"):
         for pid in (5000, 5001):  # two workers, each acting once (say, a lease handed over)
             action = AutoAction()
-            action.setup(ProcessContext(pid, pid, ENVIRON, siblings))
+            action.setup(ProcessContext(pid, pid, ASGI_ENVIRON, siblings))
             assert isinstance(action.delegate, HypercornAction)
             action(CHANGES)
     assert system.killed == []
@@ -65,7 +59,7 @@ def test_action_hypercorn_hups_the_verified_supervisor(
     action = resolve("hypercorn")
     assert isinstance(action, HypercornAction)
     action.system = system
-    action.setup(ProcessContext(5000, 5000, ENVIRON, FakeSiblings(system)))
+    action.setup(ProcessContext(5000, 5000, ASGI_ENVIRON, FakeSiblings(system)))
     action(CHANGES)
     assert system.killed == [(MASTER.pid, signal.SIGHUP)]
 
@@ -74,10 +68,7 @@ def test_hypercorn_without_workers_is_never_signalled(
         monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
         system: FakeSystem) -> None:
     stack(monkeypatch, spawned=False)  # --workers 0: the worker runs in hypercorn's process
-    assert hypercorn.serves(ENVIRON) and hypercorn.master_of(ENVIRON, system) is None
+    assert hypercorn.serves(ASGI_ENVIRON) and hypercorn.master_of(ASGI_ENVIRON, system) is None
     action = HypercornAction(system=system)
-    action.setup(ProcessContext(5000, 5000, ENVIRON))
-    with caplog.at_level(logging.WARNING, "wsgireload"):
-        action(CHANGES)
-    assert system.killed == []
-    assert "--workers 0" in caplog.text
+    action.setup(ProcessContext(5000, 5000, ASGI_ENVIRON))
+    assert "--workers 0" in refusal_log(action, system, caplog)

@@ -16,7 +16,6 @@ import webtest
 
 from wsgireload import Reloader
 from wsgireload.actions import REGISTRY
-from wsgireload.policy import ChangeSet
 from wsgireload.servers import standalone
 from wsgireload.servers.standalone import (
     LISTEN_FDS_ENV,
@@ -28,7 +27,7 @@ from wsgireload.servers.standalone import (
     reexec_argv,
 )
 
-CHANGES = ChangeSet(("/srv/app/views.py",), "abc", 1.0, 1.0)
+from .fakes import CHANGES
 
 
 def test_standalone_warns_once_and_signals_nobody(caplog: pytest.LogCaptureFixture) -> None:

@@ -16,18 +16,14 @@ import pytest
 from wsgireload._system import ProcessInfo
 from wsgireload.actions import REGISTRY
 from wsgireload.asgi import Reloader
-from wsgireload.policy import ChangeSet
 from wsgireload.servers import AutoAction, uvicorn
-from wsgireload.servers.base import ASGI_KEY, ProcessContext
+from wsgireload.servers.base import ProcessContext
 from wsgireload.servers.uvicorn import UvicornAction
 
-from .fakes import FakeSiblings, FakeSystem, fake_stack
+from .fakes import ASGI_ENVIRON, CHANGES, SITE, FakeSiblings, FakeSystem, fake_stack, refusal_log
 
-SITE = "/venv/lib/python3.11/site-packages/"
 MASTER = ProcessInfo(4242, "1000", 1001, ("/venv/bin/python3", "/venv/bin/uvicorn", "app:app",
                                          "--workers", "3"))
-CHANGES = ChangeSet(("/srv/app/views.py",), "abc", 1.0, 1.0)
-ENVIRON = {ASGI_KEY: {"type": "lifespan"}}
 
 
 def config(**kw: Any) -> Any:
@@ -49,15 +45,13 @@ def lone(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def worker(system: FakeSystem, siblings: FakeSiblings, pid: int = 5000) -> UvicornAction:
     action = UvicornAction(system=system.worker(pid, 10.0))
-    action.setup(ProcessContext(pid, pid, ENVIRON, siblings))
+    action.setup(ProcessContext(pid, pid, ASGI_ENVIRON, siblings))
     return action
 
 
 @pytest.fixture
 def system() -> FakeSystem:
-    machine = FakeSystem(parent=MASTER.pid)
-    machine.procs[MASTER.pid] = MASTER
-    return machine
+    return FakeSystem(master=MASTER)
 
 
 def test_what_the_stack_says_about_the_process(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -74,16 +68,16 @@ def test_what_the_stack_says_about_the_process(monkeypatch: pytest.MonkeyPatch) 
     fake_stack(monkeypatch, (SITE + "uvicorn/server.py", "serve", {}),
                (SITE + "gunicorn/arbiter.py", "spawn_worker", {}))
     assert uvicorn.role() == (None, None)
-    assert not uvicorn.serves(ENVIRON)
+    assert not uvicorn.serves(ASGI_ENVIRON)
 
 
 def test_a_supervised_worker_hups_its_verified_master_once(
         monkeypatch: pytest.MonkeyPatch, system: FakeSystem) -> None:
     supervised(monkeypatch)
     siblings = FakeSiblings(system)
-    assert uvicorn.master_of(ENVIRON, system) == ("uvicorn", MASTER.pid)
+    assert uvicorn.master_of(ASGI_ENVIRON, system) == ("uvicorn", MASTER.pid)
     assert not uvicorn.serves({})  # only an ASGI gate's process
-    assert not uvicorn.serves({**ENVIRON, "gunicorn.socket": None})  # gunicorn's worker
+    assert not uvicorn.serves({**ASGI_ENVIRON, "gunicorn.socket": None})  # gunicorn's worker
     worker(system, siblings)(CHANGES)
     assert system.killed == [(MASTER.pid, signal.SIGHUP)]
     system.now += 1
@@ -97,20 +91,16 @@ def test_a_master_that_is_not_uvicorn_is_never_signalled(
         argv: Any) -> None:
     supervised(monkeypatch)
     system.procs[MASTER.pid] = ProcessInfo(MASTER.pid, "1000", 1001, argv)
-    with caplog.at_level(logging.WARNING, "wsgireload"):
-        worker(system, FakeSiblings(system))(CHANGES)
-    assert system.killed == []
-    assert "does not look like uvicorn" in caplog.text
+    action = worker(system, FakeSiblings(system))
+    assert "does not look like uvicorn" in refusal_log(action, system, caplog)
 
 
 def test_without_a_shared_record_no_worker_signals(
         monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
         system: FakeSystem) -> None:
     supervised(monkeypatch)
-    with caplog.at_level(logging.WARNING, "wsgireload"):
-        worker(system, FakeSiblings(system, coordinated=False))(CHANGES)
-    assert system.killed == []
-    assert "no safe place to coordinate" in caplog.text
+    action = worker(system, FakeSiblings(system, coordinated=False))
+    assert "no safe place to coordinate" in refusal_log(action, system, caplog)
 
 
 def test_a_lone_uvicorn_is_never_signalled_and_warns_once(
@@ -121,11 +111,11 @@ def test_a_lone_uvicorn_is_never_signalled_and_warns_once(
                                      "--port", "8000"])
     action = AutoAction()
     with caplog.at_level(logging.WARNING, "wsgireload"):
-        action.setup(ProcessContext(5000, 5000, ENVIRON))
+        action.setup(ProcessContext(5000, 5000, ASGI_ENVIRON))
         action(CHANGES)
         action(CHANGES)
     assert isinstance(action.delegate, UvicornAction)
-    assert uvicorn.master_of(ENVIRON) is None
+    assert uvicorn.master_of(ASGI_ENVIRON) is None
     assert system.killed == []
     assert len(caplog.records) == 1
     assert "`uvicorn app:app --port 8000 --workers 2`" in caplog.text

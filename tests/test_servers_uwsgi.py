@@ -180,16 +180,22 @@ def test_configured_fifo_missing_warns_and_full_reloads(
     assert world.uwsgi.reloads == 1
 
 
-def test_fifo_write_failure_falls_back_to_full_reload(
-    proc: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize(("pyuwsgi", "level", "reloads", "says"), [
+    (False, logging.WARNING, 1, "using uwsgi.reload()"),
+    # pyuwsgi in a virtualenv: no fallback to a full reload, which would kill the server
+    (True, logging.ERROR, 0, "--binary-path"),
+], ids=["falls-back-to-a-full-reload", "pyuwsgi-does-not-fall-back-to-a-killing-reload"])
+def test_a_failed_fifo_write(
+    proc: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture, pyuwsgi: bool, level: int,
+    reloads: int, says: str
 ) -> None:
     fifo = mkfifo(tmp_path)
     world = World(proc, {"lazy-apps": True, "master-fifo": fifo.encode()})
     world.system.fifo_error = OSError(errno.ENXIO, "No such device or address")
-    with caplog.at_level(logging.WARNING, "wsgireload"):
-        world.worker()(changes())
-    assert world.uwsgi.reloads == 1
-    assert "using uwsgi.reload()" in caplog.text
+    with caplog.at_level(level, "wsgireload"):
+        world.worker(pyuwsgi=pyuwsgi, virtualenv=pyuwsgi)(changes())
+    assert world.uwsgi.reloads == reloads
+    assert says in caplog.text
 
 
 def test_failed_uwsgi_reload_is_logged(
@@ -249,18 +255,6 @@ def test_pyuwsgi_in_venv_chain_reload_is_safe(proc: Path, tmp_path: Path) -> Non
     assert world.system.fifo_writes == [(fifo, b"c")]
 
 
-def test_pyuwsgi_chain_fifo_failure_does_not_fall_back_to_a_killing_reload(
-    proc: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    fifo = mkfifo(tmp_path)
-    world = World(proc, {"lazy-apps": True, "master-fifo": fifo.encode()})
-    world.system.fifo_error = OSError(errno.ENXIO, "No such device or address")
-    with caplog.at_level(logging.ERROR, "wsgireload"):
-        world.worker(pyuwsgi=True, virtualenv=True)(changes())
-    assert world.uwsgi.reloads == 0
-    assert "--binary-path" in caplog.text
-
-
 # -- master verification ---------------------------------------------------------------------
 def refused(world: World, action: UwsgiAction, caplog: pytest.LogCaptureFixture) -> str:
     with caplog.at_level(logging.WARNING, "wsgireload"):
@@ -304,36 +298,20 @@ def test_an_orphan_adopted_by_a_pid_1_that_looks_like_uwsgi_signals_nobody(
     assert "no longer this worker's parent" in refused(world, action, caplog)
 
 
-def test_master_pid_changed(proc: Path, caplog: pytest.LogCaptureFixture) -> None:
-    world = World(proc, {"master": True})
-    action = world.worker()
-    world.uwsgi.master = MASTER + 7
-    assert "master pid changed" in refused(world, action, caplog)
-
-
-def test_master_no_longer_our_parent(
-    proc: Path, caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize(("change", "says"), [
+    (lambda world, proc: setattr(world.uwsgi, "master", MASTER + 7), "master pid changed"),
+    # the master died; init (or a subreaper) adopted us
+    (lambda world, proc: setattr(world.system, "parent", 1), "no longer this worker's parent"),
+    (lambda world, proc: make_proc(proc, MASTER, start="9999"), "was reused"),
+    (lambda world, proc: (proc / str(MASTER) / "stat").unlink(), "no longer exists"),
+], ids=["pid-changed", "no-longer-our-parent", "pid-recycled", "gone-from-proc"])
+def test_a_master_changed_since_setup_is_never_signalled(
+    proc: Path, caplog: pytest.LogCaptureFixture, change: Callable[[World, Path], None], says: str
 ) -> None:
     world = World(proc, {"master": True})
     action = world.worker()
-    world.system.parent = 1  # the master died; init (or a subreaper) adopted us
-    assert "no longer this worker's parent" in refused(world, action, caplog)
-
-
-def test_master_pid_recycled(proc: Path, caplog: pytest.LogCaptureFixture) -> None:
-    world = World(proc, {"master": True})
-    action = world.worker()
-    make_proc(proc, MASTER, start="9999")
-    assert "was reused" in refused(world, action, caplog)
-
-
-def test_master_gone_from_proc(
-    proc: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    world = World(proc, {"master": True})
-    action = world.worker()
-    (proc / str(MASTER) / "stat").unlink()
-    assert "no longer exists" in refused(world, action, caplog)
+    change(world, proc)
+    assert says in refused(world, action, caplog)
 
 
 def test_master_of_another_user(

@@ -1,4 +1,5 @@
-"""Helpers for the integration tests: copy the examples, patch a file, count boots and reloads."""
+"""Helpers for the integration tests: copy the examples, patch a file, count boots and reloads,
+write an app that wsgireload does not wrap."""
 
 from __future__ import annotations
 
@@ -6,7 +7,22 @@ import re
 import shutil
 from pathlib import Path
 
-from .harness import _repo_root
+from .harness import _repo_root, write
+
+PLAIN_APP = """
+import mod
+
+
+def application(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [mod.VERSION.encode()]
+"""
+
+
+def write_plain_app(directory: Path) -> None:
+    """``app.py``, an app not wrapped at all serving ``mod.VERSION``, and ``mod.py`` at v1."""
+    write(directory / "app.py", PLAIN_APP)
+    write(directory / "mod.py", 'VERSION = "v1"\n')
 
 
 def copy_examples(dest: Path) -> Path:

@@ -24,26 +24,16 @@ from .harness import (
     wait_for,
     write,
 )
-from .reloadhelp import boots, hups
+from .reloadhelp import boots, hups, write_plain_app
 
 pytestmark = pytest.mark.server
-
-APP = """
-import mod
-
-
-def application(environ, start_response):
-    start_response("200 OK", [("Content-Type", "text/plain")])
-    return [mod.VERSION.encode()]
-"""
 
 
 def test_pidfile_watcher_reloads_gunicorn_once_per_change_set(
     tmp_path: Path, servers: List[Server], watchers: List["subprocess.Popen[str]"]
 ) -> None:
     app_dir = tmp_path / "app"
-    write(app_dir / "app.py", APP)
-    write(app_dir / "mod.py", 'VERSION = "v1"\n')
+    write_plain_app(app_dir)
     pidfile = tmp_path / "gunicorn.pid"
     port = free_port()
     server = Server(

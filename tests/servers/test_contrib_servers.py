@@ -23,18 +23,9 @@ from .harness import (
     wait_for,
     write,
 )
-from .reloadhelp import boots, reloads
+from .reloadhelp import PLAIN_APP, boots, reloads, write_plain_app
 
 pytestmark = pytest.mark.server
-
-APP = """
-import mod
-
-
-def application(environ, start_response):
-    start_response("200 OK", [("Content-Type", "text/plain")])
-    return [mod.VERSION.encode()]
-"""
 
 RECORD = """
 import os
@@ -51,8 +42,7 @@ def acted(path: Path) -> List[str]:
 
 
 def make_app(tmp_path: Path) -> None:
-    write(tmp_path / "app.py", APP)
-    write(tmp_path / "mod.py", 'VERSION = "v1"\n')
+    write_plain_app(tmp_path)
     write(tmp_path / "wr_record.py", RECORD)
 
 
@@ -130,7 +120,7 @@ def uwsgi(tmp_path: Path, extra: List[str], env: Dict[str, str]) -> Server:
     )
 
 
-UWSGI_APP = APP + """
+UWSGI_APP = PLAIN_APP + """
 from wsgireload.contrib.uwsgi import register
 from wr_record import record
 

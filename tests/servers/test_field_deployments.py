@@ -126,14 +126,7 @@ def test_uwsgi_master_as_pid_1_reloads_each_worker_once(
         assert wait_for(all_workers_seen, 20), f"workers seen: {seen}"
         edited = time.monotonic()
         write(app_dir / "mod.py", uwsgi_tests.module("v2"))
-
-        def everywhere() -> bool:
-            recent = uwsgi_tests.versions_by_pid(load.result.bodies_since(time.monotonic() - 0.3))
-            return len(recent) >= WORKERS and all(v == {b"v2"} for v in recent.values())
-
-        assert wait_for(everywhere, 15), uwsgi_tests.versions_by_pid(
-            load.result.bodies_since(edited)
-        )
+        uwsgi_tests.wait_served_everywhere(load, b"v2", since=edited, workers=WORKERS)
         took = time.monotonic() - edited
         last_old = max(when for when, body in load.result.bodies if body.startswith(b"v1 "))
         booted = uwsgi_tests.stable_boots(server, 2 * WORKERS, timeout=10)

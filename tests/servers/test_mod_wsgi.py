@@ -16,7 +16,7 @@ import pytest
 
 from .harness import HOST, Server, free_port, wait_for, write
 from .test_ops import check, status
-from .test_uwsgi import WSGI, TimedLoad, module, versions_by_pid
+from .test_uwsgi import WSGI, TimedLoad, module, versions_by_pid, wait_served_everywhere
 
 APACHE = shutil.which("apache2") or shutil.which("httpd")
 MODULES = Path("/usr/lib/apache2/modules")
@@ -116,12 +116,7 @@ def test_daemon_mode_each_process_restarts_itself_once(
         assert wait_for(lambda: len(versions_by_pid(load.result.bodies_since(0))) >= PROCESSES, 15)
         edited = time.monotonic()
         write(root / "app" / "mod.py", module("v2"))
-
-        def everywhere() -> bool:
-            recent = versions_by_pid(load.result.bodies_since(time.monotonic() - 0.3))
-            return len(recent) >= PROCESSES and all(v == {b"v2"} for v in recent.values())
-
-        assert wait_for(everywhere, timeout=15), versions_by_pid(load.result.bodies_since(edited))
+        wait_served_everywhere(load, b"v2", since=edited, workers=PROCESSES)
         last_old = max(when for when, body in load.result.bodies if body.startswith(b"v1 "))
         wait_for(lambda: len(BOOT.findall(server.log())) >= 2 * PROCESSES, 10)
         time.sleep(1.5)  # any further restart would show up in the log by now

@@ -182,6 +182,28 @@ def versions_by_pid(bodies: Sequence[bytes]) -> Dict[bytes, Set[bytes]]:
     return out
 
 
+def wait_served_everywhere(
+    load: Load, version: bytes, since: float, workers: int = WORKERS
+) -> None:
+    """Until (15 s at most) each of ``workers`` pids answered, in the last 0.3 s, with
+    ``version`` only; else fail showing what each pid served after ``since``."""
+
+    def everywhere() -> bool:
+        recent = versions_by_pid(load.result.bodies_since(time.monotonic() - 0.3))
+        return len(recent) >= workers and all(v == {version} for v in recent.values())
+
+    assert wait_for(everywhere, timeout=15), versions_by_pid(load.result.bodies_since(since))
+
+
+def deploy_everywhere(load: Load, server: Server, app_dir: Path, version: str) -> int:
+    """Write ``version`` into mod.py, wait until every worker serves it; the worker boots
+    logged once no further one comes (each worker replaced once makes 2 * WORKERS)."""
+    edited = time.monotonic()
+    write(app_dir / "mod.py", module(version))
+    wait_served_everywhere(load, version.encode(), since=edited)
+    return stable_boots(server, 2 * WORKERS, timeout=10)
+
+
 def reload_once(servers: List[Server], tmp_path: Path, extra: Sequence[str]) -> Tuple[float, float]:
     """Edit one module under load; assert the issue's conditions; return (seconds, max latency)."""
     app_dir = make_app(tmp_path)
@@ -191,12 +213,7 @@ def reload_once(servers: List[Server], tmp_path: Path, extra: Sequence[str]) -> 
         time.sleep(0.3)
         edited = time.monotonic()
         write(app_dir / "mod.py", module("v2"))
-
-        def everywhere() -> bool:
-            recent = versions_by_pid(load.result.bodies_since(time.monotonic() - 0.3))
-            return len(recent) >= WORKERS and all(v == {b"v2"} for v in recent.values())
-
-        assert wait_for(everywhere, timeout=15), versions_by_pid(load.result.bodies_since(edited))
+        wait_served_everywhere(load, b"v2", since=edited)
         last_old = max(when for when, body in load.result.bodies if body.startswith(b"v1 "))
         total = stable_boots(server, 2 * WORKERS, timeout=10)
     result = load.result
@@ -241,15 +258,7 @@ def test_syntax_error_keeps_old_code_then_fix_reloads(
         assert boots(server) == WORKERS
         assert server.log().count("the new code is broken") == 1  # one scanner per master
         assert set(b.split()[0] for b in load.result.bodies_since(broken_seen)) == {b"v1"}
-        fixed = time.monotonic()
-        write(app_dir / "mod.py", module("v3"))
-
-        def everywhere() -> bool:
-            recent = versions_by_pid(load.result.bodies_since(time.monotonic() - 0.3))
-            return len(recent) >= WORKERS and all(v == {b"v3"} for v in recent.values())
-
-        assert wait_for(everywhere, timeout=15), versions_by_pid(load.result.bodies_since(fixed))
-        total = stable_boots(server, 2 * WORKERS, timeout=10)
+        total = deploy_everywhere(load, server, app_dir, "v3")
     assert_no_failed_requests(load.result, uwsgi_full_reloads=1)
     assert total == 2 * WORKERS
     assert server.log().count("reloading with") == 1  # one line for the master's reload
@@ -312,14 +321,6 @@ def test_pyuwsgi_in_venv_with_binary_path_reloads(servers: List[Server], tmp_pat
     )
     with TimedLoad(server.port, threads=4, max_seconds=60) as load:
         time.sleep(0.3)
-        edited = time.monotonic()
-        write(app_dir / "mod.py", module("v2"))
-
-        def everywhere() -> bool:
-            recent = versions_by_pid(load.result.bodies_since(time.monotonic() - 0.3))
-            return len(recent) >= WORKERS and all(v == {b"v2"} for v in recent.values())
-
-        assert wait_for(everywhere, timeout=15), versions_by_pid(load.result.bodies_since(edited))
-        total = stable_boots(server, 2 * WORKERS, timeout=10)
+        total = deploy_everywhere(load, server, app_dir, "v2")
     assert_no_failed_requests(load.result, uwsgi_full_reloads=1)
     assert total == 2 * WORKERS
