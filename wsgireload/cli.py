@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import importlib
 import json
 import logging
@@ -273,7 +274,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
                        "that: pick one")
     boot_app = None if args.no_validate else (args.import_app or (targets[0] if is_app else None))
     action: Action = _ReportOnly()
-    server_cwd = None
+    server_cwd: Optional[str] = None
     if args.pidfile:
         pidfile = PidfileAction(
             args.pidfile, signal=parse_signal(args.signal), expect=args.expect or DEFAULT_EXPECT
@@ -283,7 +284,8 @@ def cmd_watch(args: argparse.Namespace) -> int:
             raise AppError(about)
         _line(f"target    {about} (from {pidfile.pidfile}); checked again before each signal")
         action = pidfile
-        server_cwd = _proc_cwd(pid)
+        with contextlib.suppress(OSError):
+            server_cwd = os.readlink(f"/proc/{pid}/cwd")
     settle = defaults.settle if args.settle is None else args.settle
     settle_max = defaults.settle_max if args.settle_max is None else args.settle_max
     watcher = Watcher(
@@ -317,13 +319,6 @@ def cmd_watch(args: argparse.Namespace) -> int:
     finally:
         log.removeHandler(handler)
         log.setLevel(old_level)
-
-
-def _proc_cwd(pid: int) -> Optional[str]:
-    try:
-        return os.readlink(f"/proc/{pid}/cwd")
-    except OSError:
-        return None
 
 
 # -- status --------------------------------------------------------------------------------
@@ -411,12 +406,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"wsgireload {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    check = sub.add_parser(
-        "check",
-        help="import an app as the server would and report what would be watched",
-        description="Import MODULE:APP as the server would and report what wsgireload would "
-        "watch, how long a scan takes, whether every watched .py compiles, and what "
-        "action='auto' would do.",
+    check, watch, status = (
+        sub.add_parser(name, help=text, description=about) for name, text, about in (
+            ("check", "import an app as the server would and report what would be watched",
+             "Import MODULE:APP as the server would and report what wsgireload would watch, how "
+             "long a scan takes, whether every watched .py compiles, and what action='auto' "
+             "would do."),
+            ("watch", "print changes as detected, with settle and validation decisions",
+             "Watch an app's files (MODULE:APP) or PATHs (directories recurse) and print each "
+             "change, settle and validation decision. With --pidfile, signal the server named in "
+             "it once per settled change set that validates (compiles and, with --import, "
+             "boots)."),
+            ("status", "each running master's watcher: scanner, last deploy, last refusal",
+             "Show, for every running server master whose wsgireload record this user can read: "
+             "its workers, which one scans, the files watched and the last scan's cost, the last "
+             "deploy and the last refusal."),
+        )
     )
     check.add_argument("target", metavar="MODULE:APP")
     check.add_argument("-v", "--verbose", action="store_true", help="list every file; tracebacks")
@@ -424,13 +429,6 @@ def build_parser() -> argparse.ArgumentParser:
                        "are, whose traps are shown (default: $XDG_RUNTIME_DIR/wsgireload or "
                        "<tmp>/wsgireload-<uid>)")
 
-    watch = sub.add_parser(
-        "watch",
-        help="print changes as detected, with settle and validation decisions",
-        description="Watch an app's files (MODULE:APP) or PATHs (directories recurse) and print "
-        "each change, settle and validation decision. With --pidfile, signal the server named "
-        "in it once per settled change set that validates (compiles and, with --import, boots).",
-    )
     watch.add_argument("targets", nargs="+", metavar="MODULE:APP|PATH")
     watch.add_argument("--interval", type=float, help="seconds between scans (default 1)")
     watch.add_argument("--settle", type=float, help="seconds of quiet before acting (default 1)")
@@ -456,13 +454,6 @@ def build_parser() -> argparse.ArgumentParser:
                        "counters there (Prometheus text, for node_exporter's textfile collector)")
     watch.add_argument("-v", "--verbose", action="store_true", help="debug log lines; tracebacks")
 
-    status = sub.add_parser(
-        "status",
-        help="each running master's watcher: scanner, last deploy, last refusal",
-        description="Show, for every running server master whose wsgireload record this user "
-        "can read: its workers, which one scans, the files watched and the last scan's cost, the "
-        "last deploy and the last refusal.",
-    )
     status.add_argument("--json", action="store_true", help="print JSON (a list of masters)")
     status.add_argument("--runtime-dir", metavar="DIR", help="where the records are "
                         "(default: $XDG_RUNTIME_DIR/wsgireload or <tmp>/wsgireload-<uid>)")
