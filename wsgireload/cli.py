@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import functools
 import importlib
 import json
 import logging
@@ -70,12 +71,10 @@ def load_app(target: str) -> Tuple[Any, str]:
         ) from exc
     except (Exception, SystemExit) as exc:
         raise AppError(f"importing {module_name} failed: {type(exc).__name__}: {exc}") from exc
-    app: Any = module
-    for attr in attrs.split("."):
-        try:
-            app = getattr(app, attr)
-        except AttributeError:
-            raise AppError(f"module {module_name!r} has no attribute {attrs!r}") from None
+    try:
+        app: Any = functools.reduce(getattr, attrs.split("."), module)
+    except AttributeError:
+        raise AppError(f"module {module_name!r} has no attribute {attrs!r}") from None
     if not callable(app):
         raise AppError(f"{target} is a {type(app).__name__}, not a WSGI application")
     return app, f"{module_name}:{attrs}"
@@ -96,7 +95,7 @@ def find_reloader(app: Any, depth: int = 4) -> Tuple[Optional[Gate], str]:
             continue
         for attr in ("wsgi_app", "app", "application", "wrapped"):
             inner = getattr(obj, attr, None)
-            if inner is not None and callable(inner):
+            if callable(inner):
                 queue.append((inner, f"{where}.{attr}", level + 1))
     return None, ""
 
@@ -336,9 +335,8 @@ def master_status(data: Dict[str, Any], now: float) -> Dict[str, Any]:
     deploy: Optional[Dict[str, Any]] = _record.section(data, "generation") or None
     if deploy is not None:
         decided = float(deploy.get("at", 0.0))
-        replaced = len(
-            [w for w in workers.values() if float(w.get("born", 0.0)) < decided and "gone" in w]
-        )
+        replaced = sum(float(w.get("born", 0.0)) < decided and "gone" in w
+                       for w in workers.values())
         deploy = {"at": at(deploy), "files": deploy.get("files", []),
                   "action": deploy.get("action", ""), "workers_replaced": replaced}
     refusal: Optional[Dict[str, Any]] = _record.section(data, "last_refusal") or None
