@@ -9,6 +9,7 @@ import argparse
 import collections
 import contextlib
 import functools
+import glob
 import importlib
 import json
 import logging
@@ -22,7 +23,7 @@ from . import __version__, _record
 from ._options import Options
 from .actions import REGISTRY, Action, AutoAction, detect_server
 from .actions.pidfile import DEFAULT_EXPECT, PidfileAction, parse_signal
-from .detect import Detector, site_dirs
+from .detect import Detector, norm_dir, site_dirs
 from .errors import ConfigurationError, WsgiReloadError
 from .events import EventDetector
 from .middleware import Gate
@@ -104,10 +105,9 @@ def find_reloader(app: Any, depth: int = 4) -> Tuple[Optional[Gate], str]:
 def _group(path: str, cwd: str, sites: Sequence[str]) -> Tuple[int, str]:
     """The 'top directory' a watched file is counted under, and its rank (cwd first)."""
     norm = os.path.normcase(path)
-    roots: List[Tuple[str, int, str]] = [(os.path.join(os.path.normcase(cwd), ""), 0, "")]
+    roots: List[Tuple[str, int, str]] = [(norm_dir(cwd), 0, "")]
     roots += [(site, 2, " (site-packages)") for site in sites]
-    roots += [(os.path.join(os.path.normcase(os.path.abspath(entry)), ""), 1, f" (in {entry})")
-              for entry in sys.path if entry]
+    roots += [(norm_dir(entry), 1, f" (in {entry})") for entry in sys.path if entry]
     matching = [root for root in roots if norm.startswith(root[0])]
     if not matching:
         return 3, os.path.dirname(path) + "/"
@@ -199,7 +199,6 @@ def _line(text: str) -> None:
     print(f"{time.strftime('%H:%M:%S')} {text}", flush=True)
 
 
-# Each watcher event as the line that reports it.
 _EVENTS: Dict[str, Callable[[Any], str]] = {
     "changed": lambda path: f"changed   {path}",
     "settling": lambda seconds: f"settling  waiting for {seconds:g}s without a further change",
@@ -238,7 +237,7 @@ def _path_patterns(paths: Sequence[str]) -> List[str]:
     for path in paths:
         if os.path.isdir(path):
             patterns.append(os.path.join(os.path.abspath(path), "**", "*"))
-        elif os.path.exists(path) or any(ch in path for ch in "*?["):
+        elif os.path.exists(path) or glob.has_magic(path):
             patterns.append(os.path.abspath(path))
         else:
             raise AppError(f"{path}: no such file or directory")
