@@ -560,19 +560,19 @@ def _checker_main(payload: Dict[str, Any]) -> None:
 
 
 def _check(payload: Dict[str, Any]) -> Dict[str, Any]:
-    apps = []
+    loaded = []
     for target in payload["targets"]:
-        spec = target["spec"]
         try:
-            apps.append((spec, _load(target)))
+            loaded.append(_load(target))
         except BaseException as exc:  # SystemExit at import is a boot failure too
-            return _failure("import", spec, exc)
-    spec = apps[0][0] if apps else "the app"
+            return _failure("import", target["spec"], exc)
+    spec = payload["targets"][0]["spec"] if loaded else "the app"
     try:
         _walk_urlconf()
     except BaseException as exc:
         return _failure("urlconf", spec, exc)
-    if apps and payload.get("lifespan", True) and is_asgi(app := _served(apps[0][1])):
+    app = _served(loaded[0]) if loaded else None  # the first target is the one served
+    if payload.get("lifespan", True) and is_asgi(app):
         try:
             failed = lifespan_failure(app)
         except Exception as exc:  # raised without reporting: the servers serve such an app
@@ -584,9 +584,7 @@ def _check(payload: Dict[str, Any]) -> Dict[str, Any]:
                 return _failure("lifespan", spec, raised)
             what = f"lifespan.startup.failed: {message}".rstrip(": ")
             return {"problem": describe_failure("lifespan", spec, what)}
-    smoke = payload.get("smoke")
-    if smoke:
-        spec, app = apps[0][0], _served(apps[0][1])
+    if smoke := payload.get("smoke"):
         if not callable(app):
             error = LookupError("no WSGI app found to send it to: pass boot_app='module:app'")
             return _failure("smoke", spec, error, path=smoke)

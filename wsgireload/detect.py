@@ -193,30 +193,18 @@ class Detector:
                 matches = _glob(pattern)
             except (OSError, RecursionError):  # symlink loops, vanished directories
                 continue
-            for path in matches:
-                if self._wanted(path) and not os.path.isdir(path):
-                    found.add(path)
+            found.update(p for p in matches if self._wanted(p) and not os.path.isdir(p))
         result = sorted(found)
         if result != self._glob_result:
             self._glob_result = result
             self._glob_version += 1
             self._extra = self._extra_wanted + result
-        self._glob_dirs = self._snapshot_glob_dirs(started - _RACY_NS)
+        # The (mtime, inode) of every directory the patterns can reach; none if one is racy.
+        dirs = {d: _dir_key(d) for pattern in self.extra_globs for d in glob_dirs(pattern)}
+        racy = any(key is not None and key[0] > started - _RACY_NS for key in dirs.values())
+        self._glob_dirs = None if racy else dirs
         self._glob_scans = 0
         return self._glob_result
-
-    def _snapshot_glob_dirs(
-        self, racy_after: int
-    ) -> Optional[Dict[str, Optional[Tuple[int, int]]]]:
-        """(mtime, inode) of every directory the patterns can reach; None if one is racy."""
-        dirs: Dict[str, Optional[Tuple[int, int]]] = {}
-        for pattern in self.extra_globs:
-            for directory in glob_dirs(pattern):
-                key = _dir_key(directory)
-                if key is not None and key[0] > racy_after:
-                    return None
-                dirs[directory] = key
-        return dirs
 
     def watched(self) -> List[str]:
         """Every file watched right now."""
