@@ -259,8 +259,7 @@ class Detector:
         # the listing changed, so a steady scan costs one stat per file and nothing more.
         key = (self.module_count, self._glob_version, len(baseline))
         if key != self._orphans_key:
-            listed = set(self._module_paths)
-            listed.update(extra)
+            listed = {*self._module_paths, *extra}
             self._orphans = [p for p in baseline if p not in listed]
             self._orphans_key = key
         _stat_into(self._orphans, baseline, changed, bool)  # in the baseline: never first seen
