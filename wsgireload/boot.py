@@ -7,6 +7,7 @@ finds the interpreter and the app, the checker half (``_checker_main``) imports 
 from __future__ import annotations
 
 import ast
+import contextlib
 import functools
 import importlib.machinery
 import importlib.util
@@ -241,20 +242,16 @@ def _kill_group(proc: "subprocess.Popen[bytes]") -> None:
         os.killpg(proc.pid, signal.SIGKILL)
     except OSError:
         proc.kill()  # a no-op once the checker has exited and been waited for
-    try:
+    with contextlib.suppress(subprocess.TimeoutExpired):  # a process that survives SIGKILL
         proc.communicate(timeout=5)  # reap it; at once if it has been already
-    except subprocess.TimeoutExpired:  # pragma: no cover - a process that survives SIGKILL
-        pass
 
 
 def _last_json(out: bytes) -> Optional[Dict[str, Any]]:
     for line in reversed(out.decode("utf-8", "replace").splitlines()):
-        try:
+        with contextlib.suppress(ValueError):
             value = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(value, dict) and "problem" in value:
-            return value
+            if isinstance(value, dict) and "problem" in value:
+                return value
     return None
 
 
