@@ -7,6 +7,7 @@ finds the interpreter and the app, the checker half (``_checker_main``) imports 
 from __future__ import annotations
 
 import ast
+import contextlib
 import functools
 import importlib.machinery
 import importlib.util
@@ -25,7 +26,7 @@ import time
 import traceback
 import types
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple
 
 from .detect import config_dirs, norm_dir
 from .errors import ConfigurationError
@@ -202,14 +203,16 @@ def run_checker(
         "stubs": stubs,
         "lifespan": lifespan,
     }
-    environment = {**os.environ, VALIDATING_ENV: "1"}
     started = time.monotonic()
     names = ", ".join(t.spec for t in targets)
+    # This interpreter's -O, -W, -X flags, so an assert or a warning filter acts as in the worker
+    # (the standard library's own helper, which multiprocessing uses: there is no public one).
+    flags = subprocess._args_from_interpreter_flags()  # type: ignore[attr-defined]  # noqa: SLF001
     try:
         proc = subprocess.Popen(
-            [python, *_interpreter_flags(), "-c", _BOOTSTRAP],
+            [python, *flags, "-c", _BOOTSTRAP],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            cwd=cwd or os.getcwd(), env=environment, start_new_session=True,
+            cwd=cwd or os.getcwd(), env={**os.environ, VALIDATING_ENV: "1"}, start_new_session=True,
         )
     except OSError as exc:
         return CheckResult(f"cannot start {python} for the boot check: {exc}", 0.0)
@@ -233,36 +236,22 @@ def run_checker(
     return CheckResult(result["problem"], seconds)
 
 
-def _interpreter_flags() -> List[str]:
-    """This interpreter's -O, -W, -X flags: an assert or warning filter acts as in the worker."""
-    try:
-        # The standard library's own helper (what multiprocessing uses); no public equivalent.
-        flags = subprocess._args_from_interpreter_flags  # type: ignore[attr-defined]  # noqa: SLF001
-        return list(flags())
-    except Exception:  # pragma: no cover - a private helper: never let it break the check
-        return []
-
-
 def _kill_group(proc: "subprocess.Popen[bytes]") -> None:
     """SIGKILL the checker's session: the checker if it still runs, and what the app started."""
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except OSError:
         proc.kill()  # a no-op once the checker has exited and been waited for
-    try:
+    with contextlib.suppress(subprocess.TimeoutExpired):  # a process that survives SIGKILL
         proc.communicate(timeout=5)  # reap it; at once if it has been already
-    except subprocess.TimeoutExpired:  # pragma: no cover - a process that survives SIGKILL
-        pass
 
 
 def _last_json(out: bytes) -> Optional[Dict[str, Any]]:
     for line in reversed(out.decode("utf-8", "replace").splitlines()):
-        try:
+        with contextlib.suppress(ValueError):
             value = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(value, dict) and "problem" in value:
-            return value
+            if isinstance(value, dict) and "problem" in value:
+                return value
     return None
 
 
@@ -273,14 +262,11 @@ def _as_json(value: Any) -> Any:
 
 def describe_failure(stage: str, target: str, what: str, where: str = "", path: str = "") -> str:
     """One line: ``file:line: Type: message (what was being done)``."""
-    if stage == "urlconf":
-        context = f"importing Django's URLconf and views, as {target}'s first request would"
-    elif stage == "smoke":
-        context = f"the smoke request GET {path} to {target}"
-    elif stage == "lifespan":
-        context = f"the ASGI lifespan startup of {target}, run as the server would"
-    else:
-        context = f"booting {target} as the server would, in a fresh interpreter"
+    context = {
+        "urlconf": f"importing Django's URLconf and views, as {target}'s first request would",
+        "smoke": f"the smoke request GET {path} to {target}",
+        "lifespan": f"the ASGI lifespan startup of {target}, run as the server would",
+    }.get(stage, f"booting {target} as the server would, in a fresh interpreter")
     return f"{where}{what} ({context})"
 
 
@@ -306,7 +292,7 @@ class BootCheck:
     python: Callable[[], Optional[str]] = find_python
     _environ_target: Optional[Target] = None
     _server: Optional[Tuple[int, List[Target]]] = None  # (pid, what the server names)
-    _said: Dict[str, bool] = field(default_factory=dict)  # the messages logged once already
+    _said: Set[str] = field(default_factory=set)  # the messages logged once already
 
     def note_environ(self, environ: Mapping[str, Any]) -> None:
         """mod_wsgi names its script only in the environ: remember it (first request)."""
@@ -372,7 +358,7 @@ class BootCheck:
 
     def _once(self, level: int, message: str, *args: Any) -> None:
         if message not in self._said:
-            self._said[message] = True
+            self._said.add(message)
             log.log(level, message, *args)
 
 
@@ -394,18 +380,8 @@ def check_options(*, app: Optional[str], smoke: Optional[str], timeout: Any) -> 
 
 # -- the checker (runs in the fresh interpreter) -----------------------------------------------
 def _site_packages() -> List[str]:
-    """The site-packages (and Debian's dist-packages) entries of ``sys.path``."""
     names = ("site-packages", "dist-packages")
     return [entry for entry in sys.path if os.path.basename(entry.rstrip(os.sep)) in names]
-
-
-def _library_dirs() -> List[str]:
-    dirs = config_dirs("stdlib", "platstdlib", "purelib", "platlib")
-    return [*dirs, *map(norm_dir, _site_packages())]
-
-
-def _norm(path: str) -> str:
-    return os.path.normcase(os.path.abspath(path))
 
 
 def user_location(exc: BaseException, library: Optional[Sequence[str]] = None) -> Tuple[
@@ -414,29 +390,29 @@ def user_location(exc: BaseException, library: Optional[Sequence[str]] = None) -
     """The ``file, line`` in the user's code where ``exc`` arose (not the checker's own)."""
     if isinstance(exc, SyntaxError) and exc.filename and not exc.filename.startswith("<"):
         return exc.filename, exc.lineno
-    library = tuple(_library_dirs() if library is None else library)
+    if library is None:
+        dirs = config_dirs("stdlib", "platstdlib", "purelib", "platlib")
+        library = [*dirs, *map(norm_dir, _site_packages())]
+    library = tuple(library)
     own = norm_dir(os.path.dirname(__file__))
     frames = [(f.f_code.co_filename, line) for f, line in traceback.walk_tb(exc.__traceback__)]
     real = [(name, line) for name, line in frames
-            if name and not name.startswith("<") and not _norm(name).startswith(own)]
-    user = [(name, line) for name, line in real if not _norm(name).startswith(library)]
+            if name and not name.startswith("<") and not norm_dir(name).startswith(own)]
+    user = [(name, line) for name, line in real if not norm_dir(name).startswith(library)]
     # The user's innermost frame; else a library's (an error raised inside Django); never the
     # checker's own line, which would send the user to the wrong file.
     return (user or real)[-1] if real else (None, None)
-
-
-def _exc_name(exc: BaseException) -> str:
-    kind = type(exc)
-    if kind.__module__ in ("builtins", "exceptions"):
-        return kind.__qualname__
-    return f"{kind.__module__}.{kind.__qualname__}"
 
 
 def _failure(stage: str, target: str, exc: BaseException, path: str = "") -> Dict[str, Any]:
     filename, line = user_location(exc)
     message = exc.msg if isinstance(exc, SyntaxError) and exc.msg else str(exc)
     where = f"{filename}:{line or 0}: " if filename else ""
-    what = f"{_exc_name(exc)}: {message}".rstrip(": ")
+    kind = type(exc)
+    name = kind.__qualname__
+    if kind.__module__ != "builtins":
+        name = f"{kind.__module__}.{name}"
+    what = f"{name}: {message}".rstrip(": ")
     return {"problem": describe_failure(stage, target, what, where, path)}
 
 
@@ -457,9 +433,7 @@ def _load(target: Mapping[str, Any]) -> Any:
     attr = target.get("attr")
     if not attr:
         return module
-    app: Any = module
-    for part in attr.split("."):
-        app = getattr(app, part)
+    app: Any = functools.reduce(getattr, attr.split("."), module)
     if target.get("call") is not None:
         args, kwargs = target["call"]  # as JSON made them: lists, kwargs a list of pairs
         app = app(*args, **dict(kwargs))
@@ -583,19 +557,19 @@ def _checker_main(payload: Dict[str, Any]) -> None:
 
 
 def _check(payload: Dict[str, Any]) -> Dict[str, Any]:
-    apps = []
+    loaded = []
     for target in payload["targets"]:
-        spec = target["spec"]
         try:
-            apps.append((spec, _load(target)))
+            loaded.append(_load(target))
         except BaseException as exc:  # SystemExit at import is a boot failure too
-            return _failure("import", spec, exc)
-    spec = apps[0][0] if apps else "the app"
+            return _failure("import", target["spec"], exc)
+    spec = payload["targets"][0]["spec"] if loaded else "the app"
     try:
         _walk_urlconf()
     except BaseException as exc:
         return _failure("urlconf", spec, exc)
-    if apps and payload.get("lifespan", True) and is_asgi(app := _served(apps[0][1])):
+    app = _served(loaded[0]) if loaded else None  # the first target is the one served
+    if payload.get("lifespan", True) and is_asgi(app):
         try:
             failed = lifespan_failure(app)
         except Exception as exc:  # raised without reporting: the servers serve such an app
@@ -607,9 +581,7 @@ def _check(payload: Dict[str, Any]) -> Dict[str, Any]:
                 return _failure("lifespan", spec, raised)
             what = f"lifespan.startup.failed: {message}".rstrip(": ")
             return {"problem": describe_failure("lifespan", spec, what)}
-    smoke = payload.get("smoke")
-    if smoke:
-        spec, app = apps[0][0], _served(apps[0][1])
+    if smoke := payload.get("smoke"):
         if not callable(app):
             error = LookupError("no WSGI app found to send it to: pass boot_app='module:app'")
             return _failure("smoke", spec, error, path=smoke)

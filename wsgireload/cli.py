@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
+import functools
+import glob
 import importlib
 import json
 import logging
@@ -20,7 +23,7 @@ from . import __version__, _record
 from ._options import Options
 from .actions import REGISTRY, Action, AutoAction, detect_server
 from .actions.pidfile import DEFAULT_EXPECT, PidfileAction, parse_signal
-from .detect import Detector, site_dirs
+from .detect import Detector, norm_dir, site_dirs
 from .errors import ConfigurationError, WsgiReloadError
 from .events import EventDetector
 from .middleware import Gate
@@ -69,12 +72,10 @@ def load_app(target: str) -> Tuple[Any, str]:
         ) from exc
     except (Exception, SystemExit) as exc:
         raise AppError(f"importing {module_name} failed: {type(exc).__name__}: {exc}") from exc
-    app: Any = module
-    for attr in attrs.split("."):
-        try:
-            app = getattr(app, attr)
-        except AttributeError:
-            raise AppError(f"module {module_name!r} has no attribute {attrs!r}") from None
+    try:
+        app: Any = functools.reduce(getattr, attrs.split("."), module)
+    except AttributeError:
+        raise AppError(f"module {module_name!r} has no attribute {attrs!r}") from None
     if not callable(app):
         raise AppError(f"{target} is a {type(app).__name__}, not a WSGI application")
     return app, f"{module_name}:{attrs}"
@@ -95,7 +96,7 @@ def find_reloader(app: Any, depth: int = 4) -> Tuple[Optional[Gate], str]:
             continue
         for attr in ("wsgi_app", "app", "application", "wrapped"):
             inner = getattr(obj, attr, None)
-            if inner is not None and callable(inner):
+            if callable(inner):
                 queue.append((inner, f"{where}.{attr}", level + 1))
     return None, ""
 
@@ -104,10 +105,9 @@ def find_reloader(app: Any, depth: int = 4) -> Tuple[Optional[Gate], str]:
 def _group(path: str, cwd: str, sites: Sequence[str]) -> Tuple[int, str]:
     """The 'top directory' a watched file is counted under, and its rank (cwd first)."""
     norm = os.path.normcase(path)
-    roots: List[Tuple[str, int, str]] = [(os.path.join(os.path.normcase(cwd), ""), 0, "")]
+    roots: List[Tuple[str, int, str]] = [(norm_dir(cwd), 0, "")]
     roots += [(site, 2, " (site-packages)") for site in sites]
-    roots += [(os.path.join(os.path.normcase(os.path.abspath(entry)), ""), 1, f" (in {entry})")
-              for entry in sys.path if entry]
+    roots += [(norm_dir(entry), 1, f" (in {entry})") for entry in sys.path if entry]
     matching = [root for root in roots if norm.startswith(root[0])]
     if not matching:
         return 3, os.path.dirname(path) + "/"
@@ -199,7 +199,6 @@ def _line(text: str) -> None:
     print(f"{time.strftime('%H:%M:%S')} {text}", flush=True)
 
 
-# Each watcher event as the line that reports it.
 _EVENTS: Dict[str, Callable[[Any], str]] = {
     "changed": lambda path: f"changed   {path}",
     "settling": lambda seconds: f"settling  waiting for {seconds:g}s without a further change",
@@ -238,7 +237,7 @@ def _path_patterns(paths: Sequence[str]) -> List[str]:
     for path in paths:
         if os.path.isdir(path):
             patterns.append(os.path.join(os.path.abspath(path), "**", "*"))
-        elif os.path.exists(path) or any(ch in path for ch in "*?["):
+        elif os.path.exists(path) or glob.has_magic(path):
             patterns.append(os.path.abspath(path))
         else:
             raise AppError(f"{path}: no such file or directory")
@@ -273,7 +272,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
                        "that: pick one")
     boot_app = None if args.no_validate else (args.import_app or (targets[0] if is_app else None))
     action: Action = _ReportOnly()
-    server_cwd = None
+    server_cwd: Optional[str] = None
     if args.pidfile:
         pidfile = PidfileAction(
             args.pidfile, signal=parse_signal(args.signal), expect=args.expect or DEFAULT_EXPECT
@@ -283,7 +282,8 @@ def cmd_watch(args: argparse.Namespace) -> int:
             raise AppError(about)
         _line(f"target    {about} (from {pidfile.pidfile}); checked again before each signal")
         action = pidfile
-        server_cwd = _proc_cwd(pid)
+        with contextlib.suppress(OSError):
+            server_cwd = os.readlink(f"/proc/{pid}/cwd")
     settle = defaults.settle if args.settle is None else args.settle
     settle_max = defaults.settle_max if args.settle_max is None else args.settle_max
     watcher = Watcher(
@@ -319,13 +319,6 @@ def cmd_watch(args: argparse.Namespace) -> int:
         log.setLevel(old_level)
 
 
-def _proc_cwd(pid: int) -> Optional[str]:
-    try:
-        return os.readlink(f"/proc/{pid}/cwd")
-    except OSError:
-        return None
-
-
 # -- status --------------------------------------------------------------------------------
 def master_status(data: Dict[str, Any], now: float) -> Dict[str, Any]:
     """What ``status`` shows of one master's record, its times as wall-clock seconds (``now``:
@@ -341,9 +334,8 @@ def master_status(data: Dict[str, Any], now: float) -> Dict[str, Any]:
     deploy: Optional[Dict[str, Any]] = _record.section(data, "generation") or None
     if deploy is not None:
         decided = float(deploy.get("at", 0.0))
-        replaced = len(
-            [w for w in workers.values() if float(w.get("born", 0.0)) < decided and "gone" in w]
-        )
+        replaced = sum(float(w.get("born", 0.0)) < decided and "gone" in w
+                       for w in workers.values())
         deploy = {"at": at(deploy), "files": deploy.get("files", []),
                   "action": deploy.get("action", ""), "workers_replaced": replaced}
     refusal: Optional[Dict[str, Any]] = _record.section(data, "last_refusal") or None
@@ -411,12 +403,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"wsgireload {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    check = sub.add_parser(
-        "check",
-        help="import an app as the server would and report what would be watched",
-        description="Import MODULE:APP as the server would and report what wsgireload would "
-        "watch, how long a scan takes, whether every watched .py compiles, and what "
-        "action='auto' would do.",
+    check, watch, status = (
+        sub.add_parser(name, help=text, description=about) for name, text, about in (
+            ("check", "import an app as the server would and report what would be watched",
+             "Import MODULE:APP as the server would and report what wsgireload would watch, how "
+             "long a scan takes, whether every watched .py compiles, and what action='auto' "
+             "would do."),
+            ("watch", "print changes as detected, with settle and validation decisions",
+             "Watch an app's files (MODULE:APP) or PATHs (directories recurse) and print each "
+             "change, settle and validation decision. With --pidfile, signal the server named in "
+             "it once per settled change set that validates (compiles and, with --import, "
+             "boots)."),
+            ("status", "each running master's watcher: scanner, last deploy, last refusal",
+             "Show, for every running server master whose wsgireload record this user can read: "
+             "its workers, which one scans, the files watched and the last scan's cost, the last "
+             "deploy and the last refusal."),
+        )
     )
     check.add_argument("target", metavar="MODULE:APP")
     check.add_argument("-v", "--verbose", action="store_true", help="list every file; tracebacks")
@@ -424,13 +426,6 @@ def build_parser() -> argparse.ArgumentParser:
                        "are, whose traps are shown (default: $XDG_RUNTIME_DIR/wsgireload or "
                        "<tmp>/wsgireload-<uid>)")
 
-    watch = sub.add_parser(
-        "watch",
-        help="print changes as detected, with settle and validation decisions",
-        description="Watch an app's files (MODULE:APP) or PATHs (directories recurse) and print "
-        "each change, settle and validation decision. With --pidfile, signal the server named "
-        "in it once per settled change set that validates (compiles and, with --import, boots).",
-    )
     watch.add_argument("targets", nargs="+", metavar="MODULE:APP|PATH")
     watch.add_argument("--interval", type=float, help="seconds between scans (default 1)")
     watch.add_argument("--settle", type=float, help="seconds of quiet before acting (default 1)")
@@ -456,13 +451,6 @@ def build_parser() -> argparse.ArgumentParser:
                        "counters there (Prometheus text, for node_exporter's textfile collector)")
     watch.add_argument("-v", "--verbose", action="store_true", help="debug log lines; tracebacks")
 
-    status = sub.add_parser(
-        "status",
-        help="each running master's watcher: scanner, last deploy, last refusal",
-        description="Show, for every running server master whose wsgireload record this user "
-        "can read: its workers, which one scans, the files watched and the last scan's cost, the "
-        "last deploy and the last refusal.",
-    )
     status.add_argument("--json", action="store_true", help="print JSON (a list of masters)")
     status.add_argument("--runtime-dir", metavar="DIR", help="where the records are "
                         "(default: $XDG_RUNTIME_DIR/wsgireload or <tmp>/wsgireload-<uid>)")

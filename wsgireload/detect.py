@@ -25,8 +25,6 @@ from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence,
 Identity = Tuple[int, int, int]  # (st_mtime_ns, st_size, st_ino)
 Snapshot = Dict[str, Optional[Identity]]  # None: the file is missing or unreadable
 
-_MAGIC_GLOB = frozenset("*?[")
-
 # One C call builds the identity tuple: cheaper per file than three attribute reads.
 _identity_of = attrgetter("st_mtime_ns", "st_size", "st_ino")
 
@@ -70,12 +68,8 @@ def stdlib_dirs() -> Tuple[str, ...]:
 
 def site_dirs() -> Tuple[str, ...]:
     """Directories third-party packages install into (they may sit inside the stdlib dir)."""
-    dirs = config_dirs("purelib", "platlib")
-    dirs.update(norm_dir(p) for p in site.getsitepackages())
-    user_site = getattr(site, "USER_SITE", None)
-    if user_site:
-        dirs.add(norm_dir(user_site))
-    return tuple(sorted(dirs))
+    found = [*site.getsitepackages(), getattr(site, "USER_SITE", None)]
+    return tuple(sorted(config_dirs("purelib", "platlib") | {norm_dir(p) for p in found if p}))
 
 
 def module_file(module: ModuleType) -> Optional[str]:
@@ -126,9 +120,9 @@ class Detector:
         changed_since_ns: Optional[int] = None,
     ) -> None:
         patterns = [os.fspath(p) for p in extra_files]
-        listed = [os.path.abspath(p) for p in patterns if not _MAGIC_GLOB & set(p)]
+        listed = [os.path.abspath(p) for p in patterns if not glob.has_magic(p)]
         # Read-only outside (the event backend watches their directories).
-        self.extra_globs = [os.path.abspath(p) for p in patterns if _MAGIC_GLOB & set(p)]
+        self.extra_globs = [os.path.abspath(p) for p in patterns if glob.has_magic(p)]
         self._exclude = tuple(os.fspath(p) for p in exclude) + ("*/__pycache__/*",)
         self._extra_wanted = [p for p in listed if self._wanted(p)]  # excludes never change
         self._modules = modules
@@ -199,30 +193,18 @@ class Detector:
                 matches = _glob(pattern)
             except (OSError, RecursionError):  # symlink loops, vanished directories
                 continue
-            for path in matches:
-                if self._wanted(path) and not os.path.isdir(path):
-                    found.add(path)
+            found.update(p for p in matches if self._wanted(p) and not os.path.isdir(p))
         result = sorted(found)
         if result != self._glob_result:
             self._glob_result = result
             self._glob_version += 1
             self._extra = self._extra_wanted + result
-        self._glob_dirs = self._snapshot_glob_dirs(started - _RACY_NS)
+        # The (mtime, inode) of every directory the patterns can reach; none if one is racy.
+        dirs = {d: _dir_key(d) for pattern in self.extra_globs for d in glob_dirs(pattern)}
+        racy = any(key is not None and key[0] > started - _RACY_NS for key in dirs.values())
+        self._glob_dirs = None if racy else dirs
         self._glob_scans = 0
         return self._glob_result
-
-    def _snapshot_glob_dirs(
-        self, racy_after: int
-    ) -> Optional[Dict[str, Optional[Tuple[int, int]]]]:
-        """(mtime, inode) of every directory the patterns can reach; None if one is racy."""
-        dirs: Dict[str, Optional[Tuple[int, int]]] = {}
-        for pattern in self.extra_globs:
-            for directory in glob_dirs(pattern):
-                key = _dir_key(directory)
-                if key is not None and key[0] > racy_after:
-                    return None
-                dirs[directory] = key
-        return dirs
 
     def watched(self) -> List[str]:
         """Every file watched right now."""
@@ -277,8 +259,7 @@ class Detector:
         # the listing changed, so a steady scan costs one stat per file and nothing more.
         key = (self.module_count, self._glob_version, len(baseline))
         if key != self._orphans_key:
-            listed = set(self._module_paths)
-            listed.update(extra)
+            listed = {*self._module_paths, *extra}
             self._orphans = [p for p in baseline if p not in listed]
             self._orphans_key = key
         _stat_into(self._orphans, baseline, changed, bool)  # in the baseline: never first seen
@@ -289,11 +270,8 @@ class Detector:
         not in the future: an mtime ahead of the clock never counts, or every new process
         would reload again (clock skew, a tarball from a fast machine)."""
         now = time.time_ns()
-        return sorted(
-            path
-            for path, ident in self._baseline.items()
-            if ident is not None and since_ns < ident[0] <= now
-        )
+        return sorted(path for path, ident in self._baseline.items()
+                      if ident is not None and since_ns < ident[0] <= now)
 
     @property
     def baseline(self) -> Snapshot:
@@ -376,7 +354,7 @@ def _glob(pattern: str) -> List[str]:
     i = parts.index("**")
     head, tail = os.sep.join(parts[:i]) or os.sep, parts[i + 1 :]
     found: List[str] = []
-    for top in glob.glob(head) if _MAGIC_GLOB & set(head) else [head]:
+    for top in glob.glob(head) if glob.has_magic(head) else [head]:
         for dirpath, dirnames in _walk_once(top):
             dirnames[:] = [d for d in dirnames if not d.startswith(".")]  # as glob's ``**``
             found.extend(_glob(os.path.join(glob.escape(dirpath), *(tail or ["*"]))))
@@ -404,7 +382,7 @@ def glob_root(pattern: str) -> str:
     """The deepest directory of ``pattern`` without a wildcard (where its matches live)."""
     parts = pattern.split(os.sep)
     for index, part in enumerate(parts):
-        if _MAGIC_GLOB & set(part):
+        if glob.has_magic(part):
             return os.sep.join(parts[:index]) or os.sep
     return os.path.dirname(pattern)
 
