@@ -176,7 +176,7 @@ def nobody_venv() -> Path:
     venv = Path(os.environ.get("WSGIRELOAD_NOBODY_VENV") or CACHE / f"nobody-venv-{version}")
     probe = [str(venv / "bin" / "python"), "-c", "import gunicorn"]
     if not venv.parent.exists():
-        venv.parent.mkdir(parents=True)
+        venv.parent.mkdir(parents=True, exist_ok=True)  # (two test processes may race here)
         os.chmod(venv.parent, 0o755)  # whatever the umask: nobody must reach the venv
     with open(venv.with_name(f"{venv.name}.lock"), "a") as lock:  # one builder at a time
         fcntl.flock(lock, fcntl.LOCK_EX)
