@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import pytest
 
-from wsgireload import ConfigurationError, Reloader
+from wsgireload import ConfigurationError, Reloader, servers
 from wsgireload.asgi import Reloader as AsgiReloader
 from wsgireload.boot import (
     BootCheck,
@@ -234,10 +234,11 @@ def test_calling_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
 
 def test_mod_wsgi_script_from_the_environ(tmp_path: Path) -> None:
     check = BootCheck()
-    check.note_environ({"SCRIPT_FILENAME": "/srv/site.wsgi"})  # not mod_wsgi: ignored
+    check.note_served(servers.environ_targets({"SCRIPT_FILENAME": "/srv/a.wsgi"}))  # no mod_wsgi
     assert check.targets() == []
-    check.note_environ({"mod_wsgi.version": (5, 0), "SCRIPT_FILENAME": "/srv/site.wsgi",
-                        "mod_wsgi.callable_object": "app"})
+    check.note_served(servers.environ_targets({
+        "mod_wsgi.version": (5, 0), "SCRIPT_FILENAME": "/srv/site.wsgi",
+        "mod_wsgi.callable_object": "app"}))
     assert check.targets() == [Target(path="/srv/site.wsgi", attr="app", spec="/srv/site.wsgi")]
     creator = Target(module="wsgi", spec="wsgi")
     explicit = parse_target("other:app")

@@ -14,7 +14,7 @@ from typing import Callable, Iterator, List
 
 import pytest
 
-from wsgireload import cli
+from wsgireload import cli, servers
 
 from .conftest import edit
 
@@ -86,6 +86,8 @@ def test_check_reports_files_scan_compile_and_action(
     assert "a lone uvicorn (no --workers, or --workers 1) dies on SIGHUP: one WARNING" in out
     assert "under granian: SIGHUP to the verified granian supervisor" in out
     assert "under hypercorn: auto: no reload, one WARNING" in out
+    under = [line.split(":")[0].strip() for line in out.splitlines() if "  under " in line]
+    assert under == [f"under {server.NAME}" for server in servers.SERVERS] + ["under standalone"]
 
 
 def test_check_verbose_lists_every_file(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -294,12 +294,10 @@ class BootCheck:
     _server: Optional[Tuple[int, List[Target]]] = None  # (pid, what the server names)
     _said: Set[str] = field(default_factory=set)  # the messages logged once already
 
-    def note_environ(self, environ: Mapping[str, Any]) -> None:
-        """mod_wsgi names its script only in the environ: remember it (first request)."""
-        script = environ.get("SCRIPT_FILENAME")
-        if environ.get("mod_wsgi.version") is not None and isinstance(script, str) and script:
-            attr = environ.get("mod_wsgi.callable_object") or "application"
-            self._environ_target = Target(path=script, attr=str(attr), spec=script)
+    def note_served(self, targets: Sequence[Target]) -> None:
+        """The app a request's environ names (``servers.environ_targets``: mod_wsgi's script)."""
+        if targets:
+            self._environ_target = targets[0]
 
     def targets(self) -> List[Target]:
         """What the server boots, as far as this process can see; empty if unknown."""

@@ -19,7 +19,7 @@ import time
 import traceback
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from . import __version__, _record
+from . import __version__, _record, servers
 from ._options import Options
 from .actions import REGISTRY, Action, AutoAction, detect_server
 from .actions.pidfile import DEFAULT_EXPECT, PidfileAction, parse_signal
@@ -118,15 +118,10 @@ def _group(path: str, cwd: str, sites: Sequence[str]) -> Tuple[int, str]:
 
 def _server_lines() -> List[str]:
     here = detect_server({})
-    if here == "gunicorn":
-        why = "gunicorn's worker module is loaded in this process"
-    elif "passenger_wsgi" in sys.modules:
-        why = "passenger_wsgi is Passenger's startup file: under Passenger, see below"
-    else:
-        why = "no server module loaded; in a worker the first request's environ tells"
+    why = servers.why_here(here) or (
+        "no server module loaded; in a worker the first request's environ tells")
     lines = [f"here: {here} ({why})"]
-    for server in ("gunicorn", "uwsgi", "mod_wsgi", "passenger", "uvicorn", "granian",
-                   "hypercorn", "standalone"):
+    for server in [*(server.NAME for server in servers.SERVERS), "standalone"]:
         what = getattr(REGISTRY.get(server), "summary", "") or "warns once and does not reload"
         lines.append(f"under {server}: {what}")
     return lines

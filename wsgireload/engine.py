@@ -108,7 +108,7 @@ class Engine(Siblings):
     def setup(self, environ: Mapping[str, Any]) -> None:
         """Let the action look at this process and join the master's record. Never raises."""
         self.pid = os.getpid()
-        self.policy.boot.note_environ(environ)  # the server's app (mod_wsgi's script)
+        self.policy.boot.note_served(servers.environ_targets(environ))
         self._joined = False  # the record is joined by the first step: off the request path
         try:
             self._master = self.master or servers.master_of(environ)

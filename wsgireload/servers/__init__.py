@@ -52,6 +52,20 @@ def boot_targets() -> List[Target]:
     return next((found for server in SERVERS if (found := server.boot_targets())), [])
 
 
+def environ_targets(environ: Environ) -> List[Target]:
+    """The app as a request's environ names it (mod_wsgi's script), if any."""
+    none: Callable[[Environ], List[Target]] = lambda environ: []  # noqa: E731
+    return next((found for server in SERVERS
+                 if (found := getattr(server, "environ_targets", none)(environ))), [])
+
+
+def why_here(name: str) -> Optional[str]:
+    """Why ``wsgireload check`` sees a server from its own process (no request), if it does."""
+    none: Callable[[str], Optional[str]] = lambda name: None  # noqa: E731
+    return next((why for server in SERVERS if (why := getattr(server, "why_here", none)(name))),
+                None)
+
+
 # The module names a server gives a script file it loads (``site.wsgi``, uWSGI's wsgi-file).
 SCRIPT_PREFIXES = tuple(server.SCRIPT_PREFIX for server in SERVERS if server.SCRIPT_PREFIX)
 

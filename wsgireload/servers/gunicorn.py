@@ -562,3 +562,7 @@ def log_target() -> Optional[logging.Logger]:
 
 def before_workers(hook: Callable[[], None]) -> bool:
     return False  # a worker imports the app itself (or, with --preload, cannot reload)
+
+
+def why_here(name: str) -> Optional[str]:
+    return "gunicorn's worker module is loaded in this process" if name == NAME else None

@@ -96,7 +96,16 @@ def auto_action() -> Action:
 
 
 def boot_targets() -> List[Target]:
-    return []  # the script is named in the environ only (the boot check's ``note_environ``)
+    return []  # the script is named in the environ only (``environ_targets``)
+
+
+def environ_targets(environ: Mapping[str, Any]) -> List[Target]:
+    """mod_wsgi names its script only in a request's environ: the app the boot check boots."""
+    script = environ.get("SCRIPT_FILENAME")
+    if environ.get("mod_wsgi.version") is None or not isinstance(script, str) or not script:
+        return []
+    attr = environ.get("mod_wsgi.callable_object") or "application"
+    return [Target(path=script, attr=str(attr), spec=script)]
 
 
 def traps(environ: Mapping[str, Any]) -> Dict[str, str]:

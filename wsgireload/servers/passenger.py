@@ -186,3 +186,10 @@ def early_environ() -> Optional[Dict[str, Any]]:
 
 def before_workers(hook: Callable[[], None]) -> bool:
     return False
+
+
+def why_here(name: str) -> Optional[str]:
+    """``wsgireload check passenger_wsgi``: its module name is Passenger's startup file's."""
+    if "passenger_wsgi" in sys.modules:
+        return "passenger_wsgi is Passenger's startup file: under Passenger, see below"
+    return None
