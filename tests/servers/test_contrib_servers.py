@@ -24,6 +24,7 @@ from .harness import (
     write,
 )
 from .reloadhelp import PLAIN_APP, boots, reloads, write_plain_app
+from .test_uwsgi import UwsgiServer
 
 pytestmark = pytest.mark.server
 
@@ -113,7 +114,7 @@ def test_gunicorn_hook_reloads_once(tmp_path: Path, servers: List[Server]) -> No
 
 def uwsgi(tmp_path: Path, extra: List[str], env: Dict[str, str]) -> Server:
     port = free_port()
-    return Server(
+    return UwsgiServer(
         [bin_path("uwsgi"), "--master", "--workers", "2", "--http-socket", f"127.0.0.1:{port}",
          "--module", "app:application", "--die-on-term", "--disable-logging", *extra],
         cwd=tmp_path, port=port, log_path=tmp_path / "server.log", env=env,
