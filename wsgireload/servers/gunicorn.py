@@ -127,17 +127,13 @@ def restart_in_turn(siblings: Siblings, system: System, master: int) -> None:
         if len(system.children(master)) <= 1 and siblings.first_to_log("one-worker-gap"):
             log.info("wsgireload: one worker and a master it may not signal: each reload waits "
                      "one boot with nobody serving; run 2 workers or more to avoid it")
-        terminate_self(system)
-
-
-def terminate_self(system: System) -> None:
-    """SIGTERM to this worker: gunicorn's worker finishes its requests and exits, and the
-    master spawns a fresh one. (``sys.exit()`` would be caught by gunicorn: no restart.)"""
-    pid = system.getpid()
-    if pid <= 1:  # never terminate an init process (a container's only process)
-        log.warning("wsgireload: not restarting pid %d", pid)
-        return
-    system.kill(pid, signal.SIGTERM)
+        # SIGTERM: gunicorn's worker finishes its requests and exits, and the master spawns a
+        # fresh one. (``sys.exit()`` would be caught by gunicorn: no restart.)
+        pid = system.getpid()
+        if pid <= 1:  # never terminate an init process (a container's only process)
+            log.warning("wsgireload: not restarting pid %d", pid)
+        else:
+            system.kill(pid, signal.SIGTERM)
 
 
 class GunicornAction(MasterAction):
@@ -229,7 +225,6 @@ class GunicornAction(MasterAction):
             self._attempt()
 
     def _restart_instead(self, why: str) -> None:
-        """From now on this worker restarts itself for each change set; say so once."""
         self.restarting = why
         if self.siblings.first_to_log("restart-worker"):
             log.info(
