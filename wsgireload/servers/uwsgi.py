@@ -231,14 +231,31 @@ class UwsgiAction(MasterAction):
             log.warning("wsgireload: not reloading uWSGI: %s", self.why_not)
             return
         if self.method == RELOAD and self.refusal is not None:
-            self._refuse(changes)
+            if self.siblings.first_to_log(f"refused {changes.fingerprint}"):  # once per change set
+                log.error("wsgireload: not reloading (%s): %s", changes.describe(), self.refusal)
+            else:
+                log.debug("wsgireload: not reloading (%s): refused, logged by another worker",
+                          changes.describe())
             return
         problem = self._problem()
         if problem is not None:
             log.warning("wsgireload: not reloading uWSGI: %s; %s", problem, _advice(problem))
             return
-        if not self._note_reload():
+        if not self.siblings.coordinated:
+            # uWSGI itself ignores reload requests that arrive during a reload (measured), so
+            # going ahead without the record is still safe, only less tidy.
+            log.warning("wsgireload: no shared reload record (%s); asking uWSGI anyway",
+                        self.siblings.why_alone())
+        elif (since := self._covered()) is not None:
+            self._help_chain()
+            log.info(
+                "wsgireload: another worker asked uWSGI to reload %.1fs ago, after this worker "
+                "started; that reload replaces this worker",
+                since,
+            )
             return
+        else:
+            self.siblings.reloading(chain=self.method == CHAIN)
         if self.method == CHAIN and self.fifo is not None:
             try:
                 self.system.write_fifo(self.fifo, b"c")
@@ -277,26 +294,6 @@ class UwsgiAction(MasterAction):
             )
         return super()._problem()
 
-    def _note_reload(self) -> bool:
-        """Note this reload request for the master, unless one since our start covers us."""
-        if not self.siblings.coordinated:
-            # uWSGI itself ignores reload requests that arrive during a reload (measured), so
-            # going ahead without the record is still safe, only less tidy.
-            log.warning("wsgireload: no shared reload record (%s); asking uWSGI anyway",
-                        self.siblings.why_alone())
-            return True
-        since = self._covered()
-        if since is not None:
-            self._help_chain()
-            log.info(
-                "wsgireload: another worker asked uWSGI to reload %.1fs ago, after this worker "
-                "started; that reload replaces this worker",
-                since,
-            )
-            return False
-        self.siblings.reloading(chain=self.method == CHAIN)
-        return True
-
     def _wake_window(self) -> float:
         return WAKE_FOR + WAKE_PER_WORKER * max(1, self.options.processes)
 
@@ -314,14 +311,6 @@ class UwsgiAction(MasterAction):
         fifo = self.fifo
         if fifo is not None:
             self.system.repeat(WAKE_EVERY, until, lambda: self.system.write_fifo(fifo, b"\n"))
-
-    def _refuse(self, changes: ChangeSet) -> None:
-        """Log the refusal once per change set across the master's workers."""
-        if self.siblings.first_to_log(f"refused {changes.fingerprint}"):
-            log.error("wsgireload: not reloading (%s): %s", changes.describe(), self.refusal)
-        else:
-            log.debug("wsgireload: not reloading (%s): refused, logged by another worker",
-                      changes.describe())
 
     def describe(self) -> str:
         if self.method == CHAIN:
