@@ -9,6 +9,7 @@ for uWSGI's modules live here too (``install_stubs``).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import stat
@@ -91,10 +92,8 @@ def _flag(value: Any) -> bool:
 
 def _number(value: Any) -> int:
     for text in opt_texts(value):
-        try:
+        with contextlib.suppress(ValueError):
             return int(text)
-        except ValueError:
-            continue
     return 1
 
 
@@ -102,11 +101,9 @@ def first_fifo(paths: Tuple[str, ...]) -> Optional[str]:
     """The configured FIFO that exists. uWSGI creates only the active (first) one, and
     ``uwsgi.opt`` keeps only the last of repeated options, so check rather than trust."""
     for path in paths:
-        try:
+        with contextlib.suppress(OSError):
             if stat.S_ISFIFO(os.stat(path).st_mode):
                 return path
-        except OSError:
-            continue
     return None
 
 
@@ -357,8 +354,8 @@ def checker_stubs() -> Optional[Dict[str, Any]]:
     """This worker's ``uwsgi.opt`` for the checker's stand-in ``uwsgi`` modules
     (``install_stubs``); None outside uWSGI."""
     found = module()
-    opt = None if found is None else getattr(found, "opt", None) or {}
-    return None if opt is None else {str(k): v for k, v in opt.items()}
+    opt = getattr(found, "opt", None) or {}
+    return None if found is None else {str(k): v for k, v in opt.items()}
 
 
 def master_of(environ: Mapping[str, Any], system: System = SYSTEM) -> Optional[Tuple[str, int]]:
@@ -377,8 +374,7 @@ def auto_action() -> UwsgiAction:
 def boot_targets(opt: Optional[Mapping[str, Any]] = None) -> List[Target]:
     """The apps a uWSGI instance loads, from its ``uwsgi.opt`` (this process's if None)."""
     if opt is None:
-        found = module()
-        opt = (getattr(found, "opt", {}) or {}) if found is not None else {}
+        opt = getattr(module(), "opt", None) or {}
     callable_name = opt_text(opt.get("callable")) or "application"
     targets: List[Target] = []
     for key in ("module", "wsgi", "wsgi-file", "file", "mount"):
@@ -417,11 +413,9 @@ def threads_available(environ: Mapping[str, Any]) -> bool:
     version = environ.get("uwsgi.version")
     if version is None:
         return True  # not uWSGI
-    try:
+    with contextlib.suppress(Exception):  # no uwsgi module: the version decides
         if module().opt.get("enable-threads") or module().opt.get("threads"):
             return True
-    except Exception:  # no uwsgi module: the version decides
-        pass
     try:
         if isinstance(version, bytes):
             version = version.decode("ascii", "replace")
