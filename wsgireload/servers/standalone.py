@@ -6,6 +6,7 @@ supervisor, and once orphaned it is init.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -30,12 +31,9 @@ _launcher_takes_sockets = False
 
 def _flush_logs() -> None:
     """Flush every handler and the std streams: os._exit and os.execv skip Python's cleanup."""
-    targets: List[Any] = [*logging.getLogger().handlers, *log.handlers, sys.stdout, sys.stderr]
-    for target in targets:
-        try:
+    for target in [*logging.getLogger().handlers, *log.handlers, sys.stdout, sys.stderr]:
+        with contextlib.suppress(Exception):
             target.flush()
-        except Exception:
-            pass
 
 
 def _waitress_map(environ: Mapping[str, Any]) -> Optional[Any]:
@@ -140,10 +138,8 @@ class _Restart(Action):
         self._started = False
 
     def setup(self, context: ProcessContext) -> None:
-        try:
+        with contextlib.suppress(Exception):  # an unknown waitress version: end at once
             self.socket_map = _waitress_map(context.environ)
-        except Exception:  # an unknown waitress version: end at once, as elsewhere
-            self.socket_map = None
 
     def __call__(self, changes: ChangeSet) -> None:
         if self._started:
@@ -246,14 +242,12 @@ def listening_sockets(max_fd: int = 1024) -> List[int]:
     except OSError:
         candidates = range(max_fd)
     for fd in candidates:
-        try:
+        with contextlib.suppress(OSError):
             if not stat.S_ISSOCK(os.fstat(fd).st_mode):
                 continue
             with socket.socket(fileno=os.dup(fd)) as probe:
                 if probe.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
                     fds.append(fd)
-        except OSError:
-            continue
     return fds
 
 
