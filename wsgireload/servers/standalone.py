@@ -233,14 +233,14 @@ class ExitAction(_Restart):
         return f"exit {self.exit_code}"
 
 
-def listening_sockets(max_fd: int = 1024) -> List[int]:
+def listening_sockets() -> List[int]:
     """File descriptors of this process that are listening TCP/Unix sockets."""
     fds: List[int] = []
     candidates: Sequence[int]
     try:
         candidates = sorted(int(name) for name in os.listdir("/proc/self/fd"))
     except OSError:
-        candidates = range(max_fd)
+        candidates = range(1024)  # no /proc: the fds below the usual limit
     for fd in candidates:
         with contextlib.suppress(OSError):
             if not stat.S_ISSOCK(os.fstat(fd).st_mode):

@@ -425,25 +425,25 @@ def threads_available(environ: Mapping[str, Any]) -> bool:
     return parts >= (2, 0, 27)
 
 
-def early_environ(system: System = SYSTEM) -> Optional[Dict[str, Any]]:
+def early_environ() -> Optional[Dict[str, Any]]:
     """What a first request would tell about uWSGI, if this process is a worker of a master
     (importing the app under --lazy-apps, or just forked); else None."""
     found = module()
     if found is None:
         return None
     master, worker = int(found.masterpid()), int(found.worker_id())
-    if master > 0 and worker > 0 and master != system.getpid():
+    if master > 0 and worker > 0 and master != SYSTEM.getpid():
         return {"uwsgi.version": getattr(found, "version", b"")}
     return None
 
 
-def before_workers(hook: Callable[[], None], system: System = SYSTEM) -> bool:
+def before_workers(hook: Callable[[], None]) -> bool:
     """In a master importing the app before it forks its workers, have uWSGI call ``hook``
     in each process it forks, after the hooks already set: in ``uwsgidecorators``' chain if
     that is the hook (never imported here: importing it replaces ``uwsgi.post_fork_hook``).
     A hook set later replaces this one: the first request starts. Whether it was set."""
     found = module()
-    if found is None or int(found.worker_id()) != 0 or int(found.masterpid()) != system.getpid():
+    if found is None or int(found.worker_id()) != 0 or int(found.masterpid()) != SYSTEM.getpid():
         return False  # no master (nobody to reload the workers), a mule, or not uWSGI
     after_fork(found, hook)
     return True
