@@ -104,7 +104,6 @@ _JUST_ACCEPTED = 0.1  # seconds: a connection this young may have its request on
 
 
 def _waitress_busy(channel: Any) -> bool:
-    """A waitress connection that has a request in progress, output unsent or unread input."""
     if channel.requests or getattr(channel, "request", None) is not None:
         return True
     if getattr(channel, "total_outbufs_len", 0):
@@ -148,9 +147,8 @@ class _Restart(Action):
         if self.socket_map is None:
             self.finish()
             return
-        thread = threading.Thread(target=self._quiesce_then_finish, name="wsgireload-restart")
-        thread.daemon = True
-        thread.start()
+        threading.Thread(target=self._quiesce_then_finish, name="wsgireload-restart",
+                         daemon=True).start()
 
     def _quiesce_then_finish(self) -> None:
         try:
