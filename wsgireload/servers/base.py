@@ -16,6 +16,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from types import FrameType
 from typing import Any, Callable, ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from .._system import SYSTEM, ProcessInfo, System
@@ -254,8 +255,12 @@ def app_targets(spec: Any) -> List[Any]:
 
 def main_frames() -> Iterator[Any]:
     """The frames of the main thread's stack, innermost first (from any thread)."""
-    main = threading.main_thread().ident
-    frame = sys._current_frames().get(main) if main is not None else None  # noqa: SLF001
+    if threading.current_thread() is threading.main_thread():
+        # (gevent's workers patch thread idents: sys._current_frames() has no key for it)
+        frame: Optional[FrameType] = sys._getframe()  # noqa: SLF001 (the stdlib's API)
+    else:
+        main = threading.main_thread().ident
+        frame = sys._current_frames().get(main) if main is not None else None  # noqa: SLF001
     while frame is not None:
         yield frame
         frame = frame.f_back

@@ -12,14 +12,11 @@ import gc
 import logging
 import signal
 import sys
-import threading
-import types
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 from .._record import section
 from .._system import SYSTEM, System
-from ..boot import Target, parse_target
-from ..errors import ConfigurationError
+from ..boot import Target
 from ..policy import ChangeSet
 from . import base
 from .base import Action, MasterAction, ProcessContext, Refusal, Siblings, record_master
@@ -130,17 +127,13 @@ def restart_in_turn(siblings: Siblings, system: System, master: int) -> None:
         if len(system.children(master)) <= 1 and siblings.first_to_log("one-worker-gap"):
             log.info("wsgireload: one worker and a master it may not signal: each reload waits "
                      "one boot with nobody serving; run 2 workers or more to avoid it")
-        terminate_self(system)
-
-
-def terminate_self(system: System) -> None:
-    """SIGTERM to this worker: gunicorn's worker finishes its requests and exits, and the
-    master spawns a fresh one. (``sys.exit()`` would be caught by gunicorn: no restart.)"""
-    pid = system.getpid()
-    if pid <= 1:  # never terminate an init process (a container's only process)
-        log.warning("wsgireload: not restarting pid %d", pid)
-        return
-    system.kill(pid, signal.SIGTERM)
+        # SIGTERM: gunicorn's worker finishes its requests and exits, and the master spawns a
+        # fresh one. (``sys.exit()`` would be caught by gunicorn: no restart.)
+        pid = system.getpid()
+        if pid <= 1:  # never terminate an init process (a container's only process)
+            log.warning("wsgireload: not restarting pid %d", pid)
+        else:
+            system.kill(pid, signal.SIGTERM)
 
 
 class GunicornAction(MasterAction):
@@ -232,7 +225,6 @@ class GunicornAction(MasterAction):
             self._attempt()
 
     def _restart_instead(self, why: str) -> None:
-        """From now on this worker restarts itself for each change set; say so once."""
         self.restarting = why
         if self.siblings.first_to_log("restart-worker"):
             log.info(
@@ -431,10 +423,9 @@ class RestartWorkerAction(Action):
 # -- recognising gunicorn, its master, its app and its workers --------------------------------
 NAME = "gunicorn"
 SCRIPT_PREFIX = ""  # gunicorn imports modules by name
-
-
-def checker_stubs() -> None:
-    """gunicorn's workers import nothing of gunicorn's that the boot checker must stand in for."""
+checker_stubs, threads_available = base.checker_stubs, base.threads_available
+# A worker imports the app itself (or, with --preload, cannot reload): no hook before workers.
+before_workers = base.before_workers
 
 
 def serves(environ: Mapping[str, Any]) -> bool:
@@ -461,17 +452,9 @@ def frame_objects() -> Iterator[Any]:
     """
     if "gunicorn" not in sys.modules:
         return
-    if threading.current_thread() is threading.main_thread():
-        # (gevent's workers patch thread idents: sys._current_frames() has no key for it)
-        frame: Optional[types.FrameType] = sys._getframe(1)  # noqa: SLF001 (the stdlib's API)
-    else:
-        main = threading.main_thread().ident
-        frames = sys._current_frames()  # noqa: SLF001 (the standard library's own API)
-        frame = frames.get(main) if main is not None else None
-    while frame is not None:
+    for frame in base.main_frames():
         if "gunicorn" in frame.f_code.co_filename:
             yield frame.f_locals.get("self")
-        frame = frame.f_back
 
 
 def lifespan_off() -> bool:
@@ -501,18 +484,14 @@ def app_uri_of(*objs: Any) -> Optional[str]:
 
 
 def boot_targets() -> List[Target]:
-    """The app as gunicorn's app URI names it, if this is a gunicorn worker."""
-    uri = app_uri()
-    try:
-        return [parse_target(uri)] if uri else []
-    except ConfigurationError:
-        return []  # a paste: URI or the like
+    """The app as gunicorn's app URI names it, if this is a gunicorn worker (not a paste: URI
+    or the like)."""
+    return base.app_targets(app_uri())
 
 
 def early_environ(
     objects: Callable[[], Iterable[Any]] = frame_objects,
     worker_class: Optional[type] = None,  # gunicorn's Worker (default: if gunicorn is loaded)
-    system: System = SYSTEM,
 ) -> Optional[Dict[str, Any]]:
     """What a first request would tell about gunicorn, if this process is a worker importing
     the app (no ``--preload``: in the arbiter, wait for a request); else None."""
@@ -525,13 +504,9 @@ def early_environ(
             # The worker's own process (spawn_worker sets its pid in the child), forked by
             # the arbiter it names: never the arbiter, which only holds Worker objects.
             mine = (getattr(obj, "pid", None), getattr(obj, "ppid", None)) == (
-                system.getpid(), system.getppid())
+                SYSTEM.getpid(), SYSTEM.getppid())
             return {"gunicorn.socket": None} if mine else None
     return None
-
-
-def threads_available(environ: Mapping[str, Any]) -> bool:
-    return True
 
 
 def traps(environ: Mapping[str, Any], migrate_req: str = base.MIGRATE_REQ) -> Dict[str, str]:
@@ -558,10 +533,6 @@ def log_target() -> Optional[logging.Logger]:
     """gunicorn's error log (``--error-logfile``, stderr by default), in gunicorn's format."""
     error_log = logging.getLogger("gunicorn.error")
     return error_log if error_log.handlers else None
-
-
-def before_workers(hook: Callable[[], None]) -> bool:
-    return False  # a worker imports the app itself (or, with --preload, cannot reload)
 
 
 def why_here(name: str) -> Optional[str]:

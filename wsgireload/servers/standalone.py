@@ -6,6 +6,7 @@ supervisor, and once orphaned it is init.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -30,12 +31,9 @@ _launcher_takes_sockets = False
 
 def _flush_logs() -> None:
     """Flush every handler and the std streams: os._exit and os.execv skip Python's cleanup."""
-    targets: List[Any] = [*logging.getLogger().handlers, *log.handlers, sys.stdout, sys.stderr]
-    for target in targets:
-        try:
+    for target in [*logging.getLogger().handlers, *log.handlers, sys.stdout, sys.stderr]:
+        with contextlib.suppress(Exception):
             target.flush()
-        except Exception:
-            pass
 
 
 def _waitress_map(environ: Mapping[str, Any]) -> Optional[Any]:
@@ -106,7 +104,6 @@ _JUST_ACCEPTED = 0.1  # seconds: a connection this young may have its request on
 
 
 def _waitress_busy(channel: Any) -> bool:
-    """A waitress connection that has a request in progress, output unsent or unread input."""
     if channel.requests or getattr(channel, "request", None) is not None:
         return True
     if getattr(channel, "total_outbufs_len", 0):
@@ -140,10 +137,8 @@ class _Restart(Action):
         self._started = False
 
     def setup(self, context: ProcessContext) -> None:
-        try:
+        with contextlib.suppress(Exception):  # an unknown waitress version: end at once
             self.socket_map = _waitress_map(context.environ)
-        except Exception:  # an unknown waitress version: end at once, as elsewhere
-            self.socket_map = None
 
     def __call__(self, changes: ChangeSet) -> None:
         if self._started:
@@ -152,9 +147,8 @@ class _Restart(Action):
         if self.socket_map is None:
             self.finish()
             return
-        thread = threading.Thread(target=self._quiesce_then_finish, name="wsgireload-restart")
-        thread.daemon = True
-        thread.start()
+        threading.Thread(target=self._quiesce_then_finish, name="wsgireload-restart",
+                         daemon=True).start()
 
     def _quiesce_then_finish(self) -> None:
         try:
@@ -237,23 +231,21 @@ class ExitAction(_Restart):
         return f"exit {self.exit_code}"
 
 
-def listening_sockets(max_fd: int = 1024) -> List[int]:
+def listening_sockets() -> List[int]:
     """File descriptors of this process that are listening TCP/Unix sockets."""
     fds: List[int] = []
     candidates: Sequence[int]
     try:
         candidates = sorted(int(name) for name in os.listdir("/proc/self/fd"))
     except OSError:
-        candidates = range(max_fd)
+        candidates = range(1024)  # no /proc: the fds below the usual limit
     for fd in candidates:
-        try:
+        with contextlib.suppress(OSError):
             if not stat.S_ISSOCK(os.fstat(fd).st_mode):
                 continue
             with socket.socket(fileno=os.dup(fd)) as probe:
                 if probe.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
                     fds.append(fd)
-        except OSError:
-            continue
     return fds
 
 

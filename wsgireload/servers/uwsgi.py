@@ -9,6 +9,7 @@ for uWSGI's modules live here too (``install_stubs``).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import stat
@@ -91,10 +92,8 @@ def _flag(value: Any) -> bool:
 
 def _number(value: Any) -> int:
     for text in opt_texts(value):
-        try:
+        with contextlib.suppress(ValueError):
             return int(text)
-        except ValueError:
-            continue
     return 1
 
 
@@ -102,11 +101,9 @@ def first_fifo(paths: Tuple[str, ...]) -> Optional[str]:
     """The configured FIFO that exists. uWSGI creates only the active (first) one, and
     ``uwsgi.opt`` keeps only the last of repeated options, so check rather than trust."""
     for path in paths:
-        try:
+        with contextlib.suppress(OSError):
             if stat.S_ISFIFO(os.stat(path).st_mode):
                 return path
-        except OSError:
-            continue
     return None
 
 
@@ -231,14 +228,31 @@ class UwsgiAction(MasterAction):
             log.warning("wsgireload: not reloading uWSGI: %s", self.why_not)
             return
         if self.method == RELOAD and self.refusal is not None:
-            self._refuse(changes)
+            if self.siblings.first_to_log(f"refused {changes.fingerprint}"):  # once per change set
+                log.error("wsgireload: not reloading (%s): %s", changes.describe(), self.refusal)
+            else:
+                log.debug("wsgireload: not reloading (%s): refused, logged by another worker",
+                          changes.describe())
             return
         problem = self._problem()
         if problem is not None:
             log.warning("wsgireload: not reloading uWSGI: %s; %s", problem, _advice(problem))
             return
-        if not self._note_reload():
+        if not self.siblings.coordinated:
+            # uWSGI itself ignores reload requests that arrive during a reload (measured), so
+            # going ahead without the record is still safe, only less tidy.
+            log.warning("wsgireload: no shared reload record (%s); asking uWSGI anyway",
+                        self.siblings.why_alone())
+        elif (since := self._covered()) is not None:
+            self._help_chain()
+            log.info(
+                "wsgireload: another worker asked uWSGI to reload %.1fs ago, after this worker "
+                "started; that reload replaces this worker",
+                since,
+            )
             return
+        else:
+            self.siblings.reloading(chain=self.method == CHAIN)
         if self.method == CHAIN and self.fifo is not None:
             try:
                 self.system.write_fifo(self.fifo, b"c")
@@ -277,26 +291,6 @@ class UwsgiAction(MasterAction):
             )
         return super()._problem()
 
-    def _note_reload(self) -> bool:
-        """Note this reload request for the master, unless one since our start covers us."""
-        if not self.siblings.coordinated:
-            # uWSGI itself ignores reload requests that arrive during a reload (measured), so
-            # going ahead without the record is still safe, only less tidy.
-            log.warning("wsgireload: no shared reload record (%s); asking uWSGI anyway",
-                        self.siblings.why_alone())
-            return True
-        since = self._covered()
-        if since is not None:
-            self._help_chain()
-            log.info(
-                "wsgireload: another worker asked uWSGI to reload %.1fs ago, after this worker "
-                "started; that reload replaces this worker",
-                since,
-            )
-            return False
-        self.siblings.reloading(chain=self.method == CHAIN)
-        return True
-
     def _wake_window(self) -> float:
         return WAKE_FOR + WAKE_PER_WORKER * max(1, self.options.processes)
 
@@ -314,14 +308,6 @@ class UwsgiAction(MasterAction):
         fifo = self.fifo
         if fifo is not None:
             self.system.repeat(WAKE_EVERY, until, lambda: self.system.write_fifo(fifo, b"\n"))
-
-    def _refuse(self, changes: ChangeSet) -> None:
-        """Log the refusal once per change set across the master's workers."""
-        if self.siblings.first_to_log(f"refused {changes.fingerprint}"):
-            log.error("wsgireload: not reloading (%s): %s", changes.describe(), self.refusal)
-        else:
-            log.debug("wsgireload: not reloading (%s): refused, logged by another worker",
-                      changes.describe())
 
     def describe(self) -> str:
         if self.method == CHAIN:
@@ -368,8 +354,8 @@ def checker_stubs() -> Optional[Dict[str, Any]]:
     """This worker's ``uwsgi.opt`` for the checker's stand-in ``uwsgi`` modules
     (``install_stubs``); None outside uWSGI."""
     found = module()
-    opt = None if found is None else getattr(found, "opt", None) or {}
-    return None if opt is None else {str(k): v for k, v in opt.items()}
+    opt = getattr(found, "opt", None) or {}
+    return None if found is None else {str(k): v for k, v in opt.items()}
 
 
 def master_of(environ: Mapping[str, Any], system: System = SYSTEM) -> Optional[Tuple[str, int]]:
@@ -388,8 +374,7 @@ def auto_action() -> UwsgiAction:
 def boot_targets(opt: Optional[Mapping[str, Any]] = None) -> List[Target]:
     """The apps a uWSGI instance loads, from its ``uwsgi.opt`` (this process's if None)."""
     if opt is None:
-        found = module()
-        opt = (getattr(found, "opt", {}) or {}) if found is not None else {}
+        opt = getattr(module(), "opt", None) or {}
     callable_name = opt_text(opt.get("callable")) or "application"
     targets: List[Target] = []
     for key in ("module", "wsgi", "wsgi-file", "file", "mount"):
@@ -428,11 +413,9 @@ def threads_available(environ: Mapping[str, Any]) -> bool:
     version = environ.get("uwsgi.version")
     if version is None:
         return True  # not uWSGI
-    try:
+    with contextlib.suppress(Exception):  # no uwsgi module: the version decides
         if module().opt.get("enable-threads") or module().opt.get("threads"):
             return True
-    except Exception:  # no uwsgi module: the version decides
-        pass
     try:
         if isinstance(version, bytes):
             version = version.decode("ascii", "replace")
@@ -442,25 +425,25 @@ def threads_available(environ: Mapping[str, Any]) -> bool:
     return parts >= (2, 0, 27)
 
 
-def early_environ(system: System = SYSTEM) -> Optional[Dict[str, Any]]:
+def early_environ() -> Optional[Dict[str, Any]]:
     """What a first request would tell about uWSGI, if this process is a worker of a master
     (importing the app under --lazy-apps, or just forked); else None."""
     found = module()
     if found is None:
         return None
     master, worker = int(found.masterpid()), int(found.worker_id())
-    if master > 0 and worker > 0 and master != system.getpid():
+    if master > 0 and worker > 0 and master != SYSTEM.getpid():
         return {"uwsgi.version": getattr(found, "version", b"")}
     return None
 
 
-def before_workers(hook: Callable[[], None], system: System = SYSTEM) -> bool:
+def before_workers(hook: Callable[[], None]) -> bool:
     """In a master importing the app before it forks its workers, have uWSGI call ``hook``
     in each process it forks, after the hooks already set: in ``uwsgidecorators``' chain if
     that is the hook (never imported here: importing it replaces ``uwsgi.post_fork_hook``).
     A hook set later replaces this one: the first request starts. Whether it was set."""
     found = module()
-    if found is None or int(found.worker_id()) != 0 or int(found.masterpid()) != system.getpid():
+    if found is None or int(found.worker_id()) != 0 or int(found.masterpid()) != SYSTEM.getpid():
         return False  # no master (nobody to reload the workers), a mule, or not uWSGI
     after_fork(found, hook)
     return True
