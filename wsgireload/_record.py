@@ -123,10 +123,7 @@ class Record:
             data = self.read()
             new = change(data)
             if new is not None:
-                tmp = f"{self.path}.{os.getpid()}.tmp"
-                with open(tmp, "w", encoding="utf-8") as handle:
-                    json.dump(new, handle)
-                os.replace(tmp, self.path)  # readers see the old or the new file, never half
+                write_atomically(self.path, json.dumps(new))
                 data = new
             return data
         finally:
@@ -135,6 +132,15 @@ class Record:
     def remove(self) -> None:
         _unlink(self.path)
         _unlink(self.path + ".lock")
+
+
+def write_atomically(path: str, text: str) -> None:
+    """A reader (this record's, node_exporter's textfile collector) sees the old file or the
+    new, never half."""
+    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    os.replace(tmp, path)
 
 
 def _unlink(path: str) -> None:
