@@ -324,7 +324,7 @@ class Engine(Siblings):
     def _not_yet_decided(self, share: _record.Share, changed: List[str]) -> List[str]:
         """A new scanner's changes minus those its predecessor already decided (a refused
         change set is checked again: its predecessor's environment watch left with it)."""
-        known = _record.decided_files(share.record.read())  # (JSON: identities are lists)
+        known = _record.section(share.record.read(), "decided")  # (JSON: identities are lists)
         known = {path: None if found is None else tuple(found) for path, found in known.items()}
         baseline = self.detector.baseline
         return [path for path in changed if path not in known or known[path] != baseline.get(path)]
