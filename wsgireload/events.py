@@ -12,7 +12,7 @@ import os
 import stat
 import threading
 import weakref
-from typing import AbstractSet, Any, Callable, Iterable, List, Optional, Sequence, Set, Tuple
+from typing import AbstractSet, Any, Callable, Iterable, List, Optional, Sequence, Set, Tuple, cast
 
 from .detect import Detector, Snapshot, glob_dirs, glob_root, stat_or_none
 
@@ -61,11 +61,9 @@ def _dir_inode(path: str) -> Optional[int]:
 def _load_watch() -> Optional[Callable[..., Any]]:
     try:
         # Through importlib: the package is optional, so type checkers may not know it.
-        module = importlib.import_module("watchfiles")
+        return cast(Callable[..., Any], importlib.import_module("watchfiles").watch)
     except ImportError:
         return None
-    watch: Callable[..., Any] = module.watch
-    return watch
 
 
 class EventDetector:
