@@ -12,7 +12,7 @@ import socket
 import time
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
-from ._record import Data, Share, section, where
+from ._record import Data, Share, section, where, write_atomically
 from ._system import SYSTEM, System
 from .boot import validating
 from .errors import ConfigurationError
@@ -44,14 +44,6 @@ def render(facts: Dict[str, Any], labels: Dict[str, Any]) -> str:
                       f"wsgireload_{name}{'{' + tags + '}' if name == 'info' else ''} "
                       f"{float(value)!r}"]
     return "\n".join(lines) + "\n"
-
-
-def write_atomically(path: str, text: str) -> None:
-    """A reader (node_exporter's textfile collector) sees the old file or the new, never half."""
-    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
 
 
 def check_metrics_file(path: Optional[str]) -> None:

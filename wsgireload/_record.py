@@ -123,18 +123,20 @@ class Record:
             data = self.read()
             new = change(data)
             if new is not None:
-                tmp = f"{self.path}.{os.getpid()}.tmp"
-                with open(tmp, "w", encoding="utf-8") as handle:
-                    json.dump(new, handle)
-                os.replace(tmp, self.path)  # readers see the old or the new file, never half
+                write_atomically(self.path, json.dumps(new))
                 data = new
             return data
         finally:
             os.close(fd)
 
-    def remove(self) -> None:
-        _unlink(self.path)
-        _unlink(self.path + ".lock")
+
+def write_atomically(path: str, text: str) -> None:
+    """A reader (this record's, node_exporter's textfile collector) sees the old file or the
+    new, never half."""
+    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    os.replace(tmp, path)
 
 
 def _unlink(path: str) -> None:
@@ -192,7 +194,8 @@ def forget_dead(directory: str, system: System = SYSTEM) -> None:
             continue
         start = None if parts[2] in ("na", "unknown") else parts[2]  # no /proc when made
         if not system.alive(int(parts[1]), start):
-            Record(os.path.join(directory, name)).remove()
+            _unlink(os.path.join(directory, name))
+            _unlink(os.path.join(directory, name + ".lock"))
 
 
 def read_all(directory: Optional[str] = None, system: System = SYSTEM) -> List[Data]:
@@ -326,7 +329,10 @@ class Share:
         def change(data: Data) -> Data:
             number = int(section(data, "generation").get("n", 0)) + 1
             generation.update(n=number, at=self.system.monotonic(), by=self.pid)
-            known = {**decided_files(data), **identities}
+            # Each file as it was when last decided: a new scanner must not decide it again. (A
+            # refused file is not here: a new scanner checks it again, as an install may have
+            # fixed it since.)
+            known = {**section(data, "decided"), **identities}
             return {**self._stats(data), "generation": generation, "decided": known}
 
         data = self.record.update(change)
@@ -344,13 +350,7 @@ class Share:
 
     def forget_reload(self) -> None:
         """The reload this process noted did not happen (the master refused the signal)."""
-
-        def change(data: Data) -> Optional[Data]:
-            if section(data, "reloaded").get("by") != self.pid:
-                return None
-            return {k: v for k, v in data.items() if k != "reloaded"}
-
-        self.record.update(change)
+        self.record.update(self._drop("reloaded", "by"))
 
     def last_reload(self) -> Data:
         """The master's last reload: ``n``, ``at`` (``monotonic()``), ``chain``; {} if none."""
@@ -377,15 +377,18 @@ class Share:
         if not self.scanning:
             return
         self.scanning = False
+        with contextlib.suppress(OSError):
+            self.record.update(self._drop("lease", "pid"))
+
+    def _drop(self, key: str, owner: str) -> Callable[[Data], Optional[Data]]:
+        """A change removing ``data[key]`` if this process put it there (its ``owner`` field)."""
 
         def change(data: Data) -> Optional[Data]:
-            holder = data.get("lease") or {}
-            if holder.get("pid") != self.pid:
+            if section(data, key).get(owner) != self.pid:
                 return None
-            return {k: v for k, v in data.items() if k != "lease"}
+            return {k: v for k, v in data.items() if k != key}
 
-        with contextlib.suppress(OSError):
-            self.record.update(change)
+        return change
 
 
 def section(data: Data, key: str) -> Data:
@@ -396,10 +399,3 @@ def section(data: Data, key: str) -> Data:
 
 def _workers(data: Data) -> Dict[str, Any]:
     return {k: dict(v) for k, v in section(data, "workers").items() if isinstance(v, dict)}
-
-
-def decided_files(data: Data) -> Data:
-    """Each file as it was when last decided: a new scanner must not decide it again. (A refused
-    file is not here: a new scanner checks it again, as an install may have fixed it since.)"""
-    return section(data, "decided")
-

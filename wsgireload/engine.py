@@ -19,7 +19,7 @@ from . import _ops, _record, _system, classic, events, servers
 from ._options import Options, run_action
 from .actions import ActionSpec, resolve
 from .boot import Target, validating
-from .detect import Detector, Identity
+from .detect import Detector
 from .events import EventDetector
 from .policy import ChangeSet, printable
 from .servers.base import Change, ProcessContext, Siblings
@@ -292,7 +292,8 @@ class Engine(Siblings):
             "action": self.action.describe(),
             "per_process": self.action.per_process,
         }
-        identities = self._identities(changes.files)
+        baseline = self.detector.baseline
+        identities = {path: baseline.get(path) for path in changes.files}
         return self._shared(lambda: share.decide(generation, identities))  # type: ignore[no-any-return]
 
     def _shared(self, operation: Callable[[], Any]) -> Any:
@@ -320,19 +321,13 @@ class Engine(Siblings):
             return None
         return ChangeSet(files, str(generation.get("fingerprint", "")), now, now)
 
-    def _identities(self, files: Any) -> Dict[str, Any]:
-        baseline = self.detector.baseline
-        return {path: baseline.get(path) for path in files}
-
     def _not_yet_decided(self, share: _record.Share, changed: List[str]) -> List[str]:
         """A new scanner's changes minus those its predecessor already decided (a refused
         change set is checked again: its predecessor's environment watch left with it)."""
-        known = _record.decided_files(share.record.read())
+        known = _record.section(share.record.read(), "decided")  # (JSON: identities are lists)
+        known = {path: None if found is None else tuple(found) for path, found in known.items()}
         baseline = self.detector.baseline
-        return [
-            path for path in changed
-            if not (path in known and _same(known[path], baseline.get(path)))
-        ]
+        return [path for path in changed if path not in known or known[path] != baseline.get(path)]
 
     # -- acting --------------------------------------------------------------------------
     def act(self, changes: ChangeSet) -> Optional[Exception]:
@@ -414,11 +409,6 @@ class Engine(Siblings):
             share.leave()
         if isinstance(self.detector, EventDetector):
             self.detector.stop()
-
-
-def _same(recorded: Any, identity: Optional[Identity]) -> bool:
-    """Whether an identity read back from the record (JSON: a list) is ``identity``."""
-    return (None if recorded is None else tuple(recorded)) == identity
 
 
 # -- the one place that resets per-process state in a forked child -------------------------

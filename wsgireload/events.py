@@ -12,7 +12,7 @@ import os
 import stat
 import threading
 import weakref
-from typing import AbstractSet, Any, Callable, Iterable, List, Optional, Sequence, Set, Tuple
+from typing import AbstractSet, Any, Callable, Iterable, List, Optional, Sequence, Set, Tuple, cast
 
 from .detect import Detector, Snapshot, glob_dirs, glob_root, stat_or_none
 
@@ -61,11 +61,9 @@ def _dir_inode(path: str) -> Optional[int]:
 def _load_watch() -> Optional[Callable[..., Any]]:
     try:
         # Through importlib: the package is optional, so type checkers may not know it.
-        module = importlib.import_module("watchfiles")
+        return cast(Callable[..., Any], importlib.import_module("watchfiles").watch)
     except ImportError:
         return None
-    watch: Callable[..., Any] = module.watch
-    return watch
 
 
 class EventDetector:
@@ -111,8 +109,7 @@ class EventDetector:
         """Fresh lock and thread state: at construction, and in a forked child."""
         self._lock = threading.Lock()
         self._dirty: Set[str] = set()
-        self._thread: Optional[threading.Thread] = None
-        self._stop: Optional[threading.Event] = None
+        self._running: Optional[Tuple[threading.Thread, threading.Event]] = None  # and its stop
         self._dirs: Set[Tuple[str, int]] = set()
         self._rescan = True
 
@@ -135,8 +132,9 @@ class EventDetector:
     @property
     def polling(self) -> bool:
         """True while scans poll (not started, started in another process, or fallen back)."""
-        thread = self._thread
-        return self._failed or thread is None or not thread.is_alive() or self._pid != os.getpid()
+        running = self._running  # read once: another thread may stop it meanwhile
+        alive = running is not None and running[0].is_alive()
+        return self._failed or not alive or self._pid != os.getpid()
 
     def scan(self) -> List[str]:
         """Changed paths, like ``Detector.scan()``; cheap while no event arrived."""
@@ -148,7 +146,7 @@ class EventDetector:
             # thread, so listing directories never delays a request.
             changed = self.poller.scan()
             self._pid = pid
-            self._thread = None  # a thread inherited through fork does not run here
+            self._running = None  # a thread inherited through fork does not run here
             self._refresh_dirs()
             return changed
         if self.polling:  # no thread: no directory to watch, or it ended
@@ -195,10 +193,9 @@ class EventDetector:
     def stop(self) -> None:
         """Stop the watchfiles thread (idempotent); later scans poll."""
         self._wanted_pid = -1
-        stop, thread = self._stop, self._thread
-        self._thread = None
+        running, self._running = self._running, None
         self._pid = -1
-        _end(stop, thread)
+        _end(running)
 
     def _refresh_dirs(self) -> None:
         """Point the watcher at the directories of the watched files (restart if they moved)."""
@@ -227,15 +224,15 @@ class EventDetector:
             # An event on a watched directory itself (moved, deleted) counts too.
             self._watched = watched.union(directory for directory, _ in existing)
             self._roots = roots
-        if existing == self._dirs and self._thread is not None:
+        if existing == self._dirs and self._running is not None:
             return
         self._dirs = existing
         self._restart(sorted(directory for directory, _ in existing))
 
     def _restart(self, dirs: List[str]) -> None:
-        _end(self._stop, self._thread)
+        _end(self._running)
+        self._running = None
         if not dirs:
-            self._thread = None
             return
         stop = threading.Event()
         ready = threading.Event()
@@ -245,7 +242,7 @@ class EventDetector:
             name="wsgireload-events",
             daemon=True,
         )
-        self._stop, self._thread = stop, thread
+        self._running = (thread, stop)
         thread.start()
         ready.wait(timeout=5.0)  # the first events after start must not be lost
         with self._lock:
@@ -288,16 +285,16 @@ class EventDetector:
                 "them, e.g. NFS or a bind mount); polling from now on",
                 ", ".join(unannounced[:3]),
             )
-        stop = self._stop
-        if stop is not None:
-            stop.set()
+        running = self._running  # read once: the owner may restart it meanwhile
+        if running is not None:
+            running[1].set()
 
 
-def _end(stop: Optional[threading.Event], thread: Optional[threading.Thread]) -> None:
-    if stop is not None:
-        stop.set()
-    if thread is not None and thread is not threading.current_thread():
-        thread.join(timeout=5.0)
+def _end(running: Optional[Tuple[threading.Thread, threading.Event]]) -> None:
+    if running is not None:
+        running[1].set()
+        if running[0] is not threading.current_thread():
+            running[0].join(timeout=5.0)
 
 
 def available() -> bool:

@@ -340,8 +340,6 @@ class _ClosingIterator:
             hook()
 
 
-
-
 def _weak(method: Callable[[], None]) -> Callable[[], None]:
     """Call ``method`` while its object lives (the engine and the watcher thread must not keep
     a Reloader alive)."""
