@@ -19,7 +19,7 @@ from .test_gunicorn import (
     boots,
     gunicorn,
     make_app,
-    pids_serving,
+    serve_everywhere,
     wait_all_workers_serve,
 )
 
@@ -61,12 +61,6 @@ def scanner_of(tmp_path: Path) -> Any:
     """The pid that scans for the (only) master, None while there is no record or lease."""
     masters = status_json(tmp_path)
     return masters[0]["scanner"] if masters else None
-
-
-def serve_everywhere(load: Load, workers: int) -> None:
-    assert wait_for(
-        lambda: len(pids_serving(load.result.bodies_since(0.0), "v1")) == workers, 20
-    ), f"not every one of {workers} workers served"
 
 
 def test_six_workers_one_broken_deploy_then_its_fix_one_line_each(

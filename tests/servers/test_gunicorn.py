@@ -113,6 +113,13 @@ def pids_serving(bodies: List[bytes], value: str) -> Set[str]:
     return {body.split()[0].decode() for body in bodies if body.endswith(f"value={value}".encode())}
 
 
+def serve_everywhere(load: Load, workers: int, value: str = "v1") -> None:
+    """Wait until each of ``workers`` workers has served ``value`` to ``load``."""
+    assert wait_for(
+        lambda: len(pids_serving(load.result.bodies_since(0.0), value)) == workers, 20
+    ), f"not every one of {workers} workers served {value}"
+
+
 def wait_all_workers_serve(
     load: Load, since: float, value: str, workers: int, timeout: float = 10.0
 ) -> float:
@@ -159,7 +166,7 @@ def test_callback_runs_in_each_worker_after_the_response_in_flight(
     server.env["CALLBACK_LOG"] = str(callback_log)
     servers.append(server.start())
     with Load(port, threads=2, pause=0.02) as load:
-        assert wait_for(lambda: len(pids_serving(load.result.bodies_since(0.0), "v1")) == 2, 10)
+        serve_everywhere(load, 2)
         slow: Dict[str, bytes] = {}
         import threading
 
@@ -198,7 +205,7 @@ def test_one_edit_under_load_reloads_each_worker_once(
     servers.append(server.start())
     assert wait_for(lambda: boots(server) == 3, 10)
     with Load(port, threads=4) as load:
-        assert wait_for(lambda: len(pids_serving(load.result.bodies_since(0.0), "v1")) == 3, 10)
+        serve_everywhere(load, 3)
         t0 = time.monotonic()
         write(tmp_path / "mod.py", "VALUE = 'v2'\n")
         took = wait_all_workers_serve(load, t0, "v2", 3)
@@ -221,7 +228,7 @@ def test_restart_worker_replaces_each_worker_once(tmp_path: Path, servers: List[
     server = gunicorn(tmp_path, port)
     servers.append(server.start())
     with Load(port, threads=4) as load:
-        assert wait_for(lambda: len(pids_serving(load.result.bodies_since(0.0), "v1")) == 3, 10)
+        serve_everywhere(load, 3)
         t0 = time.monotonic()
         write(tmp_path / "mod.py", "VALUE = 'v2'\n")
         took = wait_all_workers_serve(load, t0, "v2", 3)
@@ -248,7 +255,7 @@ def test_a_deploy_of_100_modules_over_2s_reloads_each_worker_once(
     server = gunicorn(tmp_path, port)
     servers.append(server.start())
     with Load(port, threads=4) as load:
-        assert wait_for(lambda: len(pids_serving(load.result.bodies_since(0.0), "v1")) == 3, 10)
+        serve_everywhere(load, 3)
         t0 = time.monotonic()
         for name in names:  # one file every 20 ms: a slow rsync
             write(tmp_path / "pkg" / f"{name}.py", "VALUE = 'v2'\n")
@@ -291,7 +298,7 @@ def test_a_syntax_error_never_reloads_and_the_fix_does(
     server = gunicorn(tmp_path, port)
     servers.append(server.start())
     with Load(port, threads=4) as load:
-        assert wait_for(lambda: len(pids_serving(load.result.bodies_since(0.0), "v1")) == 3, 10)
+        serve_everywhere(load, 3)
         write(tmp_path / "mod.py", "VALUE = 'broken\n")
         # one worker scans and validates for the master: one refusal
         assert wait_for(lambda: server.log().count("the new code is broken") >= 1, 10)
@@ -320,7 +327,7 @@ def test_preload_never_storms_and_says_why_once(
     server = gunicorn(tmp_path, port, extra=["--preload"])
     servers.append(server.start())
     with Load(port, threads=4) as load:
-        assert wait_for(lambda: len(pids_serving(load.result.bodies_since(0.0), "v1")) == 3, 10)
+        serve_everywhere(load, 3)
         t0 = time.monotonic()
         write(tmp_path / "mod.py", "VALUE = 'v2'\n")
         # the master's scanner reaches the point where it would reload, and does nothing
