@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -22,10 +23,12 @@ from wsgireload.actions import (
     ProcessContext,
     StandaloneAction,
     UwsgiAction,
+    registry,
     resolve,
 )
+from wsgireload.actions.pidfile import DEFAULT_EXPECT, default_expect
 from wsgireload.policy import ChangeSet
-from wsgireload.servers import master_of
+from wsgireload.servers import SERVERS, master_of
 
 from .conftest import environ, force_due, make_reloader, ok_app, serve
 
@@ -50,6 +53,21 @@ def test_registered_and_chosen_by_auto_for_uwsgi(caplog: pytest.LogCaptureFixtur
         auto(changes())
     assert "cannot be imported" in caplog.text
 
+
+
+def test_a_server_module_brings_its_action_names_and_pidfile_default() -> None:
+    """Adding a server is adding its module to SERVERS: its ACTIONS become action= names and,
+    with PIDFILE_MASTER, its name a default of `wsgireload watch --pidfile --expect`."""
+
+    class NewAction(StandaloneAction):
+        name = "new-server"
+
+    module = types.ModuleType("new")
+    module.NAME, module.ACTIONS, module.PIDFILE_MASTER = "new", (NewAction,), True  # type: ignore
+    assert registry((*SERVERS, module))["new-server"] is NewAction
+    assert "new-server" not in REGISTRY and REGISTRY == registry()
+    assert default_expect((*SERVERS, module)) == ("gunicorn", "new", "uwsgi")
+    assert DEFAULT_EXPECT == ("gunicorn", "uwsgi")
 
 
 def test_auto_chooses_mod_wsgi() -> None:

@@ -441,7 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument("--signal", default="HUP", help="signal to send (default HUP)")
     watch.add_argument("--expect", action="append", metavar="NAME",
                        help="the signalled process's command line must name this (repeatable; "
-                       "default gunicorn or uwsgi)")
+                       f"default {' or '.join(DEFAULT_EXPECT)})")
     watch.add_argument("--metrics-file", metavar="PATH.prom", help="write the reload "
                        "counters there (Prometheus text, for node_exporter's textfile collector)")
     watch.add_argument("-v", "--verbose", action="store_true", help="debug log lines; tracebacks")

@@ -6,11 +6,11 @@ An action is given a settled, validated ChangeSet once no response is in flight.
 
 from __future__ import annotations
 
-from typing import Callable, Dict, Union
+from typing import Any, Callable, Dict, Sequence, Union
 
 from ..errors import ConfigurationError
 from ..policy import ChangeSet
-from ..servers import AutoAction, detect_server
+from ..servers import SERVERS, AutoAction, detect_server
 from ..servers.base import Action, CallbackAction, LogOnlyAction, ProcessContext
 from ..servers.granian import GranianAction
 from ..servers.gunicorn import GunicornAction, RestartWorkerAction
@@ -40,27 +40,20 @@ __all__ = [
     "UvicornAction",
     "UwsgiAction",
     "detect_server",
+    "registry",
     "resolve",
 ]
 
 ActionSpec = Union[str, Action, Callable[[ChangeSet], object]]
 
-# name -> factory taking no arguments. Server actions register themselves here.
-REGISTRY: Dict[str, Callable[[], Action]] = {
-    "auto": AutoAction,
-    "log-only": LogOnlyAction,
-    "gunicorn": GunicornAction,
-    "restart-worker": RestartWorkerAction,
-    "standalone": StandaloneAction,
-    "exit": ExitAction,
-    "exec": ExecAction,
-    "mod_wsgi": ModWsgiAction,
-    "uwsgi": UwsgiAction,
-    "passenger": PassengerAction,
-    "uvicorn": UvicornAction,
-    "granian": GranianAction,
-    "hypercorn": HypercornAction,
-}
+def registry(servers: Sequence[Any] = SERVERS) -> Dict[str, Callable[[], Action]]:
+    """{action= name: factory taking no arguments}: these and each server module's ACTIONS."""
+    return {action.name: action for action in (
+        AutoAction, LogOnlyAction, StandaloneAction, ExitAction, ExecAction,
+        *(action for server in servers for action in server.ACTIONS))}
+
+
+REGISTRY = registry()
 
 
 def resolve(spec: ActionSpec) -> Action:

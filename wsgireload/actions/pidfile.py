@@ -9,16 +9,23 @@ import logging
 import os
 import signal as _signal
 import subprocess
-from typing import Optional, Sequence, Tuple
+from typing import Any, Optional, Sequence, Tuple
 
 from .._system import SYSTEM, System
 from ..errors import ConfigurationError
 from ..policy import ChangeSet
+from ..servers import SERVERS
 from ..servers.base import Action, matching_name, signal_denied
 
 log = logging.getLogger("wsgireload")
 
-DEFAULT_EXPECT = ("gunicorn", "uwsgi")
+
+def default_expect(servers: Sequence[Any] = SERVERS) -> Tuple[str, ...]:
+    """The servers a HUP reloads (PIDFILE_MASTER): what a pidfile's process must be by default."""
+    return tuple(sorted(s.NAME for s in servers if getattr(s, "PIDFILE_MASTER", False)))
+
+
+DEFAULT_EXPECT = default_expect()
 # A server writes its pidfile after it started; /proc start times have whole-second boot time
 # and clock-tick precision, so allow this much before calling a process younger than its file.
 _START_SLACK = 2.0  # seconds

@@ -4,10 +4,9 @@ A server module holds everything about its server: ``serves(environ)`` (recognis
 request's environ), ``master_of(environ)`` (the master whose workers share one record),
 ``auto_action()``, ``boot_targets()`` (the app its options name), ``SCRIPT_PREFIX`` and
 ``checker_stubs()`` (what the boot checker needs to boot it as the server would),
-``threads_available(environ)``, and ``early_environ()`` and ``before_workers(hook)`` (starting
-before the first request). A
-server that is none of them is "standalone": no master to reload it. Adding a server is adding
-its module to ``SERVERS``.
+``threads_available(environ)``, ``early_environ()`` and ``before_workers(hook)`` (starting
+before the first request), and ``ACTIONS`` (its ``action=`` names). A server that is none of
+them is "standalone": no master to reload it. Adding a server is adding its module to ``SERVERS``.
 """
 
 from __future__ import annotations

@@ -151,3 +151,6 @@ def auto_action() -> Action:
 def boot_targets() -> List[Target]:
     """The app as granian's command line names it (``module:attribute``)."""
     return app_targets(getattr(supervisor(), "target", None))
+
+
+ACTIONS = (GranianAction,)  # the action= names it brings

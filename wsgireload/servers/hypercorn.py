@@ -80,3 +80,6 @@ def auto_action() -> Action:
 def boot_targets() -> List[Target]:
     """The app as hypercorn's command line names it (``module:attribute``)."""
     return app_targets(getattr(config()[1], "application_path", None))
+
+
+ACTIONS = (HypercornAction,)  # the action= names it brings

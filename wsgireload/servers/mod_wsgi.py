@@ -126,3 +126,6 @@ def early_environ() -> Optional[Dict[str, Any]]:
 
 def before_workers(hook: Callable[[], None]) -> bool:
     return False
+
+
+ACTIONS = (ModWsgiAction,)  # the action= names it brings

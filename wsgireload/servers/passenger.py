@@ -193,3 +193,6 @@ def why_here(name: str) -> Optional[str]:
     if "passenger_wsgi" in sys.modules:
         return "passenger_wsgi is Passenger's startup file: under Passenger, see below"
     return None
+
+
+ACTIONS = (PassengerAction,)  # the action= names it brings

@@ -146,3 +146,6 @@ def traps(environ: Mapping[str, Any]) -> Dict[str, str]:
 def boot_targets() -> List[Target]:
     """The app as uvicorn's command line names it (``module:attribute``)."""
     return app_targets(getattr(role()[1], "app", None))
+
+
+ACTIONS = (UvicornAction,)  # the action= names it brings

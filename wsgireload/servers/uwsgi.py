@@ -506,3 +506,7 @@ def install_stubs(opt: Mapping[str, Any]) -> None:
     decorators.__getattr__ = lambda name: stub  # type: ignore[method-assign]
     sys.modules["uwsgi"] = uwsgi
     sys.modules["uwsgidecorators"] = decorators
+
+
+ACTIONS = (UwsgiAction,)  # the action= names it brings
+PIDFILE_MASTER = True  # `wsgireload watch --pidfile` expects it by default (a HUP reloads it)
