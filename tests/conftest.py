@@ -29,6 +29,19 @@ from wsgireload.policy import ChangeSet
 
 
 @pytest.fixture(scope="session", autouse=True)
+def sigint_as_from_a_terminal() -> Iterator[None]:
+    """Servers and watchers a test starts get SIGINT's default action, as from a terminal, even
+    where the suite runs with SIGINT ignored (a script's background job, ``nohup ... &``): an
+    ignored signal stays ignored across exec, a handled one is reset to its default."""
+    ignored = signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    if ignored:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    if ignored:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@pytest.fixture(scope="session", autouse=True)
 def private_user_dirs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """Point the runtime directory, the temp directory and home into one private 0700
     directory for the whole session, removed at its end: no test, and no server a test starts
