@@ -5,8 +5,10 @@ request's environ), ``master_of(environ)`` (the master whose workers share one r
 ``auto_action()``, ``boot_targets()`` (the app its options name), ``SCRIPT_PREFIX`` and
 ``checker_stubs()`` (what the boot checker needs to boot it as the server would),
 ``threads_available(environ)``, ``early_environ()`` and ``before_workers(hook)`` (starting
-before the first request), and ``ACTIONS`` (its ``action=`` names). A server that is none of
-them is "standalone": no master to reload it. Adding a server is adding its module to ``SERVERS``.
+before the first request), ``ACTIONS`` (its ``action=`` names) and, where a HUP reloads it,
+``PIDFILE_MASTER = True`` (a default of ``wsgireload watch --pidfile``). A server that is none
+of them is "standalone": no master to reload it. Adding a server is adding its module to
+``SERVERS``.
 """
 
 from __future__ import annotations

@@ -153,4 +153,4 @@ def boot_targets() -> List[Target]:
     return app_targets(getattr(supervisor(), "target", None))
 
 
-ACTIONS = (GranianAction,)  # the action= names it brings
+ACTIONS = (GranianAction,)

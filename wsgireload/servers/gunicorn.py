@@ -539,5 +539,5 @@ def why_here(name: str) -> Optional[str]:
     return "gunicorn's worker module is loaded in this process" if name == NAME else None
 
 
-ACTIONS = (GunicornAction, RestartWorkerAction)  # the action= names it brings
-PIDFILE_MASTER = True  # `wsgireload watch --pidfile` expects it by default (a HUP reloads it)
+ACTIONS = (GunicornAction, RestartWorkerAction)
+PIDFILE_MASTER = True

@@ -82,4 +82,4 @@ def boot_targets() -> List[Target]:
     return app_targets(getattr(config()[1], "application_path", None))
 
 
-ACTIONS = (HypercornAction,)  # the action= names it brings
+ACTIONS = (HypercornAction,)

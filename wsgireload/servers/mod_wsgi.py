@@ -128,4 +128,4 @@ def before_workers(hook: Callable[[], None]) -> bool:
     return False
 
 
-ACTIONS = (ModWsgiAction,)  # the action= names it brings
+ACTIONS = (ModWsgiAction,)

@@ -195,4 +195,4 @@ def why_here(name: str) -> Optional[str]:
     return None
 
 
-ACTIONS = (PassengerAction,)  # the action= names it brings
+ACTIONS = (PassengerAction,)

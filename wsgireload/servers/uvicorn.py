@@ -148,4 +148,4 @@ def boot_targets() -> List[Target]:
     return app_targets(getattr(role()[1], "app", None))
 
 
-ACTIONS = (UvicornAction,)  # the action= names it brings
+ACTIONS = (UvicornAction,)

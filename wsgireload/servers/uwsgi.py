@@ -508,5 +508,5 @@ def install_stubs(opt: Mapping[str, Any]) -> None:
     sys.modules["uwsgidecorators"] = decorators
 
 
-ACTIONS = (UwsgiAction,)  # the action= names it brings
-PIDFILE_MASTER = True  # `wsgireload watch --pidfile` expects it by default (a HUP reloads it)
+ACTIONS = (UwsgiAction,)
+PIDFILE_MASTER = True
